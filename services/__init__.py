@@ -1,0 +1,1 @@
+"""tideserve services: each folder is one process that talks to the others only over gRPC."""

@@ -1,0 +1,17 @@
+"""python -m services.balancer [--flags]: run the balancer."""
+
+import asyncio
+
+from services.balancer.server import serve
+from services.balancer.settings import parse
+from tideserve.logs import configure_logging
+
+
+def main() -> None:
+    settings = parse()
+    configure_logging("balancer", settings.log_level, settings.json_logs)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""The balancer's logic without gRPC: worker sessions, routing with retry, draining and cluster
+snapshots. The network is behind `WorkerTransport`, so all of it runs in unit tests on fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from services.balancer.registry import Clock, WorkerRecord, WorkerTable
+from services.balancer.routing import RoutingPolicy, create_policy
+from tideserve.errors import TideserveError, Unavailable
+from tideserve.v1 import cluster_pb2
+
+logger = logging.getLogger(__name__)
+
+# Frontend reports older than this are left out of snapshots.
+FRONTEND_REPORT_TTL_S = 5.0
+
+
+class WorkerLost(Exception):
+    """The worker did not answer (died, unreachable, timed out). Inference is idempotent, so the
+    batch may be sent to another worker."""
+
+
+class WorkerTransport(Protocol):
+    async def execute(self, address: str, payload: bytes, timeout: float | None) -> bytes:
+        """Send serialized Batch bytes to a worker and return its serialized BatchResult.
+        Raises WorkerLost, or a TideserveError the worker answered with."""
+        ...
+
+    def forget(self, address: str) -> None:
+        """Release whatever is held for a worker that left."""
+        ...
+
+
+@dataclass
+class WorkerSession:
+    record: WorkerRecord
+    commands: asyncio.Queue[cluster_pb2.BalancerCommand] = field(default_factory=asyncio.Queue)
+
+
+class BalancerCore:
+    def __init__(
+        self,
+        table: WorkerTable,
+        transport: WorkerTransport,
+        *,
+        policy: str = "shortest_expected_delay",
+        max_attempts: int = 2,
+        batch_timeout_s: float = 30.0,
+        no_worker_wait_s: float = 2.0,
+        clock: Clock = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.table = table
+        self.transport = transport
+        self.policy: RoutingPolicy = create_policy(policy)
+        self.max_attempts = max_attempts
+        self.batch_timeout_s = batch_timeout_s
+        self.no_worker_wait_s = no_worker_wait_s
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.sessions: dict[str, WorkerSession] = {}
+        self.frontends: dict[str, tuple[float, cluster_pb2.FrontendReport]] = {}
+        self.dispatched_batches = 0
+        self.dispatched_rows = 0
+        self.failed_batches = 0
+        self.retried_batches = 0
+        self.batch_sizes: Counter[int] = Counter()
+        self._changed = asyncio.Condition()
+
+    # -- worker sessions ------------------------------------------------------------------------
+
+    async def connect(self, registration: cluster_pb2.WorkerRegistration) -> WorkerSession:
+        previous = self.sessions.get(registration.worker_id)
+        if previous is not None:
+            self.transport.forget(previous.record.address)
+        session = WorkerSession(self.table.register(registration))
+        self.sessions[registration.worker_id] = session
+        logger.info(
+            "worker registered",
+            extra={"worker_id": registration.worker_id, "address": registration.address,
+                   "models": sorted(session.record.models)},
+        )
+        await self._notify()
+        return session
+
+    async def disconnect(self, session: WorkerSession, reason: str) -> None:
+        worker_id = session.record.worker_id
+        if self.sessions.get(worker_id) is not session:
+            return
+        del self.sessions[worker_id]
+        self.table.remove(worker_id)
+        self.transport.forget(session.record.address)
+        logger.warning("worker removed", extra={"worker_id": worker_id, "reason": reason})
+        await self._notify()
+
+    def report(self, session: WorkerSession, load: cluster_pb2.LoadReport) -> None:
+        self.table.report(session.record.worker_id, load)
+
+    async def expire_stale(self) -> list[str]:
+        expired = []
+        for record in self.table.stale():
+            session = self.sessions.get(record.worker_id)
+            if session is not None:
+                await self.disconnect(session, "missed heartbeats")
+                expired.append(record.worker_id)
+        return expired
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # -- data path ------------------------------------------------------------------------------
+
+    async def dispatch(
+        self, model: str, rows: int, payload: bytes, deadline: float | None
+    ) -> bytes:
+        """Route a serialized batch to a worker, retrying on another worker if it is lost.
+
+        `deadline` is on this core's clock; None means no deadline."""
+        tried: list[str] = []
+        last_error = "no attempt made"
+        for _ in range(self.max_attempts):
+            record = await self._pick(model, rows, tried, deadline)
+            if record is None:
+                break
+            remaining = None if deadline is None else deadline - self.clock()
+            timeout = self.batch_timeout_s if remaining is None else min(remaining, self.batch_timeout_s)
+            if timeout <= 0:
+                break
+            self.table.begin(record, rows)
+            started = self.clock()
+            try:
+                result = await self.transport.execute(record.address, payload, timeout)
+            except WorkerLost as error:
+                await self._finish(record, rows, None)
+                tried.append(record.worker_id)
+                last_error = f"worker {record.worker_id}: {error}"
+                self.retried_batches += 1
+                logger.warning("batch lost", extra={"worker_id": record.worker_id, "error": str(error)})
+                continue
+            except TideserveError:
+                # The worker answered: the batch itself is at fault, so retrying cannot help.
+                await self._finish(record, rows, self.clock() - started)
+                self.failed_batches += 1
+                raise
+            await self._finish(record, rows, self.clock() - started)
+            self.dispatched_batches += 1
+            self.dispatched_rows += rows
+            self.batch_sizes[rows] += 1
+            return result
+        self.failed_batches += 1
+        if not tried:
+            raise Unavailable(f"no ready worker serves model {model!r}")
+        raise Unavailable(f"batch for {model!r} failed on workers {tried}: {last_error}")
+
+    async def _pick(
+        self, model: str, rows: int, tried: list[str], deadline: float | None
+    ) -> WorkerRecord | None:
+        """Choose a worker, waiting (bounded) for one to register if none can take the batch."""
+        wait_until = self.clock() + self.no_worker_wait_s
+        if deadline is not None:
+            wait_until = min(wait_until, deadline)
+        while True:
+            candidates = self.table.candidates(model, exclude=tried)
+            if candidates:
+                return self.policy.choose(candidates, rows)
+            remaining = wait_until - self.clock()
+            if remaining <= 0:
+                return None
+            async with self._changed:
+                try:
+                    await asyncio.wait_for(self._changed.wait(), min(remaining, 0.05))
+                except TimeoutError:
+                    pass
+
+    async def _finish(self, record: WorkerRecord, rows: int, seconds: float | None) -> None:
+        self.table.finish(record, rows, seconds)
+        if record.draining and record.outstanding_batches == 0:
+            self._release(record)
+        await self._notify()
+
+    # -- draining -------------------------------------------------------------------------------
+
+    async def drain(self, worker_id: str, wait_s: float | None) -> cluster_pb2.DrainWorkerResponse:
+        """Stop routing to a worker; tell it to drain; release it once it holds nothing of ours.
+        With `wait_s`, answer when drained or when `wait_s` has passed."""
+        session = self.sessions.get(worker_id)
+        if session is None:
+            # Gone already: nothing of ours can be on it.
+            return cluster_pb2.DrainWorkerResponse(drained=True)
+        record = session.record
+        if not record.draining:
+            record.draining = True
+            session.commands.put_nowait(
+                cluster_pb2.BalancerCommand(action=cluster_pb2.BalancerCommand.DRAIN, reason="drain")
+            )
+            logger.info("draining worker", extra={"worker_id": worker_id})
+            if record.outstanding_batches == 0:
+                self._release(record)
+        if wait_s:
+            until = self.clock() + wait_s
+            async with self._changed:
+                while record.outstanding_batches > 0 and self.clock() < until:
+                    try:
+                        await asyncio.wait_for(self._changed.wait(), until - self.clock())
+                    except TimeoutError:
+                        break
+        return cluster_pb2.DrainWorkerResponse(
+            drained=record.outstanding_batches == 0, outstanding_batches=record.outstanding_batches
+        )
+
+    def _release(self, record: WorkerRecord) -> None:
+        session = self.sessions.get(record.worker_id)
+        if session is not None:
+            session.commands.put_nowait(
+                cluster_pb2.BalancerCommand(
+                    action=cluster_pb2.BalancerCommand.RELEASE, reason="drained"
+                )
+            )
+
+    # -- observation ----------------------------------------------------------------------------
+
+    def set_policy(self, name: str) -> None:
+        self.policy = create_policy(name)
+        logger.info("routing policy changed", extra={"policy": name})
+
+    def frontend_report(self, report: cluster_pb2.FrontendReport) -> None:
+        self.frontends[report.batcher_id] = (self.clock(), report)
+
+    def models(self) -> list[cluster_pb2.ServedModel]:
+        return list(self.table.models.values())
+
+    def snapshot(self) -> cluster_pb2.ClusterSnapshot:
+        now = self.clock()
+        snapshot = cluster_pb2.ClusterSnapshot(
+            timestamp_unix=self.wall_clock(),
+            models=self.models(),
+            routing_policy=self.policy.name,
+            dispatched_batches=self.dispatched_batches,
+            dispatched_rows=self.dispatched_rows,
+            failed_batches=self.failed_batches,
+            retried_batches=self.retried_batches,
+            frontends=[r for seen, r in self.frontends.values() if now - seen < FRONTEND_REPORT_TTL_S],
+            batch_size_counts=dict(self.batch_sizes),
+        )
+        for record in self.table.workers.values():
+            snapshot.workers.add(
+                worker_id=record.worker_id,
+                address=record.address,
+                device=record.device,
+                models=sorted(record.models),
+                phase=self.table.phase(record),
+                outstanding_batches=record.outstanding_batches,
+                outstanding_rows=record.outstanding_rows,
+                expected_backlog_seconds=record.expected_backlog(),
+                heartbeat_age_seconds=now - record.last_heartbeat,
+                error_rate=record.error_rate,
+                completed_batches=record.completed_batches,
+                memory_bytes=record.memory_bytes,
+                service_times=[
+                    cluster_pb2.ServiceTime(batch_size=size, seconds=seconds)
+                    for size, seconds in sorted(record.service_times.items())
+                ],
+            )
+        return snapshot

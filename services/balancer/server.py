@@ -1,0 +1,204 @@
+"""Balancer server wiring. Dispatch is registered with no (de)serializers: the balancer forwards
+the batch bytes to the worker untouched and routes on request metadata alone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from services.balancer.core import BalancerCore, WorkerLost, WorkerSession
+from services.balancer.registry import WorkerTable
+from services.balancer.settings import BalancerSettings
+from tideserve import serving
+from tideserve.errors import InvalidArgument, TideserveError
+from tideserve.metadata import MODEL_KEY, ROWS_KEY
+from tideserve.v1 import cluster_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "tideserve.v1.Balancer"
+WORKER_EXECUTE = "/tideserve.v1.Worker/Execute"
+
+
+class GrpcWorkerTransport:
+    """One channel per worker, calling Execute with raw bytes in and out."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
+
+    async def execute(self, address: str, payload: bytes, timeout: float | None) -> bytes:
+        call = self._calls.get(address)
+        if call is None:
+            channel = serving.insecure_channel(address)
+            self._channels[address] = channel
+            call = self._calls[address] = channel.unary_unary(WORKER_EXECUTE)
+        try:
+            return await call(payload, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in serving.RETRYABLE_CODES:
+                raise WorkerLost(f"{error.code().name}: {error.details()}") from error
+            raise serving.error_from_status(error.code(), error.details()) from error
+
+    def forget(self, address: str) -> None:
+        self._calls.pop(address, None)
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            # Let calls still in flight on this channel end by themselves before closing it.
+            asyncio.get_running_loop().create_task(channel.close(grace=1.0))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self._channels.values()))
+
+
+class BalancerServicer:
+    def __init__(self, core: BalancerCore, snapshot_interval_s: float) -> None:
+        self.core = core
+        self.snapshot_interval_s = snapshot_interval_s
+
+    async def Heartbeat(  # noqa: N802 - gRPC method name
+        self, requests: AsyncIterator[pb.WorkerReport], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.BalancerCommand]:
+        reports = requests.__aiter__()
+        try:
+            first = await reports.__anext__()
+        except StopAsyncIteration:
+            return
+        if not first.HasField("registration"):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first heartbeat message must be a registration"
+            )
+        session = await self.core.connect(first.registration)
+        reader = asyncio.create_task(self._read_reports(reports, session))
+        try:
+            while True:
+                command = asyncio.create_task(session.commands.get())
+                done, _ = await asyncio.wait({command, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if command not in done:
+                    command.cancel()
+                    break
+                yield command.result()
+        finally:
+            reader.cancel()
+            await self.core.disconnect(session, "heartbeat stream closed")
+
+    async def _read_reports(
+        self, reports: AsyncIterator[pb.WorkerReport], session: WorkerSession
+    ) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+            async for report in reports:
+                if report.HasField("load"):
+                    self.core.report(session, report.load)
+
+    async def Dispatch(self, payload: bytes, context: grpc.aio.ServicerContext) -> bytes:  # noqa: N802
+        metadata = dict(context.invocation_metadata() or ())
+        model = metadata.get(MODEL_KEY)
+        if not model:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"missing {MODEL_KEY} metadata")
+        rows = int(metadata.get(ROWS_KEY, "1"))
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else self.core.clock() + remaining
+        try:
+            return await self.core.dispatch(model, rows, payload, deadline)
+        except TideserveError as error:
+            await context.abort(serving.status_code(error), str(error))
+            raise
+
+    @serving.rpc_errors
+    async def ListModels(  # noqa: N802
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=self.core.models())
+
+    async def WatchCluster(  # noqa: N802
+        self, request: pb.WatchClusterRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ClusterSnapshot]:
+        interval = request.interval_seconds or self.snapshot_interval_s
+        while True:
+            yield self.core.snapshot()
+            await asyncio.sleep(interval)
+
+    @serving.rpc_errors
+    async def ReportFrontend(  # noqa: N802
+        self, request: pb.FrontendReport, context: grpc.aio.ServicerContext
+    ) -> pb.FrontendReportAck:
+        self.core.frontend_report(request)
+        return pb.FrontendReportAck()
+
+    @serving.rpc_errors
+    async def DrainWorker(  # noqa: N802
+        self, request: pb.DrainWorkerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DrainWorkerResponse:
+        remaining = context.time_remaining()
+        wait_s = (remaining if remaining is not None else 30.0) if request.wait else None
+        return await self.core.drain(request.worker_id, wait_s)
+
+    @serving.rpc_errors
+    async def SetRoutingPolicy(  # noqa: N802
+        self, request: pb.SetRoutingPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetRoutingPolicyResponse:
+        try:
+            self.core.set_policy(request.name)
+        except ValueError as error:
+            raise InvalidArgument(str(error)) from error
+        return pb.SetRoutingPolicyResponse(name=self.core.policy.name)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def unary(method, request_type, response_type):  # type: ignore[no-untyped-def]
+            return grpc.unary_unary_rpc_method_handler(
+                method, request_type.FromString, response_type.SerializeToString
+            )
+
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, {
+            "Heartbeat": grpc.stream_stream_rpc_method_handler(
+                self.Heartbeat, pb.WorkerReport.FromString, pb.BalancerCommand.SerializeToString
+            ),
+            # Bytes in, bytes out: no (de)serializer.
+            "Dispatch": grpc.unary_unary_rpc_method_handler(self.Dispatch),
+            "ListModels": unary(self.ListModels, pb.ListModelsRequest, pb.ListModelsResponse),
+            "WatchCluster": grpc.unary_stream_rpc_method_handler(
+                self.WatchCluster, pb.WatchClusterRequest.FromString,
+                pb.ClusterSnapshot.SerializeToString,
+            ),
+            "ReportFrontend": unary(self.ReportFrontend, pb.FrontendReport, pb.FrontendReportAck),
+            "DrainWorker": unary(self.DrainWorker, pb.DrainWorkerRequest, pb.DrainWorkerResponse),
+            "SetRoutingPolicy": unary(
+                self.SetRoutingPolicy, pb.SetRoutingPolicyRequest, pb.SetRoutingPolicyResponse
+            ),
+        })
+
+
+async def _expire_loop(core: BalancerCore, period_s: float) -> None:
+    while True:
+        await asyncio.sleep(period_s)
+        await core.expire_stale()
+
+
+async def serve(settings: BalancerSettings) -> None:
+    transport = GrpcWorkerTransport()
+    table = WorkerTable(
+        heartbeat_timeout_s=settings.heartbeat_timeout_s,
+        eject_after_failures=settings.eject_after_failures,
+        ejection_s=settings.ejection_s,
+    )
+    core = BalancerCore(
+        table, transport, policy=settings.routing_policy, no_worker_wait_s=settings.no_worker_wait_s
+    )
+    server = serving.new_server()
+    server.add_generic_rpc_handlers((BalancerServicer(core, settings.snapshot_interval_s).handler(),))
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    health = await serving.add_health_and_reflection(server, [SERVICE_NAME])
+    await server.start()
+    logger.info("balancer listening", extra={"address": f"{settings.host}:{port}",
+                                              "policy": settings.routing_policy})
+    expiry = asyncio.create_task(_expire_loop(core, settings.heartbeat_timeout_s / 4))
+
+    async def stop() -> None:
+        expiry.cancel()
+        await transport.close()
+
+    await serving.serve_until_signal(server, health, grace_seconds=settings.grace_s, on_stop=stop)

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from services.balancer.routing import POLICIES
+from tideserve.settings import load_settings
+
+
+@dataclass(frozen=True)
+class BalancerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8100
+    routing_policy: str = "shortest_expected_delay"
+    # A worker silent this long is dropped (heartbeats come every 100 ms by default).
+    heartbeat_timeout_s: float = 1.0
+    # How long a batch waits for some worker to serve its model before UNAVAILABLE.
+    no_worker_wait_s: float = 2.0
+    # Consecutive failed batches that eject a worker, and for how long.
+    eject_after_failures: int = 3
+    ejection_s: float = 5.0
+    snapshot_interval_s: float = 0.5
+    grace_s: float = 5.0
+    log_level: str = "INFO"
+    json_logs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.routing_policy not in POLICIES:
+            raise ValueError(
+                f"unknown routing policy {self.routing_policy!r}; choose one of {sorted(POLICIES)}"
+            )
+
+
+def parse(argv: Sequence[str] | None = None) -> BalancerSettings:
+    return load_settings(
+        BalancerSettings, argv, env_prefix="TIDESERVE_BALANCER_", description="tideserve balancer"
+    )

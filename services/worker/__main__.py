@@ -1,0 +1,17 @@
+"""python -m services.worker [--flags]: run one worker."""
+
+import asyncio
+
+from services.worker.server import serve
+from services.worker.settings import parse
+from tideserve.logs import configure_logging
+
+
+def main() -> None:
+    settings = parse()
+    configure_logging("worker", settings.log_level, settings.json_logs)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The worker's logic without gRPC: executes Batch messages on the loaded models and keeps the
+load figures it reports in heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import time
+
+from services.worker.runner import ModelRunner
+from tideserve import codec
+from tideserve.errors import InvalidArgument, NotFound, Unavailable
+from tideserve.v1 import cluster_pb2
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerCore:
+    def __init__(self, worker_id: str, runners: dict[str, ModelRunner]) -> None:
+        self.worker_id = worker_id
+        self.runners = runners
+        self.queued = 0
+        self.inflight = 0
+        self.completed = 0
+        self.failed = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def execute(self, batch: cluster_pb2.Batch) -> cluster_pb2.BatchResult:
+        runner = self.runners.get(batch.model_name)
+        if runner is None:
+            raise NotFound(f"worker {self.worker_id} does not serve model {batch.model_name!r}")
+        arrays = self._decode_inputs(runner, batch)
+        submitted = time.perf_counter()
+        started: list[float] = []
+
+        def run() -> list:
+            started.append(time.perf_counter())
+            self.queued -= 1
+            self.inflight += 1
+            try:
+                return runner.run(arrays)
+            finally:
+                self.inflight -= 1
+
+        self.queued += 1
+        self._idle.clear()
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(runner.executor, run)
+        except Exception:
+            self.failed += 1
+            raise
+        finally:
+            if self.queued == 0 and self.inflight == 0:
+                self._idle.set()
+        self.completed += 1
+        done = time.perf_counter()
+        result = cluster_pb2.BatchResult(
+            batch_id=batch.batch_id,
+            worker_id=self.worker_id,
+            queue_seconds=started[0] - submitted,
+            compute_seconds=done - started[0],
+        )
+        wanted = set(batch.output_names)
+        for spec, array in zip(runner.spec.outputs, outputs, strict=True):
+            if wanted and spec.name not in wanted:
+                continue
+            datatype, shape, raw = codec.encode(array)
+            result.outputs.add(name=spec.name, datatype=datatype, shape=shape, raw=raw)
+        return result
+
+    @staticmethod
+    def _decode_inputs(runner: ModelRunner, batch: cluster_pb2.Batch) -> list:
+        by_name = {t.name: t for t in batch.inputs}
+        arrays = []
+        for spec in runner.spec.inputs:
+            tensor = by_name.get(spec.name)
+            if tensor is None:
+                raise InvalidArgument(f"batch for {batch.model_name} lacks input {spec.name!r}")
+            if tensor.datatype != spec.datatype:
+                raise InvalidArgument(
+                    f"input {spec.name!r} is {tensor.datatype}, model expects {spec.datatype}"
+                )
+            arrays.append(codec.decode(tensor.datatype, tensor.shape, tensor.raw))
+        return arrays
+
+    def check_accepting(self) -> None:
+        if self.draining:
+            raise Unavailable(f"worker {self.worker_id} is draining")
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    def load_report(self) -> cluster_pb2.LoadReport:
+        report = cluster_pb2.LoadReport(
+            queued_batches=max(self.queued, 0),
+            inflight_batches=self.inflight,
+            memory_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            completed_batches=self.completed,
+            failed_batches=self.failed,
+        )
+        times: dict[int, list[float]] = {}
+        for runner in self.runners.values():
+            for size, seconds in runner.service_times.items():
+                times.setdefault(size, []).append(seconds)
+        for size in sorted(times):
+            report.service_times.add(batch_size=size, seconds=max(times[size]))
+        return report
+
+    def registration(self, address: str, device: str) -> cluster_pb2.WorkerRegistration:
+        registration = cluster_pb2.WorkerRegistration(
+            worker_id=self.worker_id, address=address, device=device
+        )
+        for runner in self.runners.values():
+            registration.models.add(config=runner.config, versions=[runner.version])
+        return registration

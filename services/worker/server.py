@@ -1,0 +1,137 @@
+"""Worker server wiring: the Worker gRPC service, health, reflection, and the heartbeat streams
+that register this worker with every configured balancer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+
+from services.worker.core import WorkerCore
+from services.worker.repository import scan
+from services.worker.runner import ModelRunner, configure_threads, resolve_device
+from services.worker.settings import WorkerSettings
+from tideserve import serving
+from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "tideserve.v1.Worker"
+MAX_RECONNECT_BACKOFF_S = 2.0
+
+
+class WorkerServicer(cluster_pb2_grpc.WorkerServicer):
+    def __init__(self, core: WorkerCore) -> None:
+        self.core = core
+
+    @serving.rpc_errors
+    async def Execute(  # noqa: N802 - gRPC method name
+        self, request: cluster_pb2.Batch, context: grpc.aio.ServicerContext
+    ) -> cluster_pb2.BatchResult:
+        return await self.core.execute(request)
+
+
+class HeartbeatClient:
+    """Keeps one heartbeat stream open to one balancer: registration first, then a load report
+    every period. Reconnects with exponential back-off when the stream drops."""
+
+    def __init__(
+        self, core: WorkerCore, balancer: str, registration: cluster_pb2.WorkerRegistration,
+        interval_s: float, released: asyncio.Event,
+    ) -> None:
+        self.core = core
+        self.balancer = balancer
+        self.registration = registration
+        self.interval_s = interval_s
+        self.released = released
+
+    async def _reports(self) -> AsyncIterator[cluster_pb2.WorkerReport]:
+        yield cluster_pb2.WorkerReport(registration=self.registration)
+        while True:
+            await asyncio.sleep(self.interval_s)
+            yield cluster_pb2.WorkerReport(load=self.core.load_report())
+
+    async def run(self) -> None:
+        backoff = 0.1
+        async with serving.insecure_channel(self.balancer) as channel:
+            stub = cluster_pb2_grpc.BalancerStub(channel)
+            while True:
+                try:
+                    call = stub.Heartbeat(self._reports())
+                    async for command in call:
+                        backoff = 0.1
+                        self._handle(command)
+                    logger.warning("heartbeat stream closed", extra={"balancer": self.balancer})
+                except grpc.aio.AioRpcError as error:
+                    logger.warning(
+                        "heartbeat stream failed; reconnecting",
+                        extra={"balancer": self.balancer, "code": error.code().name,
+                               "backoff_s": backoff},
+                    )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_RECONNECT_BACKOFF_S)
+
+    def _handle(self, command: cluster_pb2.BalancerCommand) -> None:
+        if command.action == cluster_pb2.BalancerCommand.DRAIN:
+            logger.info("draining", extra={"balancer": self.balancer, "reason": command.reason})
+            self.core.draining = True
+        elif command.action == cluster_pb2.BalancerCommand.RELEASE:
+            logger.info("released by balancer", extra={"balancer": self.balancer})
+            self.released.set()
+
+
+async def serve(settings: WorkerSettings) -> None:
+    configure_threads(settings.threads)
+    device = resolve_device(settings.device)
+    entries = scan(Path(settings.model_repository), settings.models)
+    server = serving.new_server()
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{port}"
+    health = await serving.add_health_and_reflection(server, [SERVICE_NAME], serving=False)
+    runners: dict[str, ModelRunner] = {}
+    core = WorkerCore(settings.worker_id, runners)
+    cluster_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(core), server)
+    await server.start()
+    for entry in entries:
+        runner = await asyncio.to_thread(
+            ModelRunner, entry.config, entry.version, entry.model_path, device, settings.slowdown
+        )
+        await asyncio.to_thread(runner.warm_up)
+        runners[entry.config.name] = runner
+    await serving.set_serving(health, [SERVICE_NAME])
+    logger.info(
+        "worker ready",
+        extra={"worker_id": settings.worker_id, "address": address, "device": str(device),
+               "models": sorted(runners)},
+    )
+    registration = core.registration(address, str(device))
+    released = asyncio.Event()
+    heartbeats = [
+        asyncio.create_task(
+            HeartbeatClient(core, b, registration, settings.heartbeat_interval_s, released).run()
+        )
+        for b in settings.balancers
+    ]
+    released_task = asyncio.create_task(released.wait())
+    signal_task = asyncio.create_task(
+        serving.serve_until_signal(server, health, grace_seconds=settings.grace_s)
+    )
+    done, _ = await asyncio.wait(
+        [signal_task, released_task] if settings.exit_on_release else [signal_task],
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    if released_task in done:
+        logger.info("drained and released; exiting")
+        await core.wait_idle()
+        await health.enter_graceful_shutdown()
+        await server.stop(settings.grace_s)
+        signal_task.cancel()
+    released_task.cancel()
+    for task in heartbeats:
+        task.cancel()
+    await asyncio.gather(*heartbeats, return_exceptions=True)
+    for runner in runners.values():
+        runner.close()

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tideserve.settings import load_settings
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    # Unique name the balancer and scaler know this worker by; default host-pid.
+    worker_id: str = ""
+    host: str = "127.0.0.1"
+    # 0 lets the OS pick a free port; the worker reports the real one when it registers.
+    port: int = 0
+    model_repository: str = "model_repository"
+    # Models to load; empty loads every model in the repository.
+    models: tuple[str, ...] = ()
+    balancers: tuple[str, ...] = ("127.0.0.1:8100",)
+    heartbeat_interval_s: float = 0.1
+    # "auto" takes cuda when present, else cpu; or "cpu", "cuda", "cuda:1".
+    device: str = "auto"
+    # torch intra-op threads; 0 keeps torch's default.
+    threads: int = 0
+    # Multiplies compute time (sleeps the difference): simulates a slower machine in benchmarks.
+    slowdown: float = 1.0
+    # Exit once every balancer has released this worker after a drain.
+    exit_on_release: bool = True
+    grace_s: float = 10.0
+    log_level: str = "INFO"
+    json_logs: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.worker_id:
+            object.__setattr__(self, "worker_id", f"{socket.gethostname()}-{os.getpid()}")
+        if self.slowdown < 1.0:
+            raise ValueError("slowdown must be >= 1.0")
+        if self.heartbeat_interval_s <= 0:
+            raise ValueError("heartbeat_interval_s must be > 0")
+
+
+def parse(argv: Sequence[str] | None = None) -> WorkerSettings:
+    return load_settings(
+        WorkerSettings, argv, env_prefix="TIDESERVE_WORKER_", description="tideserve worker"
+    )

@@ -1,0 +1,5 @@
+"""Request metadata keys the services set for each other (never for clients)."""
+
+# On batcher -> balancer Dispatch calls, so the balancer routes without parsing the batch.
+MODEL_KEY = "tideserve-model"
+ROWS_KEY = "tideserve-rows"

@@ -1,0 +1,165 @@
+"""Model configuration: Triton's `config.pbtxt` text format (the subset in
+protos/tideserve/v1/model_config.proto), read into a `ModelConfig` message and viewed through
+`ModelSpec`, the plain, validated form the batcher and worker work with.
+
+tideserve-specific options live in `parameters`, as Triton keeps backend options there:
+  instance_count      model instances (executor threads / CUDA streams) per worker, default 1
+  batching_policy     "fixed", "queue_length" or "slo" (default: "slo" when slo_ms is set)
+  slo_ms              end-to-end latency target for the SLO-aware batching policy
+  precision           "fp32" (default), "fp16" or "bf16" execution on GPU
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from tideserve.codec import ELEMENT_SIZES
+from tideserve.errors import InvalidArgument
+from tideserve.v1 import model_config_pb2 as mc
+
+
+def datatype_name(data_type: int) -> str:
+    """TYPE_FP32 -> "FP32"; TYPE_STRING -> "BYTES" (the protocol's name for it)."""
+    name = mc.DataType.Name(data_type).removeprefix("TYPE_")
+    return "BYTES" if name == "STRING" else name
+
+
+def data_type_enum(datatype: str) -> int:
+    return mc.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    # Per-request dims, without the batch dimension when the model batches; -1 = any size.
+    dims: tuple[int, ...]
+
+    @property
+    def fixed(self) -> bool:
+        return all(d >= 0 for d in self.dims)
+
+    @property
+    def row_nbytes(self) -> int:
+        """Bytes per batch row; only meaningful for fixed-size numeric tensors."""
+        return ELEMENT_SIZES.get(self.datatype, 0) * math.prod(self.dims)
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    reject_on_timeout: bool = True
+    default_timeout_us: int = 0
+    allow_timeout_override: bool = True
+    max_queue_size: int = 0
+
+
+@dataclass(frozen=True)
+class BatchingSpec:
+    enabled: bool
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    preserve_ordering: bool = False
+    priority_levels: int = 0
+    default_priority_level: int = 0
+    default_queue_policy: QueuePolicy = field(default_factory=QueuePolicy)
+    priority_queue_policy: dict[int, QueuePolicy] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    platform: str
+    max_batch_size: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    batching: BatchingSpec
+    parameters: dict[str, str]
+
+    @property
+    def batches(self) -> bool:
+        return self.max_batch_size > 0
+
+    @property
+    def instance_count(self) -> int:
+        return int(self.parameters.get("instance_count", "1"))
+
+    @property
+    def slo_ms(self) -> float | None:
+        raw = self.parameters.get("slo_ms")
+        return float(raw) if raw else None
+
+    def input_named(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+    @classmethod
+    def from_config(cls, config: mc.ModelConfig) -> ModelSpec:
+        """Validate a ModelConfig and view it as a ModelSpec; raises InvalidArgument naming the fault."""
+        if not config.name:
+            raise InvalidArgument("model config has no name")
+        if config.max_batch_size < 0:
+            raise InvalidArgument(f"model {config.name}: max_batch_size must be >= 0")
+        if not config.input or not config.output:
+            raise InvalidArgument(f"model {config.name}: config needs at least one input and output")
+
+        def tensors(items: object) -> tuple[TensorSpec, ...]:
+            return tuple(
+                TensorSpec(t.name, datatype_name(t.data_type), tuple(t.dims))  # type: ignore[attr-defined]
+                for t in items  # type: ignore[attr-defined]
+            )
+
+        def queue_policy(p: mc.ModelQueuePolicy) -> QueuePolicy:
+            return QueuePolicy(
+                reject_on_timeout=p.timeout_action == mc.ModelQueuePolicy.REJECT,
+                default_timeout_us=p.default_timeout_microseconds,
+                allow_timeout_override=p.allow_timeout_override,
+                max_queue_size=p.max_queue_size,
+            )
+
+        db = config.dynamic_batching
+        enabled = config.HasField("dynamic_batching") and config.max_batch_size > 0
+        preferred = tuple(sorted(db.preferred_batch_size))
+        if any(p <= 0 or p > config.max_batch_size for p in preferred):
+            raise InvalidArgument(
+                f"model {config.name}: preferred_batch_size {list(preferred)} must lie in "
+                f"1..max_batch_size ({config.max_batch_size})"
+            )
+        if db.priority_levels and not 1 <= db.default_priority_level <= db.priority_levels:
+            raise InvalidArgument(
+                f"model {config.name}: default_priority_level must lie in 1..priority_levels"
+            )
+        batching = BatchingSpec(
+            enabled=enabled,
+            max_queue_delay_us=db.max_queue_delay_microseconds,
+            preferred_batch_sizes=preferred,
+            preserve_ordering=db.preserve_ordering,
+            priority_levels=db.priority_levels,
+            default_priority_level=db.default_priority_level,
+            default_queue_policy=queue_policy(db.default_queue_policy),
+            priority_queue_policy={k: queue_policy(v) for k, v in db.priority_queue_policy.items()},
+        )
+        return cls(
+            name=config.name,
+            platform=config.platform,
+            max_batch_size=config.max_batch_size,
+            inputs=tensors(config.input),
+            outputs=tensors(config.output),
+            batching=batching,
+            parameters={k: v.string_value for k, v in config.parameters.items()},
+        )
+
+
+def read_config(path: Path, default_name: str) -> mc.ModelConfig:
+    """Parse a config.pbtxt; the model's directory name is its name unless the file says otherwise."""
+    config = mc.ModelConfig()
+    try:
+        text_format.Parse(path.read_text(), config)
+    except text_format.ParseError as exc:
+        raise InvalidArgument(f"{path}: {exc}") from exc
+    if not config.name:
+        config.name = default_name
+    ModelSpec.from_config(config)
+    return config
