@@ -49,7 +49,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         files = generate(Path(tmp))
         stale = [
-            f for f in files
+            f
+            for f in files
             if not (ROOT / f).exists() or not filecmp.cmp(Path(tmp) / f, ROOT / f, shallow=False)
         ]
         committed = {p.relative_to(ROOT) for p in OUT_PACKAGE.glob("*_pb2*")}

@@ -103,7 +103,9 @@ class ModelSpec:
         if config.max_batch_size < 0:
             raise InvalidArgument(f"model {config.name}: max_batch_size must be >= 0")
         if not config.input or not config.output:
-            raise InvalidArgument(f"model {config.name}: config needs at least one input and output")
+            raise InvalidArgument(
+                f"model {config.name}: config needs at least one input and output"
+            )
 
         def tensors(items: object) -> tuple[TensorSpec, ...]:
             return tuple(

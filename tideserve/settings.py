@@ -52,7 +52,9 @@ def load_settings(
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", type=Path, help="TOML file of settings (flag names, underscored)")
+    parser.add_argument(
+        "--config", type=Path, help="TOML file of settings (flag names, underscored)"
+    )
     for field in fields:
         default = field.default if field.default is not dataclasses.MISSING else None
         parser.add_argument(

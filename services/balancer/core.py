@@ -84,8 +84,11 @@ class BalancerCore:
         self.sessions[registration.worker_id] = session
         logger.info(
             "worker registered",
-            extra={"worker_id": registration.worker_id, "address": registration.address,
-                   "models": sorted(session.record.models)},
+            extra={
+                "worker_id": registration.worker_id,
+                "address": registration.address,
+                "models": sorted(session.record.models),
+            },
         )
         await self._notify()
         return session
@@ -131,7 +134,9 @@ class BalancerCore:
             if record is None:
                 break
             remaining = None if deadline is None else deadline - self.clock()
-            timeout = self.batch_timeout_s if remaining is None else min(remaining, self.batch_timeout_s)
+            timeout = (
+                self.batch_timeout_s if remaining is None else min(remaining, self.batch_timeout_s)
+            )
             if timeout <= 0:
                 break
             self.table.begin(record, rows)
@@ -143,7 +148,9 @@ class BalancerCore:
                 tried.append(record.worker_id)
                 last_error = f"worker {record.worker_id}: {error}"
                 self.retried_batches += 1
-                logger.warning("batch lost", extra={"worker_id": record.worker_id, "error": str(error)})
+                logger.warning(
+                    "batch lost", extra={"worker_id": record.worker_id, "error": str(error)}
+                )
                 continue
             except TideserveError:
                 # The worker answered: the batch itself is at fault, so retrying cannot help.
@@ -199,7 +206,9 @@ class BalancerCore:
         if not record.draining:
             record.draining = True
             session.commands.put_nowait(
-                cluster_pb2.BalancerCommand(action=cluster_pb2.BalancerCommand.DRAIN, reason="drain")
+                cluster_pb2.BalancerCommand(
+                    action=cluster_pb2.BalancerCommand.DRAIN, reason="drain"
+                )
             )
             logger.info("draining worker", extra={"worker_id": worker_id})
             if record.outstanding_batches == 0:
@@ -247,7 +256,9 @@ class BalancerCore:
             dispatched_rows=self.dispatched_rows,
             failed_batches=self.failed_batches,
             retried_batches=self.retried_batches,
-            frontends=[r for seen, r in self.frontends.values() if now - seen < FRONTEND_REPORT_TTL_S],
+            frontends=[
+                r for seen, r in self.frontends.values() if now - seen < FRONTEND_REPORT_TTL_S
+            ],
             batch_size_counts=dict(self.batch_sizes),
         )
         for record in self.table.workers.values():

@@ -145,7 +145,8 @@ class WorkerTable:
     def candidates(self, model: str, exclude: Iterable[str] = ()) -> list[WorkerRecord]:
         excluded = set(exclude)
         return [
-            w for w in self.workers.values()
+            w
+            for w in self.workers.values()
             if model in w.models and w.worker_id not in excluded and self.is_routable(w)
         ]
 

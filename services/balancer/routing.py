@@ -41,7 +41,9 @@ class LeastLoad:
     name = "least_load"
 
     def choose(self, candidates: Sequence[WorkerRecord], rows: int) -> WorkerRecord:
-        return min(candidates, key=lambda w: (w.outstanding_rows, w.outstanding_batches, w.worker_id))
+        return min(
+            candidates, key=lambda w: (w.outstanding_rows, w.outstanding_batches, w.worker_id)
+        )
 
 
 class PowerOfTwo:
@@ -76,4 +78,6 @@ def create_policy(name: str) -> RoutingPolicy:
     try:
         return POLICIES[name]()
     except KeyError:
-        raise ValueError(f"unknown routing policy {name!r}; choose one of {sorted(POLICIES)}") from None
+        raise ValueError(
+            f"unknown routing policy {name!r}; choose one of {sorted(POLICIES)}"
+        ) from None

@@ -70,7 +70,8 @@ class BalancerServicer:
             return
         if not first.HasField("registration"):
             await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "the first heartbeat message must be a registration"
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the first heartbeat message must be a registration",
             )
         session = await self.core.connect(first.registration)
         reader = asyncio.create_task(self._read_reports(reports, session))
@@ -153,23 +154,31 @@ class BalancerServicer:
                 method, request_type.FromString, response_type.SerializeToString
             )
 
-        return grpc.method_handlers_generic_handler(SERVICE_NAME, {
-            "Heartbeat": grpc.stream_stream_rpc_method_handler(
-                self.Heartbeat, pb.WorkerReport.FromString, pb.BalancerCommand.SerializeToString
-            ),
-            # Bytes in, bytes out: no (de)serializer.
-            "Dispatch": grpc.unary_unary_rpc_method_handler(self.Dispatch),
-            "ListModels": unary(self.ListModels, pb.ListModelsRequest, pb.ListModelsResponse),
-            "WatchCluster": grpc.unary_stream_rpc_method_handler(
-                self.WatchCluster, pb.WatchClusterRequest.FromString,
-                pb.ClusterSnapshot.SerializeToString,
-            ),
-            "ReportFrontend": unary(self.ReportFrontend, pb.FrontendReport, pb.FrontendReportAck),
-            "DrainWorker": unary(self.DrainWorker, pb.DrainWorkerRequest, pb.DrainWorkerResponse),
-            "SetRoutingPolicy": unary(
-                self.SetRoutingPolicy, pb.SetRoutingPolicyRequest, pb.SetRoutingPolicyResponse
-            ),
-        })
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Heartbeat": grpc.stream_stream_rpc_method_handler(
+                    self.Heartbeat, pb.WorkerReport.FromString, pb.BalancerCommand.SerializeToString
+                ),
+                # Bytes in, bytes out: no (de)serializer.
+                "Dispatch": grpc.unary_unary_rpc_method_handler(self.Dispatch),
+                "ListModels": unary(self.ListModels, pb.ListModelsRequest, pb.ListModelsResponse),
+                "WatchCluster": grpc.unary_stream_rpc_method_handler(
+                    self.WatchCluster,
+                    pb.WatchClusterRequest.FromString,
+                    pb.ClusterSnapshot.SerializeToString,
+                ),
+                "ReportFrontend": unary(
+                    self.ReportFrontend, pb.FrontendReport, pb.FrontendReportAck
+                ),
+                "DrainWorker": unary(
+                    self.DrainWorker, pb.DrainWorkerRequest, pb.DrainWorkerResponse
+                ),
+                "SetRoutingPolicy": unary(
+                    self.SetRoutingPolicy, pb.SetRoutingPolicyRequest, pb.SetRoutingPolicyResponse
+                ),
+            },
+        )
 
 
 async def _expire_loop(core: BalancerCore, period_s: float) -> None:
@@ -189,12 +198,16 @@ async def serve(settings: BalancerSettings) -> None:
         table, transport, policy=settings.routing_policy, no_worker_wait_s=settings.no_worker_wait_s
     )
     server = serving.new_server()
-    server.add_generic_rpc_handlers((BalancerServicer(core, settings.snapshot_interval_s).handler(),))
+    server.add_generic_rpc_handlers(
+        (BalancerServicer(core, settings.snapshot_interval_s).handler(),)
+    )
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     health = await serving.add_health_and_reflection(server, [SERVICE_NAME])
     await server.start()
-    logger.info("balancer listening", extra={"address": f"{settings.host}:{port}",
-                                              "policy": settings.routing_policy})
+    logger.info(
+        "balancer listening",
+        extra={"address": f"{settings.host}:{port}", "policy": settings.routing_policy},
+    )
     expiry = asyncio.create_task(_expire_loop(core, settings.heartbeat_timeout_s / 4))
 
     async def stop() -> None:

@@ -19,8 +19,12 @@ class TinyCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
         )
         self.head = nn.Linear(16, 10)
 
@@ -29,7 +33,10 @@ class TinyCNN(nn.Module):
 
 
 def _config_text(
-    name: str, input_dims: list[int], output_dims: list[int], max_batch_size: int,
+    name: str,
+    input_dims: list[int],
+    output_dims: list[int],
+    max_batch_size: int,
     max_queue_delay_us: int,
 ) -> str:
     return (
@@ -43,8 +50,13 @@ def _config_text(
 
 
 def add_torchscript_model(
-    repository: Path, name: str, model_file: Path, input_dims: list[int], *,
-    max_batch_size: int = 64, max_queue_delay_us: int = 0,
+    repository: Path,
+    name: str,
+    model_file: Path,
+    input_dims: list[int],
+    *,
+    max_batch_size: int = 64,
+    max_queue_delay_us: int = 0,
 ) -> Path:
     """Copy a TorchScript file with one FP32 input and one FP32 output into the repository as
     version 1, probing it once to learn its output dims. Returns the model directory."""

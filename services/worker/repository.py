@@ -44,7 +44,9 @@ def scan(repository: Path, names: Iterable[str] = ()) -> list[RepositoryEntry]:
         version_dir = _latest_version(model_dir)
         if not config_path.exists() or version_dir is None:
             continue
-        model_path = next((version_dir / f for f in MODEL_FILES if (version_dir / f).exists()), None)
+        model_path = next(
+            (version_dir / f for f in MODEL_FILES if (version_dir / f).exists()), None
+        )
         if model_path is None:
             continue
         config = read_config(config_path, model_dir.name)

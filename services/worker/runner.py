@@ -92,8 +92,7 @@ class ModelRunner:
         rows = inputs[0].shape[0] if self.spec.batches and inputs else 1
         previous = self.service_times.get(rows)
         self.service_times[rows] = (
-            elapsed if previous is None
-            else previous + SERVICE_TIME_ALPHA * (elapsed - previous)
+            elapsed if previous is None else previous + SERVICE_TIME_ALPHA * (elapsed - previous)
         )
         return arrays
 
@@ -105,7 +104,9 @@ class ModelRunner:
             try:
                 return [result[name] for name in names]
             except KeyError as exc:
-                raise InvalidArgument(f"model {self.spec.name} did not return output {exc}") from exc
+                raise InvalidArgument(
+                    f"model {self.spec.name} did not return output {exc}"
+                ) from exc
         outputs = list(result)  # type: ignore[call-overload]
         if len(outputs) < len(names):
             raise InvalidArgument(

@@ -39,8 +39,12 @@ class HeartbeatClient:
     every period. Reconnects with exponential back-off when the stream drops."""
 
     def __init__(
-        self, core: WorkerCore, balancer: str, registration: cluster_pb2.WorkerRegistration,
-        interval_s: float, released: asyncio.Event,
+        self,
+        core: WorkerCore,
+        balancer: str,
+        registration: cluster_pb2.WorkerRegistration,
+        interval_s: float,
+        released: asyncio.Event,
     ) -> None:
         self.core = core
         self.balancer = balancer
@@ -68,8 +72,11 @@ class HeartbeatClient:
                 except grpc.aio.AioRpcError as error:
                     logger.warning(
                         "heartbeat stream failed; reconnecting",
-                        extra={"balancer": self.balancer, "code": error.code().name,
-                               "backoff_s": backoff},
+                        extra={
+                            "balancer": self.balancer,
+                            "code": error.code().name,
+                            "backoff_s": backoff,
+                        },
                     )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_RECONNECT_BACKOFF_S)
@@ -104,8 +111,12 @@ async def serve(settings: WorkerSettings) -> None:
     await serving.set_serving(health, [SERVICE_NAME])
     logger.info(
         "worker ready",
-        extra={"worker_id": settings.worker_id, "address": address, "device": str(device),
-               "models": sorted(runners)},
+        extra={
+            "worker_id": settings.worker_id,
+            "address": address,
+            "device": str(device),
+            "models": sorted(runners),
+        },
     )
     registration = core.registration(address, str(device))
     released = asyncio.Event()

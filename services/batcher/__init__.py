@@ -1,0 +1,1 @@
+"""The batcher: the client-facing GRPCInferenceService, with a dynamic batching queue per model."""

@@ -1,0 +1,214 @@
+"""Dynamic batch formation, without gRPC or asyncio: a per-model queue that decides, at a given
+instant, whether a batch should leave and which requests it holds.
+
+Semantics follow Triton's dynamic batcher:
+- a batch leaves once it can be full (max batch size, or the largest preferred size reachable),
+  or once its oldest request has waited the maximum queue delay (from the batching policy);
+- requests of a higher priority level (lower number) go first; within a level, arrival order;
+- a queue holds at most `max_queue_size` requests, later ones are refused at once;
+- a request whose queue timeout passes before it leaves is rejected (or, with the DELAY action,
+  demoted behind every other request).
+Whether a batch may leave *now* is also gated by the caller on free dispatch capacity: while every
+worker is busy the queue keeps growing, so batches grow under load instead of by idling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tideserve.errors import ResourceExhausted
+from tideserve.modelconfig import BatchingSpec, QueuePolicy
+
+
+@dataclass(eq=False)
+class PendingRequest:
+    """One client request waiting in a queue. `inputs` are raw bytes in the model's input order."""
+
+    request_id: str
+    rows: int
+    inputs: list[bytes]
+    # Per-row dims of each input: only requests with equal dims can share a batch.
+    shape_key: tuple[tuple[int, ...], ...]
+    output_names: tuple[str, ...]
+    arrival: float
+    priority: int = 0
+    # Queue timeout (monotonic); a request still queued then is rejected. None: no timeout.
+    expires: float | None = None
+    # The client's own deadline (monotonic), used to bound the downstream call.
+    deadline: float | None = None
+    future: asyncio.Future | None = field(default=None, repr=False)
+
+
+class BatchPolicy(Protocol):
+    """Decides how large a batch to aim for and how long its oldest request may wait for it."""
+
+    name: str
+
+    def target(self, queued_rows: int, now: float) -> tuple[int, float]:
+        """(target rows, max wait seconds of the oldest request) for the queue as it stands."""
+        ...
+
+    def observe(self, rows: int, queue_seconds: float, service_seconds: float) -> None:
+        """Learn from a finished batch: how long its requests queued and how long it ran."""
+        ...
+
+
+class FixedPolicy:
+    """Triton's rule: aim for the max batch size, wait at most max_queue_delay."""
+
+    name = "fixed"
+
+    def __init__(self, max_batch_size: int, max_queue_delay_s: float) -> None:
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+
+    def target(self, queued_rows: int, now: float) -> tuple[int, float]:
+        return self.max_batch_size, self.max_queue_delay_s
+
+    def observe(self, rows: int, queue_seconds: float, service_seconds: float) -> None:
+        return None
+
+
+class BatchQueue:
+    def __init__(
+        self,
+        max_batch_size: int,
+        batching: BatchingSpec,
+        policy: BatchPolicy,
+        clock: Callable[[], float],
+    ) -> None:
+        self.max_batch_size = max(max_batch_size, 1)
+        self.batching = batching
+        self.policy = policy
+        self.clock = clock
+        levels = max(batching.priority_levels, 1)
+        # Level i+1 of the config lives at index i; index `levels` holds DELAY-demoted requests.
+        self._levels: list[deque[PendingRequest]] = [deque() for _ in range(levels + 1)]
+        self.count = 0
+        self.rows = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def queue_policy(self, level: int) -> QueuePolicy:
+        return self.batching.priority_queue_policy.get(level, self.batching.default_queue_policy)
+
+    def level_for(self, priority: int) -> int:
+        """Config priority (1 = highest; 0 = default) -> queue index."""
+        if self.batching.priority_levels == 0:
+            return 0
+        if priority == 0:
+            priority = self.batching.default_priority_level
+        return min(priority, self.batching.priority_levels) - 1
+
+    def put(self, request: PendingRequest) -> None:
+        level = self.level_for(request.priority)
+        limit = self.queue_policy(level + 1).max_queue_size
+        if limit and len(self._levels[level]) >= limit:
+            raise ResourceExhausted(
+                f"queue for this model is full ({limit} requests at priority {level + 1}); "
+                "retry later or lower the request rate"
+            )
+        self._levels[level].append(request)
+        self.count += 1
+        self.rows += request.rows
+
+    def pop_expired(self, now: float) -> list[PendingRequest]:
+        """Remove and return requests whose queue timeout passed (REJECT); demote DELAY ones."""
+        expired: list[PendingRequest] = []
+        for index, level in enumerate(self._levels[:-1]):
+            if not any(r.expires is not None and r.expires <= now for r in level):
+                continue
+            keep: deque[PendingRequest] = deque()
+            reject = self.queue_policy(index + 1).reject_on_timeout
+            for request in level:
+                if request.expires is None or request.expires > now:
+                    keep.append(request)
+                elif reject:
+                    expired.append(request)
+                    self.count -= 1
+                    self.rows -= request.rows
+                else:
+                    request.expires = None
+                    self._levels[-1].append(request)
+            self._levels[index] = keep
+        return expired
+
+    def _oldest(self) -> PendingRequest | None:
+        heads = [level[0] for level in self._levels if level]
+        return min(heads, key=lambda r: r.arrival, default=None)
+
+    def _batch_rows(self, target: int) -> int:
+        """Rows the next batch would hold if it left now (same-shape prefix, up to target)."""
+        rows = 0
+        key = None
+        for level in self._levels:
+            for request in level:
+                if key is None:
+                    key = request.shape_key
+                elif request.shape_key != key or rows + request.rows > target:
+                    return rows
+                rows += request.rows
+                if rows >= target:
+                    return rows
+        return rows
+
+    def _goal(self, target: int, available: int) -> int:
+        """Rows the next batch should hold: the target if reachable, else the largest preferred
+        size that is reachable, else everything available."""
+        if available >= target:
+            return target
+        index = bisect.bisect_right(self.batching.preferred_batch_sizes, available)
+        return self.batching.preferred_batch_sizes[index - 1] if index else target
+
+    def ready(self, now: float) -> bool:
+        """Should a batch leave now (given free capacity)?"""
+        oldest = self._oldest()
+        if oldest is None:
+            return False
+        target, max_wait = self.policy.target(self.rows, now)
+        available = self._batch_rows(min(target, self.max_batch_size))
+        if available >= min(target, self.max_batch_size) or now - oldest.arrival >= max_wait:
+            return True
+        preferred = self.batching.preferred_batch_sizes
+        return bool(preferred) and available >= preferred[0]
+
+    def next_wakeup(self, now: float) -> float | None:
+        """Seconds until `ready` may change without a new arrival, or None if the queue is empty."""
+        oldest = self._oldest()
+        if oldest is None:
+            return None
+        _, max_wait = self.policy.target(self.rows, now)
+        waits = [oldest.arrival + max_wait - now]
+        waits += [r.expires - now for lvl in self._levels for r in lvl if r.expires is not None]
+        return max(min(waits), 0.0)
+
+    def take(self, now: float) -> list[PendingRequest]:
+        """Remove and return the next batch: highest priority first, in arrival order, requests of
+        the first one's shape only, up to the goal size. Never skips a request to take a later one."""
+        target, _ = self.policy.target(self.rows, now)
+        target = min(target, self.max_batch_size)
+        goal = self._goal(target, self._batch_rows(target))
+        batch: list[PendingRequest] = []
+        rows = 0
+        key = None
+        for level in self._levels:
+            while level and rows < goal:
+                request = level[0]
+                if key is not None and (request.shape_key != key or rows + request.rows > goal):
+                    return self._taken(batch, rows)
+                key = request.shape_key
+                level.popleft()
+                batch.append(request)
+                rows += request.rows
+        return self._taken(batch, rows)
+
+    def _taken(self, batch: list[PendingRequest], rows: int) -> list[PendingRequest]:
+        self.count -= len(batch)
+        self.rows -= rows
+        return batch

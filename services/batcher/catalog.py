@@ -1,0 +1,84 @@
+"""The models the workers serve, as last told by the balancer, with the answers to metadata and
+config queries precomputed (they are asked often by clients such as perf_analyzer)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tideserve.errors import NotFound
+from tideserve.modelconfig import ModelSpec
+from tideserve.v1 import cluster_pb2, inference_pb2
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    spec: ModelSpec
+    config: object  # inference.ModelConfig
+    versions: tuple[str, ...]
+    metadata: inference_pb2.ModelMetadataResponse
+
+
+def _metadata(
+    spec: ModelSpec, served: cluster_pb2.ServedModel
+) -> inference_pb2.ModelMetadataResponse:
+    batch_dim = [-1] if spec.batches else []
+    response = inference_pb2.ModelMetadataResponse(
+        name=spec.name, versions=list(served.versions), platform=spec.platform
+    )
+    for tensor in spec.inputs:
+        response.inputs.add(
+            name=tensor.name, datatype=tensor.datatype, shape=[*batch_dim, *tensor.dims]
+        )
+    for tensor in spec.outputs:
+        response.outputs.add(
+            name=tensor.name, datatype=tensor.datatype, shape=[*batch_dim, *tensor.dims]
+        )
+    return response
+
+
+class ModelCatalog:
+    def __init__(self) -> None:
+        self.entries: dict[str, CatalogEntry] = {}
+        # Ready workers serving each model, from the latest cluster snapshot.
+        self.worker_counts: dict[str, int] = {}
+
+    def update(self, models: list[cluster_pb2.ServedModel]) -> list[str]:
+        """Replace the catalog; returns the names of models that appeared or changed."""
+        changed = []
+        entries = {}
+        for served in models:
+            name = served.config.name
+            current = self.entries.get(name)
+            if current is not None and current.config == served.config:
+                entries[name] = current
+                continue
+            spec = ModelSpec.from_config(served.config)
+            entries[name] = CatalogEntry(
+                spec, served.config, tuple(served.versions), _metadata(spec, served)
+            )
+            changed.append(name)
+        self.entries = entries
+        return changed
+
+    def update_workers(self, snapshot: cluster_pb2.ClusterSnapshot) -> None:
+        counts: dict[str, int] = {}
+        for worker in snapshot.workers:
+            if worker.phase == cluster_pb2.WorkerState.READY:
+                for model in worker.models:
+                    counts[model] = counts.get(model, 0) + 1
+        self.worker_counts = counts
+
+    def get(self, name: str, version: str = "") -> CatalogEntry:
+        entry = self.entries.get(name)
+        if entry is None:
+            raise NotFound(
+                f"unknown model {name!r}; served models are {sorted(self.entries) or 'none yet'}"
+            )
+        if version and version not in entry.versions:
+            raise NotFound(
+                f"model {name!r} has no version {version!r}; versions {list(entry.versions)}"
+            )
+        return entry
+
+    def ready(self, name: str) -> bool:
+        return name in self.entries and self.worker_counts.get(name, 0) > 0

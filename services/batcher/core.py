@@ -1,0 +1,265 @@
+"""The batcher's logic without gRPC: a scheduler per model that forms batches from its queue as
+dispatch capacity frees up, sends them downstream and splits the results back to each request."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from services.batcher.batching import BatchQueue, FixedPolicy, PendingRequest
+from services.batcher.catalog import CatalogEntry, ModelCatalog
+from services.batcher.requests import parse_request
+from tideserve.errors import DeadlineExceeded, TideserveError
+from tideserve.v1 import cluster_pb2, inference_pb2
+
+logger = logging.getLogger(__name__)
+
+# Latencies kept for the percentiles reported to the balancer (and so to the scaler).
+LATENCY_WINDOW = 4096
+
+
+class BatchDispatcher(Protocol):
+    async def dispatch(self, model: str, rows: int, payload: bytes, timeout: float | None) -> bytes:
+        """Send serialized Batch bytes downstream; return serialized BatchResult bytes."""
+        ...
+
+
+class ModelScheduler:
+    """Owns one model's queue. A batch leaves when the queue says it is ready *and* fewer than
+    `capacity()` batches are in flight, so batches grow while workers are busy, not by idling."""
+
+    def __init__(
+        self,
+        entry: CatalogEntry,
+        dispatcher: BatchDispatcher,
+        capacity: Callable[[], int],
+        clock: Callable[[], float],
+    ) -> None:
+        self.entry = entry
+        spec = entry.spec
+        self.queue = BatchQueue(
+            spec.max_batch_size,
+            spec.batching,
+            FixedPolicy(max(spec.max_batch_size, 1), spec.batching.max_queue_delay_us / 1e6),
+            clock,
+        )
+        self.dispatcher = dispatcher
+        self.capacity = capacity
+        self.clock = clock
+        self.inflight = 0
+        self._wake = asyncio.Event()
+        self._batch_ids = itertools.count()
+        self._prefix = f"{os.getpid()}-{spec.name}-"
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def submit(self, request: PendingRequest) -> asyncio.Future:
+        self.queue.put(request)
+        request.future = asyncio.get_running_loop().create_future()
+        self._wake.set()
+        return request.future
+
+    def close(self) -> None:
+        self._task.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            self.inflight += 1
+            asyncio.get_running_loop().create_task(self._execute(batch))
+
+    async def _wait(self, timeout: float | None) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def _next_batch(self) -> list[PendingRequest]:
+        while True:
+            if self.inflight >= self.capacity():
+                await self._wait(None)
+                continue
+            now = self.clock()
+            for request in self.queue.pop_expired(now):
+                _fail(
+                    request,
+                    DeadlineExceeded("request timed out in the queue before it was batched"),
+                )
+            if self.queue.ready(now):
+                batch = [r for r in self.queue.take(now) if self._still_wanted(r, now)]
+                if batch:
+                    return batch
+                continue
+            await self._wait(self.queue.next_wakeup(now))
+
+    @staticmethod
+    def _still_wanted(request: PendingRequest, now: float) -> bool:
+        """Drop requests whose client gave up or whose deadline passed: no compute for them."""
+        if request.future is None or request.future.done():
+            return False
+        if request.deadline is not None and request.deadline <= now:
+            _fail(request, DeadlineExceeded("deadline passed before the request reached a worker"))
+            return False
+        return True
+
+    def _payload(self, batch: list[PendingRequest], rows: int) -> bytes:
+        spec = self.entry.spec
+        message = cluster_pb2.Batch(
+            batch_id=f"{self._prefix}{next(self._batch_ids)}",
+            model_name=spec.name,
+            model_version=self.entry.versions[-1] if self.entry.versions else "",
+        )
+        first = batch[0]
+        for index, tensor in enumerate(spec.inputs):
+            dims = list(first.shape_key[index])
+            raw = (
+                first.inputs[index] if len(batch) == 1 else b"".join(r.inputs[index] for r in batch)
+            )
+            message.inputs.add(
+                name=tensor.name,
+                datatype=tensor.datatype,
+                shape=[rows, *dims] if spec.batches else dims,
+                raw=raw,
+            )
+        if all(r.output_names for r in batch):
+            message.output_names.extend(sorted({n for r in batch for n in r.output_names}))
+        return message.SerializeToString()
+
+    async def _execute(self, batch: list[PendingRequest]) -> None:
+        rows = sum(r.rows for r in batch)
+        now = self.clock()
+        deadlines = [r.deadline for r in batch]
+        timeout = None if None in deadlines else max(deadlines) - now  # type: ignore[type-var]
+        try:
+            raw = await self.dispatcher.dispatch(
+                self.entry.spec.name, rows, self._payload(batch, rows), timeout
+            )
+            self._complete(batch, rows, cluster_pb2.BatchResult.FromString(raw))
+            self.queue.policy.observe(rows, now - batch[0].arrival, self.clock() - now)
+        except TideserveError as error:
+            for request in batch:
+                _fail(request, error)
+        except Exception as error:
+            logger.exception("batch failed", extra={"model": self.entry.spec.name})
+            for request in batch:
+                _fail(request, TideserveError(f"internal error while serving the batch: {error}"))
+        finally:
+            self.inflight -= 1
+            self._wake.set()
+
+    def _complete(
+        self, batch: list[PendingRequest], rows: int, result: cluster_pb2.BatchResult
+    ) -> None:
+        spec = self.entry.spec
+        model_version = self.entry.versions[-1] if self.entry.versions else ""
+        outputs = [(o.name, o.datatype, list(o.shape), o.raw) for o in result.outputs]
+        offset = 0
+        for request in batch:
+            response = inference_pb2.ModelInferResponse(
+                model_name=spec.name, model_version=model_version, id=request.request_id
+            )
+            for name, datatype, shape, raw in outputs:
+                if request.output_names and name not in request.output_names:
+                    continue
+                if spec.batches:
+                    per_row = len(raw) // rows
+                    piece = raw[offset * per_row : (offset + request.rows) * per_row]
+                    response.outputs.add(
+                        name=name, datatype=datatype, shape=[request.rows, *shape[1:]]
+                    )
+                else:
+                    piece = raw
+                    response.outputs.add(name=name, datatype=datatype, shape=shape)
+                response.raw_output_contents.append(piece)
+            offset += request.rows
+            if request.future is not None and not request.future.done():
+                request.future.set_result(response)
+
+
+def _fail(request: PendingRequest, error: TideserveError) -> None:
+    if request.future is not None and not request.future.done():
+        request.future.set_exception(error)
+
+
+class BatcherCore:
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        dispatcher: BatchDispatcher,
+        *,
+        inflight_per_worker: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.catalog = catalog
+        self.dispatcher = dispatcher
+        self.inflight_per_worker = inflight_per_worker
+        self.clock = clock
+        self.schedulers: dict[str, ModelScheduler] = {}
+        self.requests_total = 0
+        self.requests_failed = 0
+        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._arrivals: deque[float] = deque(maxlen=LATENCY_WINDOW)
+
+    def _scheduler(self, entry: CatalogEntry) -> ModelScheduler:
+        scheduler = self.schedulers.get(entry.spec.name)
+        if scheduler is None or scheduler.entry is not entry:
+            if scheduler is not None and len(scheduler.queue) == 0 and scheduler.inflight == 0:
+                scheduler.close()
+            name = entry.spec.name
+            scheduler = ModelScheduler(
+                entry,
+                self.dispatcher,
+                lambda: self.inflight_per_worker * max(self.catalog.worker_counts.get(name, 0), 1),
+                self.clock,
+            )
+            self.schedulers[name] = scheduler
+        return scheduler
+
+    def submit(
+        self, request: inference_pb2.ModelInferRequest, deadline: float | None
+    ) -> asyncio.Future:
+        """Validate and enqueue; the future resolves to the ModelInferResponse. Raises at once for
+        unknown models, malformed requests and full queues."""
+        now = self.clock()
+        self.requests_total += 1
+        self._arrivals.append(now)
+        entry = self.catalog.get(request.model_name, request.model_version)
+        return self._scheduler(entry).submit(parse_request(request, entry.spec, now, deadline))
+
+    def record(self, latency: float | None) -> None:
+        """A request finished: its latency, or None if it failed."""
+        if latency is None:
+            self.requests_failed += 1
+        else:
+            self.latencies.append(latency)
+
+    def frontend_report(self, batcher_id: str) -> cluster_pb2.FrontendReport:
+        now = self.clock()
+        recent = [t for t in self._arrivals if now - t <= 5.0]
+        span = now - recent[0] if len(recent) > 1 else 0.0
+        latencies = np.fromiter(self.latencies, dtype=float) if self.latencies else None
+        return cluster_pb2.FrontendReport(
+            batcher_id=batcher_id,
+            arrival_rate=len(recent) / span if span > 0 else 0.0,
+            queued_requests=sum(len(s.queue) for s in self.schedulers.values()),
+            latency_p50_seconds=float(np.percentile(latencies, 50))
+            if latencies is not None
+            else 0.0,
+            latency_p99_seconds=float(np.percentile(latencies, 99))
+            if latencies is not None
+            else 0.0,
+            requests_total=self.requests_total,
+            requests_failed=self.requests_failed,
+        )
+
+    def close(self) -> None:
+        for scheduler in self.schedulers.values():
+            scheduler.close()

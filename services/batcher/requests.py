@@ -1,0 +1,136 @@
+"""Turning a client's ModelInferRequest into a PendingRequest, refusing anything malformed with
+an INVALID_ARGUMENT that names the problem, before it can reach a queue or a worker."""
+
+from __future__ import annotations
+
+from services.batcher.batching import PendingRequest
+from tideserve import codec
+from tideserve.errors import InvalidArgument
+from tideserve.modelconfig import ModelSpec
+from tideserve.v1 import inference_pb2 as pb
+
+# Request parameters the batcher understands; others are accepted and ignored, as Triton does.
+PRIORITY = "priority"
+TIMEOUT_US = "timeout"
+
+
+def parameter_int(parameters: object, name: str) -> int | None:
+    value = parameters.get(name)  # type: ignore[attr-defined]
+    if value is None:
+        return None
+    kind = value.WhichOneof("parameter_choice")
+    if kind in ("int64_param", "uint64_param"):
+        number = getattr(value, kind)
+    elif kind == "double_param" and value.double_param.is_integer():
+        number = int(value.double_param)
+    else:
+        raise InvalidArgument(f"parameter {name!r} must be an integer, got {kind}")
+    if number < 0:
+        raise InvalidArgument(f"parameter {name!r} must be >= 0, got {number}")
+    return number
+
+
+def _check_dims(model: str, spec_dims: tuple[int, ...], dims: list[int], name: str) -> None:
+    if len(dims) != len(spec_dims) or any(s >= 0 and s != d for s, d in zip(spec_dims, dims)):
+        raise InvalidArgument(
+            f"input {name!r} of model {model!r} has shape {dims} per request row, expected "
+            f"{list(spec_dims)} (-1 = any size)"
+        )
+
+
+def parse_request(
+    request: pb.ModelInferRequest, spec: ModelSpec, now: float, deadline: float | None
+) -> PendingRequest:
+    """Validate against the model's spec and return the request with raw inputs in model order."""
+    raw_contents = request.raw_input_contents
+    if raw_contents and len(raw_contents) != len(request.inputs):
+        raise InvalidArgument(
+            f"request has {len(request.inputs)} inputs but {len(raw_contents)} raw_input_contents"
+        )
+    by_name: dict[str, int] = {}
+    for index, tensor in enumerate(request.inputs):
+        if tensor.name in by_name:
+            raise InvalidArgument(f"input {tensor.name!r} appears more than once")
+        if spec.input_named(tensor.name) is None:
+            raise InvalidArgument(
+                f"model {spec.name!r} has no input {tensor.name!r}; "
+                f"inputs are {[t.name for t in spec.inputs]}"
+            )
+        by_name[tensor.name] = index
+
+    rows = 1
+    inputs: list[bytes] = []
+    shape_key: list[tuple[int, ...]] = []
+    for input_spec in spec.inputs:
+        index = by_name.get(input_spec.name)
+        if index is None:
+            raise InvalidArgument(f"missing input {input_spec.name!r} for model {spec.name!r}")
+        tensor = request.inputs[index]
+        if tensor.datatype != input_spec.datatype:
+            raise InvalidArgument(
+                f"input {tensor.name!r} has datatype {tensor.datatype or '(none)'}, "
+                f"model {spec.name!r} expects {input_spec.datatype}"
+            )
+        shape = list(tensor.shape)
+        if spec.batches:
+            if not shape:
+                raise InvalidArgument(f"input {tensor.name!r} needs a batch dimension first")
+            tensor_rows, dims = shape[0], shape[1:]
+            if not 1 <= tensor_rows <= spec.max_batch_size:
+                raise InvalidArgument(
+                    f"input {tensor.name!r} has batch size {tensor_rows}; model {spec.name!r} "
+                    f"takes 1..{spec.max_batch_size}"
+                )
+            if inputs and tensor_rows != rows:
+                raise InvalidArgument("all inputs of a request must have the same batch size")
+            rows = tensor_rows
+        else:
+            dims = shape
+        _check_dims(spec.name, input_spec.dims, dims, tensor.name)
+        if raw_contents:
+            raw = raw_contents[index]
+            expected = codec.expected_nbytes(tensor.datatype, shape)
+            if len(raw) != expected:
+                raise InvalidArgument(
+                    f"input {tensor.name!r}: raw content has {len(raw)} bytes but "
+                    f"{tensor.datatype} {shape} needs {expected}"
+                )
+        elif tensor.HasField("contents"):
+            raw = codec.contents_to_raw(tensor.datatype, shape, tensor.contents)
+        else:
+            raise InvalidArgument(f"input {tensor.name!r} has no data (raw or typed contents)")
+        inputs.append(raw)
+        shape_key.append(tuple(dims))
+
+    output_names = tuple(o.name for o in request.outputs)
+    known = {o.name for o in spec.outputs}
+    for name in output_names:
+        if name not in known:
+            raise InvalidArgument(
+                f"model {spec.name!r} has no output {name!r}; outputs are {sorted(known)}"
+            )
+
+    priority = parameter_int(request.parameters, PRIORITY) or 0
+    batching = spec.batching
+    if batching.priority_levels and priority > batching.priority_levels:
+        raise InvalidArgument(
+            f"priority {priority} is outside 1..{batching.priority_levels} for model {spec.name!r}"
+        )
+    level_policy = batching.priority_queue_policy.get(
+        priority or batching.default_priority_level, batching.default_queue_policy
+    )
+    timeout_us = level_policy.default_timeout_us
+    requested = parameter_int(request.parameters, TIMEOUT_US)
+    if requested and level_policy.allow_timeout_override:
+        timeout_us = requested
+    return PendingRequest(
+        request_id=request.id,
+        rows=rows,
+        inputs=inputs,
+        shape_key=tuple(shape_key),
+        output_names=output_names,
+        arrival=now,
+        priority=priority,
+        expires=now + timeout_us / 1e6 if timeout_us else None,
+        deadline=deadline,
+    )

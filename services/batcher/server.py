@@ -1,0 +1,229 @@
+"""Batcher server wiring: GRPCInferenceService for clients, and the balancer connections that
+feed the model catalog and take the batches."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+import tideserve
+from services.batcher.catalog import ModelCatalog
+from services.batcher.core import BatcherCore
+from services.batcher.settings import BatcherSettings
+from tideserve import serving
+from tideserve.errors import TideserveError, Unavailable
+from tideserve.metadata import MODEL_KEY, ROWS_KEY
+from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2_grpc
+from tideserve.v1 import inference_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+BALANCER_DISPATCH = "/tideserve.v1.Balancer/Dispatch"
+
+
+class BalancerPool:
+    """Dispatches batches over one or more balancers: round robin, moving on to the next balancer
+    when one is unreachable, so no single balancer is a point of failure."""
+
+    def __init__(self, addresses: tuple[str, ...]) -> None:
+        self.channels = [serving.insecure_channel(a) for a in addresses]
+        self.addresses = addresses
+        self._calls = [c.unary_unary(BALANCER_DISPATCH) for c in self.channels]
+        self._next = itertools.count()
+
+    async def dispatch(self, model: str, rows: int, payload: bytes, timeout: float | None) -> bytes:
+        metadata = ((MODEL_KEY, model), (ROWS_KEY, str(rows)))
+        start = next(self._next)
+        last: grpc.aio.AioRpcError | None = None
+        for offset in range(len(self._calls)):
+            call = self._calls[(start + offset) % len(self._calls)]
+            try:
+                return await call(payload, timeout=timeout, metadata=metadata)
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or "no ready worker" in (
+                    error.details() or ""
+                ):
+                    raise serving.error_from_status(error.code(), error.details()) from error
+                last = error
+        raise Unavailable(
+            f"no balancer reachable ({', '.join(self.addresses)}): {last.details() if last else ''}"
+        )
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self.channels))
+
+
+class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, core: BatcherCore) -> None:
+        self.core = core
+        self.catalog = core.catalog
+
+    @serving.rpc_errors
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:  # noqa: N802, E501
+        return pb.ServerLiveResponse(live=True)
+
+    @serving.rpc_errors
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:  # noqa: N802, E501
+        return pb.ServerReadyResponse(
+            ready=any(self.catalog.ready(m) for m in self.catalog.entries)
+        )
+
+    @serving.rpc_errors
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:  # noqa: N802, E501
+        return pb.ModelReadyResponse(ready=self.catalog.ready(request.name))
+
+    @serving.rpc_errors
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:  # noqa: N802, E501
+        return pb.ServerMetadataResponse(name="tideserve", version=tideserve.__version__)
+
+    @serving.rpc_errors
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:  # noqa: N802, E501
+        return self.catalog.get(request.name, request.version).metadata
+
+    @serving.rpc_errors
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelConfigResponse:  # noqa: N802, E501
+        return pb.ModelConfigResponse(config=self.catalog.get(request.name, request.version).config)
+
+    @serving.rpc_errors
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:  # noqa: N802, E501
+        response = pb.RepositoryIndexResponse()
+        for name, entry in sorted(self.catalog.entries.items()):
+            ready = self.catalog.ready(name)
+            if request.ready and not ready:
+                continue
+            response.models.add(
+                name=name,
+                version=entry.versions[-1] if entry.versions else "",
+                state="READY" if ready else "UNAVAILABLE",
+                reason="" if ready else "no ready worker",
+            )
+        return response
+
+    @serving.rpc_errors
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:  # noqa: N802, E501
+        started = self.core.clock()
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else started + remaining
+        try:
+            response = await self.core.submit(request, deadline)
+        except TideserveError:
+            self.core.record(None)
+            raise
+        self.core.record(self.core.clock() - started)
+        return response
+
+    async def ModelStreamInfer(  # noqa: N802
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Responses leave in request order; a failed request yields `error_message` and the
+        stream stays open."""
+        pending: asyncio.Queue[tuple[float, asyncio.Future] | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    started = self.core.clock()
+                    try:
+                        future = self.core.submit(request, None)
+                    except TideserveError as error:
+                        future = loop.create_future()
+                        future.set_exception(error)
+                    pending.put_nowait((started, future))
+            finally:
+                pending.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await pending.get()) is not None:
+                started, future = item
+                try:
+                    response = await future
+                except TideserveError as error:
+                    self.core.record(None)
+                    yield pb.ModelStreamInferResponse(error_message=str(error))
+                    continue
+                self.core.record(self.core.clock() - started)
+                yield pb.ModelStreamInferResponse(infer_response=response)
+        finally:
+            reader.cancel()
+
+
+async def _watch_catalog(catalog: ModelCatalog, address: str) -> None:
+    """Keep the catalog in step with the balancer's cluster snapshots; reconnect when it drops."""
+    async with serving.insecure_channel(address) as channel:
+        stub = cluster_pb2_grpc.BalancerStub(channel)
+        while True:
+            try:
+                async for snapshot in stub.WatchCluster(
+                    cluster_pb2.WatchClusterRequest(interval_seconds=0.25)
+                ):
+                    changed = catalog.update(list(snapshot.models))
+                    catalog.update_workers(snapshot)
+                    if changed:
+                        logger.info(
+                            "models updated", extra={"models": changed, "balancer": address}
+                        )
+            except grpc.aio.AioRpcError as error:
+                logger.warning(
+                    "cluster watch failed; retrying",
+                    extra={"balancer": address, "code": error.code().name},
+                )
+            await asyncio.sleep(0.5)
+
+
+async def _report_loop(core: BatcherCore, settings: BatcherSettings, pool: BalancerPool) -> None:
+    stubs = [cluster_pb2_grpc.BalancerStub(c) for c in pool.channels]
+    while True:
+        await asyncio.sleep(settings.report_interval_s)
+        report = core.frontend_report(settings.batcher_id)
+        for stub in stubs:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await stub.ReportFrontend(report, timeout=1.0)
+
+
+async def serve(settings: BatcherSettings) -> None:
+    pool = BalancerPool(settings.balancers)
+    catalog = ModelCatalog()
+    core = BatcherCore(catalog, pool, inflight_per_worker=settings.inflight_per_worker)
+    server = serving.new_server()
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), server)
+    health = await serving.add_health_and_reflection(server, [SERVICE_NAME])
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    await server.start()
+    logger.info(
+        "batcher listening",
+        extra={"address": f"{settings.host}:{port}", "balancers": list(settings.balancers)},
+    )
+    tasks = [asyncio.create_task(_watch_catalog(catalog, a)) for a in settings.balancers]
+    tasks.append(asyncio.create_task(_report_loop(core, settings, pool)))
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+        core.close()
+        await pool.close()
+
+    await serving.serve_until_signal(server, health, grace_seconds=settings.grace_s, on_stop=stop)

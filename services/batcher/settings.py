@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tideserve.settings import load_settings
+
+
+@dataclass(frozen=True)
+class BatcherSettings:
+    host: str = "127.0.0.1"
+    # Triton's gRPC port, so clients' defaults work.
+    port: int = 8001
+    balancers: tuple[str, ...] = ("127.0.0.1:8100",)
+    batcher_id: str = ""
+    # Batches in flight per ready worker of a model: 2 keeps a worker busy while the next batch
+    # travels to it; more only lengthens queues inside workers.
+    inflight_per_worker: int = 2
+    report_interval_s: float = 0.5
+    grace_s: float = 5.0
+    log_level: str = "INFO"
+    json_logs: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.batcher_id:
+            object.__setattr__(self, "batcher_id", f"{socket.gethostname()}-{os.getpid()}")
+        if self.inflight_per_worker < 1:
+            raise ValueError("inflight_per_worker must be >= 1")
+        if not self.balancers:
+            raise ValueError("at least one balancer address is needed")
+
+
+def parse(argv: Sequence[str] | None = None) -> BatcherSettings:
+    return load_settings(
+        BatcherSettings, argv, env_prefix="TIDESERVE_BATCHER_", description="tideserve batcher"
+    )
