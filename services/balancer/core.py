@@ -275,6 +275,7 @@ class BalancerCore:
                 error_rate=record.error_rate,
                 completed_batches=record.completed_batches,
                 memory_bytes=record.memory_bytes,
+                busy_seconds=record.busy_seconds,
                 service_times=[
                     cluster_pb2.ServiceTime(batch_size=size, seconds=seconds)
                     for size, seconds in sorted(record.service_times.items())

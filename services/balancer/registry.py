@@ -30,6 +30,7 @@ class WorkerRecord:
     queued_batches: int = 0
     inflight_batches: int = 0
     memory_bytes: int = 0
+    busy_seconds: float = 0.0
     # Batches and rows this balancer sent that have not come back yet.
     outstanding_batches: int = 0
     outstanding_rows: int = 0
@@ -125,6 +126,7 @@ class WorkerTable:
         record.queued_batches = load.queued_batches
         record.inflight_batches = load.inflight_batches
         record.memory_bytes = load.memory_bytes
+        record.busy_seconds = load.busy_seconds
         for sample in load.service_times:
             record.service_times[sample.batch_size] = sample.seconds
 

@@ -24,6 +24,7 @@ class WorkerCore:
         self.inflight = 0
         self.completed = 0
         self.failed = 0
+        self.busy_seconds = 0.0
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -57,6 +58,7 @@ class WorkerCore:
                 self._idle.set()
         self.completed += 1
         done = time.perf_counter()
+        self.busy_seconds += done - started[0]
         result = cluster_pb2.BatchResult(
             batch_id=batch.batch_id,
             worker_id=self.worker_id,
@@ -100,6 +102,7 @@ class WorkerCore:
             memory_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             completed_batches=self.completed,
             failed_batches=self.failed,
+            busy_seconds=self.busy_seconds,
         )
         times: dict[int, list[float]] = {}
         for runner in self.runners.values():

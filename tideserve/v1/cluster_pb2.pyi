@@ -77,20 +77,22 @@ class ServiceTime(_message.Message):
     def __init__(self, batch_size: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("queued_batches", "inflight_batches", "service_times", "memory_bytes", "completed_batches", "failed_batches")
+    __slots__ = ("queued_batches", "inflight_batches", "service_times", "memory_bytes", "completed_batches", "failed_batches", "busy_seconds")
     QUEUED_BATCHES_FIELD_NUMBER: _ClassVar[int]
     INFLIGHT_BATCHES_FIELD_NUMBER: _ClassVar[int]
     SERVICE_TIMES_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_BATCHES_FIELD_NUMBER: _ClassVar[int]
     FAILED_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    BUSY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     queued_batches: int
     inflight_batches: int
     service_times: _containers.RepeatedCompositeFieldContainer[ServiceTime]
     memory_bytes: int
     completed_batches: int
     failed_batches: int
-    def __init__(self, queued_batches: _Optional[int] = ..., inflight_batches: _Optional[int] = ..., service_times: _Optional[_Iterable[_Union[ServiceTime, _Mapping]]] = ..., memory_bytes: _Optional[int] = ..., completed_batches: _Optional[int] = ..., failed_batches: _Optional[int] = ...) -> None: ...
+    busy_seconds: float
+    def __init__(self, queued_batches: _Optional[int] = ..., inflight_batches: _Optional[int] = ..., service_times: _Optional[_Iterable[_Union[ServiceTime, _Mapping]]] = ..., memory_bytes: _Optional[int] = ..., completed_batches: _Optional[int] = ..., failed_batches: _Optional[int] = ..., busy_seconds: _Optional[float] = ...) -> None: ...
 
 class WorkerReport(_message.Message):
     __slots__ = ("registration", "load")
@@ -139,7 +141,7 @@ class FrontendReportAck(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerState(_message.Message):
-    __slots__ = ("worker_id", "address", "device", "models", "phase", "outstanding_batches", "outstanding_rows", "expected_backlog_seconds", "heartbeat_age_seconds", "error_rate", "completed_batches", "memory_bytes", "service_times")
+    __slots__ = ("worker_id", "address", "device", "models", "phase", "outstanding_batches", "outstanding_rows", "expected_backlog_seconds", "heartbeat_age_seconds", "error_rate", "completed_batches", "memory_bytes", "service_times", "busy_seconds")
     class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         PHASE_UNSPECIFIED: _ClassVar[WorkerState.Phase]
@@ -163,6 +165,7 @@ class WorkerState(_message.Message):
     COMPLETED_BATCHES_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     SERVICE_TIMES_FIELD_NUMBER: _ClassVar[int]
+    BUSY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     address: str
     device: str
@@ -176,7 +179,8 @@ class WorkerState(_message.Message):
     completed_batches: int
     memory_bytes: int
     service_times: _containers.RepeatedCompositeFieldContainer[ServiceTime]
-    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., device: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., phase: _Optional[_Union[WorkerState.Phase, str]] = ..., outstanding_batches: _Optional[int] = ..., outstanding_rows: _Optional[int] = ..., expected_backlog_seconds: _Optional[float] = ..., heartbeat_age_seconds: _Optional[float] = ..., error_rate: _Optional[float] = ..., completed_batches: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., service_times: _Optional[_Iterable[_Union[ServiceTime, _Mapping]]] = ...) -> None: ...
+    busy_seconds: float
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., device: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., phase: _Optional[_Union[WorkerState.Phase, str]] = ..., outstanding_batches: _Optional[int] = ..., outstanding_rows: _Optional[int] = ..., expected_backlog_seconds: _Optional[float] = ..., heartbeat_age_seconds: _Optional[float] = ..., error_rate: _Optional[float] = ..., completed_batches: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., service_times: _Optional[_Iterable[_Union[ServiceTime, _Mapping]]] = ..., busy_seconds: _Optional[float] = ...) -> None: ...
 
 class ClusterSnapshot(_message.Message):
     __slots__ = ("timestamp_unix", "workers", "models", "routing_policy", "dispatched_batches", "dispatched_rows", "failed_batches", "retried_batches", "frontends", "batch_size_counts")

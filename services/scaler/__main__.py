@@ -1,0 +1,17 @@
+"""python -m services.scaler [--flags]: run the scaler."""
+
+import asyncio
+
+from services.scaler.server import serve
+from services.scaler.settings import parse
+from tideserve.logs import configure_logging
+
+
+def main() -> None:
+    settings = parse()
+    configure_logging("scaler", settings.log_level, settings.json_logs)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""The scaler's control loop, without gRPC: each tick it reconciles the workers a runtime runs
+with the count that the policy proposes and the guards allow, honouring operator overrides.
+
+Scale-down never drops a request: a worker leaving is first drained through the balancer (it
+gets no new batches and finishes what it holds), and only then stopped by its runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Protocol
+
+from services.scaler.guards import GuardConfig, Guards
+from services.scaler.observe import ClusterObserver
+from services.scaler.policies import ScalingPolicy, create_policy
+from services.scaler.runtime import ManagedWorker, WorkerRuntime
+from tideserve.errors import FailedPrecondition, InvalidArgument, NotFound
+from tideserve.v1 import cluster_pb2
+
+logger = logging.getLogger(__name__)
+
+DECISIONS_KEPT = 50
+
+
+class Drainer(Protocol):
+    async def drain(self, worker_id: str, wait_s: float) -> bool:
+        """Drain a worker through every balancer; True once it holds no batch."""
+        ...
+
+
+class ScalerController:
+    def __init__(
+        self,
+        runtime: WorkerRuntime,
+        drainer: Drainer,
+        guards: GuardConfig,
+        *,
+        policy: str = "hpa",
+        policy_parameters: dict[str, float] | None = None,
+        slo_s: float = 0.1,
+        drain_timeout_s: float = 30.0,
+        stop_grace_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.runtime = runtime
+        self.drainer = drainer
+        self.guard_config = guards
+        self.guards = Guards(guards)
+        self.policy_parameters = dict(policy_parameters or {})
+        self.policy: ScalingPolicy = create_policy(policy, **self.policy_parameters)
+        self.observer = ClusterObserver(slo_s)
+        self.drain_timeout_s = drain_timeout_s
+        self.stop_grace_s = stop_grace_s
+        self.clock = clock
+        self.desired = guards.min_replicas
+        self.paused = False
+        self.pinned: int | None = None
+        self.fallback_reason = ""
+        self.decisions: deque[cluster_pb2.ScalingDecision] = deque(maxlen=DECISIONS_KEPT)
+        self.workers: dict[str, ManagedWorker] = {}
+        self.snapshot = cluster_pb2.ClusterSnapshot()
+        self._retiring: set[asyncio.Task] = set()
+        self.started_total = 0
+        self.stopped_total = 0
+
+    # -- operator actions -------------------------------------------------------------------
+
+    def set_policy(self, name: str, parameters: dict[str, float]) -> None:
+        try:
+            self.policy = create_policy(name, **parameters)
+        except (TypeError, ValueError) as error:
+            raise InvalidArgument(str(error)) from error
+        self.policy_parameters = dict(parameters)
+        self.fallback_reason = ""
+        logger.info("policy set", extra={"policy": name, "parameters": parameters})
+
+    def scale_to(self, replicas: int | None) -> None:
+        """Pin the count (None releases the pin back to the policy)."""
+        if replicas is not None and not (
+            self.guard_config.min_replicas <= replicas <= self.guard_config.max_replicas
+        ):
+            raise InvalidArgument(
+                f"replicas {replicas} outside bounds {self.guard_config.min_replicas}.."
+                f"{self.guard_config.max_replicas}; change them with SetBounds first"
+            )
+        self.pinned = replicas
+        logger.info("replicas pinned" if replicas is not None else "pin released",
+                    extra={"replicas": replicas})
+
+    def set_bounds(self, min_replicas: int, max_replicas: int) -> None:
+        try:
+            config = replace(self.guard_config, min_replicas=min_replicas, max_replicas=max_replicas)
+        except ValueError as error:
+            raise InvalidArgument(str(error)) from error
+        self.guard_config = config
+        self.guards.config = config
+        if self.pinned is not None:
+            self.pinned = min(max(self.pinned, min_replicas), max_replicas)
+
+    async def drain_worker(self, worker_id: str) -> cluster_pb2.DrainWorkerResponse:
+        """Drain and stop one worker; the next tick replaces it if the count falls short."""
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            raise NotFound(f"scaler manages no worker {worker_id!r}")
+        if worker.state in ("draining", "stopping"):
+            raise FailedPrecondition(f"worker {worker_id!r} is already {worker.state}")
+        await self._retire(worker)
+        return cluster_pb2.DrainWorkerResponse(drained=True)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def observe(self, snapshot: cluster_pb2.ClusterSnapshot) -> None:
+        self.snapshot = snapshot
+        self.observer.observe(snapshot)
+
+    def active(self) -> list[ManagedWorker]:
+        return [w for w in self.workers.values() if w.state in ("starting", "ready")]
+
+    async def adopt(self) -> None:
+        """Take over the workers the runtime already runs for us (after a scaler restart)."""
+        for worker in await self.runtime.list():
+            self.workers[worker.worker_id] = worker
+        if self.workers:
+            logger.info("adopted workers", extra={"workers": sorted(self.workers)})
+
+    async def tick(self) -> None:
+        for dead in await self.runtime.reap():
+            if self.workers.pop(dead.worker_id, None) is not None:
+                logger.warning("worker died; will replace", extra={"worker_id": dead.worker_id})
+        registered = {
+            w.worker_id for w in self.snapshot.workers if w.phase == cluster_pb2.WorkerState.READY
+        }
+        for worker in self.workers.values():
+            if worker.state == "starting" and worker.worker_id in registered:
+                worker.state = "ready"
+        active = self.active()
+        current = len(active)
+        ready = sum(1 for w in active if w.state == "ready")
+        now = self.clock()
+        context = self.observer.context(self.snapshot, now, current, ready)
+        if self.pinned is not None:
+            proposed, applied, reason = self.pinned, self.pinned, "pinned by operator"
+        elif self.paused:
+            proposed, applied, reason = self.desired, self.desired, "paused"
+        else:
+            proposed = self.policy.decide(context)
+            applied, reason = self.guards.apply(current, proposed, now)
+        if applied != self.desired or applied != current:
+            self._record(current, proposed, applied, reason, context)
+        self.desired = applied
+        for _ in range(applied - current):
+            await self._start()
+        if applied < current:
+            # Workers still starting go first (they hold nothing), then the newest.
+            victims = sorted(active, key=lambda w: (w.state == "ready", w.started_unix))
+            for worker in victims[: current - applied]:
+                task = asyncio.create_task(self._retire(worker))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+
+    def _record(self, current: int, proposed: int, applied: int, reason: str, context: object) -> None:
+        inputs = {k: float(v) for k, v in vars(context).items() if isinstance(v, int | float)}
+        decision = cluster_pb2.ScalingDecision(
+            timestamp_unix=time.time(), policy=self.policy.name, current_replicas=current,
+            proposed_replicas=proposed, applied_replicas=applied, reason=reason, inputs=inputs,
+        )
+        self.decisions.append(decision)
+        logger.info("scaling decision", extra={
+            "policy": self.policy.name, "current": current, "proposed": proposed,
+            "applied": applied, "reason": reason,
+        })
+
+    async def _start(self) -> None:
+        worker_id = f"worker-{secrets.token_hex(3)}"
+        worker = await self.runtime.start(worker_id)
+        self.workers[worker_id] = worker
+        self.started_total += 1
+
+    async def _retire(self, worker: ManagedWorker) -> None:
+        worker.state = "draining"
+        drained = await self.drainer.drain(worker.worker_id, self.drain_timeout_s)
+        if not drained:
+            logger.warning("drain timed out; stopping anyway", extra={"worker_id": worker.worker_id})
+        worker.state = "stopping"
+        await self.runtime.stop(worker, self.stop_grace_s)
+        self.workers.pop(worker.worker_id, None)
+        self.stopped_total += 1
+
+    async def close(self, stop_workers: bool) -> None:
+        """Stop ticking work; with `stop_workers`, drain and stop every worker first (otherwise
+        they keep serving and the next scaler adopts them)."""
+        if stop_workers:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+            await asyncio.gather(*(self._retire(w) for w in self.active()), return_exceptions=True)
+        await self.runtime.close()
+
+    # -- reporting --------------------------------------------------------------------------
+
+    def status(self, runtime_name: str) -> cluster_pb2.ScalerStatus:
+        states = [w.state for w in self.workers.values()]
+        status = cluster_pb2.ScalerStatus(
+            desired_replicas=self.desired,
+            ready_replicas=states.count("ready"),
+            starting_replicas=states.count("starting"),
+            draining_replicas=states.count("draining") + states.count("stopping"),
+            min_replicas=self.guard_config.min_replicas,
+            max_replicas=self.guard_config.max_replicas,
+            policy=self.policy.name,
+            policy_parameters=self.policy_parameters,
+            paused=self.paused,
+            recent_decisions=list(self.decisions),
+            runtime=runtime_name,
+            fallback_reason=self.fallback_reason,
+        )
+        if self.pinned is not None:
+            status.pinned_replicas = self.pinned
+        return status
+
+    def list_workers(self) -> list[cluster_pb2.ManagedWorker]:
+        return [
+            cluster_pb2.ManagedWorker(
+                worker_id=w.worker_id, runtime_id=w.runtime_id, state=w.state,
+                started_unix=w.started_unix,
+                address=next((s.address for s in self.snapshot.workers
+                              if s.worker_id == w.worker_id), ""),
+            )
+            for w in self.workers.values()
+        ]

@@ -1,0 +1,158 @@
+"""Scaler server wiring: the ScalerAdmin service, the cluster watch that feeds the controller,
+the tick loop, and the runtime chosen in settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from services.scaler.controller import ScalerController
+from services.scaler.guards import GuardConfig
+from services.scaler.runtime import ProcessRuntime, WorkerRuntime
+from services.scaler.settings import ScalerSettings
+from tideserve import serving
+from tideserve.v1 import cluster_pb2 as pb
+from tideserve.v1 import cluster_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "tideserve.v1.ScalerAdmin"
+
+
+class BalancerDrainer:
+    """Drains a worker on every balancer at once: it is drained when none holds a batch on it."""
+
+    def __init__(self, channels: list[grpc.aio.Channel]) -> None:
+        self.stubs = [cluster_pb2_grpc.BalancerStub(c) for c in channels]
+
+    async def drain(self, worker_id: str, wait_s: float) -> bool:
+        request = pb.DrainWorkerRequest(worker_id=worker_id, wait=True)
+        results = await asyncio.gather(
+            *(stub.DrainWorker(request, timeout=wait_s + 1.0) for stub in self.stubs),
+            return_exceptions=True,
+        )
+        return all(isinstance(r, pb.DrainWorkerResponse) and r.drained for r in results)
+
+
+class ScalerAdminServicer(cluster_pb2_grpc.ScalerAdminServicer):
+    def __init__(self, controller: ScalerController, runtime_name: str) -> None:
+        self.controller = controller
+        self.runtime_name = runtime_name
+
+    def _status(self) -> pb.ScalerStatus:
+        return self.controller.status(self.runtime_name)
+
+    @serving.rpc_errors
+    async def GetStatus(self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext) -> pb.ScalerStatus:  # noqa: N802, E501
+        return self._status()
+
+    @serving.rpc_errors
+    async def ListWorkers(self, request: pb.ListWorkersRequest, context: grpc.aio.ServicerContext) -> pb.ListWorkersResponse:  # noqa: N802, E501
+        return pb.ListWorkersResponse(workers=self.controller.list_workers())
+
+    @serving.rpc_errors
+    async def SetPolicy(self, request: pb.SetPolicyRequest, context: grpc.aio.ServicerContext) -> pb.ScalerStatus:  # noqa: N802, E501
+        self.controller.set_policy(request.name, dict(request.parameters))
+        return self._status()
+
+    @serving.rpc_errors
+    async def ScaleTo(self, request: pb.ScaleToRequest, context: grpc.aio.ServicerContext) -> pb.ScalerStatus:  # noqa: N802, E501
+        self.controller.scale_to(None if request.release else request.replicas)
+        return self._status()
+
+    @serving.rpc_errors
+    async def SetBounds(self, request: pb.SetBoundsRequest, context: grpc.aio.ServicerContext) -> pb.ScalerStatus:  # noqa: N802, E501
+        self.controller.set_bounds(request.min_replicas, request.max_replicas)
+        return self._status()
+
+    @serving.rpc_errors
+    async def Pause(self, request: pb.PauseRequest, context: grpc.aio.ServicerContext) -> pb.ScalerStatus:  # noqa: N802, E501
+        self.controller.paused = True
+        return self._status()
+
+    @serving.rpc_errors
+    async def Resume(self, request: pb.ResumeRequest, context: grpc.aio.ServicerContext) -> pb.ScalerStatus:  # noqa: N802, E501
+        self.controller.paused = False
+        return self._status()
+
+    @serving.rpc_errors
+    async def DrainWorker(self, request: pb.DrainWorkerRequest, context: grpc.aio.ServicerContext) -> pb.DrainWorkerResponse:  # noqa: N802, E501
+        return await self.controller.drain_worker(request.worker_id)
+
+
+def build_runtime(settings: ScalerSettings) -> WorkerRuntime:
+    if settings.runtime == "docker":
+        from services.scaler.docker_runtime import create_docker_runtime
+
+        return create_docker_runtime(settings)
+    return ProcessRuntime([
+        "--model-repository", settings.model_repository,
+        "--balancers", ",".join(settings.balancers),
+        "--threads", str(settings.worker_threads),
+        "--device", settings.worker_device,
+        "--slowdown", str(settings.worker_slowdown),
+    ])
+
+
+async def _watch(controller: ScalerController, channel: grpc.aio.Channel, address: str) -> None:
+    stub = cluster_pb2_grpc.BalancerStub(channel)
+    while True:
+        try:
+            async for snapshot in stub.WatchCluster(pb.WatchClusterRequest()):
+                controller.observe(snapshot)
+        except grpc.aio.AioRpcError as error:
+            logger.warning("cluster watch failed; retrying",
+                           extra={"balancer": address, "code": error.code().name})
+        await asyncio.sleep(0.5)
+
+
+async def _tick_loop(controller: ScalerController, period_s: float) -> None:
+    while True:
+        try:
+            await controller.tick()
+        except Exception:
+            logger.exception("scaler tick failed")
+        await asyncio.sleep(period_s)
+
+
+async def serve(settings: ScalerSettings) -> None:
+    channels = [serving.insecure_channel(a) for a in settings.balancers]
+    runtime = build_runtime(settings)
+    controller = ScalerController(
+        runtime,
+        BalancerDrainer(channels),
+        GuardConfig(
+            min_replicas=settings.min_replicas, max_replicas=settings.max_replicas,
+            up_cooldown_s=settings.up_cooldown_s, down_cooldown_s=settings.down_cooldown_s,
+            max_step_up=settings.max_step_up, max_step_down=settings.max_step_down,
+        ),
+        policy=settings.policy,
+        policy_parameters=settings.parsed_policy_parameters(),
+        slo_s=settings.slo_ms / 1000,
+        drain_timeout_s=settings.drain_timeout_s,
+        stop_grace_s=settings.stop_grace_s,
+    )
+    await controller.adopt()
+    server = serving.new_server()
+    cluster_pb2_grpc.add_ScalerAdminServicer_to_server(
+        ScalerAdminServicer(controller, runtime.name), server
+    )
+    health = await serving.add_health_and_reflection(server, [SERVICE_NAME])
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    await server.start()
+    logger.info("scaler listening", extra={
+        "address": f"{settings.host}:{port}", "runtime": runtime.name, "policy": settings.policy,
+        "min_replicas": settings.min_replicas, "max_replicas": settings.max_replicas,
+    })
+    tasks = [asyncio.create_task(_watch(controller, channels[0], settings.balancers[0])),
+             asyncio.create_task(_tick_loop(controller, settings.tick_s))]
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+        await controller.close(settings.stop_workers_on_exit)
+        await asyncio.gather(*(c.close() for c in channels))
+
+    await serving.serve_until_signal(server, health, grace_seconds=settings.grace_s, on_stop=stop)

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tideserve.settings import load_settings
+
+RUNTIMES = ("process", "docker")
+
+
+@dataclass(frozen=True)
+class ScalerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8200
+    balancers: tuple[str, ...] = ("127.0.0.1:8100",)
+    # Marks this scaler's containers; a restarted scaler with the same id adopts them.
+    scaler_id: str = ""
+    runtime: str = "process"
+    min_replicas: int = 1
+    max_replicas: int = 4
+    policy: str = "hpa"
+    # Policy parameters as name=value pairs, e.g. "target=0.6,tolerance=0.1".
+    policy_parameters: tuple[str, ...] = ()
+    slo_ms: float = 100.0
+    tick_s: float = 1.0
+    up_cooldown_s: float = 2.0
+    down_cooldown_s: float = 10.0
+    max_step_up: int = 2
+    max_step_down: int = 1
+    drain_timeout_s: float = 30.0
+    stop_grace_s: float = 10.0
+    # Drain and stop every worker when the scaler exits (else a restarted scaler adopts them).
+    stop_workers_on_exit: bool = True
+    # What workers are started with.
+    model_repository: str = "model_repository"
+    worker_threads: int = 0
+    worker_device: str = "auto"
+    worker_slowdown: float = 1.0
+    # docker runtime only.
+    worker_image: str = "tideserve:dev"
+    worker_cpus: float = 1.0
+    worker_memory: str = "2g"
+    grace_s: float = 5.0
+    log_level: str = "INFO"
+    json_logs: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.scaler_id:
+            object.__setattr__(self, "scaler_id", f"{socket.gethostname()}-{os.getpid()}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {self.runtime!r}; choose one of {list(RUNTIMES)}")
+        self.parsed_policy_parameters()
+
+    def parsed_policy_parameters(self) -> dict[str, float]:
+        parameters = {}
+        for pair in self.policy_parameters:
+            name, sep, value = pair.partition("=")
+            if not sep:
+                raise ValueError(f"policy parameter {pair!r} is not name=value")
+            parameters[name.strip()] = float(value)
+        return parameters
+
+
+def parse(argv: Sequence[str] | None = None) -> ScalerSettings:
+    return load_settings(
+        ScalerSettings, argv, env_prefix="TIDESERVE_SCALER_", description="tideserve scaler"
+    )

@@ -1,0 +1,152 @@
+"""The `tideserve` command.
+
+  tideserve up [--demo]        run the whole suite locally (no Docker), optionally with a demo load
+  tideserve plan ...           replicas needed for a rate and an SLO (M/M/m, Erlang C)
+  tideserve policy train|eval  train / evaluate the learned autoscaling policy
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tideserve.logs import configure_logging
+
+
+def _add_up(commands: argparse._SubParsersAction) -> None:
+    up = commands.add_parser("up", help="run balancer, batcher, scaler and workers on loopback")
+    up.add_argument("--model-repository", type=Path, default=Path("model_repository"),
+                    help="created with the default model if absent (default: %(default)s)")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--batcher-port", type=int, default=8001)
+    up.add_argument("--balancer-port", type=int, default=8100)
+    up.add_argument("--scaler-port", type=int, default=8200)
+    up.add_argument("--min-replicas", type=int, default=1)
+    up.add_argument("--max-replicas", type=int, default=2)
+    up.add_argument("--scaler-policy", default="hpa")
+    up.add_argument("--worker-threads", type=int, default=0, help="torch threads per worker")
+    up.add_argument("--log-dir", type=Path, default=Path(".tideserve/logs"))
+    up.add_argument("--demo", action="store_true", help="drive a short load and print figures")
+    up.add_argument("--exit-after-demo", action="store_true", help="stop the suite after the demo")
+    up.add_argument("--demo-model", default=None, help="model for the demo (default: the default model)")
+    up.add_argument("--demo-seconds", type=float, default=10.0)
+    up.add_argument("--demo-concurrency", type=int, default=32)
+    up.add_argument("--demo-stream", action="store_true", help="use ModelStreamInfer for the demo")
+
+
+async def _batch_sizes(balancer: str) -> dict[int, int]:
+    from tideserve import serving
+    from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
+
+    async with serving.insecure_channel(balancer) as channel:
+        stub = cluster_pb2_grpc.BalancerStub(channel)
+        call = stub.WatchCluster(cluster_pb2.WatchClusterRequest())
+        snapshot = await call.read()
+        call.cancel()
+    return dict(snapshot.batch_size_counts)
+
+
+async def _demo(args: argparse.Namespace, batcher: str, balancer: str, model: str) -> None:
+    from tideserve.loadgen import closed_loop
+
+    before = await _batch_sizes(balancer)
+    mode = "stream" if args.demo_stream else "unary"
+    print(f"demo: {args.demo_concurrency} concurrent {mode} clients on {model} for "
+          f"{args.demo_seconds:.0f} s ...", flush=True)
+    result = await closed_loop(batcher, model, concurrency=args.demo_concurrency,
+                               seconds=args.demo_seconds, stream=args.demo_stream)
+    after = await _batch_sizes(balancer)
+    sizes = {size: after.get(size, 0) - before.get(size, 0) for size in after}
+    sizes = {s: n for s, n in sorted(sizes.items()) if n > 0}
+    batches = sum(sizes.values())
+    mean_size = sum(s * n for s, n in sizes.items()) / batches if batches else 0.0
+    print(f"  requests ok {result.ok}, errors {result.errors or 0}")
+    print(f"  throughput  {result.throughput:,.0f} infer/s")
+    print(f"  latency ms  p50 {result.percentile_ms(50):.2f}  p90 {result.percentile_ms(90):.2f}"
+          f"  p99 {result.percentile_ms(99):.2f}")
+    print(f"  batches     {batches}, mean size {mean_size:.1f}, largest {max(sizes, default=0)}")
+    print("  batch sizes " + " ".join(f"{s}:{n}" for s, n in sizes.items()), flush=True)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from tideserve.launcher import Suite, SuiteConfig
+
+    repository = args.model_repository
+    if not repository.exists() or not any(repository.iterdir()):
+        from services.worker.models import DEFAULT_MODEL, write_default_model
+
+        write_default_model(repository)
+        print(f"created model repository {repository} with the default model {DEFAULT_MODEL}")
+    config = SuiteConfig(
+        host=args.host, batcher_port=args.batcher_port, balancer_port=args.balancer_port,
+        scaler_port=args.scaler_port, model_repository=repository,
+        min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+        scaler_policy=args.scaler_policy, worker_threads=args.worker_threads,
+        log_dir=args.log_dir,
+    )
+    suite = Suite(config)
+    stop_requested = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        suite.start()
+        asyncio.run(suite.wait_ready(args.demo_model))
+        print(f"tideserve is up (logs in {config.log_dir}/)")
+        print(f"  inference (KServe v2 / Triton gRPC)  {config.batcher}")
+        print(f"  balancer                             {config.balancer}")
+        print(f"  scaler admin                         {config.scaler}")
+        if args.demo:
+            from services.worker.models import DEFAULT_MODEL
+
+            asyncio.run(_demo(args, config.batcher, config.balancer, args.demo_model or DEFAULT_MODEL))
+        if not (args.demo and args.exit_after_demo):
+            print("Ctrl-C stops everything.", flush=True)
+            while True:
+                signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("stopping ...", flush=True)
+        suite.stop()
+        print("stopped.", flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tideserve", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="WARNING")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_up(commands)
+    commands.add_parser("plan", help="replicas for a rate and SLO (M/M/m)", add_help=False)
+    policy = commands.add_parser("policy", help="learned autoscaling policy")
+    policy.add_argument("action", choices=["train", "eval"])
+    args, rest = parser.parse_known_args(argv)
+    configure_logging("cli", args.log_level)
+    if args.command == "up":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return _up(args)
+    if args.command == "plan":
+        from services.scaler.planner import main as plan_main
+
+        return plan_main(rest) or 0
+    if args.action == "train":
+        from services.scaler.learning.train import main as train_main
+
+        return train_main(rest) or 0
+    from services.scaler.learning.evaluate import main as eval_main
+
+    return eval_main(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""`tideserve up`: the whole suite as local processes on loopback — balancer, batcher and scaler
+(which starts the workers) — with the default model repository made on first run.
+
+Each service is a separate process, started with PR_SET_PDEATHSIG so none outlives the launcher,
+and stopped in order on SIGINT/SIGTERM: batcher first (no new requests), then the scaler (drains
+and stops its workers), then the balancer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tideserve import serving
+from tideserve.procs import die_with_parent
+from tideserve.v1 import inference_pb2, inference_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+STOP_ORDER = ("batcher", "scaler", "balancer")
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    host: str = "127.0.0.1"
+    batcher_port: int = 8001
+    balancer_port: int = 8100
+    scaler_port: int = 8200
+    model_repository: Path = Path("model_repository")
+    min_replicas: int = 1
+    max_replicas: int = 2
+    scaler_policy: str = "hpa"
+    worker_threads: int = 0
+    log_dir: Path = Path(".tideserve/logs")
+    ready_timeout_s: float = 90.0
+
+    @property
+    def batcher(self) -> str:
+        return f"{self.host}:{self.batcher_port}"
+
+    @property
+    def balancer(self) -> str:
+        return f"{self.host}:{self.balancer_port}"
+
+    @property
+    def scaler(self) -> str:
+        return f"{self.host}:{self.scaler_port}"
+
+
+def service_commands(config: SuiteConfig) -> dict[str, list[str]]:
+    python = [sys.executable, "-m"]
+    return {
+        "balancer": [*python, "services.balancer", "--host", config.host,
+                     "--port", str(config.balancer_port)],
+        "batcher": [*python, "services.batcher", "--host", config.host,
+                    "--port", str(config.batcher_port), "--balancers", config.balancer],
+        "scaler": [*python, "services.scaler", "--host", config.host,
+                   "--port", str(config.scaler_port), "--balancers", config.balancer,
+                   "--runtime", "process", "--model-repository", str(config.model_repository),
+                   "--min-replicas", str(config.min_replicas),
+                   "--max-replicas", str(config.max_replicas),
+                   "--policy", config.scaler_policy,
+                   "--worker-threads", str(config.worker_threads)],
+    }
+
+
+class Suite:
+    def __init__(self, config: SuiteConfig) -> None:
+        self.config = config
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def start(self) -> None:
+        self.config.log_dir.mkdir(parents=True, exist_ok=True)
+        for name, command in service_commands(self.config).items():
+            log = (self.config.log_dir / f"{name}.log").open("ab")
+            self.processes[name] = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+            )
+            log.close()
+
+    async def wait_ready(self, model: str | None) -> None:
+        """Until every service reports SERVING and the batcher has a ready model (or `model`)."""
+        deadline = time.monotonic() + self.config.ready_timeout_s
+        for address in (self.config.balancer, self.config.scaler, self.config.batcher):
+            await _wait_serving(address, deadline, self)
+        async with serving.insecure_channel(self.config.batcher) as channel:
+            stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+            while True:
+                self.check_alive()
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    if model is None:
+                        ready = (await stub.ServerReady(inference_pb2.ServerReadyRequest())).ready
+                    else:
+                        ready = (await stub.ModelReady(
+                            inference_pb2.ModelReadyRequest(name=model))).ready
+                    if ready:
+                        return
+                if time.monotonic() > deadline:
+                    raise TimeoutError("no model became ready; see the logs in "
+                                       f"{self.config.log_dir}")
+                await asyncio.sleep(0.2)
+
+    def check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited with code {process.returncode}; see "
+                    f"{self.config.log_dir / (name + '.log')}"
+                )
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        for name in STOP_ORDER:
+            process = self.processes.get(name)
+            if process is None or process.poll() is not None:
+                continue
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop in %.0f s; killing", name, timeout_s)
+                process.kill()
+                process.wait()
+
+
+async def _wait_serving(address: str, deadline: float, suite: Suite) -> None:
+    async with serving.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            suite.check_alive()
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{address} did not become healthy in time")
+            await asyncio.sleep(0.1)

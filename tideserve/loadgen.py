@@ -1,0 +1,97 @@
+"""A bounded closed-loop load generator over the client API (unary or ModelStreamInfer), used by
+`tideserve up --demo` and the tests. It builds a valid batch-1 request from the model's metadata."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from tideserve import codec, serving
+from tideserve.v1 import inference_pb2 as pb
+from tideserve.v1 import inference_pb2_grpc
+
+
+@dataclass
+class LoadResult:
+    sent: int = 0
+    ok: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def throughput(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q) * 1000) if self.latencies else float("nan")
+
+    def error(self, code: str) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+
+async def sample_request(stub: inference_pb2_grpc.GRPCInferenceServiceStub, model: str,
+                         seed: int = 0) -> pb.ModelInferRequest:
+    """A batch-1 request of random data shaped as the model's metadata says."""
+    metadata = await stub.ModelMetadata(pb.ModelMetadataRequest(name=model), timeout=10)
+    rng = np.random.default_rng(seed)
+    request = pb.ModelInferRequest(model_name=model)
+    for tensor in metadata.inputs:
+        shape = [1 if d < 0 else d for d in tensor.shape]
+        data = rng.random(shape).astype(codec.NUMPY_DTYPES[tensor.datatype])
+        request.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=shape)
+        request.raw_input_contents.append(data.tobytes())
+    return request
+
+
+async def closed_loop(
+    address: str, model: str, *, concurrency: int, seconds: float, stream: bool = False,
+    request: pb.ModelInferRequest | None = None, timeout_s: float = 10.0,
+) -> LoadResult:
+    """`concurrency` clients each sending one request after another for `seconds`."""
+    result = LoadResult()
+    async with serving.insecure_channel(address) as channel:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = request or await sample_request(stub, model)
+        stop_at = time.perf_counter() + seconds
+
+        async def unary_client() -> None:
+            while time.perf_counter() < stop_at:
+                started = time.perf_counter()
+                result.sent += 1
+                try:
+                    await stub.ModelInfer(request, timeout=timeout_s)
+                except grpc.aio.AioRpcError as error:
+                    result.error(error.code().name)
+                    continue
+                result.ok += 1
+                result.latencies.append(time.perf_counter() - started)
+
+        async def stream_client() -> None:
+            call = stub.ModelStreamInfer()
+            try:
+                while time.perf_counter() < stop_at:
+                    started = time.perf_counter()
+                    result.sent += 1
+                    await call.write(request)
+                    response = await call.read()
+                    if response is grpc.aio.EOF or response.error_message:
+                        result.error("STREAM_ERROR")
+                        if response is grpc.aio.EOF:
+                            return
+                        continue
+                    result.ok += 1
+                    result.latencies.append(time.perf_counter() - started)
+                await call.done_writing()
+            except grpc.aio.AioRpcError as error:
+                result.error(error.code().name)
+
+        began = time.perf_counter()
+        client = stream_client if stream else unary_client
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        result.seconds = time.perf_counter() - began
+    return result
