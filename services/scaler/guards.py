@@ -1,0 +1,88 @@
+"""Guards between a policy's proposal and what the scaler applies.
+
+The policy proposes; these deterministic rules decide, whatever the policy (rule-based or learned)
+asked for: bounds (min/max replicas), cooldowns and a maximum step per decision. Keeping them
+outside the policies means an operator's limits hold even for a misbehaving learned policy, and
+the same guards wrap every policy in the simulator and in the live scaler. Time is injected.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """Operator limits.
+
+    up_cooldown_s: time after a scale-up before the next scale-up, so new replicas can become
+    ready and show up in the metrics before more are added.
+    down_cooldown_s: time after any change before a scale-down, so the count does not flap
+    straight back after a scale-up.
+    max_step_up / max_step_down: most replicas added / removed by one decision (None: no limit).
+    """
+
+    min_replicas: int = 1
+    max_replicas: int = 8
+    up_cooldown_s: float = 0.0
+    down_cooldown_s: float = 0.0
+    max_step_up: int | None = None
+    max_step_down: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_replicas < 0:
+            raise ValueError(f"min_replicas must be >= 0, got {self.min_replicas}")
+        if self.max_replicas < max(self.min_replicas, 1):
+            raise ValueError(
+                f"max_replicas must be >= max(min_replicas, 1), got {self.max_replicas}"
+            )
+        if self.up_cooldown_s < 0 or self.down_cooldown_s < 0:
+            raise ValueError("cooldowns must be >= 0 s")
+        for step in (self.max_step_up, self.max_step_down):
+            if step is not None and step < 1:
+                raise ValueError(f"max steps must be >= 1 or None, got {step}")
+
+
+class Guards:
+    """Applies a GuardConfig to proposals. Remembers only when it last scaled up and down."""
+
+    def __init__(self, config: GuardConfig) -> None:
+        self.config = config
+        self._last_up = -math.inf
+        self._last_change = -math.inf
+
+    def apply(self, current: int, proposed: int, now: float) -> tuple[int, str]:
+        """Return (replicas to run, why). Bounds always hold, even against a cooldown, so that
+        an operator's new bounds take effect at the next decision."""
+        cfg = self.config
+        bounded = min(max(proposed, cfg.min_replicas), cfg.max_replicas)
+        clamped = " (clamped to bounds)" if bounded != proposed else ""
+        if current < cfg.min_replicas or current > cfg.max_replicas:
+            return self._record(current, bounded, now), "bounds: current count outside bounds"
+        if bounded == current:
+            return current, "hold" + clamped
+        if bounded > current:
+            if now - self._last_up < cfg.up_cooldown_s:
+                return current, f"up cooldown until t={self._last_up + cfg.up_cooldown_s:.1f}"
+            step = bounded - current
+            if cfg.max_step_up is not None and step > cfg.max_step_up:
+                return self._record(current, current + cfg.max_step_up, now), (
+                    f"up by max step {cfg.max_step_up} of {step}"
+                )
+            return self._record(current, bounded, now), f"up by {step}" + clamped
+        if now - self._last_change < cfg.down_cooldown_s:
+            return current, f"down cooldown until t={self._last_change + cfg.down_cooldown_s:.1f}"
+        step = current - bounded
+        if cfg.max_step_down is not None and step > cfg.max_step_down:
+            return self._record(current, current - cfg.max_step_down, now), (
+                f"down by max step {cfg.max_step_down} of {step}"
+            )
+        return self._record(current, bounded, now), f"down by {step}" + clamped
+
+    def _record(self, current: int, applied: int, now: float) -> int:
+        if applied > current:
+            self._last_up = now
+        if applied != current:
+            self._last_change = now
+        return applied

@@ -1,0 +1,264 @@
+"""A gymnasium environment of a serving cluster, for training and comparing scaling policies.
+
+Each step is one second (`step_s`) of simulated time, advanced with a fluid queue model rather
+than per-request events, so an episode of 600 s runs in milliseconds:
+
+* arrivals: the trace's rate x a per-episode scale, counts drawn per step (Poisson, or negative
+  binomial with variance CV^2 x mean for bursty traces);
+* each ready worker serves dynamic batches with the profile's t(b) = alpha + beta b. Below its peak
+  throughput (full batches back to back) a worker fed lambda_r requests/s settles at batch time
+  tau* = alpha / (1 - lambda_r beta); demand above the ready workers' peak throughput is kept as a
+  backlog that drains at the spare throughput;
+* a request's latency is its backlog wait plus tau* (1 + Gamma(2, 1/4)), the shape used by
+  `services.scaler.planner` (mean 1.5 tau*, p99 2.66 tau*); per-step SLO attainment is that
+  distribution's CDF at the SLO, averaged over the backlog at the start and end of the step;
+* scaling up starts a worker that serves after the profile's cold start; scaling down removes a
+  starting worker first, else a ready one; starting workers cost like ready ones;
+* utilisation is throughput over the ready workers' peak throughput. With work-conserving dynamic
+  batching the wall-clock busy fraction is ~1 at any load above 1/t(1) and carries no signal, so
+  the live scaler should report this same quantity.
+
+Reward per step, weights in EnvConfig:
+  - slo_weight x (share of this step's requests over the SLO) x (step arrivals / mean arrivals)
+  - cost_weight x (ready + starting workers) / max_replicas
+  - churn_weight x (1 if the count changed)
+With the defaults one worker for one step costs 0.1, and it is worth keeping when it saves more
+than 0.5% of a mean step's requests from missing the SLO: the policy is pushed to the cheapest
+count that keeps attainment near 99%+.
+
+The observation is `services.scaler.sim.observation` applied to `scaling_context()`, the same
+ScalingContext the rule policies get, so learned and rule policies run in the same simulator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from services.scaler.planner import MEAN_OVER_TAU, P99_OVER_TAU, ServiceProfile, batch_latency_cdf
+from services.scaler.policies import ScalingContext
+from services.scaler.sim import observation, traces
+
+DEFAULT_PROFILE = Path(__file__).parent / "profiles" / "default.json"
+DOWN, HOLD, UP = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """The simulated cluster. `peak_load` bounds the share of the cluster's SLO capacity
+    (max_replicas x per-replica rate within the SLO) the trace's peak reaches; it is drawn per
+    episode so the policy sees many absolute scales."""
+
+    profile_path: Path = DEFAULT_PROFILE
+    slo_s: float = 0.05
+    min_replicas: int = 1
+    max_replicas: int = 10
+    step_s: float = 1.0
+    duration_s: int = traces.DEFAULT_DURATION_S
+    peak_load: tuple[float, float] = (0.5, 0.9)
+    slo_weight: float = 20.0
+    cost_weight: float = 1.0
+    churn_weight: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_replicas <= self.max_replicas:
+            raise ValueError("need 1 <= min_replicas <= max_replicas")
+        if self.slo_s <= 0 or self.step_s <= 0 or self.duration_s < 1:
+            raise ValueError("slo_s, step_s and duration_s must be > 0")
+        if not 0 < self.peak_load[0] <= self.peak_load[1]:
+            raise ValueError(f"peak_load must be an increasing pair > 0, got {self.peak_load}")
+
+
+@dataclass
+class EpisodeLog:
+    """Per-step records of one episode, for evaluation and plots."""
+
+    arrivals: list[float] = field(default_factory=list)
+    within_slo: list[float] = field(default_factory=list)  # share of the step's requests
+    wait_s: list[float] = field(default_factory=list)
+    tau_s: list[float] = field(default_factory=list)
+    p99_s: list[float] = field(default_factory=list)
+    replicas: list[int] = field(default_factory=list)
+    ready: list[int] = field(default_factory=list)
+    changes: int = 0
+    worker_seconds: float = 0.0
+
+    def slo_attainment(self) -> float:
+        arrivals = np.asarray(self.arrivals)
+        return float(np.dot(arrivals, self.within_slo) / max(arrivals.sum(), 1e-12))
+
+    def latency_quantile(self, q: float) -> float:
+        """Quantile of the request latency mixture over the episode (bisection on its CDF)."""
+        weights = np.asarray(self.arrivals) / max(sum(self.arrivals), 1e-12)
+        wait, tau = np.asarray(self.wait_s), np.asarray(self.tau_s)
+        finite = np.isfinite(tau)
+        if weights[~finite].sum() > 1 - q:
+            return math.inf
+        low, high = 0.0, float(np.max((wait + P99_OVER_TAU * 4 * tau)[finite], initial=1.0))
+        for _ in range(50):
+            mid = (low + high) / 2
+            if np.dot(weights[finite], batch_latency_cdf(mid - wait[finite], tau[finite])) < q:
+                low = mid
+            else:
+                high = mid
+        return high
+
+
+class ServingClusterEnv(gym.Env[np.ndarray, int]):
+    """Serving cluster under a load trace; actions scale down by one, hold, or scale up by one."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self, config: EnvConfig | None = None,
+        trace_keys: Sequence[tuple[str, int]] | None = None,
+    ) -> None:
+        self.config = config or EnvConfig()
+        self.profile = ServiceProfile.load(self.config.profile_path)
+        self.trace_keys = list(trace_keys or traces.train_set())
+        if not self.trace_keys:
+            raise ValueError("need at least one trace")
+        self.rate_within_slo = self.profile.rate_within_slo(self.config.slo_s)
+        if self.rate_within_slo <= 0:
+            raise ValueError("the profile cannot meet the SLO even at batch size 1")
+        self.peak_throughput = self.profile.peak_throughput
+        self.action_space = gym.spaces.Discrete(3)
+        self.observation_space = gym.spaces.Box(observation.LOW, observation.HIGH)
+        self._observer = observation.ObservationBuilder(self.config.max_replicas)
+        self._traces: dict[tuple[str, int], traces.Trace] = {}
+        self.log = EpisodeLog()
+
+    def _trace(self, key: tuple[str, int]) -> traces.Trace:
+        if key not in self._traces:
+            self._traces[key] = traces.generate(*key, duration_s=self.config.duration_s)
+        return self._traces[key]
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        cfg = self.config
+        self.trace = self._trace(self.trace_keys[self.np_random.integers(len(self.trace_keys))])
+        peak = self.np_random.uniform(*cfg.peak_load)
+        capacity = cfg.max_replicas * self.rate_within_slo
+        self.rate_scale = peak * capacity / float(self.trace.rates.max())
+        self.t = 0
+        self.backlog = 0.0
+        first = self.trace.rates[0] * self.rate_scale
+        self.ready = int(np.clip(math.ceil(first / self.rate_within_slo), cfg.min_replicas,
+                                 cfg.max_replicas))
+        self.starting: list[float] = []
+        self.log = EpisodeLog()
+        self._observer.reset()
+        # The episode starts in steady state at the first second's rate, as if already running.
+        tau = self.profile.steady_batch_time(first / self.ready)
+        self._last = {
+            "rate": first, "queued": first * tau / 2, "ongoing": first * MEAN_OVER_TAU * tau,
+            "p99": P99_OVER_TAU * tau, "util": first / (self.ready * self.peak_throughput),
+        }
+        return self._observe(), self._info()
+
+    @property
+    def replicas(self) -> int:
+        return self.ready + len(self.starting)
+
+    def scaling_context(self) -> ScalingContext:
+        """What the live scaler would see now: the last step's measurements."""
+        return ScalingContext(
+            now=self.t * self.config.step_s,
+            current_replicas=self.replicas,
+            ready_replicas=self.ready,
+            arrival_rate=self._last["rate"],
+            queued_requests=int(self._last["queued"]),
+            ongoing_requests=self._last["ongoing"],
+            latency_p99_s=self._last["p99"],
+            slo_s=self.config.slo_s,
+            utilisation=self._last["util"],
+            service_rate_per_replica=self.rate_within_slo,
+        )
+
+    def _observe(self) -> np.ndarray:
+        return observation.clip(self._observer.update(self.scaling_context()))
+
+    def _info(self) -> dict[str, Any]:
+        return {"replicas": self.replicas, "ready": self.ready, "t": self.t}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if not self.action_space.contains(action):
+            raise ValueError(f"action must be 0 (down), 1 (hold) or 2 (up), got {action!r}")
+        return self.step_to(self.replicas + int(action) - HOLD)
+
+    def step_to(self, target: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Set the replica count to `target` (clipped to the bounds), then advance one step.
+        Rule policies, which propose counts rather than moves, are run through this."""
+        cfg = self.config
+        target = int(np.clip(target, cfg.min_replicas, cfg.max_replicas))
+        changed = target != self.replicas
+        now = self.t * cfg.step_s
+        while self.replicas < target:
+            self.starting.append(now + self.profile.cold_start_s)
+        while self.replicas > target:
+            if self.starting:
+                self.starting.pop()
+            else:
+                self.ready -= 1
+        self.log.changes += int(changed)
+        violated, relative_load = self._advance()
+        workers = self.replicas / cfg.max_replicas
+        reward = -(cfg.slo_weight * violated * relative_load + cfg.cost_weight * workers
+                   + cfg.churn_weight * changed)
+        truncated = self.t >= min(cfg.duration_s, len(self.trace.rates))
+        return self._observe(), float(reward), False, truncated, self._info()
+
+    def _advance(self) -> tuple[float, float]:
+        """Simulate one step; returns (share of requests over the SLO, arrivals / mean)."""
+        cfg, dt = self.config, self.config.step_s
+        now = self.t * dt
+        promoted = [s for s in self.starting if s <= now]
+        self.starting = [s for s in self.starting if s > now]
+        self.ready += len(promoted)
+        mean = self.trace.rates[self.t] * self.rate_scale * dt
+        if self.trace.cv > 1:
+            shape = mean / (self.trace.cv**2 - 1)
+            arrivals = float(self.np_random.negative_binomial(shape, 1 / self.trace.cv**2))
+        else:
+            arrivals = float(self.np_random.poisson(mean))
+        capacity = self.ready * self.peak_throughput * dt
+        demand = self.backlog + arrivals
+        served = min(demand, capacity)
+        backlog_before, self.backlog = self.backlog, demand - served
+        if self.ready:
+            drain = self.ready * self.peak_throughput
+            rate_per_replica = min(arrivals / dt / self.ready, 0.999 * self.peak_throughput)
+            tau = self.profile.steady_batch_time(rate_per_replica)
+            waits = (backlog_before / drain, self.backlog / drain)
+            within = float(np.mean(batch_latency_cdf(cfg.slo_s - np.array(waits), tau)))
+            util = served / capacity if capacity else 0.0
+        else:
+            tau, waits, within, util = math.inf, (math.inf, math.inf), 0.0, 0.0
+        wait = (waits[0] + waits[1]) / 2
+        rate = arrivals / dt
+        self._last = {
+            "rate": rate,
+            "queued": self.backlog + rate * tau / 2 if self.ready else self.backlog,
+            "ongoing": self.backlog + rate * MEAN_OVER_TAU * tau if self.ready else self.backlog,
+            "p99": min(wait + P99_OVER_TAU * tau, 100 * cfg.slo_s),
+            "util": util,
+        }
+        log = self.log
+        log.arrivals.append(arrivals)
+        log.within_slo.append(within)
+        log.wait_s.append(wait)
+        log.tau_s.append(tau)
+        log.p99_s.append(self._last["p99"])
+        log.replicas.append(self.replicas)
+        log.ready.append(self.ready)
+        log.worker_seconds += self.replicas * dt
+        self.t += 1
+        return 1.0 - within, arrivals / max(self.rate_scale * dt, 1e-12)

@@ -1,0 +1,74 @@
+"""The learned policy's observation, built from ScalingContexts only.
+
+The simulator and the live scaler both feed ScalingContexts through one ObservationBuilder, so the
+policy sees in production exactly the features it was trained on. Loads are expressed in replica
+capacities (requests/s over the per-replica rate that meets the SLO) and latencies in SLOs, which
+makes the observation independent of the model being served and of its absolute speed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from services.scaler.policies import ScalingContext
+
+FEATURES = (
+    "rate_1s",  # arrival rate over the last window / (max replicas x per-replica rate)
+    "rate_5s",  # the same, mean over 5 s
+    "rate_30s",  # the same, mean over 30 s
+    "demand_per_replica",  # arrival rate / (replicas ready + starting x per-replica rate)
+    "queue",  # queued requests / what the ready replicas serve in one SLO
+    "p99_over_slo",
+    "ready",  # ready replicas / max replicas
+    "starting",  # starting replicas / max replicas
+    "utilisation",
+)
+HIGH = np.array([4.0, 4.0, 4.0, 4.0, 10.0, 5.0, 1.0, 1.0, 1.0], dtype=np.float32)
+LOW = np.zeros_like(HIGH)
+_WINDOWS_S = (5.0, 30.0)
+
+
+class ObservationBuilder:
+    """Turns successive ScalingContexts into observation vectors (keeps 30 s of arrival rates)."""
+
+    def __init__(self, max_replicas: int) -> None:
+        if max_replicas < 1:
+            raise ValueError(f"max_replicas must be >= 1, got {max_replicas}")
+        self.max_replicas = max_replicas
+        self._rates: deque[tuple[float, float]] = deque()
+
+    def reset(self) -> None:
+        self._rates.clear()
+
+    def update(self, ctx: ScalingContext) -> np.ndarray:
+        """Add `ctx` to the rate history and return its unclipped features (for range checks)."""
+        self._rates.append((ctx.now, ctx.arrival_rate))
+        while self._rates[0][0] <= ctx.now - _WINDOWS_S[-1]:
+            self._rates.popleft()
+        mu = max(ctx.service_rate_per_replica, 1e-9)
+        capacity = mu * self.max_replicas
+        windows = [
+            np.mean([r for t, r in self._rates if t > ctx.now - w]) for w in _WINDOWS_S
+        ]
+        return np.array(
+            [
+                ctx.arrival_rate / capacity,
+                windows[0] / capacity,
+                windows[1] / capacity,
+                ctx.arrival_rate / (mu * max(ctx.current_replicas, 1)),
+                ctx.queued_requests / (mu * max(ctx.ready_replicas, 1) * ctx.slo_s),
+                ctx.latency_p99_s / ctx.slo_s,
+                ctx.ready_replicas / self.max_replicas,
+                (ctx.current_replicas - ctx.ready_replicas) / self.max_replicas,
+                ctx.utilisation,
+            ],
+            dtype=np.float64,
+        )
+
+
+
+def clip(features: np.ndarray) -> np.ndarray:
+    """Features clipped to the observation space [LOW, HIGH], as the policy network takes them."""
+    return np.clip(features, LOW, HIGH).astype(np.float32)

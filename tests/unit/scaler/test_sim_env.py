@@ -1,0 +1,83 @@
+"""Simulator: the gymnasium contract, determinism, traces and rule policies in the loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from services.scaler.policies import create_policy
+from services.scaler.sim import traces
+from services.scaler.sim.env import EnvConfig, ServingClusterEnv
+
+
+def test_env_passes_the_checker() -> None:
+    check_env(ServingClusterEnv(), skip_render_check=True)
+
+
+def _rollout(seed: int) -> tuple[list[np.ndarray], list[float]]:
+    env = ServingClusterEnv()
+    obs, _ = env.reset(seed=seed)
+    actions = np.random.default_rng(0).integers(0, 3, 200)
+    observations, rewards = [obs], []
+    for action in actions:
+        obs, reward, _, _, _ = env.step(int(action))
+        observations.append(obs)
+        rewards.append(reward)
+    return observations, rewards
+
+
+def test_same_seed_same_episode() -> None:
+    first, second, other = _rollout(7), _rollout(7), _rollout(8)
+    assert all(np.array_equal(a, b) for a, b in zip(first[0], second[0], strict=True))
+    assert first[1] == second[1]
+    assert first[1] != other[1]
+
+
+def test_traces_are_seeded_and_split() -> None:
+    assert np.array_equal(traces.generate("mmpp", 3).rates, traces.generate("mmpp", 3).rates)
+    assert not set(traces.train_set()) & set(traces.test_set())
+    assert {shape for shape, _ in traces.train_set()}.isdisjoint(traces.HELD_OUT_SHAPES)
+    for shape in traces.SHAPES:
+        trace = traces.generate(shape, 0)
+        assert trace.rates.mean() == pytest.approx(1.0)
+        assert 1.2 < trace.peak_to_mean < 6.0
+        assert 1.0 <= trace.cv <= 4.0
+    with pytest.raises(ValueError, match="diurnal"):
+        traces.generate("weekly", 0)
+
+
+def test_episode_runs_to_the_trace_end_with_bounded_replicas() -> None:
+    env = ServingClusterEnv(EnvConfig(max_replicas=4, duration_s=50))
+    env.reset(seed=0)
+    truncated, steps = False, 0
+    while not truncated:
+        _, _, terminated, truncated, info = env.step(2)
+        assert not terminated
+        assert 1 <= info["replicas"] <= 4
+        steps += 1
+    assert steps == 50
+    assert env.log.worker_seconds <= 4 * 50
+
+
+def test_rule_policy_runs_in_the_simulator() -> None:
+    env = ServingClusterEnv(trace_keys=[("diurnal", 1000)])
+    env.reset(seed=1000)
+    policy = create_policy("hpa", target=0.6)
+    truncated = False
+    while not truncated:
+        _, _, _, truncated, _ = env.step_to(policy.decide(env.scaling_context()))
+    assert env.log.slo_attainment() > 0.99
+    assert env.log.worker_seconds < 10 * 600
+    assert env.log.latency_quantile(0.99) < env.config.slo_s
+
+
+def test_cold_start_delays_new_capacity() -> None:
+    env = ServingClusterEnv()
+    env.reset(seed=0)
+    ready = env.ready
+    env.step(2)
+    assert (env.ready, len(env.starting)) == (ready, 1)
+    for _ in range(int(env.profile.cold_start_s)):
+        env.step(1)
+    assert env.ready == ready + 1
