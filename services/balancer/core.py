@@ -41,7 +41,11 @@ class WorkerTransport(Protocol):
 @dataclass
 class WorkerSession:
     record: WorkerRecord
-    commands: asyncio.Queue[cluster_pb2.BalancerCommand] = field(default_factory=asyncio.Queue)
+    # Commands to send down the heartbeat stream; None ends the stream (the worker then
+    # reconnects and registers afresh, e.g. after it was expired for missed heartbeats).
+    commands: asyncio.Queue[cluster_pb2.BalancerCommand | None] = field(
+        default_factory=asyncio.Queue
+    )
 
 
 class BalancerCore:
@@ -98,6 +102,7 @@ class BalancerCore:
         if self.sessions.get(worker_id) is not session:
             return
         del self.sessions[worker_id]
+        session.commands.put_nowait(None)
         self.table.remove(worker_id)
         self.transport.forget(session.record.address)
         logger.warning("worker removed", extra={"worker_id": worker_id, "reason": reason})

@@ -82,6 +82,8 @@ class BalancerServicer:
                 if command not in done:
                     command.cancel()
                     break
+                if command.result() is None:
+                    break
                 yield command.result()
         finally:
             reader.cancel()

@@ -30,11 +30,13 @@ def parameter_int(parameters: object, name: str) -> int | None:
     return number
 
 
-def _check_dims(model: str, spec_dims: tuple[int, ...], dims: list[int], name: str) -> None:
+def _check_dims(spec: ModelSpec, spec_dims: tuple[int, ...], shape: list[int], name: str) -> None:
+    dims = shape[1:] if spec.batches else shape
     if len(dims) != len(spec_dims) or any(s >= 0 and s != d for s, d in zip(spec_dims, dims)):
+        expected = [-1, *spec_dims] if spec.batches else list(spec_dims)
         raise InvalidArgument(
-            f"input {name!r} of model {model!r} has shape {dims} per request row, expected "
-            f"{list(spec_dims)} (-1 = any size)"
+            f"input {name!r} has shape {shape}; model {spec.name!r} expects {expected} "
+            "(-1 = any size" + (", batch dimension first)" if spec.batches else ")")
         )
 
 
@@ -86,7 +88,7 @@ def parse_request(
             rows = tensor_rows
         else:
             dims = shape
-        _check_dims(spec.name, input_spec.dims, dims, tensor.name)
+        _check_dims(spec, input_spec.dims, shape, tensor.name)
         if raw_contents:
             raw = raw_contents[index]
             expected = codec.expected_nbytes(tensor.datatype, shape)

@@ -1,0 +1,132 @@
+"""Real tideserve processes on loopback for integration tests: each service is started the way
+an operator starts it (`python -m services.<name>`), on free ports, and torn down afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tideserve.grpc_options import CHANNEL_OPTIONS
+from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2, inference_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.05):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(grpc.RpcError):
+            value = predicate()
+            if value:
+                return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+@dataclass
+class Cluster:
+    """Balancer + batcher + N workers started directly (no scaler), for tests that need to kill
+    or inspect individual processes."""
+
+    repository: Path
+    log_dir: Path
+    balancer_port: int = field(default_factory=free_port)
+    batcher_port: int = field(default_factory=free_port)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    worker_args: tuple[str, ...] = ()
+
+    @property
+    def balancer(self) -> str:
+        return f"127.0.0.1:{self.balancer_port}"
+
+    @property
+    def batcher(self) -> str:
+        return f"127.0.0.1:{self.batcher_port}"
+
+    def spawn(self, name: str, module: str, *args: str) -> subprocess.Popen:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+            cwd=ROOT,
+        )
+        log.close()
+        self.processes[name] = process
+        return process
+
+    def start(self, workers: int = 1) -> Cluster:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.spawn("balancer", "services.balancer", "--port", str(self.balancer_port))
+        wait_healthy(self.balancer)
+        for index in range(workers):
+            self.add_worker(f"worker-{index}")
+        self.spawn("batcher", "services.batcher", "--port", str(self.batcher_port),
+                   "--balancers", self.balancer)
+        wait_healthy(self.batcher)
+        self.wait_workers(workers)
+        return self
+
+    def add_worker(self, worker_id: str, *extra: str) -> subprocess.Popen:
+        return self.spawn(
+            worker_id, "services.worker", "--worker-id", worker_id,
+            "--model-repository", str(self.repository), "--balancers", self.balancer,
+            "--threads", "1", *self.worker_args, *extra,
+        )
+
+    def snapshot(self) -> cluster_pb2.ClusterSnapshot:
+        with grpc.insecure_channel(self.balancer, options=CHANNEL_OPTIONS) as channel:
+            call = cluster_pb2_grpc.BalancerStub(channel).WatchCluster(
+                cluster_pb2.WatchClusterRequest(), timeout=5
+            )
+            snapshot = next(call)
+            call.cancel()
+            return snapshot
+
+    def wait_workers(self, count: int, timeout_s: float = 60.0) -> None:
+        """Until `count` workers are registered and the batcher reports every model ready."""
+        wait_for(lambda: len(self.snapshot().workers) == count, timeout_s, f"{count} workers")
+        with grpc.insecure_channel(self.batcher) as channel:
+            stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+            wait_for(lambda: stub.ServerReady(inference_pb2.ServerReadyRequest()).ready,
+                     timeout_s, "batcher ready")
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+
+def wait_healthy(address: str, timeout_s: float = 30.0) -> None:
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        wait_for(
+            lambda: stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+            == health_pb2.HealthCheckResponse.SERVING,
+            timeout_s, f"{address} SERVING",
+        )
