@@ -64,7 +64,10 @@ class Cluster:
         log = (self.log_dir / f"{name}.log").open("ab")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         process = subprocess.Popen(
-            [sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+            [sys.executable, "-m", module, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
             cwd=ROOT,
         )
         log.close()
@@ -77,17 +80,32 @@ class Cluster:
         wait_healthy(self.balancer)
         for index in range(workers):
             self.add_worker(f"worker-{index}")
-        self.spawn("batcher", "services.batcher", "--port", str(self.batcher_port),
-                   "--balancers", self.balancer)
+        self.spawn(
+            "batcher",
+            "services.batcher",
+            "--port",
+            str(self.batcher_port),
+            "--balancers",
+            self.balancer,
+        )
         wait_healthy(self.batcher)
         self.wait_workers(workers)
         return self
 
     def add_worker(self, worker_id: str, *extra: str) -> subprocess.Popen:
         return self.spawn(
-            worker_id, "services.worker", "--worker-id", worker_id,
-            "--model-repository", str(self.repository), "--balancers", self.balancer,
-            "--threads", "1", *self.worker_args, *extra,
+            worker_id,
+            "services.worker",
+            "--worker-id",
+            worker_id,
+            "--model-repository",
+            str(self.repository),
+            "--balancers",
+            self.balancer,
+            "--threads",
+            "1",
+            *self.worker_args,
+            *extra,
         )
 
     def snapshot(self) -> cluster_pb2.ClusterSnapshot:
@@ -104,8 +122,11 @@ class Cluster:
         wait_for(lambda: len(self.snapshot().workers) == count, timeout_s, f"{count} workers")
         with grpc.insecure_channel(self.batcher) as channel:
             stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
-            wait_for(lambda: stub.ServerReady(inference_pb2.ServerReadyRequest()).ready,
-                     timeout_s, "batcher ready")
+            wait_for(
+                lambda: stub.ServerReady(inference_pb2.ServerReadyRequest()).ready,
+                timeout_s,
+                "batcher ready",
+            )
 
     def stop(self) -> None:
         for process in self.processes.values():
@@ -126,7 +147,10 @@ def wait_healthy(address: str, timeout_s: float = 30.0) -> None:
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         wait_for(
-            lambda: stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-            == health_pb2.HealthCheckResponse.SERVING,
-            timeout_s, f"{address} SERVING",
+            lambda: (
+                stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                == health_pb2.HealthCheckResponse.SERVING
+            ),
+            timeout_s,
+            f"{address} SERVING",
         )

@@ -21,8 +21,9 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_default_model(repository)
     if SHARED_WORKLOADS.exists():
         made = tmp_path_factory.mktemp("workloads")
-        subprocess.run([sys.executable, str(SHARED_WORKLOADS), str(made)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, str(SHARED_WORKLOADS), str(made)], check=True, capture_output=True
+        )
         add_torchscript_model(repository, "mlp", made / "mlp.pt", [256])
         add_torchscript_model(repository, "cnn", made / "cnn.pt", [3, 64, 64])
     return repository

@@ -1,8 +1,8 @@
 """The `tideserve` command.
 
-  tideserve up [--demo]        run the whole suite locally (no Docker), optionally with a demo load
-  tideserve plan ...           replicas needed for a rate and an SLO (M/M/m, Erlang C)
-  tideserve policy train|eval  train / evaluate the learned autoscaling policy
+tideserve up [--demo]        run the whole suite locally (no Docker), optionally with a demo load
+tideserve plan ...           replicas needed for a rate and an SLO (M/M/m, Erlang C)
+tideserve policy train|eval  train / evaluate the learned autoscaling policy
 """
 
 from __future__ import annotations
@@ -19,8 +19,12 @@ from tideserve.logs import configure_logging
 
 def _add_up(commands: argparse._SubParsersAction) -> None:
     up = commands.add_parser("up", help="run balancer, batcher, scaler and workers on loopback")
-    up.add_argument("--model-repository", type=Path, default=Path("model_repository"),
-                    help="created with the default model if absent (default: %(default)s)")
+    up.add_argument(
+        "--model-repository",
+        type=Path,
+        default=Path("model_repository"),
+        help="created with the default model if absent (default: %(default)s)",
+    )
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--batcher-port", type=int, default=8001)
     up.add_argument("--balancer-port", type=int, default=8100)
@@ -32,7 +36,9 @@ def _add_up(commands: argparse._SubParsersAction) -> None:
     up.add_argument("--log-dir", type=Path, default=Path(".tideserve/logs"))
     up.add_argument("--demo", action="store_true", help="drive a short load and print figures")
     up.add_argument("--exit-after-demo", action="store_true", help="stop the suite after the demo")
-    up.add_argument("--demo-model", default=None, help="model for the demo (default: the default model)")
+    up.add_argument(
+        "--demo-model", default=None, help="model for the demo (default: the default model)"
+    )
     up.add_argument("--demo-seconds", type=float, default=10.0)
     up.add_argument("--demo-concurrency", type=int, default=32)
     up.add_argument("--demo-stream", action="store_true", help="use ModelStreamInfer for the demo")
@@ -55,10 +61,18 @@ async def _demo(args: argparse.Namespace, batcher: str, balancer: str, model: st
 
     before = await _batch_sizes(balancer)
     mode = "stream" if args.demo_stream else "unary"
-    print(f"demo: {args.demo_concurrency} concurrent {mode} clients on {model} for "
-          f"{args.demo_seconds:.0f} s ...", flush=True)
-    result = await closed_loop(batcher, model, concurrency=args.demo_concurrency,
-                               seconds=args.demo_seconds, stream=args.demo_stream)
+    print(
+        f"demo: {args.demo_concurrency} concurrent {mode} clients on {model} for "
+        f"{args.demo_seconds:.0f} s ...",
+        flush=True,
+    )
+    result = await closed_loop(
+        batcher,
+        model,
+        concurrency=args.demo_concurrency,
+        seconds=args.demo_seconds,
+        stream=args.demo_stream,
+    )
     after = await _batch_sizes(balancer)
     sizes = {size: after.get(size, 0) - before.get(size, 0) for size in after}
     sizes = {s: n for s, n in sorted(sizes.items()) if n > 0}
@@ -66,8 +80,10 @@ async def _demo(args: argparse.Namespace, batcher: str, balancer: str, model: st
     mean_size = sum(s * n for s, n in sizes.items()) / batches if batches else 0.0
     print(f"  requests ok {result.ok}, errors {result.errors or 0}")
     print(f"  throughput  {result.throughput:,.0f} infer/s")
-    print(f"  latency ms  p50 {result.percentile_ms(50):.2f}  p90 {result.percentile_ms(90):.2f}"
-          f"  p99 {result.percentile_ms(99):.2f}")
+    print(
+        f"  latency ms  p50 {result.percentile_ms(50):.2f}  p90 {result.percentile_ms(90):.2f}"
+        f"  p99 {result.percentile_ms(99):.2f}"
+    )
     print(f"  batches     {batches}, mean size {mean_size:.1f}, largest {max(sizes, default=0)}")
     print("  batch sizes " + " ".join(f"{s}:{n}" for s, n in sizes.items()), flush=True)
 
@@ -82,10 +98,15 @@ def _up(args: argparse.Namespace) -> int:
         write_default_model(repository)
         print(f"created model repository {repository} with the default model {DEFAULT_MODEL}")
     config = SuiteConfig(
-        host=args.host, batcher_port=args.batcher_port, balancer_port=args.balancer_port,
-        scaler_port=args.scaler_port, model_repository=repository,
-        min_replicas=args.min_replicas, max_replicas=args.max_replicas,
-        scaler_policy=args.scaler_policy, worker_threads=args.worker_threads,
+        host=args.host,
+        batcher_port=args.batcher_port,
+        balancer_port=args.balancer_port,
+        scaler_port=args.scaler_port,
+        model_repository=repository,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        scaler_policy=args.scaler_policy,
+        worker_threads=args.worker_threads,
         log_dir=args.log_dir,
     )
     suite = Suite(config)
@@ -107,7 +128,9 @@ def _up(args: argparse.Namespace) -> int:
         if args.demo:
             from services.worker.models import DEFAULT_MODEL
 
-            asyncio.run(_demo(args, config.batcher, config.balancer, args.demo_model or DEFAULT_MODEL))
+            asyncio.run(
+                _demo(args, config.batcher, config.balancer, args.demo_model or DEFAULT_MODEL)
+            )
         if not (args.demo and args.exit_after_demo):
             print("Ctrl-C stops everything.", flush=True)
             while True:

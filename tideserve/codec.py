@@ -125,7 +125,7 @@ def encode_bytes(array: np.ndarray) -> bytes:
 
 
 def decode_bytes(raw: bytes, shape: Sequence[int]) -> np.ndarray:
-    """Length-prefixed elements -> object array of bytes, checking every length against the buffer."""
+    """Length-prefixed elements -> object array of bytes, each length checked against the buffer."""
     count = element_count(shape)
     items: list[bytes] = []
     offset = 0

@@ -59,17 +59,46 @@ class SuiteConfig:
 def service_commands(config: SuiteConfig) -> dict[str, list[str]]:
     python = [sys.executable, "-m"]
     return {
-        "balancer": [*python, "services.balancer", "--host", config.host,
-                     "--port", str(config.balancer_port)],
-        "batcher": [*python, "services.batcher", "--host", config.host,
-                    "--port", str(config.batcher_port), "--balancers", config.balancer],
-        "scaler": [*python, "services.scaler", "--host", config.host,
-                   "--port", str(config.scaler_port), "--balancers", config.balancer,
-                   "--runtime", "process", "--model-repository", str(config.model_repository),
-                   "--min-replicas", str(config.min_replicas),
-                   "--max-replicas", str(config.max_replicas),
-                   "--policy", config.scaler_policy,
-                   "--worker-threads", str(config.worker_threads)],
+        "balancer": [
+            *python,
+            "services.balancer",
+            "--host",
+            config.host,
+            "--port",
+            str(config.balancer_port),
+        ],
+        "batcher": [
+            *python,
+            "services.batcher",
+            "--host",
+            config.host,
+            "--port",
+            str(config.batcher_port),
+            "--balancers",
+            config.balancer,
+        ],
+        "scaler": [
+            *python,
+            "services.scaler",
+            "--host",
+            config.host,
+            "--port",
+            str(config.scaler_port),
+            "--balancers",
+            config.balancer,
+            "--runtime",
+            "process",
+            "--model-repository",
+            str(config.model_repository),
+            "--min-replicas",
+            str(config.min_replicas),
+            "--max-replicas",
+            str(config.max_replicas),
+            "--policy",
+            config.scaler_policy,
+            "--worker-threads",
+            str(config.worker_threads),
+        ],
     }
 
 
@@ -100,13 +129,15 @@ class Suite:
                     if model is None:
                         ready = (await stub.ServerReady(inference_pb2.ServerReadyRequest())).ready
                     else:
-                        ready = (await stub.ModelReady(
-                            inference_pb2.ModelReadyRequest(name=model))).ready
+                        ready = (
+                            await stub.ModelReady(inference_pb2.ModelReadyRequest(name=model))
+                        ).ready
                     if ready:
                         return
                 if time.monotonic() > deadline:
-                    raise TimeoutError("no model became ready; see the logs in "
-                                       f"{self.config.log_dir}")
+                    raise TimeoutError(
+                        f"no model became ready; see the logs in {self.config.log_dir}"
+                    )
                 await asyncio.sleep(0.2)
 
     def check_alive(self) -> None:

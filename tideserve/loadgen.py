@@ -34,8 +34,9 @@ class LoadResult:
         self.errors[code] = self.errors.get(code, 0) + 1
 
 
-async def sample_request(stub: inference_pb2_grpc.GRPCInferenceServiceStub, model: str,
-                         seed: int = 0) -> pb.ModelInferRequest:
+async def sample_request(
+    stub: inference_pb2_grpc.GRPCInferenceServiceStub, model: str, seed: int = 0
+) -> pb.ModelInferRequest:
     """A batch-1 request of random data shaped as the model's metadata says."""
     metadata = await stub.ModelMetadata(pb.ModelMetadataRequest(name=model), timeout=10)
     rng = np.random.default_rng(seed)
@@ -49,8 +50,14 @@ async def sample_request(stub: inference_pb2_grpc.GRPCInferenceServiceStub, mode
 
 
 async def closed_loop(
-    address: str, model: str, *, concurrency: int, seconds: float, stream: bool = False,
-    request: pb.ModelInferRequest | None = None, timeout_s: float = 10.0,
+    address: str,
+    model: str,
+    *,
+    concurrency: int,
+    seconds: float,
+    stream: bool = False,
+    request: pb.ModelInferRequest | None = None,
+    timeout_s: float = 10.0,
 ) -> LoadResult:
     """`concurrency` clients each sending one request after another for `seconds`."""
     result = LoadResult()

@@ -97,7 +97,7 @@ class ModelSpec:
 
     @classmethod
     def from_config(cls, config: mc.ModelConfig) -> ModelSpec:
-        """Validate a ModelConfig and view it as a ModelSpec; raises InvalidArgument naming the fault."""
+        """Validate a ModelConfig and view it as a ModelSpec; InvalidArgument names the fault."""
         if not config.name:
             raise InvalidArgument("model config has no name")
         if config.max_batch_size < 0:
@@ -155,7 +155,7 @@ class ModelSpec:
 
 
 def read_config(path: Path, default_name: str) -> mc.ModelConfig:
-    """Parse a config.pbtxt; the model's directory name is its name unless the file says otherwise."""
+    """Parse a config.pbtxt; the model is named after its directory unless the file names it."""
     config = mc.ModelConfig()
     try:
         text_format.Parse(path.read_text(), config)

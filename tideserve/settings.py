@@ -47,7 +47,7 @@ def load_settings(
     description: str,
     environ: Mapping[str, str] | None = None,
 ) -> S:
-    """Build `cls` from its defaults, an optional `--config FILE.toml`, the environment and flags."""
+    """Build `cls` from its defaults, an optional `--config FILE.toml`, environment and flags."""
     environ = os.environ if environ is None else environ
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]

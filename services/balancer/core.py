@@ -4,6 +4,7 @@ snapshots. The network is behind `WorkerTransport`, so all of it runs in unit te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -187,10 +188,8 @@ class BalancerCore:
             if remaining <= 0:
                 return None
             async with self._changed:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), min(remaining, 0.05))
-                except TimeoutError:
-                    pass
 
     async def _finish(self, record: WorkerRecord, rows: int, seconds: float | None) -> None:
         self.table.finish(record, rows, seconds)

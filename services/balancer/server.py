@@ -60,7 +60,7 @@ class BalancerServicer:
         self.core = core
         self.snapshot_interval_s = snapshot_interval_s
 
-    async def Heartbeat(  # noqa: N802 - gRPC method name
+    async def Heartbeat(
         self, requests: AsyncIterator[pb.WorkerReport], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.BalancerCommand]:
         reports = requests.__aiter__()
@@ -97,7 +97,7 @@ class BalancerServicer:
                 if report.HasField("load"):
                     self.core.report(session, report.load)
 
-    async def Dispatch(self, payload: bytes, context: grpc.aio.ServicerContext) -> bytes:  # noqa: N802
+    async def Dispatch(self, payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
         metadata = dict(context.invocation_metadata() or ())
         model = metadata.get(MODEL_KEY)
         if not model:
@@ -112,12 +112,12 @@ class BalancerServicer:
             raise
 
     @serving.rpc_errors
-    async def ListModels(  # noqa: N802
+    async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=self.core.models())
 
-    async def WatchCluster(  # noqa: N802
+    async def WatchCluster(
         self, request: pb.WatchClusterRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ClusterSnapshot]:
         interval = request.interval_seconds or self.snapshot_interval_s
@@ -126,14 +126,14 @@ class BalancerServicer:
             await asyncio.sleep(interval)
 
     @serving.rpc_errors
-    async def ReportFrontend(  # noqa: N802
+    async def ReportFrontend(
         self, request: pb.FrontendReport, context: grpc.aio.ServicerContext
     ) -> pb.FrontendReportAck:
         self.core.frontend_report(request)
         return pb.FrontendReportAck()
 
     @serving.rpc_errors
-    async def DrainWorker(  # noqa: N802
+    async def DrainWorker(
         self, request: pb.DrainWorkerRequest, context: grpc.aio.ServicerContext
     ) -> pb.DrainWorkerResponse:
         remaining = context.time_remaining()
@@ -141,7 +141,7 @@ class BalancerServicer:
         return await self.core.drain(request.worker_id, wait_s)
 
     @serving.rpc_errors
-    async def SetRoutingPolicy(  # noqa: N802
+    async def SetRoutingPolicy(
         self, request: pb.SetRoutingPolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetRoutingPolicyResponse:
         try:

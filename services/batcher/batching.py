@@ -190,7 +190,7 @@ class BatchQueue:
 
     def take(self, now: float) -> list[PendingRequest]:
         """Remove and return the next batch: highest priority first, in arrival order, requests of
-        the first one's shape only, up to the goal size. Never skips a request to take a later one."""
+        the first one's shape only, up to the goal size. Never skips a request for a later one."""
         target, _ = self.policy.target(self.rows, now)
         target = min(target, self.max_batch_size)
         goal = self._goal(target, self._batch_rows(target))

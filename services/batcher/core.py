@@ -4,6 +4,7 @@ dispatch capacity frees up, sends them downstream and splits the results back to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -77,10 +78,8 @@ class ModelScheduler:
 
     async def _wait(self, timeout: float | None) -> None:
         self._wake.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
-        except TimeoutError:
-            pass
 
     async def _next_batch(self) -> list[PendingRequest]:
         while True:

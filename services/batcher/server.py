@@ -67,13 +67,13 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     @serving.rpc_errors
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ServerLiveResponse:  # noqa: N802, E501
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     @serving.rpc_errors
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ServerReadyResponse:  # noqa: N802, E501
+    ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(
             ready=any(self.catalog.ready(m) for m in self.catalog.entries)
         )
@@ -81,31 +81,31 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     @serving.rpc_errors
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ModelReadyResponse:  # noqa: N802, E501
+    ) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=self.catalog.ready(request.name))
 
     @serving.rpc_errors
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ServerMetadataResponse:  # noqa: N802, E501
+    ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="tideserve", version=tideserve.__version__)
 
     @serving.rpc_errors
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ModelMetadataResponse:  # noqa: N802, E501
+    ) -> pb.ModelMetadataResponse:
         return self.catalog.get(request.name, request.version).metadata
 
     @serving.rpc_errors
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ModelConfigResponse:  # noqa: N802, E501
+    ) -> pb.ModelConfigResponse:
         return pb.ModelConfigResponse(config=self.catalog.get(request.name, request.version).config)
 
     @serving.rpc_errors
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
-    ) -> pb.RepositoryIndexResponse:  # noqa: N802, E501
+    ) -> pb.RepositoryIndexResponse:
         response = pb.RepositoryIndexResponse()
         for name, entry in sorted(self.catalog.entries.items()):
             ready = self.catalog.ready(name)
@@ -122,7 +122,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     @serving.rpc_errors
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ModelInferResponse:  # noqa: N802, E501
+    ) -> pb.ModelInferResponse:
         started = self.core.clock()
         remaining = context.time_remaining()
         deadline = None if remaining is None else started + remaining
@@ -134,7 +134,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         self.core.record(self.core.clock() - started)
         return response
 
-    async def ModelStreamInfer(  # noqa: N802
+    async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Responses leave in request order; a failed request yields `error_message` and the

@@ -89,12 +89,16 @@ class ScalerController:
                 f"{self.guard_config.max_replicas}; change them with SetBounds first"
             )
         self.pinned = replicas
-        logger.info("replicas pinned" if replicas is not None else "pin released",
-                    extra={"replicas": replicas})
+        logger.info(
+            "replicas pinned" if replicas is not None else "pin released",
+            extra={"replicas": replicas},
+        )
 
     def set_bounds(self, min_replicas: int, max_replicas: int) -> None:
         try:
-            config = replace(self.guard_config, min_replicas=min_replicas, max_replicas=max_replicas)
+            config = replace(
+                self.guard_config, min_replicas=min_replicas, max_replicas=max_replicas
+            )
         except ValueError as error:
             raise InvalidArgument(str(error)) from error
         self.guard_config = config
@@ -163,17 +167,30 @@ class ScalerController:
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
 
-    def _record(self, current: int, proposed: int, applied: int, reason: str, context: object) -> None:
+    def _record(
+        self, current: int, proposed: int, applied: int, reason: str, context: object
+    ) -> None:
         inputs = {k: float(v) for k, v in vars(context).items() if isinstance(v, int | float)}
         decision = cluster_pb2.ScalingDecision(
-            timestamp_unix=time.time(), policy=self.policy.name, current_replicas=current,
-            proposed_replicas=proposed, applied_replicas=applied, reason=reason, inputs=inputs,
+            timestamp_unix=time.time(),
+            policy=self.policy.name,
+            current_replicas=current,
+            proposed_replicas=proposed,
+            applied_replicas=applied,
+            reason=reason,
+            inputs=inputs,
         )
         self.decisions.append(decision)
-        logger.info("scaling decision", extra={
-            "policy": self.policy.name, "current": current, "proposed": proposed,
-            "applied": applied, "reason": reason,
-        })
+        logger.info(
+            "scaling decision",
+            extra={
+                "policy": self.policy.name,
+                "current": current,
+                "proposed": proposed,
+                "applied": applied,
+                "reason": reason,
+            },
+        )
 
     async def _start(self) -> None:
         worker_id = f"worker-{secrets.token_hex(3)}"
@@ -185,7 +202,9 @@ class ScalerController:
         worker.state = "draining"
         drained = await self.drainer.drain(worker.worker_id, self.drain_timeout_s)
         if not drained:
-            logger.warning("drain timed out; stopping anyway", extra={"worker_id": worker.worker_id})
+            logger.warning(
+                "drain timed out; stopping anyway", extra={"worker_id": worker.worker_id}
+            )
         worker.state = "stopping"
         await self.runtime.stop(worker, self.stop_grace_s)
         self.workers.pop(worker.worker_id, None)
@@ -224,10 +243,13 @@ class ScalerController:
     def list_workers(self) -> list[cluster_pb2.ManagedWorker]:
         return [
             cluster_pb2.ManagedWorker(
-                worker_id=w.worker_id, runtime_id=w.runtime_id, state=w.state,
+                worker_id=w.worker_id,
+                runtime_id=w.runtime_id,
+                state=w.state,
                 started_unix=w.started_unix,
-                address=next((s.address for s in self.snapshot.workers
-                              if s.worker_id == w.worker_id), ""),
+                address=next(
+                    (s.address for s in self.snapshot.workers if s.worker_id == w.worker_id), ""
+                ),
             )
             for w in self.workers.values()
         ]

@@ -65,8 +65,14 @@ class ProcessRuntime:
 
     async def start(self, worker_id: str) -> ManagedWorker:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.worker", "--worker-id", worker_id, *self.worker_args,
-            env=self.env, preexec_fn=die_with_parent,
+            sys.executable,
+            "-m",
+            "services.worker",
+            "--worker-id",
+            worker_id,
+            *self.worker_args,
+            env=self.env,
+            preexec_fn=die_with_parent,
         )
         worker = ManagedWorker(worker_id, str(process.pid), time.time())
         self._procs[worker_id] = (worker, process)
@@ -84,7 +90,9 @@ class ProcessRuntime:
             try:
                 await asyncio.wait_for(process.wait(), grace_s)
             except TimeoutError:
-                logger.warning("worker ignored SIGTERM; killing", extra={"worker_id": worker.worker_id})
+                logger.warning(
+                    "worker ignored SIGTERM; killing", extra={"worker_id": worker.worker_id}
+                )
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()

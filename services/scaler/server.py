@@ -45,40 +45,56 @@ class ScalerAdminServicer(cluster_pb2_grpc.ScalerAdminServicer):
         return self.controller.status(self.runtime_name)
 
     @serving.rpc_errors
-    async def GetStatus(self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext) -> pb.ScalerStatus:  # noqa: N802, E501
+    async def GetStatus(
+        self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ScalerStatus:
         return self._status()
 
     @serving.rpc_errors
-    async def ListWorkers(self, request: pb.ListWorkersRequest, context: grpc.aio.ServicerContext) -> pb.ListWorkersResponse:  # noqa: N802, E501
+    async def ListWorkers(
+        self, request: pb.ListWorkersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListWorkersResponse:
         return pb.ListWorkersResponse(workers=self.controller.list_workers())
 
     @serving.rpc_errors
-    async def SetPolicy(self, request: pb.SetPolicyRequest, context: grpc.aio.ServicerContext) -> pb.ScalerStatus:  # noqa: N802, E501
+    async def SetPolicy(
+        self, request: pb.SetPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ScalerStatus:
         self.controller.set_policy(request.name, dict(request.parameters))
         return self._status()
 
     @serving.rpc_errors
-    async def ScaleTo(self, request: pb.ScaleToRequest, context: grpc.aio.ServicerContext) -> pb.ScalerStatus:  # noqa: N802, E501
+    async def ScaleTo(
+        self, request: pb.ScaleToRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ScalerStatus:
         self.controller.scale_to(None if request.release else request.replicas)
         return self._status()
 
     @serving.rpc_errors
-    async def SetBounds(self, request: pb.SetBoundsRequest, context: grpc.aio.ServicerContext) -> pb.ScalerStatus:  # noqa: N802, E501
+    async def SetBounds(
+        self, request: pb.SetBoundsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ScalerStatus:
         self.controller.set_bounds(request.min_replicas, request.max_replicas)
         return self._status()
 
     @serving.rpc_errors
-    async def Pause(self, request: pb.PauseRequest, context: grpc.aio.ServicerContext) -> pb.ScalerStatus:  # noqa: N802, E501
+    async def Pause(
+        self, request: pb.PauseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ScalerStatus:
         self.controller.paused = True
         return self._status()
 
     @serving.rpc_errors
-    async def Resume(self, request: pb.ResumeRequest, context: grpc.aio.ServicerContext) -> pb.ScalerStatus:  # noqa: N802, E501
+    async def Resume(
+        self, request: pb.ResumeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ScalerStatus:
         self.controller.paused = False
         return self._status()
 
     @serving.rpc_errors
-    async def DrainWorker(self, request: pb.DrainWorkerRequest, context: grpc.aio.ServicerContext) -> pb.DrainWorkerResponse:  # noqa: N802, E501
+    async def DrainWorker(
+        self, request: pb.DrainWorkerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DrainWorkerResponse:
         return await self.controller.drain_worker(request.worker_id)
 
 
@@ -87,13 +103,20 @@ def build_runtime(settings: ScalerSettings) -> WorkerRuntime:
         from services.scaler.docker_runtime import create_docker_runtime
 
         return create_docker_runtime(settings)
-    return ProcessRuntime([
-        "--model-repository", settings.model_repository,
-        "--balancers", ",".join(settings.balancers),
-        "--threads", str(settings.worker_threads),
-        "--device", settings.worker_device,
-        "--slowdown", str(settings.worker_slowdown),
-    ])
+    return ProcessRuntime(
+        [
+            "--model-repository",
+            settings.model_repository,
+            "--balancers",
+            ",".join(settings.balancers),
+            "--threads",
+            str(settings.worker_threads),
+            "--device",
+            settings.worker_device,
+            "--slowdown",
+            str(settings.worker_slowdown),
+        ]
+    )
 
 
 async def _watch(controller: ScalerController, channel: grpc.aio.Channel, address: str) -> None:
@@ -103,8 +126,10 @@ async def _watch(controller: ScalerController, channel: grpc.aio.Channel, addres
             async for snapshot in stub.WatchCluster(pb.WatchClusterRequest()):
                 controller.observe(snapshot)
         except grpc.aio.AioRpcError as error:
-            logger.warning("cluster watch failed; retrying",
-                           extra={"balancer": address, "code": error.code().name})
+            logger.warning(
+                "cluster watch failed; retrying",
+                extra={"balancer": address, "code": error.code().name},
+            )
         await asyncio.sleep(0.5)
 
 
@@ -124,9 +149,12 @@ async def serve(settings: ScalerSettings) -> None:
         runtime,
         BalancerDrainer(channels),
         GuardConfig(
-            min_replicas=settings.min_replicas, max_replicas=settings.max_replicas,
-            up_cooldown_s=settings.up_cooldown_s, down_cooldown_s=settings.down_cooldown_s,
-            max_step_up=settings.max_step_up, max_step_down=settings.max_step_down,
+            min_replicas=settings.min_replicas,
+            max_replicas=settings.max_replicas,
+            up_cooldown_s=settings.up_cooldown_s,
+            down_cooldown_s=settings.down_cooldown_s,
+            max_step_up=settings.max_step_up,
+            max_step_down=settings.max_step_down,
         ),
         policy=settings.policy,
         policy_parameters=settings.parsed_policy_parameters(),
@@ -142,12 +170,20 @@ async def serve(settings: ScalerSettings) -> None:
     health = await serving.add_health_and_reflection(server, [SERVICE_NAME])
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
-    logger.info("scaler listening", extra={
-        "address": f"{settings.host}:{port}", "runtime": runtime.name, "policy": settings.policy,
-        "min_replicas": settings.min_replicas, "max_replicas": settings.max_replicas,
-    })
-    tasks = [asyncio.create_task(_watch(controller, channels[0], settings.balancers[0])),
-             asyncio.create_task(_tick_loop(controller, settings.tick_s))]
+    logger.info(
+        "scaler listening",
+        extra={
+            "address": f"{settings.host}:{port}",
+            "runtime": runtime.name,
+            "policy": settings.policy,
+            "min_replicas": settings.min_replicas,
+            "max_replicas": settings.max_replicas,
+        },
+    )
+    tasks = [
+        asyncio.create_task(_watch(controller, channels[0], settings.balancers[0])),
+        asyncio.create_task(_tick_loop(controller, settings.tick_s)),
+    ]
 
     async def stop() -> None:
         for task in tasks:

@@ -28,7 +28,7 @@ class WorkerServicer(cluster_pb2_grpc.WorkerServicer):
         self.core = core
 
     @serving.rpc_errors
-    async def Execute(  # noqa: N802 - gRPC method name
+    async def Execute(
         self, request: cluster_pb2.Batch, context: grpc.aio.ServicerContext
     ) -> cluster_pb2.BatchResult:
         return await self.core.execute(request)

@@ -37,16 +37,24 @@ def main(address: str, repository: Path, models: list[str]) -> int:
         module = torch.jit.load(str(repository / model / "1" / "model.pt")).eval()
         with torch.inference_mode():
             expected = module(torch.from_numpy(batch)).numpy()
-        close = result is not None and result.shape == expected.shape and bool(
-            np.allclose(result, expected, rtol=1e-4, atol=1e-5)
+        close = (
+            result is not None
+            and result.shape == expected.shape
+            and bool(np.allclose(result, expected, rtol=1e-4, atol=1e-5))
         )
         failed |= not close
-        print(json.dumps({
-            "model": model, "ready": client.is_model_ready(model), "allclose": close,
-            "shape": list(result.shape) if result is not None else None,
-            "max_batch_size": int(config.get("max_batch_size", 0)),
-            "dynamic_batching": "dynamic_batching" in config,
-        }))
+        print(
+            json.dumps(
+                {
+                    "model": model,
+                    "ready": client.is_model_ready(model),
+                    "allclose": close,
+                    "shape": list(result.shape) if result is not None else None,
+                    "max_batch_size": int(config.get("max_batch_size", 0)),
+                    "dynamic_batching": "dynamic_batching" in config,
+                }
+            )
+        )
     return 1 if failed else 0
 
 

