@@ -32,7 +32,10 @@ def parameter_int(parameters: object, name: str) -> int | None:
 
 def _check_dims(spec: ModelSpec, spec_dims: tuple[int, ...], shape: list[int], name: str) -> None:
     dims = shape[1:] if spec.batches else shape
-    if len(dims) != len(spec_dims) or any(s >= 0 and s != d for s, d in zip(spec_dims, dims, strict=True)):
+    mismatch = len(dims) != len(spec_dims) or any(
+        s >= 0 and s != d for s, d in zip(spec_dims, dims, strict=True)
+    )
+    if mismatch:
         expected = [-1, *spec_dims] if spec.batches else list(spec_dims)
         raise InvalidArgument(
             f"input {name!r} has shape {shape}; model {spec.name!r} expects {expected} "
