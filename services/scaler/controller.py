@@ -161,7 +161,7 @@ class ScalerController:
             await self._start()
         if applied < current:
             # Workers still starting go first (they hold nothing), then the newest.
-            victims = sorted(active, key=lambda w: (w.state == "ready", w.started_unix))
+            victims = sorted(active, key=lambda w: (w.state == "ready", -w.started_unix))
             for worker in victims[: current - applied]:
                 task = asyncio.create_task(self._retire(worker))
                 self._retiring.add(task)
