@@ -184,7 +184,9 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
         )
 
     def _observe(self) -> np.ndarray:
-        return observation.clip(self._observer.update(self.scaling_context()))
+        # The unclipped features are kept so training can record the range it has seen.
+        self.last_features = self._observer.update(self.scaling_context())
+        return observation.clip(self.last_features)
 
     def _info(self) -> dict[str, Any]:
         return {"replicas": self.replicas, "ready": self.ready, "t": self.t}

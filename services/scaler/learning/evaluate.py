@@ -1,0 +1,200 @@
+"""`tideserve policy eval`: the learned policy against the rule policies on held-out traces.
+
+Every policy runs in the same simulator, through the same guards, on the same arrivals (each test
+trace is reset with its own seed). The rule policies are first tuned to the SLO: each one's main
+parameter is swept on training traces and the cheapest setting that keeps >= 99% of requests within
+the SLO is kept, so the comparison is at the same SLO and not against a straw man. The learned
+policy falls back to the tuned HPA whenever its observation leaves the trained range, as the live
+scaler does; the table counts those fallbacks.
+
+Prints a table (SLO attainment, pooled p99, worker-seconds, scaling actions) and writes one PNG
+per trace shape (load, replicas and p99 latency over time, one column per policy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from services.scaler.guards import GuardConfig, Guards
+from services.scaler.learning.policy import DEFAULT_POLICY, LearnedPolicy, ObservationOutOfRange
+from services.scaler.planner import MEAN_OVER_TAU
+from services.scaler.policies import ScalingContext, ScalingPolicy, create_policy
+from services.scaler.sim import traces
+from services.scaler.sim.env import EnvConfig, EpisodeLog, ServingClusterEnv
+
+logger = logging.getLogger(__name__)
+
+SLO_GOAL = 0.99
+# Concurrency targets are swept as fractions of one replica's concurrency at its SLO capacity.
+CONCURRENCY_FRACTIONS = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
+HPA_TARGETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@dataclass
+class Result:
+    policy: str
+    setting: str
+    logs: dict[tuple[str, int], EpisodeLog]
+    fallbacks: int = 0
+
+    def pooled(self, shape: str | None = None) -> EpisodeLog:
+        pooled = EpisodeLog()
+        for (trace_shape, _), log in self.logs.items():
+            if shape in (None, trace_shape):
+                for name in ("arrivals", "within_slo", "wait_s", "tau_s", "p99_s", "replicas"):
+                    getattr(pooled, name).extend(getattr(log, name))
+                pooled.changes += log.changes
+                pooled.worker_seconds += log.worker_seconds
+        return pooled
+
+
+def run_episode(
+    key: tuple[str, int], decide: Callable[[ScalingContext], int], config: EnvConfig
+) -> EpisodeLog:
+    """One trace under one policy, with the live scaler's guards between proposal and cluster."""
+    env = ServingClusterEnv(config, trace_keys=[key])
+    env.reset(seed=key[1])
+    guards = Guards(GuardConfig(min_replicas=config.min_replicas,
+                                max_replicas=config.max_replicas))
+    truncated = False
+    while not truncated:
+        ctx = env.scaling_context()
+        applied, _ = guards.apply(ctx.current_replicas, decide(ctx), ctx.now)
+        _, _, _, truncated, _ = env.step_to(applied)
+    return env.log
+
+
+def _rule_grid(env: ServingClusterEnv) -> dict[str, list[dict[str, float]]]:
+    mu = env.rate_within_slo
+    concurrency = mu * MEAN_OVER_TAU * env.profile.steady_batch_time(mu)
+    targets = [{"target": round(f * concurrency, 2)} for f in CONCURRENCY_FRACTIONS]
+    return {
+        "static": [{"replicas": n} for n in range(1, env.config.max_replicas + 1)],
+        "hpa": [{"target": t} for t in HPA_TARGETS],
+        "kpa": targets,
+        "target_tracking": targets,
+    }
+
+
+def tune(name: str, grid: list[dict[str, float]], keys: list[tuple[str, int]],
+         config: EnvConfig) -> dict[str, float]:
+    """The cheapest setting meeting SLO_GOAL on `keys` (or the best attainment if none does)."""
+    scored = []
+    for params in grid:
+        logs = {k: run_episode(k, create_policy(name, **params).decide, config) for k in keys}
+        pooled = Result(name, "", logs).pooled()
+        scored.append((pooled.slo_attainment(), pooled.worker_seconds, params))
+    meeting = [s for s in scored if s[0] >= SLO_GOAL]
+    best = min(meeting, key=lambda s: s[1]) if meeting else max(scored, key=lambda s: s[0])
+    logger.info("tuned %s: %s (attainment %.4f on training traces)", name, best[2], best[0])
+    return best[2]
+
+
+def evaluate_learned(
+    path: Path, fallback: dict[str, float], keys: list[tuple[str, int]], config: EnvConfig
+) -> Result:
+    result = Result("learned", path.name, {})
+    for key in keys:
+        learned, hpa = LearnedPolicy(path), create_policy("hpa", **fallback)
+
+        def decide(ctx: ScalingContext, learned: LearnedPolicy = learned,
+                   hpa: ScalingPolicy = hpa) -> int:
+            # The fallback sees every context, so its windows are warm when it is needed.
+            rule = hpa.decide(ctx)
+            try:
+                return learned.decide(ctx)
+            except ObservationOutOfRange:
+                result.fallbacks += 1
+                return rule
+
+        result.logs[key] = run_episode(key, decide, config)
+    return result
+
+
+def _describe(params: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in params.items())
+
+
+def print_table(results: list[Result], slo_s: float) -> None:
+    hpa_cost = next(r for r in results if r.policy == "hpa").pooled().worker_seconds
+    header = (f"{'policy':<16}{'setting':<20}{'within SLO':>11}{'p99 ms':>9}{'worker-s':>10}"
+              f"{'vs HPA':>8}{'actions':>9}{'fallbacks':>10}")
+    print(f"held-out traces: {len(results[0].logs)}, SLO {slo_s * 1e3:g} ms")
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        pooled = r.pooled()
+        print(f"{r.policy:<16}{r.setting:<20}{pooled.slo_attainment():>10.2%} "
+              f"{pooled.latency_quantile(0.99) * 1e3:>8.1f}{pooled.worker_seconds:>10.0f}"
+              f"{pooled.worker_seconds / hpa_cost:>8.2f}{pooled.changes:>9d}{r.fallbacks:>10d}")
+    print("\nper shape: within SLO / worker-seconds")
+    print(f"{'policy':<16}" + "".join(f"{s:>20}" for s in traces.SHAPES))
+    for r in results:
+        cells = [r.pooled(s) for s in traces.SHAPES]
+        print(f"{r.policy:<16}" + "".join(
+            f"{c.slo_attainment():>12.2%} /{c.worker_seconds:>6.0f}" for c in cells))
+
+
+def plot(results: list[Result], key: tuple[str, int], path: Path, slo_s: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, len(results), figsize=(3.2 * len(results), 7), sharex=True,
+                             sharey="row", squeeze=False)
+    for col, r in enumerate(results):
+        log = r.logs[key]
+        t = np.arange(len(log.arrivals))
+        axes[0, col].plot(t, log.arrivals, lw=0.7)
+        axes[0, col].set_title(f"{r.policy}\n{r.setting}", fontsize=8)
+        axes[1, col].step(t, log.replicas, where="post", lw=0.9)
+        axes[2, col].plot(t, np.asarray(log.p99_s) * 1e3, lw=0.7)
+        axes[2, col].axhline(slo_s * 1e3, color="red", ls="--", lw=0.7)
+        axes[2, col].set_yscale("log")
+        axes[2, col].set_xlabel("time (s)")
+    for row, label in enumerate(("requests/s", "replicas", "p99 ms")):
+        axes[row, 0].set_ylabel(label)
+    fig.suptitle(f"trace {key[0]} seed {key[1]}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tideserve policy eval", description=__doc__)
+    parser.add_argument("--policy", type=Path, default=DEFAULT_POLICY)
+    parser.add_argument("--out", type=Path, default=Path("build/policy-eval"))
+    parser.add_argument("--tune-seeds", type=int, default=4,
+                        help="training seeds per shape used to tune the rule policies")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = EnvConfig()
+    stride = max(len(traces.TRAIN_SEEDS) // args.tune_seeds, 1)
+    tune_seeds = traces.TRAIN_SEEDS[::stride][: args.tune_seeds]
+    tune_keys = [(shape, seed) for shape in traces.TRAIN_SHAPES for seed in tune_seeds]
+    test_keys = traces.test_set()
+    tuned = {name: tune(name, grid, tune_keys, config)
+             for name, grid in _rule_grid(ServingClusterEnv(config)).items()}
+    results = [evaluate_learned(args.policy, tuned["hpa"], test_keys, config)]
+    for name, params in tuned.items():
+        logs = {k: run_episode(k, create_policy(name, **params).decide, config) for k in test_keys}
+        results.append(Result(name, _describe(params), logs))
+    print_table(results, config.slo_s)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for shape in traces.SHAPES:
+        key = (shape, traces.TEST_SEEDS[0])
+        plot(results, key, args.out / f"eval_{shape}.png", config.slo_s)
+    print(f"\nplots: {args.out}/eval_<shape>.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

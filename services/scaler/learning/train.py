@@ -1,0 +1,125 @@
+"""`tideserve policy train`: PPO on the serving-cluster simulator over the training traces.
+
+Writes <out>/<name>.zip (the stable-baselines3 policy), <out>/<name>.json (how it was trained: the
+command, simulator settings, hyperparameters, trace split, versions, wall time, and the range of
+every observation feature seen in training, which the live scaler uses to detect inputs the policy
+was never trained on) and <log-dir>/progress.csv (SB3's training log; no TensorBoard).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import gymnasium
+import numpy as np
+import stable_baselines3
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.vec_env import VecNormalize
+
+from services.scaler.sim import observation, traces
+from services.scaler.sim.env import EnvConfig, ServingClusterEnv
+
+logger = logging.getLogger(__name__)
+
+GAMMA = 0.98
+PPO_PARAMS = {
+    "n_steps": 256,
+    "batch_size": 256,
+    "n_epochs": 10,
+    "learning_rate": 3e-4,
+    "gamma": GAMMA,
+    "gae_lambda": 0.95,
+    "ent_coef": 0.01,
+    "policy_kwargs": {"net_arch": [64, 64]},
+}
+
+
+class FeatureRange(BaseCallback):
+    """Records the min and max of each unclipped observation feature the policy trained on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.low = np.full(len(observation.FEATURES), np.inf)
+        self.high = np.full(len(observation.FEATURES), -np.inf)
+
+    def _on_step(self) -> bool:
+        features = np.asarray(self.training_env.get_attr("last_features"))
+        self.low = np.minimum(self.low, features.min(axis=0))
+        self.high = np.maximum(self.high, features.max(axis=0))
+        return True
+
+
+def _jsonable(config: EnvConfig) -> dict[str, object]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tideserve policy train", description=__doc__)
+    parser.add_argument("--timesteps", type=int, default=300_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-envs", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=Path("build/policy"))
+    parser.add_argument("--name", default="policy")
+    parser.add_argument("--log-dir", type=Path, default=Path("build/policy-train"))
+    parser.add_argument("--slo-weight", type=float, default=EnvConfig.slo_weight)
+    parser.add_argument("--cost-weight", type=float, default=EnvConfig.cost_weight)
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # A 64x64 MLP gains nothing from intra-op threads; one thread avoids oversubscription.
+    torch.set_num_threads(1)
+    config = EnvConfig(slo_weight=args.slo_weight, cost_weight=args.cost_weight)
+    train_keys = traces.train_set()
+    venv = make_vec_env(
+        ServingClusterEnv, n_envs=args.n_envs, seed=args.seed,
+        env_kwargs={"config": config, "trace_keys": train_keys},
+    )
+    # Returns run to thousands per episode; normalising rewards (training only: observations are
+    # already scaled, so the saved policy needs no statistics) keeps the value loss in range.
+    venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=GAMMA)
+    model = PPO("MlpPolicy", venv, seed=args.seed, device="cpu", verbose=0, **PPO_PARAMS)
+    model.set_logger(configure(str(args.log_dir), ["csv"]))
+    ranges = FeatureRange()
+    started = time.monotonic()
+    model.learn(args.timesteps, callback=ranges, progress_bar=not args.no_progress)
+    elapsed = time.monotonic() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save(args.out / f"{args.name}.zip")
+    record = {
+        "command": "tideserve policy train " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "algorithm": "PPO",
+        "timesteps": args.timesteps,
+        "seed": args.seed,
+        "n_envs": args.n_envs,
+        "hyperparameters": PPO_PARAMS,
+        "env": _jsonable(config),
+        "train_traces": {"shapes": list(traces.TRAIN_SHAPES),
+                         "seeds": [min(traces.TRAIN_SEEDS), max(traces.TRAIN_SEEDS)]},
+        "features": list(observation.FEATURES),
+        "feature_low": ranges.low.tolist(),
+        "feature_high": ranges.high.tolist(),
+        "max_replicas": config.max_replicas,
+        "wall_time_s": round(elapsed, 1),
+        "versions": {"stable_baselines3": stable_baselines3.__version__,
+                     "gymnasium": gymnasium.__version__, "torch": torch.__version__},
+    }
+    (args.out / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    logger.info("trained %d steps in %.0f s -> %s", args.timesteps, elapsed,
+                args.out / f"{args.name}.zip")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Learned policy: training writes its files, save/load keeps actions, range checks fall back."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from stable_baselines3 import PPO
+
+from services.scaler.learning import train
+from services.scaler.learning.policy import LearnedPolicy, ObservationOutOfRange
+from services.scaler.sim.env import ServingClusterEnv
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("policy")
+    code = train.main(["--timesteps", "512", "--n-envs", "2", "--out", str(out), "--name", "p",
+                       "--log-dir", str(out / "log"), "--no-progress"])
+    assert code == 0
+    return out / "p.zip"
+
+
+def test_training_writes_policy_metadata_and_csv_log(trained: Path) -> None:
+    metadata = json.loads(trained.with_suffix(".json").read_text())
+    assert metadata["algorithm"] == "PPO"
+    assert metadata["timesteps"] == 512
+    assert "--timesteps 512" in metadata["command"]
+    assert len(metadata["feature_low"]) == len(metadata["features"])
+    assert "time/total_timesteps" in (trained.parent / "log" / "progress.csv").read_text()
+
+
+def test_save_load_keeps_deterministic_actions(tmp_path: Path) -> None:
+    env = ServingClusterEnv()
+    model = PPO("MlpPolicy", env, n_steps=64, batch_size=32, n_epochs=1, seed=0, device="cpu")
+    model.learn(64)
+    observations = np.stack([env.observation_space.sample() for _ in range(64)])
+    before, _ = model.predict(observations, deterministic=True)
+    model.save(tmp_path / "m.zip")
+    after, _ = PPO.load(tmp_path / "m.zip", device="cpu").predict(observations,
+                                                                  deterministic=True)
+    assert np.array_equal(before, after)
+
+
+def test_live_policy_matches_the_simulator(trained: Path) -> None:
+    env = ServingClusterEnv()
+    obs, _ = env.reset(seed=3)
+    live, model = LearnedPolicy(trained), PPO.load(trained, device="cpu")
+    for _ in range(50):
+        ctx = env.scaling_context()
+        action, _ = model.predict(obs, deterministic=True)
+        assert live.decide(ctx) == max(ctx.current_replicas + int(action) - 1, 0)
+        obs, *_ = env.step(int(action))
+
+
+def test_out_of_range_observation_raises(trained: Path) -> None:
+    env = ServingClusterEnv()
+    env.reset(seed=0)
+    policy = LearnedPolicy(trained)
+    overload = dataclasses.replace(env.scaling_context(), arrival_rate=1e7)
+    with pytest.raises(ObservationOutOfRange, match="rate_1s"):
+        policy.decide(overload)
+    assert policy.last_out_of_range is not None
+
+
+def test_missing_policy_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing"):
+        LearnedPolicy(tmp_path / "none.zip")
