@@ -1,0 +1,138 @@
+"""The built image and DockerRuntime against a real Docker engine.
+
+Needs the image (`scripts/docker_offline.sh` builds it; TIDESERVE_IMAGE names another tag) and a
+running engine; skipped only when no engine answers. Containers use host networking and are
+labelled with a per-test owner id, which the teardown uses to remove whatever a failing test
+left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import pytest
+from docker.client import DockerClient
+
+from services.scaler.docker_runtime import OWNER_LABEL, DockerRuntime
+
+pytestmark = pytest.mark.docker
+
+IMAGE = os.environ.get("TIDESERVE_IMAGE", "tideserve:dev")
+# Every Docker API call of these tests is bounded by this (seconds).
+API_TIMEOUT_S = 60
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[DockerClient]:
+    try:
+        client = DockerClient.from_env(timeout=API_TIMEOUT_S)
+        client.ping()
+    except docker.errors.DockerException as error:
+        pytest.skip(
+            f"no Docker engine answers ({error}); start one, e.g. scripts/docker_offline.sh"
+        )
+    try:
+        client.images.get(IMAGE)
+    except docker.errors.ImageNotFound:
+        client.close()
+        pytest.fail(f"image {IMAGE} is missing: build it with scripts/docker_offline.sh")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def owner_id(client: DockerClient) -> Iterator[str]:
+    owner = f"test-{uuid.uuid4().hex[:12]}"
+    yield owner
+    for container in client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={owner}"}):
+        container.remove(force=True)
+
+
+@pytest.fixture
+def readable_models(model_repository: Path, tmp_path: Path) -> str:
+    """A copy of the test model repository that the image's unprivileged user can read (pytest's
+    temporary directories are private to root)."""
+    copy = tmp_path / "models"
+    shutil.copytree(model_repository, copy)
+    for path in [copy, *copy.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return str(copy)
+
+
+def unused_port() -> int:
+    """A loopback port with nothing listening, so workers' heartbeats reach no real balancer."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_image_runs_a_service_entry_point(client: DockerClient) -> None:
+    container = client.containers.run(
+        IMAGE, ["python", "-m", "services.balancer", "--help"], detach=True, network_mode="host"
+    )
+    try:
+        result = container.wait(timeout=API_TIMEOUT_S)
+        output = container.logs().decode()
+    finally:
+        container.remove(force=True)
+    assert result["StatusCode"] == 0, output
+    assert "--routing-policy" in output
+
+
+def test_image_runs_as_an_unprivileged_user(client: DockerClient) -> None:
+    output = client.containers.run(IMAGE, ["id", "-u"], remove=True, network_mode="host")
+    assert output.decode().strip() != "0"
+
+
+async def test_runtime_starts_a_worker_container_and_stop_removes_it(
+    client: DockerClient, owner_id: str, readable_models: str
+) -> None:
+    runtime = DockerRuntime(
+        client,
+        image=IMAGE,
+        owner_id=owner_id,
+        balancers=[f"127.0.0.1:{unused_port()}"],
+        model_repository=readable_models,
+        cpus=1.0,
+        memory="1g",
+    )
+    worker = await runtime.start("docker-test-w1")
+    container = client.containers.get(worker.runtime_id)
+
+    logs = await wait_for_log(container, "worker ready", timeout_s=60)
+    container.reload()
+    assert container.status == "running", logs
+    assert container.attrs["HostConfig"]["NetworkMode"] == "host"
+    assert container.attrs["HostConfig"]["NanoCpus"] == 1_000_000_000
+    assert [w.worker_id for w in await runtime.list()] == ["docker-test-w1"]
+
+    began = time.monotonic()
+    await runtime.stop(worker, grace_s=5.0)
+    # The worker handles SIGTERM, so it exits well before Docker's SIGKILL at the grace period.
+    assert time.monotonic() - began < 5.0
+    with pytest.raises(docker.errors.NotFound):
+        client.containers.get(worker.runtime_id)
+    assert await runtime.list() == []
+
+
+async def wait_for_log(container: Any, text: str, timeout_s: float) -> str:
+    """The container's log once it contains `text`; fails after `timeout_s` or if it exits."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        container.reload()
+        logs = container.logs().decode()
+        if text in logs:
+            return logs
+        status = container.status
+        if status != "running" or time.monotonic() > deadline:
+            pytest.fail(f"no {text!r} in the log (container {status}):\n{logs}")
+        await asyncio.sleep(0.2)
