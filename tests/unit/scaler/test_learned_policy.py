@@ -69,3 +69,10 @@ def test_out_of_range_observation_raises(trained: Path) -> None:
 def test_missing_policy_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="missing"):
         LearnedPolicy(tmp_path / "none.zip")
+
+
+def test_shipped_default_policy_decides_in_the_simulator() -> None:
+    env = ServingClusterEnv()
+    env.reset(seed=1)
+    ctx = env.scaling_context()
+    assert abs(LearnedPolicy().decide(ctx) - ctx.current_replicas) <= 1
