@@ -21,6 +21,9 @@ from tideserve.codec import ELEMENT_SIZES
 from tideserve.errors import InvalidArgument
 from tideserve.v1 import model_config_pb2 as mc
 
+# Batching policies the batcher implements (services/batcher/policies.py).
+BATCHING_POLICIES = ("fixed", "queue_length", "slo", "aimd")
+
 
 def datatype_name(data_type: int) -> str:
     """TYPE_FP32 -> "FP32"; TYPE_STRING -> "BYTES" (the protocol's name for it)."""
@@ -143,6 +146,8 @@ class ModelSpec:
             default_queue_policy=queue_policy(db.default_queue_policy),
             priority_queue_policy={k: queue_policy(v) for k, v in db.priority_queue_policy.items()},
         )
+        parameters = {k: v.string_value for k, v in config.parameters.items()}
+        _check_parameters(config.name, parameters)
         return cls(
             name=config.name,
             platform=config.platform,
@@ -150,8 +155,27 @@ class ModelSpec:
             inputs=tensors(config.input),
             outputs=tensors(config.output),
             batching=batching,
-            parameters={k: v.string_value for k, v in config.parameters.items()},
+            parameters=parameters,
         )
+
+
+def _check_parameters(model: str, parameters: dict[str, str]) -> None:
+    policy = parameters.get("batching_policy")
+    if policy is not None and policy not in BATCHING_POLICIES:
+        raise InvalidArgument(
+            f"model {model}: unknown batching_policy {policy!r}; choose one of "
+            f"{list(BATCHING_POLICIES)}"
+        )
+    for name in ("slo_ms", "instance_count"):
+        value = parameters.get(name)
+        try:
+            valid = value is None or float(value) > 0
+        except ValueError:
+            valid = False
+        if not valid:
+            raise InvalidArgument(f"model {model}: parameter {name} must be a number > 0")
+    if policy in ("slo", "aimd") and "slo_ms" not in parameters:
+        raise InvalidArgument(f"model {model}: batching_policy {policy} needs parameters.slo_ms")
 
 
 def read_config(path: Path, default_name: str) -> mc.ModelConfig:

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from services.balancer.registry import Clock, WorkerRecord, WorkerTable
 from services.balancer.routing import RoutingPolicy, create_policy
-from tideserve.errors import TideserveError, Unavailable
+from tideserve.errors import DeadlineExceeded, TideserveError, Unavailable
 from tideserve.v1 import cluster_pb2
 
 logger = logging.getLogger(__name__)
@@ -169,6 +169,11 @@ class BalancerCore:
             self.batch_sizes[rows] += 1
             return result
         self.failed_batches += 1
+        if deadline is not None and self.clock() >= deadline:
+            raise DeadlineExceeded(
+                f"deadline passed before a worker could serve the batch for {model!r}"
+                + (f" (lost on {tried})" if tried else "")
+            )
         if not tried:
             raise Unavailable(f"no ready worker serves model {model!r}")
         raise Unavailable(f"batch for {model!r} failed on workers {tried}: {last_error}")
@@ -280,9 +285,6 @@ class BalancerCore:
                 completed_batches=record.completed_batches,
                 memory_bytes=record.memory_bytes,
                 busy_seconds=record.busy_seconds,
-                service_times=[
-                    cluster_pb2.ServiceTime(batch_size=size, seconds=seconds)
-                    for size, seconds in sorted(record.service_times.items())
-                ],
+                service_times=record.reported_service_times,
             )
         return snapshot

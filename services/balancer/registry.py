@@ -39,8 +39,11 @@ class WorkerRecord:
     consecutive_failures: int = 0
     draining: bool = False
     ejected_until: float = 0.0
-    # Smoothed compute seconds by batch size, from reports and from observed completions.
+    # Smoothed seconds by batch size, from reports (slowest model) and observed completions;
+    # routing estimates with these.
     service_times: dict[int, float] = field(default_factory=dict)
+    # Compute times by model and batch size exactly as the worker last reported them.
+    reported_service_times: list[cluster_pb2.ServiceTime] = field(default_factory=list)
 
     def service_time(self, rows: int) -> float:
         """Expected seconds to serve a batch of `rows`: the measured time of the nearest sizes,
@@ -127,8 +130,11 @@ class WorkerTable:
         record.inflight_batches = load.inflight_batches
         record.memory_bytes = load.memory_bytes
         record.busy_seconds = load.busy_seconds
+        record.reported_service_times = list(load.service_times)
+        slowest: dict[int, float] = {}
         for sample in load.service_times:
-            record.service_times[sample.batch_size] = sample.seconds
+            slowest[sample.batch_size] = max(sample.seconds, slowest.get(sample.batch_size, 0.0))
+        record.service_times.update(slowest)
 
     def stale(self) -> list[WorkerRecord]:
         """Workers whose last heartbeat is older than the timeout."""

@@ -19,8 +19,8 @@ import bisect
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
+from services.batcher.policies import BatchPolicy
 from tideserve.errors import ResourceExhausted
 from tideserve.modelconfig import BatchingSpec, QueuePolicy
 
@@ -42,36 +42,6 @@ class PendingRequest:
     # The client's own deadline (monotonic), used to bound the downstream call.
     deadline: float | None = None
     future: asyncio.Future | None = field(default=None, repr=False)
-
-
-class BatchPolicy(Protocol):
-    """Decides how large a batch to aim for and how long its oldest request may wait for it."""
-
-    name: str
-
-    def target(self, queued_rows: int, now: float) -> tuple[int, float]:
-        """(target rows, max wait seconds of the oldest request) for the queue as it stands."""
-        ...
-
-    def observe(self, rows: int, queue_seconds: float, service_seconds: float) -> None:
-        """Learn from a finished batch: how long its requests queued and how long it ran."""
-        ...
-
-
-class FixedPolicy:
-    """Triton's rule: aim for the max batch size, wait at most max_queue_delay."""
-
-    name = "fixed"
-
-    def __init__(self, max_batch_size: int, max_queue_delay_s: float) -> None:
-        self.max_batch_size = max_batch_size
-        self.max_queue_delay_s = max_queue_delay_s
-
-    def target(self, queued_rows: int, now: float) -> tuple[int, float]:
-        return self.max_batch_size, self.max_queue_delay_s
-
-    def observe(self, rows: int, queue_seconds: float, service_seconds: float) -> None:
-        return None
 
 
 class BatchQueue:
@@ -117,6 +87,7 @@ class BatchQueue:
         self._levels[level].append(request)
         self.count += 1
         self.rows += request.rows
+        self.policy.arrived(request.rows, request.arrival)
 
     def pop_expired(self, now: float) -> list[PendingRequest]:
         """Remove and return requests whose queue timeout passed (REJECT); demote DELAY ones."""
@@ -178,15 +149,20 @@ class BatchQueue:
         preferred = self.batching.preferred_batch_sizes
         return bool(preferred) and available >= preferred[0]
 
+    def next_expiry(self, now: float) -> float | None:
+        """Seconds until the earliest queue timeout, or None if no queued request has one."""
+        expiries = [r.expires for lvl in self._levels for r in lvl if r.expires is not None]
+        return max(min(expiries) - now, 0.0) if expiries else None
+
     def next_wakeup(self, now: float) -> float | None:
         """Seconds until `ready` may change without a new arrival, or None if the queue is empty."""
         oldest = self._oldest()
         if oldest is None:
             return None
         _, max_wait = self.policy.target(self.rows, now)
-        waits = [oldest.arrival + max_wait - now]
-        waits += [r.expires - now for lvl in self._levels for r in lvl if r.expires is not None]
-        return max(min(waits), 0.0)
+        expiry = self.next_expiry(now)
+        wait = max(oldest.arrival + max_wait - now, 0.0)
+        return wait if expiry is None else min(wait, expiry)
 
     def take(self, now: float) -> list[PendingRequest]:
         """Remove and return the next batch: highest priority first, in arrival order, requests of

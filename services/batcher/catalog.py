@@ -41,6 +41,8 @@ class ModelCatalog:
         self.entries: dict[str, CatalogEntry] = {}
         # Ready workers serving each model, from the latest cluster snapshot.
         self.worker_counts: dict[str, int] = {}
+        # Compute seconds by batch size per model, averaged over the workers that report it.
+        self.service_curves: dict[str, dict[int, float]] = {}
 
     def update(self, models: list[cluster_pb2.ServedModel]) -> list[str]:
         """Replace the catalog; returns the names of models that appeared or changed."""
@@ -62,11 +64,19 @@ class ModelCatalog:
 
     def update_workers(self, snapshot: cluster_pb2.ClusterSnapshot) -> None:
         counts: dict[str, int] = {}
+        samples: dict[str, dict[int, list[float]]] = {}
         for worker in snapshot.workers:
             if worker.phase == cluster_pb2.WorkerState.READY:
                 for model in worker.models:
                     counts[model] = counts.get(model, 0) + 1
+                for point in worker.service_times:
+                    by_size = samples.setdefault(point.model, {})
+                    by_size.setdefault(point.batch_size, []).append(point.seconds)
         self.worker_counts = counts
+        self.service_curves = {
+            model: {size: sum(times) / len(times) for size, times in by_size.items()}
+            for model, by_size in samples.items()
+        }
 
     def get(self, name: str, version: str = "") -> CatalogEntry:
         entry = self.entries.get(name)

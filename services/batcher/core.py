@@ -15,8 +15,9 @@ from typing import Protocol
 
 import numpy as np
 
-from services.batcher.batching import BatchQueue, FixedPolicy, PendingRequest
+from services.batcher.batching import BatchQueue, PendingRequest
 from services.batcher.catalog import CatalogEntry, ModelCatalog
+from services.batcher.policies import ServiceCurve, create_policy
 from services.batcher.requests import parse_request
 from tideserve.errors import DeadlineExceeded, TideserveError
 from tideserve.v1 import cluster_pb2, inference_pb2
@@ -43,13 +44,14 @@ class ModelScheduler:
         dispatcher: BatchDispatcher,
         capacity: Callable[[], int],
         clock: Callable[[], float],
+        curve: ServiceCurve = dict,
     ) -> None:
         self.entry = entry
         spec = entry.spec
         self.queue = BatchQueue(
             spec.max_batch_size,
             spec.batching,
-            FixedPolicy(max(spec.max_batch_size, 1), spec.batching.max_queue_delay_us / 1e6),
+            create_policy(spec, curve),
             clock,
         )
         self.dispatcher = dispatcher
@@ -59,6 +61,8 @@ class ModelScheduler:
         self._wake = asyncio.Event()
         self._batch_ids = itertools.count()
         self._prefix = f"{os.getpid()}-{spec.name}-"
+        # Strong references: the event loop keeps only weak ones to running tasks.
+        self._batches: set[asyncio.Task] = set()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def submit(self, request: PendingRequest) -> asyncio.Future:
@@ -74,7 +78,9 @@ class ModelScheduler:
         while True:
             batch = await self._next_batch()
             self.inflight += 1
-            asyncio.get_running_loop().create_task(self._execute(batch))
+            task = asyncio.get_running_loop().create_task(self._execute(batch))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
 
     async def _wait(self, timeout: float | None) -> None:
         self._wake.clear()
@@ -83,15 +89,16 @@ class ModelScheduler:
 
     async def _next_batch(self) -> list[PendingRequest]:
         while True:
-            if self.inflight >= self.capacity():
-                await self._wait(None)
-                continue
             now = self.clock()
             for request in self.queue.pop_expired(now):
                 _fail(
                     request,
                     DeadlineExceeded("request timed out in the queue before it was batched"),
                 )
+            if self.inflight >= self.capacity():
+                # Every slot is busy: wake for a freed slot, a new arrival or a queue timeout.
+                await self._wait(self.queue.next_expiry(now))
+                continue
             if self.queue.ready(now):
                 batch = [r for r in self.queue.take(now) if self._still_wanted(r, now)]
                 if batch:
@@ -218,6 +225,7 @@ class BatcherCore:
                 self.dispatcher,
                 lambda: self.inflight_per_worker * max(self.catalog.worker_counts.get(name, 0), 1),
                 self.clock,
+                lambda: self.catalog.service_curves.get(name, {}),
             )
             self.schedulers[name] = scheduler
         return scheduler

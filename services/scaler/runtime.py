@@ -5,6 +5,7 @@ containers. A runtime knows nothing about load or policy: it starts, stops, list
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import os
@@ -41,11 +42,11 @@ class WorkerRuntime(Protocol):
         """SIGTERM, wait up to `grace_s`, then kill; release everything it held."""
         ...
 
-    async def list(self) -> list[ManagedWorker]:
+    async def list(self) -> builtins.list[ManagedWorker]:
         """Live workers of this scaler, including ones adopted from a previous run."""
         ...
 
-    async def reap(self) -> list[ManagedWorker]:
+    async def reap(self) -> builtins.list[ManagedWorker]:
         """Forget (and clean up) workers that died; return them."""
         ...
 
@@ -101,10 +102,10 @@ class ProcessRuntime:
             extra={"worker_id": worker.worker_id, "returncode": process.returncode},
         )
 
-    async def list(self) -> list[ManagedWorker]:
+    async def list(self) -> builtins.list[ManagedWorker]:
         return [w for w, p in self._procs.values() if p.returncode is None]
 
-    async def reap(self) -> list[ManagedWorker]:
+    async def reap(self) -> builtins.list[ManagedWorker]:
         dead = [w for w, p in self._procs.values() if p.returncode is not None]
         for worker in dead:
             del self._procs[worker.worker_id]

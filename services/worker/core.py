@@ -10,7 +10,7 @@ import time
 
 from services.worker.runner import ModelRunner
 from tideserve import codec
-from tideserve.errors import InvalidArgument, NotFound, Unavailable
+from tideserve.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from tideserve.v1 import cluster_pb2
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,11 @@ class WorkerCore:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def execute(self, batch: cluster_pb2.Batch) -> cluster_pb2.BatchResult:
+    async def execute(
+        self, batch: cluster_pb2.Batch, deadline: float | None = None
+    ) -> cluster_pb2.BatchResult:
+        """Run a batch; one whose `deadline` (time.monotonic) passes before its turn comes is
+        dropped unrun with DeadlineExceeded: nobody is waiting for its answer."""
         runner = self.runners.get(batch.model_name)
         if runner is None:
             raise NotFound(f"worker {self.worker_id} does not serve model {batch.model_name!r}")
@@ -40,6 +44,8 @@ class WorkerCore:
         def run() -> list:
             started.append(time.perf_counter())
             self.queued -= 1
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceeded(f"batch {batch.batch_id} expired before it was computed")
             self.inflight += 1
             try:
                 return runner.run(arrays)
@@ -104,12 +110,9 @@ class WorkerCore:
             failed_batches=self.failed,
             busy_seconds=self.busy_seconds,
         )
-        times: dict[int, list[float]] = {}
-        for runner in self.runners.values():
-            for size, seconds in runner.service_times.items():
-                times.setdefault(size, []).append(seconds)
-        for size in sorted(times):
-            report.service_times.add(batch_size=size, seconds=max(times[size]))
+        for name, runner in self.runners.items():
+            for size, seconds in sorted(runner.service_times.items()):
+                report.service_times.add(batch_size=size, seconds=seconds, model=name)
         return report
 
     def registration(self, address: str, device: str) -> cluster_pb2.WorkerRegistration:

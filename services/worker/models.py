@@ -45,7 +45,9 @@ def _config_text(
         f"max_batch_size: {max_batch_size}\n"
         f'input [ {{ name: "INPUT__0" data_type: TYPE_FP32 dims: {input_dims} }} ]\n'
         f'output [ {{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: {output_dims} }} ]\n'
-        f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}\n"
+        f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us}"
+        # Clients may bound their time in the queue (tritonclient's `timeout`).
+        " default_queue_policy { allow_timeout_override: true } }\n"
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -31,7 +32,9 @@ class WorkerServicer(cluster_pb2_grpc.WorkerServicer):
     async def Execute(
         self, request: cluster_pb2.Batch, context: grpc.aio.ServicerContext
     ) -> cluster_pb2.BatchResult:
-        return await self.core.execute(request)
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        return await self.core.execute(request, deadline)
 
 
 class HeartbeatClient:

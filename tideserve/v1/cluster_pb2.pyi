@@ -69,12 +69,14 @@ class WorkerRegistration(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., device: _Optional[str] = ...) -> None: ...
 
 class ServiceTime(_message.Message):
-    __slots__ = ("batch_size", "seconds")
+    __slots__ = ("batch_size", "seconds", "model")
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     batch_size: int
     seconds: float
-    def __init__(self, batch_size: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+    model: str
+    def __init__(self, batch_size: _Optional[int] = ..., seconds: _Optional[float] = ..., model: _Optional[str] = ...) -> None: ...
 
 class LoadReport(_message.Message):
     __slots__ = ("queued_batches", "inflight_batches", "service_times", "memory_bytes", "completed_batches", "failed_batches", "busy_seconds")

@@ -355,10 +355,13 @@ async def test_reconnect_replaces_the_session(core: BalancerCore, transport: Fak
 async def test_snapshot_describes_workers_and_counters(
     core: BalancerCore, transport: FakeTransport
 ) -> None:
-    await core.connect(registration("w1"))
+    first = await core.connect(registration("w1"))
     draining = await core.connect(registration("w2"))
     draining.record.draining = True
     await core.dispatch(MODEL, 3, PAYLOAD, None)
+    core.report(first, cluster_pb2.LoadReport(
+        service_times=[cluster_pb2.ServiceTime(batch_size=8, seconds=0.02, model=MODEL)]
+    ))
     core.frontend_report(cluster_pb2.FrontendReport(batcher_id="b1", arrival_rate=5.0))
 
     snapshot = core.snapshot()
@@ -374,9 +377,10 @@ async def test_snapshot_describes_workers_and_counters(
     assert phases == {"w1": cluster_pb2.WorkerState.READY, "w2": cluster_pb2.WorkerState.DRAINING}
     (w1,) = [w for w in snapshot.workers if w.worker_id == "w1"]
     assert w1.completed_batches == 1
-    assert [(t.batch_size, t.seconds) for t in w1.service_times] == [
-        (3, pytest.approx(transport.service_s))
-    ]
+    # The snapshot carries the compute times the worker reported, per model ...
+    assert [(t.model, t.batch_size, t.seconds) for t in w1.service_times] == [(MODEL, 8, 0.02)]
+    # ... while routing also learns from the round trips it observed.
+    assert first.record.service_times[3] == pytest.approx(transport.service_s)
 
 
 async def test_old_frontend_reports_leave_the_snapshot(

@@ -7,7 +7,8 @@ import itertools
 
 import pytest
 
-from services.batcher.batching import BatchQueue, FixedPolicy, PendingRequest
+from services.batcher.batching import BatchQueue, PendingRequest
+from services.batcher.policies import FixedPolicy
 from tideserve.errors import ResourceExhausted
 from tideserve.modelconfig import BatchingSpec, QueuePolicy
 
@@ -267,6 +268,9 @@ class GreedyPolicy:
     """A policy that asks for small batches and no waiting, to show the queue obeys its policy."""
 
     name = "greedy"
+
+    def arrived(self, rows: int, now: float) -> None:
+        return None
 
     def target(self, queued_rows: int, now: float) -> tuple[int, float]:
         return 2, 0.0

@@ -1,0 +1,189 @@
+"""Batching policies: how large a batch to aim for and how long its oldest request may wait.
+
+Every policy implements `target(queued_rows, now) -> (rows, max_wait_s)`; `arrived` and `observe`
+feed it what it learns. The queue (batching.py) applies the answer; dispatch capacity gates it.
+
+  fixed         Triton's rule: the max batch size, waiting at most max_queue_delay.
+  queue_length  the seed's batch_size_fn(queue_length): take what is queued now, never wait.
+  slo           model-based: from the measured service-time curve t(b) = a + c*b and the arrival
+                rate, the largest batch whose fill time plus compute fits the latency budget.
+  aimd          Clipper's additive-increase / multiplicative-decrease on observed latency.
+Default: `slo` when the model config sets `slo_ms`, else `fixed`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+import numpy as np
+
+from tideserve.modelconfig import ModelSpec
+
+ServiceCurve = Callable[[], Mapping[int, float]]
+
+# Share of the SLO a batch may spend waiting to fill and computing; the rest is left for queueing
+# behind busy workers and for the network hops.
+DEFAULT_HEADROOM = 0.5
+# Time constant of the arrival-rate estimate.
+RATE_TAU_S = 1.0
+
+
+class BatchPolicy(Protocol):
+    name: str
+
+    def arrived(self, rows: int, now: float) -> None:
+        """A request of `rows` joined the queue."""
+        ...
+
+    def target(self, queued_rows: int, now: float) -> tuple[int, float]:
+        """(target rows, max wait seconds of the oldest request) for the queue as it stands."""
+        ...
+
+    def observe(self, rows: int, queue_seconds: float, service_seconds: float) -> None:
+        """A batch finished: how long its oldest request queued, and how long it took to serve."""
+        ...
+
+
+class ArrivalRate:
+    """Rows per second, an exponentially decaying count over `tau_s`."""
+
+    def __init__(self, tau_s: float = RATE_TAU_S) -> None:
+        self.tau_s = tau_s
+        self._count = 0.0
+        self._last = 0.0
+
+    def add(self, rows: int, now: float) -> None:
+        self._count = self._count * math.exp(-(now - self._last) / self.tau_s) + rows
+        self._last = now
+
+    def rate(self, now: float) -> float:
+        return self._count * math.exp(-(now - self._last) / self.tau_s) / self.tau_s
+
+
+def fit_affine(curve: Mapping[int, float]) -> tuple[float, float] | None:
+    """Least-squares t(b) = a + c*b over the measured points; None with no measurement."""
+    if not curve:
+        return None
+    sizes = np.fromiter(curve.keys(), dtype=float)
+    times = np.fromiter(curve.values(), dtype=float)
+    if len(curve) == 1:
+        # One point cannot split fixed from per-row cost: assume cost proportional to size.
+        return 0.0, float(times[0] / sizes[0])
+    slope, intercept = np.polyfit(sizes, times, 1)
+    return max(float(intercept), 0.0), max(float(slope), 1e-9)
+
+
+class FixedPolicy:
+    name = "fixed"
+
+    def __init__(self, max_batch_size: int, max_queue_delay_s: float) -> None:
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+
+    def arrived(self, rows: int, now: float) -> None:
+        return None
+
+    def target(self, queued_rows: int, now: float) -> tuple[int, float]:
+        return self.max_batch_size, self.max_queue_delay_s
+
+    def observe(self, rows: int, queue_seconds: float, service_seconds: float) -> None:
+        return None
+
+
+class QueueLengthPolicy(FixedPolicy):
+    name = "queue_length"
+
+    def __init__(self, max_batch_size: int) -> None:
+        super().__init__(max_batch_size, 0.0)
+
+    def target(self, queued_rows: int, now: float) -> tuple[int, float]:
+        return min(max(queued_rows, 1), self.max_batch_size), 0.0
+
+
+class SloPolicy:
+    """Wait only as long as the SLO affords. With arrival rate r (rows/s) a batch of b rows
+    takes (b - 1)/r to fill and a + c*b to compute; the largest b with
+    (b - 1)/r + a + c*b <= budget is b = (budget - a + 1/r) / (c + 1/r). A lone request at low
+    rate gets b = 1 and no wait; under load batches grow as far as the budget allows."""
+
+    name = "slo"
+
+    def __init__(
+        self,
+        max_batch_size: int,
+        slo_s: float,
+        curve: ServiceCurve,
+        headroom: float = DEFAULT_HEADROOM,
+    ) -> None:
+        if slo_s <= 0:
+            raise ValueError("slo_s must be > 0")
+        self.max_batch_size = max_batch_size
+        self.budget_s = slo_s * headroom
+        self.curve = curve
+        self.rate = ArrivalRate()
+
+    def arrived(self, rows: int, now: float) -> None:
+        self.rate.add(rows, now)
+
+    def target(self, queued_rows: int, now: float) -> tuple[int, float]:
+        fit = fit_affine(self.curve())
+        rate = self.rate.rate(now)
+        if fit is None or rate <= 0:
+            # Nothing measured yet: send what is there as soon as a worker is free.
+            return self.max_batch_size, 0.0
+        fixed, per_row = fit
+        inverse_rate = 1.0 / rate
+        best = (self.budget_s - fixed + inverse_rate) / (per_row + inverse_rate)
+        rows = min(max(int(best), 1), self.max_batch_size)
+        wait = min((rows - 1) * inverse_rate, max(self.budget_s - fixed - per_row * rows, 0.0))
+        return rows, wait
+
+    def observe(self, rows: int, queue_seconds: float, service_seconds: float) -> None:
+        return None
+
+
+class AimdPolicy:
+    """Clipper's adaptive batching: grow the target batch by one while batches meet the latency
+    budget, cut it by 10% when one misses."""
+
+    name = "aimd"
+
+    def __init__(
+        self, max_batch_size: int, slo_s: float, headroom: float = DEFAULT_HEADROOM
+    ) -> None:
+        if slo_s <= 0:
+            raise ValueError("slo_s must be > 0")
+        self.max_batch_size = max_batch_size
+        self.budget_s = slo_s * headroom
+        self.size = 1.0
+        self.last_service_s = 0.0
+
+    def arrived(self, rows: int, now: float) -> None:
+        return None
+
+    def target(self, queued_rows: int, now: float) -> tuple[int, float]:
+        return int(self.size), max(self.budget_s - self.last_service_s, 0.0)
+
+    def observe(self, rows: int, queue_seconds: float, service_seconds: float) -> None:
+        self.last_service_s = service_seconds
+        if queue_seconds + service_seconds > self.budget_s:
+            self.size = max(1.0, self.size * 0.9)
+        elif rows >= int(self.size):
+            self.size = min(float(self.max_batch_size), self.size + 1.0)
+
+
+def create_policy(spec: ModelSpec, curve: ServiceCurve) -> BatchPolicy:
+    """The policy the model config asks for (parameters.batching_policy); ModelSpec has already
+    checked the name and that slo/aimd come with an slo_ms."""
+    slo_ms = spec.slo_ms
+    name = spec.parameters.get("batching_policy") or ("slo" if slo_ms else "fixed")
+    max_batch = max(spec.max_batch_size, 1)
+    if name == "queue_length":
+        return QueueLengthPolicy(max_batch)
+    if name == "slo" and slo_ms:
+        return SloPolicy(max_batch, slo_ms / 1000, curve)
+    if name == "aimd" and slo_ms:
+        return AimdPolicy(max_batch, slo_ms / 1000)
+    return FixedPolicy(max_batch, spec.batching.max_queue_delay_us / 1e6)

@@ -1,0 +1,115 @@
+"""Batching policies: the arithmetic of each, and which one a model config selects."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.batcher.policies import (
+    AimdPolicy,
+    ArrivalRate,
+    FixedPolicy,
+    QueueLengthPolicy,
+    SloPolicy,
+    create_policy,
+    fit_affine,
+)
+from tideserve.errors import InvalidArgument
+from tideserve.modelconfig import ModelSpec
+from tideserve.v1 import model_config_pb2 as mc
+
+
+def spec(**parameters: str) -> ModelSpec:
+    config = mc.ModelConfig(name="m", max_batch_size=32)
+    config.input.add(name="x", data_type=mc.TYPE_FP32, dims=[4])
+    config.output.add(name="y", data_type=mc.TYPE_FP32, dims=[1])
+    config.dynamic_batching.max_queue_delay_microseconds = 2000
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+    return ModelSpec.from_config(config)
+
+
+def test_arrival_rate_settles_on_a_steady_stream() -> None:
+    rate = ArrivalRate(tau_s=1.0)
+    for step in range(5000):
+        rate.add(1, step * 0.001)
+    assert rate.rate(4.999) == pytest.approx(1000, rel=0.01)
+    # With no arrivals it decays by e per time constant.
+    assert rate.rate(5.999) == pytest.approx(1000 / 2.718281828, rel=0.01)
+
+
+def test_fit_affine_recovers_fixed_and_per_row_cost() -> None:
+    fixed, per_row = fit_affine({1: 0.0012, 8: 0.0026, 32: 0.0074})
+    assert fixed == pytest.approx(0.001, abs=1e-6)
+    assert per_row == pytest.approx(0.0002, abs=1e-7)
+    assert fit_affine({}) is None
+    assert fit_affine({4: 0.008}) == (0.0, 0.002)
+
+
+def test_slo_policy_does_not_make_a_lone_request_wait() -> None:
+    policy = SloPolicy(32, slo_s=0.05, curve=lambda: {1: 0.002, 32: 0.0095})
+    policy.arrived(1, 0.0)  # one request in the last second: rate ~1/s
+    rows, wait = policy.target(1, 0.0)
+    assert rows == 1
+    assert wait == 0.0
+
+
+def test_slo_policy_grows_batches_with_rate_inside_the_budget() -> None:
+    curve = {1: 0.00125, 33: 0.00925}  # t(b) = 1 ms + 0.25 ms * b
+    policy = SloPolicy(64, slo_s=0.02, curve=lambda: curve)  # budget 10 ms
+    for step in range(16000):  # 2000 rows/s for 8 s: the estimate has settled
+        policy.arrived(1, step * 0.0005)
+    rows, wait = policy.target(1, 7.9995)
+    # (b - 1) / 2000 + 0.001 + 0.00025 b <= 0.01  ->  b <= 12.67
+    assert rows == 12
+    assert wait == pytest.approx(11 / 2000, rel=0.02)
+    assert wait + 0.001 + 0.00025 * rows <= 0.01 + 1e-9
+
+
+def test_slo_policy_without_measurements_sends_at_once() -> None:
+    policy = SloPolicy(16, slo_s=0.05, curve=dict)
+    policy.arrived(1, 0.0)
+    assert policy.target(5, 0.0) == (16, 0.0)
+
+
+def test_aimd_adds_one_while_within_budget_and_cuts_ten_percent_on_a_miss() -> None:
+    policy = AimdPolicy(8, slo_s=0.02)  # budget 10 ms
+    for _ in range(5):
+        policy.observe(int(policy.size), queue_seconds=0.001, service_seconds=0.002)
+    assert policy.target(0, 0.0)[0] == 6
+    policy.observe(6, queue_seconds=0.006, service_seconds=0.006)
+    assert policy.size == pytest.approx(5.4)
+    assert policy.target(0, 0.0) == (5, pytest.approx(0.004))
+    for _ in range(10):
+        policy.observe(int(policy.size), queue_seconds=0.0, service_seconds=0.001)
+    assert policy.target(0, 0.0)[0] == 8, "never beyond the max batch size"
+
+
+def test_queue_length_takes_what_is_queued_without_waiting() -> None:
+    policy = QueueLengthPolicy(16)
+    assert policy.target(5, 0.0) == (5, 0.0)
+    assert policy.target(40, 0.0) == (16, 0.0)
+    assert policy.target(0, 0.0) == (1, 0.0)
+
+
+def test_model_config_selects_the_policy() -> None:
+    assert isinstance(create_policy(spec(), dict), FixedPolicy)
+    assert create_policy(spec(), dict).target(0, 0.0) == (32, 0.002)
+    assert isinstance(create_policy(spec(slo_ms="50"), dict), SloPolicy)
+    assert isinstance(create_policy(spec(slo_ms="50", batching_policy="aimd"), dict), AimdPolicy)
+    assert isinstance(create_policy(spec(batching_policy="queue_length"), dict), QueueLengthPolicy)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "words"),
+    [
+        ({"batching_policy": "magic"}, "unknown batching_policy 'magic'"),
+        ({"batching_policy": "slo"}, "needs parameters.slo_ms"),
+        ({"slo_ms": "-5"}, "slo_ms must be a number > 0"),
+        ({"instance_count": "two"}, "instance_count must be a number > 0"),
+    ],
+)
+def test_bad_policy_parameters_are_refused_when_the_config_is_read(
+    parameters: dict[str, str], words: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=words):
+        spec(**parameters)
