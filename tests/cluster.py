@@ -89,8 +89,13 @@ class Cluster:
             self.balancer,
         )
         wait_healthy(self.batcher)
-        self.wait_workers(workers)
+        if workers:
+            self.wait_workers(workers)
         return self
+
+    def registered(self) -> set[str]:
+        """Worker ids the balancer has registered right now."""
+        return {w.worker_id for w in self.snapshot().workers}
 
     def add_worker(self, worker_id: str, *extra: str) -> subprocess.Popen:
         return self.spawn(

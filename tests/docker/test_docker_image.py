@@ -9,63 +9,18 @@ left behind.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import socket
 import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import docker.errors
 import pytest
 from docker.client import DockerClient
 
-from services.scaler.docker_runtime import OWNER_LABEL, DockerRuntime
+from services.scaler.docker_runtime import DockerRuntime
+from tests.docker.conftest import API_TIMEOUT_S, IMAGE
 
 pytestmark = pytest.mark.docker
-
-IMAGE = os.environ.get("TIDESERVE_IMAGE", "tideserve:dev")
-# Every Docker API call of these tests is bounded by this (seconds).
-API_TIMEOUT_S = 60
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[DockerClient]:
-    try:
-        client = DockerClient.from_env(timeout=API_TIMEOUT_S)
-        client.ping()
-    except docker.errors.DockerException as error:
-        pytest.skip(
-            f"no Docker engine answers ({error}); start one, e.g. scripts/docker_offline.sh"
-        )
-    try:
-        client.images.get(IMAGE)
-    except docker.errors.ImageNotFound:
-        client.close()
-        pytest.fail(f"image {IMAGE} is missing: build it with scripts/docker_offline.sh")
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def owner_id(client: DockerClient) -> Iterator[str]:
-    owner = f"test-{uuid.uuid4().hex[:12]}"
-    yield owner
-    for container in client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={owner}"}):
-        container.remove(force=True)
-
-
-@pytest.fixture
-def readable_models(model_repository: Path, tmp_path: Path) -> str:
-    """A copy of the test model repository that the image's unprivileged user can read (pytest's
-    temporary directories are private to root)."""
-    copy = tmp_path / "models"
-    shutil.copytree(model_repository, copy)
-    for path in [copy, *copy.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    return str(copy)
 
 
 def unused_port() -> int:
