@@ -74,7 +74,7 @@ def pytriton(
     grpc_port: int = 8011,
     queue_delay_us: int = 0,
     instances: int = 1,
-    torch_threads: int = 0,
+    torch_threads: int = 1,
     max_batch: int = 64,
     log_path: Path | None = None,
 ) -> Iterator[str]:
@@ -101,11 +101,21 @@ def pytriton(
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGINT)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        # The `timeout` wrapper exits at once on SIGINT while tritonserver takes seconds to drain
+        # and release its port; wait for the whole group to be gone so the next start can bind.
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
         log.close()
 
@@ -137,7 +147,8 @@ def save(name: str, record: dict[str, Any]) -> Path:
 def sweep(measurement_ms: int) -> dict[str, Any]:
     """PyTriton tuning sweep for mlp at c=64 (and c=1 for the delay cost on a lone request)."""
     ensure_models()
-    runs = []
+    info = machine_info()
+    runs: list[dict[str, Any]] = []
     for instances, delay, tthreads in (
         (1, 0, 0), (1, 500, 0), (1, 2000, 0), (1, 0, 1), (2, 0, 1), (2, 1000, 1),
     ):
@@ -150,7 +161,9 @@ def sweep(measurement_ms: int) -> dict[str, Any]:
                 }}
                 print(json.dumps(row), flush=True)
                 runs.append({**cfg, **r})
-    return {"kind": "pytriton_sweep", "machine": machine_info(), "runs": runs}
+                # Saved after every run: a sweep that dies midway still leaves its figures.
+                save("pytriton_sweep", {"kind": "pytriton_sweep", "machine": info, "runs": runs})
+    return {"kind": "pytriton_sweep", "machine": info, "runs": runs}
 
 
 def baseline(measurement_ms: int, pytriton_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -181,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--measurement-ms", type=int, default=4000)
     p.add_argument("--queue-delay-us", type=int, default=0)
     p.add_argument("--instances", type=int, default=1)
-    p.add_argument("--torch-threads", type=int, default=0)
+    p.add_argument("--torch-threads", type=int, default=1)
     args = p.parse_args(argv)
     if args.sweep:
         path = save("pytriton_sweep", sweep(args.measurement_ms))

@@ -15,7 +15,8 @@ Batcher tuning (2-core CPU, batch-1 requests, measured with perf_analyzer; see t
 queued when an instance frees up, and waits up to the delay only for more. With one model instance
 on 2 cores, a zero delay already yields big batches under load (the instance is busy while requests
 queue), and any positive delay adds directly to the concurrency-1 latency. The tuning sweep the
-numbers came from is in ``bench/README.md``.
+numbers came from is in ``bench/README.md``. One torch intra-op thread beat torch's default of
+two by about 3x at c=64 (the model's threads otherwise fight Triton's own threads for 2 cores).
 
 Usage:
     bench/.tools/pytriton-venv/bin/python bench/pytriton_server.py --model mlp.pt --name mlp \
@@ -93,7 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--preferred", type=int, nargs="*", default=[], help="preferred batch sizes (none=off)"
     )
     p.add_argument("--instances", type=int, default=1, help="model instances (Python stubs)")
-    p.add_argument("--torch-threads", type=int, default=0, help="0 = torch default")
+    p.add_argument(
+        "--torch-threads", type=int, default=1, help="torch intra-op threads (0 = torch default)"
+    )
     p.add_argument("--log-verbose", type=int, default=0)
     return p.parse_args(argv)
 
