@@ -286,5 +286,6 @@ class BalancerCore:
                 memory_bytes=record.memory_bytes,
                 busy_seconds=record.busy_seconds,
                 service_times=record.reported_service_times,
+                metrics_address=record.metrics_address,
             )
         return snapshot

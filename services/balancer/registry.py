@@ -27,6 +27,7 @@ class WorkerRecord:
     device: str
     models: frozenset[str]
     last_heartbeat: float
+    metrics_address: str = ""
     queued_batches: int = 0
     inflight_batches: int = 0
     memory_bytes: int = 0
@@ -106,6 +107,7 @@ class WorkerTable:
             device=registration.device,
             models=frozenset(m.config.name for m in registration.models),
             last_heartbeat=self.clock(),
+            metrics_address=registration.metrics_address,
         )
         self.workers[record.worker_id] = record
         for served in registration.models:

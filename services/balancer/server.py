@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator
 import grpc
 
 from services.balancer.core import BalancerCore, WorkerLost, WorkerSession
+from services.balancer.metrics import BalancerMetrics, collect, worker_targets
 from services.balancer.registry import WorkerTable
 from services.balancer.settings import BalancerSettings
-from tideserve import serving
+from tideserve import metrics, serving
 from tideserve.errors import InvalidArgument, TideserveError
-from tideserve.metadata import MODEL_KEY, ROWS_KEY
+from tideserve.metadata import BATCH_ID_KEY, MODEL_KEY, ROWS_KEY
 from tideserve.v1 import cluster_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -56,9 +57,12 @@ class GrpcWorkerTransport:
 
 
 class BalancerServicer:
-    def __init__(self, core: BalancerCore, snapshot_interval_s: float) -> None:
+    def __init__(
+        self, core: BalancerCore, snapshot_interval_s: float, metrics: BalancerMetrics
+    ) -> None:
         self.core = core
         self.snapshot_interval_s = snapshot_interval_s
+        self.metrics = metrics
 
     async def Heartbeat(
         self, requests: AsyncIterator[pb.WorkerReport], context: grpc.aio.ServicerContext
@@ -103,13 +107,21 @@ class BalancerServicer:
         if not model:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"missing {MODEL_KEY} metadata")
         rows = int(metadata.get(ROWS_KEY, "1"))
+        logger.debug(
+            "dispatching batch",
+            extra={"batch_id": metadata.get(BATCH_ID_KEY, ""), "model": model, "rows": rows},
+        )
         remaining = context.time_remaining()
-        deadline = None if remaining is None else self.core.clock() + remaining
+        started = self.core.clock()
+        deadline = None if remaining is None else started + remaining
         try:
-            return await self.core.dispatch(model, rows, payload, deadline)
+            result = await self.core.dispatch(model, rows, payload, deadline)
         except TideserveError as error:
+            self.metrics.dispatch_done(model, error.code, self.core.clock() - started)
             await context.abort(serving.status_code(error), str(error))
             raise
+        self.metrics.dispatch_done(model, "OK", self.core.clock() - started)
+        return result
 
     @serving.rpc_errors
     async def ListModels(
@@ -199,21 +211,36 @@ async def serve(settings: BalancerSettings) -> None:
     core = BalancerCore(
         table, transport, policy=settings.routing_policy, no_worker_wait_s=settings.no_worker_wait_s
     )
+    registry = metrics.new_registry()
+    balancer_metrics = BalancerMetrics(registry)
+    loop = asyncio.get_running_loop()
+    registry.register(metrics.LoopCollector(loop, lambda: collect(core)))
+    metrics_server = metrics.start_metrics_server(
+        settings.host,
+        settings.metrics_port,
+        registry,
+        {"/sd/workers": lambda: metrics.on_loop(loop, lambda: worker_targets(core.snapshot()))},
+    )
     server = serving.new_server()
     server.add_generic_rpc_handlers(
-        (BalancerServicer(core, settings.snapshot_interval_s).handler(),)
+        (BalancerServicer(core, settings.snapshot_interval_s, balancer_metrics).handler(),)
     )
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     health = await serving.add_health_and_reflection(server, [SERVICE_NAME])
     await server.start()
     logger.info(
         "balancer listening",
-        extra={"address": f"{settings.host}:{port}", "policy": settings.routing_policy},
+        extra={
+            "address": f"{settings.host}:{port}",
+            "metrics": metrics_server.address,
+            "policy": settings.routing_policy,
+        },
     )
     expiry = asyncio.create_task(_expire_loop(core, settings.heartbeat_timeout_s / 4))
 
     async def stop() -> None:
         expiry.cancel()
         await transport.close()
+        metrics_server.close()
 
     await serving.serve_until_signal(server, health, grace_seconds=settings.grace_s, on_stop=stop)

@@ -21,6 +21,8 @@ class BalancerSettings:
     ejection_s: float = 5.0
     snapshot_interval_s: float = 0.5
     grace_s: float = 5.0
+    # Prometheus /metrics, and the live workers for Prometheus' HTTP discovery at /sd/workers.
+    metrics_port: int = 8102
     log_level: str = "INFO"
     json_logs: bool = False
 

@@ -29,9 +29,24 @@ LATENCY_WINDOW = 4096
 
 
 class BatchDispatcher(Protocol):
-    async def dispatch(self, model: str, rows: int, payload: bytes, timeout: float | None) -> bytes:
-        """Send serialized Batch bytes downstream; return serialized BatchResult bytes."""
+    async def dispatch(
+        self, model: str, rows: int, payload: bytes, timeout: float | None, batch_id: str = ""
+    ) -> bytes:
+        """Send serialized Batch bytes downstream; return serialized BatchResult bytes.
+        `batch_id` travels beside the payload so the hops can log it without parsing."""
         ...
+
+
+class BatchMetrics(Protocol):
+    def batch_done(self, model: str, rows: int, queue_wait_s: float, dispatch_s: float) -> None:
+        """A batch came back (or failed): its rows, its oldest request's queue wait, and the
+        round trip of the dispatch."""
+        ...
+
+
+class NoMetrics:
+    def batch_done(self, model: str, rows: int, queue_wait_s: float, dispatch_s: float) -> None:
+        pass
 
 
 class ModelScheduler:
@@ -45,8 +60,10 @@ class ModelScheduler:
         capacity: Callable[[], int],
         clock: Callable[[], float],
         curve: ServiceCurve = dict,
+        metrics: BatchMetrics | None = None,
     ) -> None:
         self.entry = entry
+        self.metrics = metrics or NoMetrics()
         spec = entry.spec
         self.queue = BatchQueue(
             spec.max_batch_size,
@@ -116,10 +133,10 @@ class ModelScheduler:
             return False
         return True
 
-    def _payload(self, batch: list[PendingRequest], rows: int) -> bytes:
+    def _payload(self, batch: list[PendingRequest], rows: int, batch_id: str) -> bytes:
         spec = self.entry.spec
         message = cluster_pb2.Batch(
-            batch_id=f"{self._prefix}{next(self._batch_ids)}",
+            batch_id=batch_id,
             model_name=spec.name,
             model_version=self.entry.versions[-1] if self.entry.versions else "",
         )
@@ -144,9 +161,20 @@ class ModelScheduler:
         now = self.clock()
         deadlines = [r.deadline for r in batch]
         timeout = None if None in deadlines else max(deadlines) - now  # type: ignore[type-var]
+        batch_id = f"{self._prefix}{next(self._batch_ids)}"
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "batch formed",
+                extra={
+                    "batch_id": batch_id,
+                    "model": self.entry.spec.name,
+                    "rows": rows,
+                    "request_ids": [r.request_id for r in batch],
+                },
+            )
         try:
             raw = await self.dispatcher.dispatch(
-                self.entry.spec.name, rows, self._payload(batch, rows), timeout
+                self.entry.spec.name, rows, self._payload(batch, rows, batch_id), timeout, batch_id
             )
             self._complete(batch, rows, cluster_pb2.BatchResult.FromString(raw))
             self.queue.policy.observe(rows, now - batch[0].arrival, self.clock() - now)
@@ -160,6 +188,9 @@ class ModelScheduler:
         finally:
             self.inflight -= 1
             self._wake.set()
+            self.metrics.batch_done(
+                self.entry.spec.name, rows, now - batch[0].arrival, self.clock() - now
+            )
 
     def _complete(
         self, batch: list[PendingRequest], rows: int, result: cluster_pb2.BatchResult
@@ -203,8 +234,10 @@ class BatcherCore:
         *,
         inflight_per_worker: int = 2,
         clock: Callable[[], float] = time.monotonic,
+        metrics: BatchMetrics | None = None,
     ) -> None:
         self.catalog = catalog
+        self.metrics = metrics
         self.dispatcher = dispatcher
         self.inflight_per_worker = inflight_per_worker
         self.clock = clock
@@ -226,6 +259,7 @@ class BatcherCore:
                 lambda: self.inflight_per_worker * max(self.catalog.worker_counts.get(name, 0), 1),
                 self.clock,
                 lambda: self.catalog.service_curves.get(name, {}),
+                self.metrics,
             )
             self.schedulers[name] = scheduler
         return scheduler

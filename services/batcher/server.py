@@ -14,10 +14,11 @@ import grpc
 import tideserve
 from services.batcher.catalog import ModelCatalog
 from services.batcher.core import BatcherCore
+from services.batcher.metrics import BatcherMetrics, collect
 from services.batcher.settings import BatcherSettings
-from tideserve import serving
+from tideserve import metrics, serving
 from tideserve.errors import TideserveError, Unavailable
-from tideserve.metadata import MODEL_KEY, ROWS_KEY
+from tideserve.metadata import BATCH_ID_KEY, MODEL_KEY, ROWS_KEY
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2_grpc
 from tideserve.v1 import inference_pb2 as pb
 
@@ -37,8 +38,10 @@ class BalancerPool:
         self._calls = [c.unary_unary(BALANCER_DISPATCH) for c in self.channels]
         self._next = itertools.count()
 
-    async def dispatch(self, model: str, rows: int, payload: bytes, timeout: float | None) -> bytes:
-        metadata = ((MODEL_KEY, model), (ROWS_KEY, str(rows)))
+    async def dispatch(
+        self, model: str, rows: int, payload: bytes, timeout: float | None, batch_id: str = ""
+    ) -> bytes:
+        metadata = ((MODEL_KEY, model), (ROWS_KEY, str(rows)), (BATCH_ID_KEY, batch_id))
         start = next(self._next)
         last: grpc.aio.AioRpcError | None = None
         for offset in range(len(self._calls)):
@@ -60,9 +63,10 @@ class BalancerPool:
 
 
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, core: BatcherCore) -> None:
+    def __init__(self, core: BatcherCore, metrics: BatcherMetrics) -> None:
         self.core = core
         self.catalog = core.catalog
+        self.metrics = metrics
 
     @serving.rpc_errors
     async def ServerLive(
@@ -128,10 +132,13 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         deadline = None if remaining is None else started + remaining
         try:
             response = await self.core.submit(request, deadline)
-        except TideserveError:
+        except TideserveError as error:
             self.core.record(None)
+            self.metrics.request_done(request.model_name, error.code, None)
             raise
-        self.core.record(self.core.clock() - started)
+        latency = self.core.clock() - started
+        self.core.record(latency)
+        self.metrics.request_done(request.model_name, "OK", latency)
         return response
 
     async def ModelStreamInfer(
@@ -139,7 +146,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Responses leave in request order; a failed request yields `error_message` and the
         stream stays open."""
-        pending: asyncio.Queue[tuple[float, asyncio.Future] | None] = asyncio.Queue()
+        pending: asyncio.Queue[tuple[float, str, asyncio.Future] | None] = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
         async def read() -> None:
@@ -151,21 +158,24 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                     except TideserveError as error:
                         future = loop.create_future()
                         future.set_exception(error)
-                    pending.put_nowait((started, future))
+                    pending.put_nowait((started, request.model_name, future))
             finally:
                 pending.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
             while (item := await pending.get()) is not None:
-                started, future = item
+                started, model, future = item
                 try:
                     response = await future
                 except TideserveError as error:
                     self.core.record(None)
+                    self.metrics.request_done(model, error.code, None)
                     yield pb.ModelStreamInferResponse(error_message=str(error))
                     continue
-                self.core.record(self.core.clock() - started)
+                latency = self.core.clock() - started
+                self.core.record(latency)
+                self.metrics.request_done(model, "OK", latency)
                 yield pb.ModelStreamInferResponse(infer_response=response)
         finally:
             reader.cancel()
@@ -207,15 +217,27 @@ async def _report_loop(core: BatcherCore, settings: BatcherSettings, pool: Balan
 async def serve(settings: BatcherSettings) -> None:
     pool = BalancerPool(settings.balancers)
     catalog = ModelCatalog()
-    core = BatcherCore(catalog, pool, inflight_per_worker=settings.inflight_per_worker)
+    registry = metrics.new_registry()
+    batcher_metrics = BatcherMetrics(registry)
+    core = BatcherCore(
+        catalog, pool, inflight_per_worker=settings.inflight_per_worker, metrics=batcher_metrics
+    )
+    registry.register(metrics.LoopCollector(asyncio.get_running_loop(), lambda: collect(core)))
+    metrics_server = metrics.start_metrics_server(settings.host, settings.metrics_port, registry)
     server = serving.new_server()
-    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), server)
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(core, batcher_metrics), server
+    )
     health = await serving.add_health_and_reflection(server, [SERVICE_NAME])
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
     logger.info(
         "batcher listening",
-        extra={"address": f"{settings.host}:{port}", "balancers": list(settings.balancers)},
+        extra={
+            "address": f"{settings.host}:{port}",
+            "metrics": metrics_server.address,
+            "balancers": list(settings.balancers),
+        },
     )
     tasks = [asyncio.create_task(_watch_catalog(catalog, a)) for a in settings.balancers]
     tasks.append(asyncio.create_task(_report_loop(core, settings, pool)))
@@ -225,5 +247,6 @@ async def serve(settings: BatcherSettings) -> None:
             task.cancel()
         core.close()
         await pool.close()
+        metrics_server.close()
 
     await serving.serve_until_signal(server, health, grace_seconds=settings.grace_s, on_stop=stop)

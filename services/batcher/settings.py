@@ -20,6 +20,8 @@ class BatcherSettings:
     inflight_per_worker: int = 2
     report_interval_s: float = 0.5
     grace_s: float = 5.0
+    # Prometheus /metrics: Triton's metrics port, next to its gRPC port.
+    metrics_port: int = 8002
     log_level: str = "INFO"
     json_logs: bool = False
 

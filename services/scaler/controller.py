@@ -10,7 +10,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
@@ -67,6 +67,8 @@ class ScalerController:
         self._retiring: set[asyncio.Task] = set()
         self.started_total = 0
         self.stopped_total = 0
+        # Recorded decisions by (policy, "up" | "down" | "hold"), for the metrics.
+        self.decision_counts: Counter[tuple[str, str]] = Counter()
 
     # -- operator actions -------------------------------------------------------------------
 
@@ -181,6 +183,8 @@ class ScalerController:
             inputs=inputs,
         )
         self.decisions.append(decision)
+        direction = "up" if applied > current else "down" if applied < current else "hold"
+        self.decision_counts[(self.policy.name, direction)] += 1
         logger.info(
             "scaling decision",
             extra={

@@ -10,9 +10,10 @@ import grpc
 
 from services.scaler.controller import ScalerController
 from services.scaler.guards import GuardConfig
+from services.scaler.metrics import collect
 from services.scaler.runtime import ProcessRuntime, WorkerRuntime
 from services.scaler.settings import ScalerSettings
-from tideserve import serving
+from tideserve import metrics, serving
 from tideserve.v1 import cluster_pb2 as pb
 from tideserve.v1 import cluster_pb2_grpc
 
@@ -163,6 +164,11 @@ async def serve(settings: ScalerSettings) -> None:
         stop_grace_s=settings.stop_grace_s,
     )
     await controller.adopt()
+    registry = metrics.new_registry()
+    registry.register(
+        metrics.LoopCollector(asyncio.get_running_loop(), lambda: collect(controller, runtime.name))
+    )
+    metrics_server = metrics.start_metrics_server(settings.host, settings.metrics_port, registry)
     server = serving.new_server()
     cluster_pb2_grpc.add_ScalerAdminServicer_to_server(
         ScalerAdminServicer(controller, runtime.name), server
@@ -174,6 +180,7 @@ async def serve(settings: ScalerSettings) -> None:
         "scaler listening",
         extra={
             "address": f"{settings.host}:{port}",
+            "metrics": metrics_server.address,
             "runtime": runtime.name,
             "policy": settings.policy,
             "min_replicas": settings.min_replicas,
@@ -190,5 +197,6 @@ async def serve(settings: ScalerSettings) -> None:
             task.cancel()
         await controller.close(settings.stop_workers_on_exit)
         await asyncio.gather(*(c.close() for c in channels))
+        metrics_server.close()
 
     await serving.serve_until_signal(server, health, grace_seconds=settings.grace_s, on_stop=stop)

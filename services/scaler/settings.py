@@ -43,6 +43,8 @@ class ScalerSettings:
     worker_cpus: float = 1.0
     worker_memory: str = "2g"
     grace_s: float = 5.0
+    # Prometheus /metrics.
+    metrics_port: int = 8202
     log_level: str = "INFO"
     json_logs: bool = False
 

@@ -12,10 +12,12 @@ from pathlib import Path
 import grpc
 
 from services.worker.core import WorkerCore
+from services.worker.metrics import WorkerMetrics, collect
 from services.worker.repository import scan
 from services.worker.runner import ModelRunner, configure_threads, resolve_device
 from services.worker.settings import WorkerSettings
-from tideserve import serving
+from tideserve import metrics, serving
+from tideserve.errors import TideserveError
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -25,16 +27,29 @@ MAX_RECONNECT_BACKOFF_S = 2.0
 
 
 class WorkerServicer(cluster_pb2_grpc.WorkerServicer):
-    def __init__(self, core: WorkerCore) -> None:
+    def __init__(self, core: WorkerCore, metrics: WorkerMetrics) -> None:
         self.core = core
+        self.metrics = metrics
 
     @serving.rpc_errors
     async def Execute(
         self, request: cluster_pb2.Batch, context: grpc.aio.ServicerContext
     ) -> cluster_pb2.BatchResult:
+        logger.debug(
+            "executing batch", extra={"batch_id": request.batch_id, "model": request.model_name}
+        )
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        return await self.core.execute(request, deadline)
+        try:
+            result = await self.core.execute(request, deadline)
+        except TideserveError as error:
+            self.metrics.batch_failed(request.model_name, error.code)
+            raise
+        except Exception:
+            self.metrics.batch_failed(request.model_name, "INTERNAL")
+            raise
+        self.metrics.batch_done(request.model_name, result.queue_seconds, result.compute_seconds)
+        return result
 
 
 class HeartbeatClient:
@@ -103,7 +118,11 @@ async def serve(settings: WorkerSettings) -> None:
     health = await serving.add_health_and_reflection(server, [SERVICE_NAME], serving=False)
     runners: dict[str, ModelRunner] = {}
     core = WorkerCore(settings.worker_id, runners)
-    cluster_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(core), server)
+    registry = metrics.new_registry()
+    worker_metrics = WorkerMetrics(registry)
+    registry.register(metrics.LoopCollector(asyncio.get_running_loop(), lambda: collect(core)))
+    metrics_server = metrics.start_metrics_server(settings.host, settings.metrics_port, registry)
+    cluster_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(core, worker_metrics), server)
     await server.start()
     for entry in entries:
         runner = await asyncio.to_thread(
@@ -117,11 +136,13 @@ async def serve(settings: WorkerSettings) -> None:
         extra={
             "worker_id": settings.worker_id,
             "address": address,
+            "metrics": metrics_server.address,
             "device": str(device),
             "models": sorted(runners),
         },
     )
     registration = core.registration(address, str(device))
+    registration.metrics_address = metrics_server.address
     released = asyncio.Event()
     heartbeats = [
         asyncio.create_task(
@@ -149,3 +170,4 @@ async def serve(settings: WorkerSettings) -> None:
     await asyncio.gather(*heartbeats, return_exceptions=True)
     for runner in runners.values():
         runner.close()
+    metrics_server.close()

@@ -29,6 +29,9 @@ class WorkerSettings:
     # Exit once every balancer has released this worker after a drain.
     exit_on_release: bool = True
     grace_s: float = 10.0
+    # Prometheus /metrics; 0 picks a free port, reported to the balancers at registration so
+    # Prometheus finds it through the balancer's /sd/workers.
+    metrics_port: int = 0
     log_level: str = "INFO"
     json_logs: bool = False
 

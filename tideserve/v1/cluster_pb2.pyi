@@ -57,16 +57,18 @@ class ServedModel(_message.Message):
     def __init__(self, config: _Optional[_Union[_model_config_pb2.ModelConfig, _Mapping]] = ..., versions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WorkerRegistration(_message.Message):
-    __slots__ = ("worker_id", "address", "models", "device")
+    __slots__ = ("worker_id", "address", "models", "device", "metrics_address")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     address: str
     models: _containers.RepeatedCompositeFieldContainer[ServedModel]
     device: str
-    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., device: _Optional[str] = ...) -> None: ...
+    metrics_address: str
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., device: _Optional[str] = ..., metrics_address: _Optional[str] = ...) -> None: ...
 
 class ServiceTime(_message.Message):
     __slots__ = ("batch_size", "seconds", "model")
@@ -143,7 +145,7 @@ class FrontendReportAck(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerState(_message.Message):
-    __slots__ = ("worker_id", "address", "device", "models", "phase", "outstanding_batches", "outstanding_rows", "expected_backlog_seconds", "heartbeat_age_seconds", "error_rate", "completed_batches", "memory_bytes", "service_times", "busy_seconds")
+    __slots__ = ("worker_id", "address", "device", "models", "phase", "outstanding_batches", "outstanding_rows", "expected_backlog_seconds", "heartbeat_age_seconds", "error_rate", "completed_batches", "memory_bytes", "service_times", "busy_seconds", "metrics_address")
     class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         PHASE_UNSPECIFIED: _ClassVar[WorkerState.Phase]
@@ -168,6 +170,7 @@ class WorkerState(_message.Message):
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     SERVICE_TIMES_FIELD_NUMBER: _ClassVar[int]
     BUSY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     address: str
     device: str
@@ -182,7 +185,8 @@ class WorkerState(_message.Message):
     memory_bytes: int
     service_times: _containers.RepeatedCompositeFieldContainer[ServiceTime]
     busy_seconds: float
-    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., device: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., phase: _Optional[_Union[WorkerState.Phase, str]] = ..., outstanding_batches: _Optional[int] = ..., outstanding_rows: _Optional[int] = ..., expected_backlog_seconds: _Optional[float] = ..., heartbeat_age_seconds: _Optional[float] = ..., error_rate: _Optional[float] = ..., completed_batches: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., service_times: _Optional[_Iterable[_Union[ServiceTime, _Mapping]]] = ..., busy_seconds: _Optional[float] = ...) -> None: ...
+    metrics_address: str
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., device: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., phase: _Optional[_Union[WorkerState.Phase, str]] = ..., outstanding_batches: _Optional[int] = ..., outstanding_rows: _Optional[int] = ..., expected_backlog_seconds: _Optional[float] = ..., heartbeat_age_seconds: _Optional[float] = ..., error_rate: _Optional[float] = ..., completed_batches: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., service_times: _Optional[_Iterable[_Union[ServiceTime, _Mapping]]] = ..., busy_seconds: _Optional[float] = ..., metrics_address: _Optional[str] = ...) -> None: ...
 
 class ClusterSnapshot(_message.Message):
     __slots__ = ("timestamp_unix", "workers", "models", "routing_policy", "dispatched_batches", "dispatched_rows", "failed_batches", "retried_batches", "frontends", "batch_size_counts")

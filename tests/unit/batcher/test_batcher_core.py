@@ -70,7 +70,9 @@ class EchoDispatcher:
     def batch_rows(self) -> list[int]:
         return [batch.inputs[0].shape[0] for batch in self.batches]
 
-    async def dispatch(self, model: str, rows: int, payload: bytes, timeout: float | None) -> bytes:
+    async def dispatch(
+        self, model: str, rows: int, payload: bytes, timeout: float | None, batch_id: str = ""
+    ) -> bytes:
         batch = cluster_pb2.Batch.FromString(payload)
         assert batch.model_name == model
         assert batch.inputs[0].shape[0] == rows

@@ -1,0 +1,97 @@
+"""The batcher's Prometheus metrics. The batcher is the hot path, so per request it does one
+counter increment and one histogram observe; per batch three observes; every gauge is read from
+the schedulers when Prometheus scrapes (`collect`)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from services.batcher.core import BatcherCore
+from tideserve.metrics import BATCH_SIZE_BUCKETS, latency_histogram, requests_counter
+
+# Requests for models the batcher does not serve share one label value, so a client sending
+# arbitrary names cannot grow the number of series without bound.
+UNKNOWN_MODEL = "(unknown)"
+
+
+class BatcherMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = requests_counter(
+            registry,
+            "tideserve_batcher_requests",
+            "Inference requests answered, by model and gRPC status code.",
+        )
+        self.request_seconds = latency_histogram(
+            registry,
+            "tideserve_batcher_request_duration_seconds",
+            "End-to-end latency of successful requests as the batcher sees them: arrival to "
+            "response, queueing, dispatch and compute included.",
+        )
+        self.queue_seconds = latency_histogram(
+            registry,
+            "tideserve_batcher_queue_wait_seconds",
+            "Per batch: how long its oldest request waited in the batcher's queue before the "
+            "batch was dispatched.",
+        )
+        self.dispatch_seconds = latency_histogram(
+            registry,
+            "tideserve_batcher_dispatch_duration_seconds",
+            "Per batch: round trip through balancer and worker (compute included).",
+        )
+        self.batch_rows = Histogram(
+            "tideserve_batcher_batch_size_rows",
+            "Rows per dispatched batch.",
+            ["model"],
+            registry=registry,
+            buckets=BATCH_SIZE_BUCKETS,
+        )
+        # Label children cached: `.labels()` takes a lock and hashes its arguments each call.
+        self._requests: dict[tuple[str, str], Counter] = {}
+        self._latency: dict[str, Histogram] = {}
+
+    def request_done(self, model: str, code: str, latency_s: float | None) -> None:
+        """One request answered with `code`; `latency_s` is given for successful ones."""
+        if code == "NOT_FOUND":
+            model = UNKNOWN_MODEL
+        child = self._requests.get((model, code))
+        if child is None:
+            child = self._requests[(model, code)] = self.requests.labels(model, code)
+        child.inc()
+        if latency_s is not None:
+            histogram = self._latency.get(model)
+            if histogram is None:
+                histogram = self._latency[model] = self.request_seconds.labels(model)
+            histogram.observe(latency_s)
+
+    def batch_done(self, model: str, rows: int, queue_wait_s: float, dispatch_s: float) -> None:
+        """One batch came back from the balancer (successfully or not)."""
+        self.batch_rows.labels(model).observe(rows)
+        self.queue_seconds.labels(model).observe(queue_wait_s)
+        self.dispatch_seconds.labels(model).observe(dispatch_s)
+
+
+def collect(core: BatcherCore) -> list[Metric]:
+    """Gauges read from the schedulers at scrape time (on the event loop)."""
+    depth = GaugeMetricFamily(
+        "tideserve_batcher_queue_depth_requests",
+        "Requests waiting in the batcher's queue, by model.",
+        labels=["model"],
+    )
+    inflight = GaugeMetricFamily(
+        "tideserve_batcher_inflight_batches",
+        "Batches dispatched and not yet answered, by model.",
+        labels=["model"],
+    )
+    workers = GaugeMetricFamily(
+        "tideserve_batcher_ready_workers",
+        "Workers ready for each model, as the balancer last reported.",
+        labels=["model"],
+    )
+    for name, scheduler in sorted(core.schedulers.items()):
+        depth.add_metric([name], len(scheduler.queue))
+        inflight.add_metric([name], scheduler.inflight)
+    for name in sorted(core.catalog.entries):
+        workers.add_metric([name], core.catalog.worker_counts.get(name, 0))
+    return [depth, inflight, workers]
