@@ -49,6 +49,9 @@ class Cluster:
     log_dir: Path
     balancer_port: int = field(default_factory=free_port)
     batcher_port: int = field(default_factory=free_port)
+    # Free ports rather than the documented defaults, so clusters of concurrent test runs coexist.
+    balancer_metrics_port: int = field(default_factory=free_port)
+    batcher_metrics_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     worker_args: tuple[str, ...] = ()
 
@@ -76,7 +79,14 @@ class Cluster:
 
     def start(self, workers: int = 1) -> Cluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.spawn("balancer", "services.balancer", "--port", str(self.balancer_port))
+        self.spawn(
+            "balancer",
+            "services.balancer",
+            "--port",
+            str(self.balancer_port),
+            "--metrics-port",
+            str(self.balancer_metrics_port),
+        )
         wait_healthy(self.balancer)
         for index in range(workers):
             self.add_worker(f"worker-{index}")
@@ -85,6 +95,8 @@ class Cluster:
             "services.batcher",
             "--port",
             str(self.batcher_port),
+            "--metrics-port",
+            str(self.batcher_metrics_port),
             "--balancers",
             self.balancer,
         )
