@@ -29,6 +29,9 @@ def _add_up(commands: argparse._SubParsersAction) -> None:
     up.add_argument("--batcher-port", type=int, default=8001)
     up.add_argument("--balancer-port", type=int, default=8100)
     up.add_argument("--scaler-port", type=int, default=8200)
+    up.add_argument("--batcher-metrics-port", type=int, default=8002)
+    up.add_argument("--balancer-metrics-port", type=int, default=8102)
+    up.add_argument("--scaler-metrics-port", type=int, default=8202)
     up.add_argument("--min-replicas", type=int, default=1)
     up.add_argument("--max-replicas", type=int, default=2)
     up.add_argument("--scaler-policy", default="hpa")
@@ -102,6 +105,9 @@ def _up(args: argparse.Namespace) -> int:
         batcher_port=args.batcher_port,
         balancer_port=args.balancer_port,
         scaler_port=args.scaler_port,
+        batcher_metrics_port=args.batcher_metrics_port,
+        balancer_metrics_port=args.balancer_metrics_port,
+        scaler_metrics_port=args.scaler_metrics_port,
         model_repository=repository,
         min_replicas=args.min_replicas,
         max_replicas=args.max_replicas,
@@ -125,6 +131,12 @@ def _up(args: argparse.Namespace) -> int:
         print(f"  inference (KServe v2 / Triton gRPC)  {config.batcher}")
         print(f"  balancer                             {config.balancer}")
         print(f"  scaler admin                         {config.scaler}")
+        print(
+            "  Prometheus /metrics                  "
+            f"{config.host}:{config.batcher_metrics_port}, :{config.balancer_metrics_port}, "
+            f":{config.scaler_metrics_port}; workers via "
+            f"http://{config.host}:{config.balancer_metrics_port}/sd/workers"
+        )
         if args.demo:
             from services.worker.models import DEFAULT_MODEL
 

@@ -35,6 +35,10 @@ class SuiteConfig:
     batcher_port: int = 8001
     balancer_port: int = 8100
     scaler_port: int = 8200
+    # Prometheus /metrics of each service (workers pick free ones; the balancer lists them).
+    batcher_metrics_port: int = 8002
+    balancer_metrics_port: int = 8102
+    scaler_metrics_port: int = 8202
     model_repository: Path = Path("model_repository")
     min_replicas: int = 1
     max_replicas: int = 2
@@ -66,6 +70,8 @@ def service_commands(config: SuiteConfig) -> dict[str, list[str]]:
             config.host,
             "--port",
             str(config.balancer_port),
+            "--metrics-port",
+            str(config.balancer_metrics_port),
         ],
         "batcher": [
             *python,
@@ -74,6 +80,8 @@ def service_commands(config: SuiteConfig) -> dict[str, list[str]]:
             config.host,
             "--port",
             str(config.batcher_port),
+            "--metrics-port",
+            str(config.batcher_metrics_port),
             "--balancers",
             config.balancer,
         ],
@@ -84,6 +92,8 @@ def service_commands(config: SuiteConfig) -> dict[str, list[str]]:
             config.host,
             "--port",
             str(config.scaler_port),
+            "--metrics-port",
+            str(config.scaler_metrics_port),
             "--balancers",
             config.balancer,
             "--runtime",

@@ -32,6 +32,12 @@ def up_command(tmp_path: Path, *extra: str) -> list[str]:
         str(free_port()),
         "--scaler-port",
         str(free_port()),
+        "--batcher-metrics-port",
+        str(free_port()),
+        "--balancer-metrics-port",
+        str(free_port()),
+        "--scaler-metrics-port",
+        str(free_port()),
         *extra,
     ]
 
