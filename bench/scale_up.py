@@ -1,0 +1,148 @@
+"""Scale-up latency: from the scaler's decision to the first batch a new worker serves.
+
+For each runtime (local processes, Docker containers) the suite runs with one worker under light
+steady load; `ScaleTo(2)` is the decision, and the clock stops when the balancer's snapshot shows
+the new worker with a completed batch. Then `ScaleTo(1)` drains one worker away and the next round
+starts. Prints the median (and min/max) of N rounds per runtime; writes JSON to bench/results/.
+
+    python -m bench.scale_up [--rounds 10] [--runtimes process,docker]
+
+Docker needs a running engine and the tideserve:dev image (scripts/docker_offline.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from tests.cluster import Cluster, free_port, wait_for, wait_healthy
+from tideserve.loadgen import sample_request
+from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2, inference_pb2_grpc
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def new_worker_served(cluster: Cluster, known: set[str]) -> str | None:
+    """The id of a worker not in `known` that has completed a batch, if any."""
+    for worker in cluster.snapshot().workers:
+        if worker.worker_id not in known and worker.completed_batches > 0:
+            return worker.worker_id
+    return None
+
+
+def measure(runtime: str, rounds: int, repository: Path, work: Path) -> list[float]:
+    cluster = Cluster(repository, work / f"logs-{runtime}").start(workers=0)
+    scaler_port = free_port()
+    extra = []
+    if runtime == "docker":
+        extra = ["--worker-image", "tideserve:dev", "--worker-cpus", "1", "--scaler-id",
+                 f"bench-{int(time.time())}"]
+    cluster.spawn(
+        "scaler", "services.scaler", "--port", str(scaler_port), "--balancers", cluster.balancer,
+        "--runtime", runtime, "--model-repository", str(repository), "--policy", "static",
+        "--min-replicas", "1", "--max-replicas", "2", "--tick-s", "0.1",
+        "--up-cooldown-s", "0", "--down-cooldown-s", "0", "--worker-threads", "1", *extra,
+    )
+    wait_healthy(f"127.0.0.1:{scaler_port}")
+    cluster.wait_workers(1, timeout_s=120)
+    admin = cluster_pb2_grpc.ScalerAdminStub(grpc.insecure_channel(f"127.0.0.1:{scaler_port}"))
+    samples: list[float] = []
+    try:
+        with SteadyLoad(cluster.batcher) as load:
+            for _ in range(rounds):
+                known = cluster.registered()
+                began = time.monotonic()
+                admin.ScaleTo(cluster_pb2.ScaleToRequest(replicas=2), timeout=10)
+                wait_for(lambda k=known: new_worker_served(cluster, k), 120,
+                         "a new worker's batch", interval_s=0.01)
+                samples.append(time.monotonic() - began)
+                admin.ScaleTo(cluster_pb2.ScaleToRequest(replicas=1), timeout=10)
+                wait_for(lambda: len(cluster.registered()) == 1, 120, "scale back to 1")
+        if load.errors:
+            raise RuntimeError(f"{load.errors} requests failed during the measurement")
+    finally:
+        cluster.stop()
+    return samples
+
+
+class SteadyLoad:
+    """Two client threads sending requests back to back until stopped, so that a new worker
+    gets a batch as soon as the balancer may route to it."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.stop = threading.Event()
+        self.errors = 0
+        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(2)]
+
+    def _client(self) -> None:
+        with grpc.insecure_channel(self.address) as channel:
+            stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+            request = asyncio.run(_sample(self.address))
+            while not self.stop.is_set():
+                try:
+                    stub.ModelInfer(request, timeout=30)
+                except grpc.RpcError:
+                    self.errors += 1
+
+    def __enter__(self) -> SteadyLoad:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)
+
+
+async def _sample(address: str) -> inference_pb2.ModelInferRequest:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        return await sample_request(stub, "tiny_cnn")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--runtimes", default="process,docker")
+    args = parser.parse_args(argv)
+    from services.worker.models import write_default_model
+
+    report: dict[str, object] = {"machine": platform.node(), "cpus": platform.processor(),
+                                 "rounds": args.rounds, "runtimes": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        repository = work / "models"
+        write_default_model(repository)
+        for path in [repository, *repository.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        for runtime in args.runtimes.split(","):
+            samples = measure(runtime, args.rounds, repository, work)
+            report["runtimes"][runtime] = {  # type: ignore[index]
+                "samples_s": samples,
+                "median_s": statistics.median(samples),
+                "min_s": min(samples),
+                "max_s": max(samples),
+            }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "scale_up.json").write_text(json.dumps(report, indent=2))
+    print("| runtime | median (s) | min (s) | max (s) | rounds |")
+    print("|---|---|---|---|---|")
+    for runtime, figures in report["runtimes"].items():  # type: ignore[attr-defined]
+        print(f"| {runtime} | {figures['median_s']:.2f} | {figures['min_s']:.2f} | "
+              f"{figures['max_s']:.2f} | {len(figures['samples_s'])} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
