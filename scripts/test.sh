@@ -16,5 +16,11 @@ if [ "${TIDESERVE_SKIP_DOCKER:-0}" != 1 ]; then
 fi
 # Triton's perf_analyzer, as a real client of the batcher.
 bench/setup.sh
+# A real Prometheus server scrapes the local stack in tests/integration/test_prometheus.py.
+if ! command -v prometheus >/dev/null; then
+    apt-get install -y prometheus >/dev/null \
+        || { apt-get update >/dev/null && apt-get install -y prometheus >/dev/null; } \
+        || echo "test: could not install prometheus; its integration test will skip"
+fi
 
 exec .venv/bin/python -m pytest tests "$@"
