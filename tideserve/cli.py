@@ -3,6 +3,7 @@
 tideserve up [--demo]        run the whole suite locally (no Docker), optionally with a demo load
 tideserve plan ...           replicas needed for a rate and an SLO (M/M/m, Erlang C)
 tideserve policy train|eval  train / evaluate the learned autoscaling policy
+tideserve profile MODEL      measure a model's batch service times and a worker's cold start
 """
 
 from __future__ import annotations
@@ -164,6 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("plan", help="replicas for a rate and SLO (M/M/m)", add_help=False)
     policy = commands.add_parser("policy", help="learned autoscaling policy")
     policy.add_argument("action", choices=["train", "eval"])
+    commands.add_parser(
+        "profile", help="measure t(b) and cold start; write a profile", add_help=False
+    )
     args, rest = parser.parse_known_args(argv)
     configure_logging("cli", args.log_level)
     if args.command == "up":
@@ -174,6 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from services.scaler.planner import main as plan_main
 
         return plan_main(rest) or 0
+    if args.command == "profile":
+        from services.worker.profile import main as profile_main
+
+        return profile_main(rest) or 0
     if args.action == "train":
         from services.scaler.learning.train import main as train_main
 
