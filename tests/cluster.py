@@ -54,10 +54,20 @@ class Cluster:
     batcher_metrics_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     worker_args: tuple[str, ...] = ()
+    balancer_args: tuple[str, ...] = ()
+    # Ports of further balancers, started as balancer-1, balancer-2...: every worker heartbeats
+    # to all of them and the batcher spreads batches over all of them.
+    extra_balancer_ports: tuple[int, ...] = ()
 
     @property
     def balancer(self) -> str:
         return f"127.0.0.1:{self.balancer_port}"
+
+    @property
+    def balancers(self) -> str:
+        """Every balancer, comma-separated as the --balancers flag takes them."""
+        ports = (self.balancer_port, *self.extra_balancer_ports)
+        return ",".join(f"127.0.0.1:{port}" for port in ports)
 
     @property
     def batcher(self) -> str:
@@ -86,8 +96,20 @@ class Cluster:
             str(self.balancer_port),
             "--metrics-port",
             str(self.balancer_metrics_port),
+            *self.balancer_args,
         )
         wait_healthy(self.balancer)
+        for index, port in enumerate(self.extra_balancer_ports, start=1):
+            self.spawn(
+                f"balancer-{index}",
+                "services.balancer",
+                "--port",
+                str(port),
+                "--metrics-port",
+                str(free_port()),
+                *self.balancer_args,
+            )
+            wait_healthy(f"127.0.0.1:{port}")
         for index in range(workers):
             self.add_worker(f"worker-{index}")
         self.spawn(
@@ -98,7 +120,7 @@ class Cluster:
             "--metrics-port",
             str(self.batcher_metrics_port),
             "--balancers",
-            self.balancer,
+            self.balancers,
         )
         wait_healthy(self.batcher)
         if workers:
@@ -118,7 +140,7 @@ class Cluster:
             "--model-repository",
             str(self.repository),
             "--balancers",
-            self.balancer,
+            self.balancers,
             "--threads",
             "1",
             *self.worker_args,

@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 
 # Frontend reports older than this are left out of snapshots.
 FRONTEND_REPORT_TTL_S = 5.0
+# Status codes a worker answers with that mean the worker, not the batch, is at fault: the batch
+# is retried elsewhere and the failure counts toward the worker's ejection.
+WORKER_FAULT_CODES = frozenset({"INTERNAL", "RESOURCE_EXHAUSTED"})
 
 
 class WorkerLost(Exception):
@@ -58,6 +61,8 @@ class BalancerCore:
         policy: str = "shortest_expected_delay",
         max_attempts: int = 2,
         batch_timeout_s: float = 30.0,
+        batch_timeout_multiplier: float = 5.0,
+        batch_timeout_floor_s: float = 0.5,
         no_worker_wait_s: float = 2.0,
         clock: Clock = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -65,8 +70,16 @@ class BalancerCore:
         self.table = table
         self.transport = transport
         self.policy: RoutingPolicy = create_policy(policy)
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if batch_timeout_multiplier <= 1 or not 0 < batch_timeout_floor_s <= batch_timeout_s:
+            raise ValueError(
+                "need batch_timeout_multiplier > 1 and 0 < batch_timeout_floor_s <= batch_timeout_s"
+            )
         self.max_attempts = max_attempts
         self.batch_timeout_s = batch_timeout_s
+        self.batch_timeout_multiplier = batch_timeout_multiplier
+        self.batch_timeout_floor_s = batch_timeout_floor_s
         self.no_worker_wait_s = no_worker_wait_s
         self.clock = clock
         self.wall_clock = wall_clock
@@ -132,37 +145,42 @@ class BalancerCore:
     ) -> bytes:
         """Route a serialized batch to a worker, retrying on another worker if it is lost.
 
-        `deadline` is on this core's clock; None means no deadline."""
+        `deadline` is on this core's clock; None means no deadline. Each attempt gets the
+        adaptive timeout of `batch_timeout`, so a worker that hangs while still heartbeating
+        costs a few expected service times, not the whole deadline."""
         tried: list[str] = []
         last_error = "no attempt made"
         for _ in range(self.max_attempts):
             record = await self._pick(model, rows, tried, deadline)
             if record is None:
                 break
-            remaining = None if deadline is None else deadline - self.clock()
-            timeout = (
-                self.batch_timeout_s if remaining is None else min(remaining, self.batch_timeout_s)
-            )
+            timeout = self.batch_timeout(record, rows)
+            if deadline is not None:
+                timeout = min(timeout, deadline - self.clock())
             if timeout <= 0:
                 break
             self.table.begin(record, rows)
             started = self.clock()
             try:
                 result = await self.transport.execute(record.address, payload, timeout)
-            except WorkerLost as error:
-                await self._finish(record, rows, None)
+            except (WorkerLost, TideserveError) as error:
+                answered = isinstance(error, TideserveError)
+                if answered and error.code not in WORKER_FAULT_CODES:
+                    # The worker judged the batch itself (invalid, expired): retrying cannot help.
+                    await self._finish(record, rows, None, counts=False)
+                    self.failed_batches += 1
+                    raise
+                # The request's own deadline running out says nothing against the worker.
+                counts = deadline is None or self.clock() < deadline
+                await self._finish(record, rows, None, counts=counts)
                 tried.append(record.worker_id)
                 last_error = f"worker {record.worker_id}: {error}"
                 self.retried_batches += 1
                 logger.warning(
-                    "batch lost", extra={"worker_id": record.worker_id, "error": str(error)}
+                    "batch failed on worker; retrying elsewhere",
+                    extra={"worker_id": record.worker_id, "error": str(error)},
                 )
                 continue
-            except TideserveError:
-                # The worker answered: the batch itself is at fault, so retrying cannot help.
-                await self._finish(record, rows, self.clock() - started)
-                self.failed_batches += 1
-                raise
             await self._finish(record, rows, self.clock() - started)
             self.dispatched_batches += 1
             self.dispatched_rows += rows
@@ -177,6 +195,14 @@ class BalancerCore:
         if not tried:
             raise Unavailable(f"no ready worker serves model {model!r}")
         raise Unavailable(f"batch for {model!r} failed on workers {tried}: {last_error}")
+
+    def batch_timeout(self, record: WorkerRecord, rows: int) -> float:
+        """How long to wait for `record` to answer a batch of `rows` sent now: a multiple of its
+        expected completion time (backlog plus this batch), at least the floor (which absorbs
+        scheduling hiccups), at most `batch_timeout_s`. A queue that is long by measure gets a
+        long timeout; only a worker far slower than it has been measured to be times out."""
+        expected = record.expected_completion(rows) * self.batch_timeout_multiplier
+        return min(max(expected, self.batch_timeout_floor_s), self.batch_timeout_s)
 
     async def _pick(
         self, model: str, rows: int, tried: list[str], deadline: float | None
@@ -196,8 +222,15 @@ class BalancerCore:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), min(remaining, 0.05))
 
-    async def _finish(self, record: WorkerRecord, rows: int, seconds: float | None) -> None:
-        self.table.finish(record, rows, seconds)
+    async def _finish(
+        self, record: WorkerRecord, rows: int, seconds: float | None, *, counts: bool = True
+    ) -> None:
+        """Book a batch's end: a round trip, a failure against the worker, or (not `counts`) an
+        end that says nothing about the worker's health."""
+        if counts:
+            self.table.finish(record, rows, seconds)
+        else:
+            self.table.release(record, rows)
         if record.draining and record.outstanding_batches == 0:
             self._release(record)
         await self._notify()

@@ -35,22 +35,29 @@ class GrpcWorkerTransport:
     async def execute(self, address: str, payload: bytes, timeout: float | None) -> bytes:
         call = self._calls.get(address)
         if call is None:
-            channel = serving.insecure_channel(address)
-            self._channels[address] = channel
-            call = self._calls[address] = channel.unary_unary(WORKER_EXECUTE)
+            self._channels[address] = serving.insecure_channel(address)
+            call = self._calls[address] = self._channels[address].unary_unary(WORKER_EXECUTE)
+        channel = self._channels[address]
         try:
             return await call(payload, timeout=timeout)
         except grpc.aio.AioRpcError as error:
             if error.code() in serving.RETRYABLE_CODES:
                 raise WorkerLost(f"{error.code().name}: {error.details()}") from error
             raise serving.error_from_status(error.code(), error.details()) from error
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._channels.get(address) is not channel and not (task and task.cancelling()):
+                # `forget` closed the channel under this call: the worker left, not our caller.
+                raise WorkerLost("worker left the cluster with the batch") from None
+            raise
 
     def forget(self, address: str) -> None:
+        """Close the worker's channel now, cancelling its calls in flight: they fail as
+        WorkerLost at once and are retried elsewhere, instead of waiting out their timeout."""
         self._calls.pop(address, None)
         channel = self._channels.pop(address, None)
         if channel is not None:
-            # Let calls still in flight on this channel end by themselves before closing it.
-            asyncio.get_running_loop().create_task(channel.close(grace=1.0))
+            asyncio.get_running_loop().create_task(channel.close())
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._channels.values()))
@@ -207,9 +214,17 @@ async def serve(settings: BalancerSettings) -> None:
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
         eject_after_failures=settings.eject_after_failures,
         ejection_s=settings.ejection_s,
+        max_ejection_s=settings.max_ejection_s,
     )
     core = BalancerCore(
-        table, transport, policy=settings.routing_policy, no_worker_wait_s=settings.no_worker_wait_s
+        table,
+        transport,
+        policy=settings.routing_policy,
+        max_attempts=settings.max_attempts,
+        batch_timeout_s=settings.batch_timeout_s,
+        batch_timeout_multiplier=settings.batch_timeout_multiplier,
+        batch_timeout_floor_s=settings.batch_timeout_floor_s,
+        no_worker_wait_s=settings.no_worker_wait_s,
     )
     registry = metrics.new_registry()
     balancer_metrics = BalancerMetrics(registry)

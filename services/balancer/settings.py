@@ -16,9 +16,18 @@ class BalancerSettings:
     heartbeat_timeout_s: float = 1.0
     # How long a batch waits for some worker to serve its model before UNAVAILABLE.
     no_worker_wait_s: float = 2.0
-    # Consecutive failed batches that eject a worker, and for how long.
+    # Tries of a batch on different workers (inference is idempotent) within its deadline.
+    max_attempts: int = 2
+    # Per-batch timeout: this multiple of the worker's expected completion time, at least the
+    # floor, at most the cap; it catches a worker that hangs while still heartbeating.
+    batch_timeout_multiplier: float = 5.0
+    batch_timeout_floor_s: float = 0.5
+    batch_timeout_s: float = 30.0
+    # Circuit breaker: consecutive lost or faulty batches that eject a worker; the first back-off,
+    # doubled on each ejection in a row up to the maximum; then one probe batch re-admits it.
     eject_after_failures: int = 3
     ejection_s: float = 5.0
+    max_ejection_s: float = 60.0
     snapshot_interval_s: float = 0.5
     grace_s: float = 5.0
     # Prometheus /metrics, and the live workers for Prometheus' HTTP discovery at /sd/workers.

@@ -126,7 +126,7 @@ async def test_dispatch_routes_and_accounts(core: BalancerCore, transport: FakeT
     result = await core.dispatch(MODEL, 4, PAYLOAD, None)
 
     assert result == b"result:w1:1"
-    assert transport.calls == [("w1:1", PAYLOAD, 30.0)]
+    assert transport.calls == [("w1:1", PAYLOAD, 0.5)], "the adaptive timeout's floor"
     record = session.record
     assert (record.outstanding_batches, record.outstanding_rows) == (0, 0)
     assert record.completed_batches == 1
@@ -359,9 +359,12 @@ async def test_snapshot_describes_workers_and_counters(
     draining = await core.connect(registration("w2"))
     draining.record.draining = True
     await core.dispatch(MODEL, 3, PAYLOAD, None)
-    core.report(first, cluster_pb2.LoadReport(
-        service_times=[cluster_pb2.ServiceTime(batch_size=8, seconds=0.02, model=MODEL)]
-    ))
+    core.report(
+        first,
+        cluster_pb2.LoadReport(
+            service_times=[cluster_pb2.ServiceTime(batch_size=8, seconds=0.02, model=MODEL)]
+        ),
+    )
     core.frontend_report(cluster_pb2.FrontendReport(batcher_id="b1", arrival_rate=5.0))
 
     snapshot = core.snapshot()
@@ -392,8 +395,113 @@ async def test_old_frontend_reports_leave_the_snapshot(
     assert list(core.snapshot().frontends) == []
 
 
+async def test_batch_timeout_is_a_multiple_of_the_expected_completion(
+    core: BalancerCore, transport: FakeTransport
+) -> None:
+    record = (await core.connect(registration("w1"))).record
+    assert core.batch_timeout(record, 1) == core.batch_timeout_floor_s, "fast worker: the floor"
+
+    record.service_times = {1: 0.2}
+    record.outstanding_batches = record.outstanding_rows = 2
+    assert core.batch_timeout(record, 1) == pytest.approx(core.batch_timeout_multiplier * 0.6)
+
+    record.service_times = {1: 100.0}
+    assert core.batch_timeout(record, 1) == core.batch_timeout_s, "capped"
+
+
+async def test_adaptive_timeout_is_what_the_worker_gets(
+    core: BalancerCore, transport: FakeTransport, clock: FakeClock
+) -> None:
+    record = (await core.connect(registration("w1"))).record
+    record.service_times = {1: 0.3}
+
+    await core.dispatch(MODEL, 1, PAYLOAD, clock() + 10.0)
+
+    assert transport.calls[0][2] == pytest.approx(core.batch_timeout_multiplier * 0.3)
+
+
+def test_timeout_settings_are_validated(transport: FakeTransport, clock: FakeClock) -> None:
+    table = WorkerTable(clock=clock)
+    with pytest.raises(ValueError, match="batch_timeout_multiplier"):
+        BalancerCore(table, transport, batch_timeout_multiplier=1.0, clock=clock)
+    with pytest.raises(ValueError, match="batch_timeout_floor_s"):
+        BalancerCore(table, transport, batch_timeout_floor_s=60.0, clock=clock)
+    with pytest.raises(ValueError, match="max_attempts"):
+        BalancerCore(table, transport, max_attempts=0, clock=clock)
+
+
+async def test_hung_worker_is_timed_out_retried_elsewhere_and_ejected(
+    core: BalancerCore, transport: FakeTransport, clock: FakeClock
+) -> None:
+    """A worker whose batches time out (its heartbeats may still arrive) loses each batch to
+    another worker well inside the deadline and is ejected after three."""
+    hung = (await core.connect(registration("w1"))).record
+    await core.connect(registration("w2"))
+    transport.errors["w1:1"] = WorkerLost("DEADLINE_EXCEEDED: per-batch timeout")
+    deadline = clock() + 10.0
+
+    for _ in range(3):
+        assert await core.dispatch(MODEL, 1, PAYLOAD, deadline) == b"result:w2:1"
+
+    assert core.table.phase(hung) == cluster_pb2.WorkerState.EJECTED
+    assert hung.consecutive_failures == 0
+    assert hung.ejections == 1
+    assert core.failed_batches == 0
+
+
+async def test_internal_error_counts_against_the_worker_and_is_retried(
+    core: BalancerCore, transport: FakeTransport
+) -> None:
+    session = await core.connect(registration("w1"))
+    await core.connect(registration("w2"))
+    transport.errors["w1:1"] = TideserveError("CUDA error: device lost")
+
+    assert await core.dispatch(MODEL, 1, PAYLOAD, None) == b"result:w2:1"
+
+    assert session.record.consecutive_failures == 1
+    assert core.retried_batches == 1
+
+
+async def test_loss_after_the_request_deadline_does_not_count_against_the_worker(
+    core: BalancerCore, transport: FakeTransport, clock: FakeClock
+) -> None:
+    session = await core.connect(registration("w1"))
+    await core.connect(registration("w2"))
+    transport.service_s = 1.0
+    transport.errors["w1:1"] = WorkerLost("DEADLINE_EXCEEDED")
+
+    with pytest.raises(TideserveError, match="deadline"):
+        await core.dispatch(MODEL, 1, PAYLOAD, clock() + 0.5)
+
+    assert session.record.consecutive_failures == 0
+    assert session.record.outstanding_batches == 0
+
+
+async def test_ejected_worker_is_probed_and_readmitted_after_the_backoff(
+    core: BalancerCore, transport: FakeTransport, clock: FakeClock
+) -> None:
+    first = await core.connect(registration("w1"))
+    second = await core.connect(registration("w2"))
+    transport.errors["w1:1"] = WorkerLost("flaky")
+    for _ in range(3):
+        await core.dispatch(MODEL, 1, PAYLOAD, None)
+    del transport.errors["w1:1"]
+    clock.advance(core.table.ejection_s)
+    for session in (first, second):
+        core.report(session, cluster_pb2.LoadReport())
+    transport.calls.clear()
+
+    await core.dispatch(MODEL, 1, PAYLOAD, None)
+
+    assert transport.addresses == ["w1:1"], "least_load: the idle half-open worker gets the probe"
+    assert first.record.ejections == 0
+    assert core.table.phase(first.record) == cluster_pb2.WorkerState.READY
+
+
 async def test_set_policy_by_name(core: BalancerCore) -> None:
     core.set_policy("round_robin")
     assert core.snapshot().routing_policy == "round_robin"
+    core.set_policy("weighted_round_robin")
+    assert core.policy.name == "weighted_round_robin"
     with pytest.raises(ValueError, match="unknown routing policy"):
         core.set_policy("nope")

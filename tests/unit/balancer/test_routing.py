@@ -14,6 +14,7 @@ from services.balancer.routing import (
     PowerOfTwo,
     RoundRobin,
     ShortestExpectedDelay,
+    WeightedRoundRobin,
     create_policy,
 )
 
@@ -93,6 +94,52 @@ def test_power_of_two_with_one_candidate() -> None:
     only = worker("only")
 
     assert PowerOfTwo(random.Random(0)).choose([only], 1) is only
+
+
+def test_weighted_round_robin_weights_are_measured_throughput() -> None:
+    fast = worker("fast", per_row_s=0.001)
+    slow = worker("slow", per_row_s=0.003)
+    new = worker("new")
+
+    weights = WeightedRoundRobin.weights([fast, slow, new], 1)
+
+    assert weights["fast"] == pytest.approx(1000.0)
+    assert weights["slow"] == pytest.approx(1000.0 / 3)
+    assert weights["new"] == pytest.approx((1000.0 + 1000.0 / 3) / 2), "unmeasured: the mean"
+
+
+def test_weighted_round_robin_shares_picks_by_weight_and_interleaves() -> None:
+    workers = [worker(name, per_row_s=0.001) for name in ("a", "b", "c")]
+    workers.append(worker("slow", per_row_s=0.003))
+    policy = WeightedRoundRobin()
+
+    picks = [policy.choose(workers, 1).worker_id for _ in range(100)]
+
+    assert Counter(picks) == {"a": 30, "b": 30, "c": 30, "slow": 10}
+    assert max(len(run) for run in "".join(p[0] for p in picks).split("s")) <= 12, (
+        "the slow worker's turns are spread out, not bunched"
+    )
+
+
+def test_weighted_round_robin_ignores_queues() -> None:
+    """By design: it spreads by speed alone, so a burst queued on one worker does not divert it."""
+    busy = worker("a", batches=9, rows=9, per_row_s=0.001)
+    idle = worker("b", per_row_s=0.001)
+    policy = WeightedRoundRobin()
+
+    assert {policy.choose([busy, idle], 1).worker_id for _ in range(2)} == {"a", "b"}
+
+
+def test_weighted_round_robin_follows_a_changing_candidate_set() -> None:
+    a, b, c = (worker(name, per_row_s=0.001) for name in "abc")
+    policy = WeightedRoundRobin()
+    for _ in range(5):
+        policy.choose([a, b, c], 1)
+
+    picks = Counter(policy.choose([a, c], 1).worker_id for _ in range(10))
+
+    assert set(picks) == {"a", "c"}
+    assert min(picks.values()) >= 4, "credit carried over shifts a pick or two, no more"
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))
