@@ -3,6 +3,7 @@
 tideserve up [--demo]        run the whole suite locally (no Docker), optionally with a demo load
 tideserve plan ...           replicas needed for a rate and an SLO (M/M/m, Erlang C)
 tideserve policy train|eval  train / evaluate the learned autoscaling policy
+tideserve top [--once]       live view of workers, load, batch sizes, replicas and policy
 tideserve profile MODEL      measure a model's batch service times and a worker's cold start
 """
 
@@ -165,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("plan", help="replicas for a rate and SLO (M/M/m)", add_help=False)
     policy = commands.add_parser("policy", help="learned autoscaling policy")
     policy.add_argument("action", choices=["train", "eval"])
+    commands.add_parser("top", help="live view of the cluster", add_help=False)
     commands.add_parser(
         "profile", help="measure t(b) and cold start; write a profile", add_help=False
     )
@@ -178,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from services.scaler.planner import main as plan_main
 
         return plan_main(rest) or 0
+    if args.command == "top":
+        from tideserve.top import main as top_main
+
+        return top_main(rest)
     if args.command == "profile":
         from services.worker.profile import main as profile_main
 
