@@ -34,7 +34,8 @@ from bench import perf  # noqa: E402
 RESULTS = HERE / "results"
 MODELS = HERE / ".tools" / "models"
 VENV_PY = HERE / ".tools" / "pytriton-venv" / "bin" / "python"
-MAKE_MODELS = Path("/work/shared/workloads/make_models.py")
+# ../shared beside the checkout, as in CI.
+MAKE_MODELS = ROOT.parent / "shared" / "workloads" / "make_models.py"
 
 
 def ensure_models() -> None:

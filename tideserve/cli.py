@@ -38,6 +38,8 @@ def _add_up(commands: argparse._SubParsersAction) -> None:
     up.add_argument("--max-replicas", type=int, default=2)
     up.add_argument("--scaler-policy", default="hpa")
     up.add_argument("--worker-threads", type=int, default=0, help="torch threads per worker")
+    up.add_argument("--batcher-processes", type=int, default=1,
+                    help="batcher processes sharing the port (SO_REUSEPORT)")
     up.add_argument("--log-dir", type=Path, default=Path(".tideserve/logs"))
     up.add_argument("--demo", action="store_true", help="drive a short load and print figures")
     up.add_argument("--exit-after-demo", action="store_true", help="stop the suite after the demo")
@@ -115,6 +117,7 @@ def _up(args: argparse.Namespace) -> int:
         max_replicas=args.max_replicas,
         scaler_policy=args.scaler_policy,
         worker_threads=args.worker_threads,
+        batcher_processes=args.batcher_processes,
         log_dir=args.log_dir,
     )
     suite = Suite(config)
@@ -170,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser(
         "profile", help="measure t(b) and cold start; write a profile", add_help=False
     )
+    commands.add_parser(
+        "bench", help="batching benchmark vs Triton and the in-process limit", add_help=False
+    )
     args, rest = parser.parse_known_args(argv)
     configure_logging("cli", args.log_level)
     if args.command == "up":
@@ -188,6 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from services.worker.profile import main as profile_main
 
         return profile_main(rest) or 0
+    if args.command == "bench":
+        # The benchmark lives beside the package in the repository (bench/), not in it.
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from bench.suite import main as bench_main
+
+        return bench_main(rest)
     if args.action == "train":
         from services.scaler.learning.train import main as train_main
 

@@ -44,6 +44,7 @@ class SuiteConfig:
     max_replicas: int = 2
     scaler_policy: str = "hpa"
     worker_threads: int = 0
+    batcher_processes: int = 1
     log_dir: Path = Path(".tideserve/logs")
     ready_timeout_s: float = 90.0
 
@@ -84,6 +85,8 @@ def service_commands(config: SuiteConfig) -> dict[str, list[str]]:
             str(config.batcher_metrics_port),
             "--balancers",
             config.balancer,
+            "--processes",
+            str(config.batcher_processes),
         ],
         "scaler": [
             *python,

@@ -1,8 +1,9 @@
 """python -m services.batcher [--flags]: run the client-facing batcher."""
 
 import asyncio
+import sys
 
-from services.batcher.server import serve
+from services.batcher.server import run_processes, serve
 from services.batcher.settings import parse
 from tideserve.logs import configure_logging
 
@@ -10,6 +11,8 @@ from tideserve.logs import configure_logging
 def main() -> None:
     settings = parse()
     configure_logging("batcher", settings.log_level, settings.json_logs)
+    if settings.processes > 1:
+        raise SystemExit(run_processes(settings, sys.argv[1:]))
     asyncio.run(serve(settings))
 
 

@@ -7,6 +7,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import grpc
@@ -19,6 +22,7 @@ from services.batcher.settings import BatcherSettings
 from tideserve import metrics, serving
 from tideserve.errors import TideserveError, Unavailable
 from tideserve.metadata import BATCH_ID_KEY, MODEL_KEY, ROWS_KEY
+from tideserve.procs import die_with_parent
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2_grpc
 from tideserve.v1 import inference_pb2 as pb
 
@@ -250,3 +254,26 @@ async def serve(settings: BatcherSettings) -> None:
         metrics_server.close()
 
     await serving.serve_until_signal(server, health, grace_seconds=settings.grace_s, on_stop=stop)
+
+
+def run_processes(settings: BatcherSettings, argv: list[str]) -> int:
+    """Run `settings.processes` batcher processes on one port and wait for them; SIGINT/SIGTERM
+    are passed on so that each stops gracefully. Returns the worst exit code."""
+    children = []
+    for index in range(settings.processes):
+        metrics_port = settings.metrics_port + index if settings.metrics_port else 0
+        children.append(subprocess.Popen(
+            [sys.executable, "-m", "services.batcher", *argv, "--processes", "1",
+             "--metrics-port", str(metrics_port)],
+            preexec_fn=die_with_parent,
+        ))
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    logger.info("batcher processes started", extra={"pids": [c.pid for c in children],
+                                                   "port": settings.port})
+    return max(child.wait() for child in children)

@@ -18,6 +18,10 @@ class BatcherSettings:
     # Batches in flight per ready worker of a model: 2 keeps a worker busy while the next batch
     # travels to it; more only lengthens queues inside workers.
     inflight_per_worker: int = 2
+    # Batcher processes sharing the port (SO_REUSEPORT): the kernel spreads client connections
+    # over them when one Python process cannot keep up. Each has its own queues; process i
+    # serves metrics on metrics_port + i.
+    processes: int = 1
     report_interval_s: float = 0.5
     grace_s: float = 5.0
     # Prometheus /metrics: Triton's metrics port, next to its gRPC port.
@@ -28,6 +32,8 @@ class BatcherSettings:
     def __post_init__(self) -> None:
         if not self.batcher_id:
             object.__setattr__(self, "batcher_id", f"{socket.gethostname()}-{os.getpid()}")
+        if self.processes < 1:
+            raise ValueError("processes must be >= 1")
         if self.inflight_per_worker < 1:
             raise ValueError("inflight_per_worker must be >= 1")
         if not self.balancers:

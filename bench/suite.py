@@ -1,0 +1,485 @@
+"""`tideserve bench`: the batching benchmark of issue 3, in one command, on this machine.
+
+In one run, with the same models, thread counts and perf_analyzer command for every system:
+  - the in-process limit: the TorchScript model called in a loop at the batch sizes in play;
+  - a real Triton server (PyTriton's tritonserver, dynamic batcher on) serving the same file;
+  - tideserve (batcher -> balancer -> worker, started by `tideserve up`'s launcher), unary and
+    over ModelStreamInfer, with one and with two batcher processes on one port (SO_REUSEPORT);
+  - the SLO experiment: open-loop Poisson arrivals at 70% of tideserve's measured capacity,
+    comparing the fixed-delay policy (its best single setting for peak load) with the SLO-aware
+    one against a p99 target.
+Writes results.json (machine, versions, settings, every figure), table.md and PNG plots into
+bench/results/<timestamp>/.
+
+    tideserve bench [--quick] [--skip-pytriton] [--out DIR]
+
+Needs bench/setup.sh (perf_analyzer, PyTriton venv); ../shared/workloads for mlp.pt and cnn.pt.
+Every load is bounded in time and sent to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import baseline, inprocess, perf
+from tests.cluster import free_port
+from tideserve.launcher import Suite, SuiteConfig
+
+HERE = Path(__file__).resolve().parent
+MODELS = baseline.MODELS
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    input_dims: list[int]
+    # torch threads, the same for every system serving this model.
+    threads: int
+    concurrencies: tuple[int, ...]
+    inprocess_batches: tuple[int, ...]
+
+
+WORKLOADS = (
+    Workload("mlp", [256], threads=1, concurrencies=(1, 64), inprocess_batches=(1, 16, 64)),
+    Workload("cnn", [3, 64, 64], threads=2, concurrencies=(16,), inprocess_batches=(1, 16)),
+)
+
+
+def snapshot_batch_sizes(balancer: str) -> dict[int, int]:
+    import grpc
+
+    from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
+
+    with grpc.insecure_channel(balancer) as channel:
+        call = cluster_pb2_grpc.BalancerStub(channel).WatchCluster(
+            cluster_pb2.WatchClusterRequest(), timeout=10
+        )
+        snapshot = next(call)
+        call.cancel()
+    return dict(snapshot.batch_size_counts)
+
+
+def delta(before: dict[int, int], after: dict[int, int]) -> dict[int, int]:
+    return {s: n - before.get(s, 0) for s, n in sorted(after.items()) if n - before.get(s, 0)}
+
+
+def write_repository(root: Path, slo_ms: float) -> Path:
+    """mlp and cnn as served by tideserve, plus mlp twice more for the SLO experiment."""
+    from services.worker.models import add_torchscript_model
+
+    repository = root / "model_repository"
+    for workload in WORKLOADS:
+        add_torchscript_model(
+            repository, workload.name, MODELS / f"{workload.name}.pt", workload.input_dims
+        )
+    for name, extra in (
+        ("mlp_fixed", None),
+        ("mlp_slo", f'parameters {{ key: "slo_ms" value {{ string_value: "{slo_ms:g}" }} }}\n'),
+    ):
+        model_dir = add_torchscript_model(repository, name, MODELS / "mlp.pt", [256])
+        if extra:
+            config = model_dir / "config.pbtxt"
+            config.write_text(config.read_text() + extra)
+    return repository
+
+
+def set_fixed_delay(repository: Path, delay_us: int) -> None:
+    config = repository / "mlp_fixed" / "config.pbtxt"
+    text = config.read_text()
+    start = text.index("max_queue_delay_microseconds:") + len("max_queue_delay_microseconds:")
+    end = text.index(" ", start + 1)
+    config.write_text(f"{text[:start]} {delay_us}{text[end:]}")
+
+
+@contextlib.contextmanager
+def tideserve(
+    repository: Path, workload_threads: int, logs: Path, model: str, batcher_processes: int = 1
+) -> Iterator[SuiteConfig]:
+    config = SuiteConfig(
+        batcher_port=free_port(),
+        balancer_port=free_port(),
+        scaler_port=free_port(),
+        batcher_metrics_port=0,
+        balancer_metrics_port=0,
+        scaler_metrics_port=0,
+        model_repository=repository,
+        min_replicas=1,
+        max_replicas=1,
+        scaler_policy="static",
+        worker_threads=workload_threads,
+        batcher_processes=batcher_processes,
+        log_dir=logs,
+    )
+    suite = Suite(config)
+    suite.start()
+    try:
+        asyncio.run(suite.wait_ready(model))
+        yield config
+    finally:
+        suite.stop()
+
+
+def pa(url: str, model: str, concurrency: int, measurement_ms: int, **kwargs: Any) -> dict:
+    record = perf.run_perf_analyzer(
+        url, model, concurrency, measurement_ms=measurement_ms, **kwargs
+    )
+    print(
+        f"    {model} c={concurrency}{' stream' if kwargs.get('streaming') else ''}: "
+        f"{record.get('throughput_infer_per_s', 0):,.0f} infer/s, p50 "
+        f"{record.get('p50_ms', float('nan')):.2f} ms, p99 {record.get('p99_ms', float('nan')):.2f}"
+        f" ms{'' if record['ok'] else '  FAILED: ' + record.get('error', '')[-300:]}",
+        flush=True,
+    )
+    return record
+
+
+def measure_tideserve(
+    repository: Path,
+    workload: Workload,
+    logs: Path,
+    measurement_ms: int,
+    processes: int,
+    streaming_levels: tuple[int, ...],
+) -> dict[str, Any]:
+    runs: dict[str, Any] = {}
+    with tideserve(repository, workload.threads, logs, workload.name, processes) as config:
+        for concurrency in workload.concurrencies:
+            for streaming in (False, True) if concurrency in streaming_levels else (False,):
+                before = snapshot_batch_sizes(config.balancer)
+                record = pa(
+                    config.batcher, workload.name, concurrency, measurement_ms, streaming=streaming
+                )
+                record["batch_sizes"] = delta(before, snapshot_batch_sizes(config.balancer))
+                runs[f"c{concurrency}{'_stream' if streaming else ''}"] = record
+    return runs
+
+
+def slo_experiment(
+    repository: Path, logs: Path, capacity: float, slo_ms: float, seconds: float
+) -> dict[str, Any]:
+    """Open-loop Poisson at 70% of capacity: fixed delay (best single setting for peak load, chosen
+    by a short sweep at 100% of capacity) vs the SLO-aware policy, against a p99 target."""
+    rate = 0.7 * capacity
+    out: dict[str, Any] = {"rate": rate, "capacity": capacity, "slo_ms": slo_ms, "fixed_sweep": {}}
+    best_delay, best_throughput = 0, -1.0
+    for delay_us in (0, 1000, 4000):
+        set_fixed_delay(repository, delay_us)
+        with tideserve(repository, 1, logs, "mlp_fixed") as config:
+            peak = perf.run_loadgen(
+                config.batcher,
+                "mlp_fixed",
+                mode="closed",
+                concurrency=64,
+                seconds=seconds / 2,
+                shape=(256,),
+            )
+        out["fixed_sweep"][delay_us] = peak
+        print(
+            f"    fixed delay {delay_us} us at peak: {peak.get('throughput_infer_per_s', 0):,.0f}"
+            " infer/s",
+            flush=True,
+        )
+        if peak.get("throughput_infer_per_s", 0) > best_throughput:
+            best_delay, best_throughput = delay_us, peak["throughput_infer_per_s"]
+    set_fixed_delay(repository, best_delay)
+    out["fixed_best_delay_us"] = best_delay
+    for model in ("mlp_fixed", "mlp_slo"):
+        with tideserve(repository, 1, logs, model) as config:
+            before = snapshot_batch_sizes(config.balancer)
+            record = perf.run_loadgen(
+                config.batcher, model, mode="open", rate=rate, seconds=seconds, shape=(256,)
+            )
+            record["batch_sizes"] = delta(before, snapshot_batch_sizes(config.balancer))
+        record["meets_slo"] = record.get("p99_ms", float("inf")) <= slo_ms
+        out[model] = record
+        print(
+            f"    {model} open loop {rate:,.0f}/s: p99 {record.get('p99_ms', float('nan')):.2f} ms"
+            f" (target {slo_ms} ms)",
+            flush=True,
+        )
+    return out
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The targets of issue 3 as rows: figure, target, measured, met."""
+    rows = []
+    ts, pt = results["tideserve"], results.get("pytriton", {})
+    mlp64 = ts["mlp"]["p1"].get("c64", {})
+    mlp64s = ts["mlp"]["p1"].get("c64_stream", {})
+    best64 = max(
+        (ts["mlp"][p].get("c64", {}) for p in ts["mlp"]),
+        key=lambda r: r.get("throughput_infer_per_s", 0),
+    )
+    best64s = max(
+        (ts["mlp"][p].get("c64_stream", {}) for p in ts["mlp"]),
+        key=lambda r: r.get("throughput_infer_per_s", 0),
+    )
+    pt64 = pt.get("mlp", {}).get("c64", {})
+    rows.append(
+        {
+            "figure": "mlp c=64 unary throughput vs PyTriton",
+            "target": ">= 1.6x",
+            "measured": ratio(
+                best64.get("throughput_infer_per_s"), pt64.get("throughput_infer_per_s")
+            ),
+        }
+    )
+    rows.append(
+        {
+            "figure": "mlp c=64 unary p99 vs PyTriton",
+            "target": "<= 1.0x",
+            "measured": ratio(best64.get("p99_ms"), pt64.get("p99_ms")),
+        }
+    )
+    rows.append(
+        {
+            "figure": "mlp c=64 stream throughput vs PyTriton unary",
+            "target": ">= 2x",
+            "measured": ratio(
+                best64s.get("throughput_infer_per_s"), pt64.get("throughput_infer_per_s")
+            ),
+        }
+    )
+    rows.append(
+        {
+            "figure": "two batcher processes vs one, mlp c=64 unary",
+            "target": "(measured)",
+            "measured": ratio(
+                ts["mlp"].get("p2", {}).get("c64", {}).get("throughput_infer_per_s"),
+                mlp64.get("throughput_infer_per_s"),
+            ),
+        }
+    )
+    rows.append(
+        {
+            "figure": "two batcher processes vs one, mlp c=64 stream",
+            "target": "(measured)",
+            "measured": ratio(
+                ts["mlp"].get("p2", {}).get("c64_stream", {}).get("throughput_infer_per_s"),
+                mlp64s.get("throughput_infer_per_s"),
+            ),
+        }
+    )
+    cnn = ts["cnn"]["p1"].get("c16", {})
+    limit = max(results["inprocess"]["cnn"]["results"], key=lambda r: r["samples_per_s"])
+    rows.append(
+        {
+            "figure": "cnn c=16 throughput vs in-process limit",
+            "target": ">= 0.9x",
+            "measured": ratio(cnn.get("throughput_infer_per_s"), limit["samples_per_s"]),
+        }
+    )
+    rows.append(
+        {
+            "figure": "cnn c=16 throughput vs PyTriton",
+            "target": ">= 1.0x",
+            "measured": ratio(
+                cnn.get("throughput_infer_per_s"),
+                pt.get("cnn", {}).get("c16", {}).get("throughput_infer_per_s"),
+            ),
+        }
+    )
+    lone = ts["mlp"]["p1"].get("c1", {})
+    own = next(r for r in results["inprocess"]["mlp"]["results"] if r["batch_size"] == 1)
+    rows.append(
+        {
+            "figure": "mlp c=1 p50 minus the model's own time (ms)",
+            "target": "<= 1 ms",
+            "measured": round(lone.get("p50_ms", float("nan")) - own["call_ms"]["p50"], 2),
+        }
+    )
+    slo = results.get("slo")
+    if slo:
+        rows.append(
+            {
+                "figure": f"open loop 70%: SLO policy p99 (target {slo['slo_ms']} ms)",
+                "target": "meets",
+                "measured": slo["mlp_slo"].get("p99_ms"),
+            }
+        )
+        rows.append(
+            {
+                "figure": f"open loop 70%: fixed {slo['fixed_best_delay_us']} us p99",
+                "target": "(misses?)",
+                "measured": slo["mlp_fixed"].get("p99_ms"),
+            }
+        )
+    for row in rows:
+        row["met"] = _met(row["target"], row["measured"])
+    return rows
+
+
+def _met(target: str, measured: float | None) -> str:
+    if measured is None or target.startswith("("):
+        return ""
+    if target.startswith(">="):
+        return "yes" if measured >= float(target.split()[1].rstrip("x")) else "no"
+    if target.startswith("<="):
+        return "yes" if measured <= float(target.split()[1].rstrip("x")) else "no"
+    return ""
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [
+        "| system | model | load | throughput (infer/s) | p50 (ms) | p99 (ms) | mean batch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for system in ("pytriton", "tideserve"):
+        for model, by_variant in results.get(system, {}).items():
+            variants = by_variant.items() if system == "tideserve" else [("", by_variant)]
+            for variant, runs in variants:
+                for load, r in runs.items():
+                    sizes = r.get("batch_sizes") or {}
+                    n = sum(sizes.values())
+                    mean = f"{sum(int(s) * c for s, c in sizes.items()) / n:.1f}" if n else ""
+                    label = f"{system}{' ' + variant if variant else ''}"
+                    lines.append(
+                        f"| {label} | {model} | {load} | "
+                        f"{r.get('throughput_infer_per_s', 0):,.0f} | "
+                        f"{r.get('p50_ms', float('nan')):.2f} | "
+                        f"{r.get('p99_ms', float('nan')):.2f} | {mean} |"
+                    )
+    for model, rec in results["inprocess"].items():
+        for row in rec["results"]:
+            lines.append(
+                f"| in-process | {model} | batch {row['batch_size']} | "
+                f"{row['samples_per_s']:,.0f} | {row['call_ms']['p50']:.2f} | | |"
+            )
+    lines += ["", "| target | goal | measured | met |", "|---|---|---|---|"]
+    lines += [
+        f"| {r['figure']} | {r['target']} | {r['measured']} | {r['met']} |"
+        for r in results["targets"]
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plots(results: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for system, marker in (("pytriton", "s"), ("tideserve", "o")):
+        for model, by_variant in results.get(system, {}).items():
+            variants = by_variant.items() if system == "tideserve" else [("", by_variant)]
+            for variant, runs in variants:
+                for load, r in runs.items():
+                    if r.get("ok"):
+                        ax.scatter(r["throughput_infer_per_s"], r["p99_ms"], marker=marker)
+                        ax.annotate(
+                            f"{system} {variant} {model} {load}".replace("  ", " "),
+                            (r["throughput_infer_per_s"], r["p99_ms"]),
+                            fontsize=7,
+                        )
+    ax.set_xlabel("throughput (infer/s)")
+    ax.set_ylabel("p99 latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title("Throughput vs p99, perf_analyzer, same machine and models")
+    fig.tight_layout()
+    fig.savefig(out / "throughput_vs_p99.png", dpi=120)
+    plt.close(fig)
+
+    runs = [
+        (f"{m} {v} {load}", r.get("batch_sizes") or {})
+        for m, by_variant in results["tideserve"].items()
+        for v, loads in by_variant.items()
+        for load, r in loads.items()
+    ]
+    runs = [(label, sizes) for label, sizes in runs if sizes]
+    fig, axes = plt.subplots(len(runs), 1, figsize=(7, 1.8 * len(runs)), squeeze=False)
+    for ax, (label, sizes) in zip(axes[:, 0], runs, strict=True):
+        ax.bar([int(s) for s in sizes], list(sizes.values()))
+        ax.set_title(f"batch sizes: tideserve {label}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "batch_sizes.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tideserve bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter windows (a smoke run)")
+    parser.add_argument("--skip-pytriton", action="store_true")
+    parser.add_argument("--slo-ms", type=float, default=25.0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if not perf.PERF_ANALYZER.exists():
+        subprocess.run([str(HERE / "setup.sh")], check=True)
+    baseline.ensure_models()
+    measurement_ms = 2000 if args.quick else 5000
+    out = args.out or HERE / "results" / time.strftime("run-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work"
+    repository = write_repository(work, args.slo_ms)
+    results: dict[str, Any] = {
+        "machine": baseline.machine_info(),
+        "settings": {
+            "measurement_ms": measurement_ms,
+            "perf_analyzer": "-i grpc -b 1",
+            "workloads": [w.__dict__ for w in WORKLOADS],
+        },
+        "inprocess": {},
+        "tideserve": {},
+        "pytriton": {},
+    }
+    print("in-process limit", flush=True)
+    for w in WORKLOADS:
+        results["inprocess"][w.name] = inprocess.run(
+            MODELS / f"{w.name}.pt",
+            list(w.inprocess_batches),
+            threads=1,
+            seconds=2.0 if args.quick else 4.0,
+            torch_threads=w.threads,
+        )
+    for w in WORKLOADS:
+        if not args.skip_pytriton:
+            print(f"PyTriton {w.name}", flush=True)
+            with baseline.pytriton(
+                MODELS / f"{w.name}.pt",
+                w.name,
+                grpc_port=free_port(),
+                torch_threads=w.threads,
+                log_path=out / "logs" / f"pytriton_{w.name}.log",
+            ) as url:
+                results["pytriton"][w.name] = {
+                    f"c{c}": pa(url, w.name, c, measurement_ms) for c in w.concurrencies
+                }
+        results["tideserve"][w.name] = {}
+        for processes in (1, 2) if w.name == "mlp" else (1,):
+            print(f"tideserve {w.name}, {processes} batcher process(es)", flush=True)
+            results["tideserve"][w.name][f"p{processes}"] = measure_tideserve(
+                repository, w, out / "logs", measurement_ms, processes, streaming_levels=(64,)
+            )
+    capacity = results["tideserve"]["mlp"]["p1"]["c64"].get("throughput_infer_per_s", 0)
+    if capacity:
+        print("SLO experiment", flush=True)
+        results["slo"] = slo_experiment(
+            repository, out / "logs", capacity, args.slo_ms, seconds=8.0 if args.quick else 20.0
+        )
+    results["targets"] = summarise(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out / "table.md").write_text(table(results))
+    plots(results, out)
+    shutil.rmtree(work, ignore_errors=True)
+    print(table(results))
+    print(f"wrote {out}/results.json, table.md, throughput_vs_p99.png, batch_sizes.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
