@@ -1,12 +1,32 @@
 """From the balancer's cluster snapshots to the `ScalingContext` a policy decides on.
 
-Utilisation is the rate at which ready workers accumulate busy seconds between two snapshots;
-arrival rate, queue depth and latency come from the batchers' reports carried in the snapshot."""
+The live quantities are defined as the simulator defines them (`services.scaler.sim.env`), so a
+policy tuned or trained there sees the same numbers here:
+
+* utilisation = throughput / (ready workers x one worker's peak throughput), where throughput is
+  the rate of rows the balancer dispatched over the last `window_s` and peak throughput is
+  max_batch / t(max_batch) from the service curve. The busy-seconds rate used before is ~1 at any
+  load above 1/t(1) with work-conserving dynamic batching (a worker is always computing the next
+  batch), so it carried no signal about how much capacity is spare.
+* service_rate_per_replica = the requests/s one worker sustains with p99 within the SLO under the
+  planner's batching model (`ServiceProfile.rate_within_slo`), not its peak throughput.
+
+The service curve is a measured profile when the scaler is given one (`tideserve profile`; the
+profile the policy was trained with), else a straight-line fit of the service times the workers
+report (pooled over workers and models, extended to the largest max_batch_size any model
+declares). Without either, the service rate is 0 and utilisation 0: the learned policy then sees
+an observation outside its trained range and the HPA rule decides.
+Arrival rate, queue depth and latency come from the batchers' reports carried in the snapshot.
+"""
 
 from __future__ import annotations
 
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from services.scaler.planner import ServiceProfile
 from services.scaler.policies import ScalingContext
 from tideserve.v1 import cluster_pb2
 
@@ -14,26 +34,31 @@ from tideserve.v1 import cluster_pb2
 @dataclass
 class ClusterObserver:
     slo_s: float
-    _busy: dict[str, tuple[float, float]] = field(default_factory=dict)
+    profile: ServiceProfile | None = None
+    window_s: float = 2.0
     utilisation: float = 0.0
+    throughput: float = 0.0
+    _rows: deque[tuple[float, int]] = field(default_factory=deque)
 
     def observe(self, snapshot: cluster_pb2.ClusterSnapshot) -> None:
-        """Update utilisation from a new snapshot (call once per snapshot, in order)."""
-        shares = []
-        seen = {}
-        for worker in snapshot.workers:
-            if worker.phase != cluster_pb2.WorkerState.READY:
-                continue
-            seen[worker.worker_id] = (snapshot.timestamp_unix, worker.busy_seconds)
-            previous = self._busy.get(worker.worker_id)
-            if previous is not None and snapshot.timestamp_unix > previous[0]:
-                elapsed = snapshot.timestamp_unix - previous[0]
-                shares.append(min(1.0, max(0.0, (worker.busy_seconds - previous[1]) / elapsed)))
-        self._busy = seen
-        if shares:
-            self.utilisation = sum(shares) / len(shares)
-        elif not seen:
-            self.utilisation = 0.0
+        """Update throughput and utilisation from a new snapshot (call once per snapshot, in
+        order)."""
+        now, rows = snapshot.timestamp_unix, snapshot.dispatched_rows
+        if self._rows and rows < self._rows[-1][1]:
+            self._rows.clear()  # the balancer restarted and its counter with it
+        self._rows.append((now, rows))
+        while len(self._rows) > 2 and self._rows[1][0] <= now - self.window_s:
+            self._rows.popleft()
+        first_t, first_rows = self._rows[0]
+        if now > first_t:
+            self.throughput = (rows - first_rows) / (now - first_t)
+        ready = sum(1 for w in snapshot.workers if w.phase == cluster_pb2.WorkerState.READY)
+        curve = self.curve(snapshot)
+        peak = curve.peak_throughput if curve is not None else 0.0
+        self.utilisation = min(1.0, self.throughput / (ready * peak)) if ready and peak else 0.0
+
+    def curve(self, snapshot: cluster_pb2.ClusterSnapshot) -> ServiceProfile | None:
+        return self.profile if self.profile is not None else live_curve(snapshot)
 
     def context(
         self, snapshot: cluster_pb2.ClusterSnapshot, now: float, current: int, ready: int
@@ -41,6 +66,7 @@ class ClusterObserver:
         frontends = list(snapshot.frontends)
         queued = sum(f.queued_requests for f in frontends)
         in_service = sum(w.outstanding_rows for w in snapshot.workers)
+        curve = self.curve(snapshot)
         return ScalingContext(
             now=now,
             current_replicas=current,
@@ -51,15 +77,25 @@ class ClusterObserver:
             latency_p99_s=max((f.latency_p99_seconds for f in frontends), default=0.0),
             slo_s=self.slo_s,
             utilisation=self.utilisation,
-            service_rate_per_replica=service_rate(snapshot),
+            service_rate_per_replica=curve.rate_within_slo(self.slo_s) if curve else 0.0,
         )
 
 
-def service_rate(snapshot: cluster_pb2.ClusterSnapshot) -> float:
-    """Rows per second one replica sustains at its largest measured batch size (0 if unknown)."""
-    rates = [
-        max(t.batch_size / t.seconds for t in w.service_times if t.seconds > 0)
-        for w in snapshot.workers
-        if any(t.seconds > 0 for t in w.service_times)
-    ]
-    return sum(rates) / len(rates) if rates else 0.0
+def live_curve(snapshot: cluster_pb2.ClusterSnapshot) -> ServiceProfile | None:
+    """The workers' reported service times as a profile (None below two batch sizes)."""
+    by_size: dict[int, list[float]] = defaultdict(list)
+    for worker in snapshot.workers:
+        for t in worker.service_times:
+            if t.seconds > 0:
+                by_size[t.batch_size].append(t.seconds)
+    if len(by_size) < 2:
+        return None
+    sizes = sorted(by_size)
+    beta, alpha = np.polyfit(sizes, [float(np.mean(by_size[b])) for b in sizes], 1)
+    alpha, beta = max(float(alpha), 1e-6), max(float(beta), 1e-9)
+    declared = [m.config.max_batch_size for m in snapshot.models if m.config.max_batch_size > 0]
+    largest = max([*declared, sizes[-1]])
+    low = min(sizes[0], largest - 1) if largest > 1 else 1
+    ends = (low, largest) if largest > low else (1, 2)
+    return ServiceProfile(model="live", batch_sizes=ends,
+                          seconds=tuple(alpha + beta * b for b in ends), cold_start_s=0.0)

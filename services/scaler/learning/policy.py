@@ -2,9 +2,11 @@
 
 `LearnedPolicy` loads a policy file written by `tideserve policy train` (the .zip and the .json
 beside it), turns each ScalingContext into the observation the policy was trained on (the same
-ObservationBuilder the simulator uses) and proposes the current count minus one, the same, or plus
-one. When a feature lies outside the range seen in training it raises ObservationOutOfRange
-instead of guessing: the scaler then falls back to the HPA rule for that decision and says so.
+ObservationBuilder the simulator uses) and proposes what its action means in the simulator (hold,
+or a count sized for the demand at a target load: `services.scaler.sim.actions`). When a feature
+lies outside the range seen in training it raises ObservationOutOfRange instead of guessing: the
+scaler then falls back to the HPA rule for that decision and says so
+(`services.scaler.learning.fallback`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 from stable_baselines3 import PPO
 
 from services.scaler.policies import ScalingContext
-from services.scaler.sim import observation
+from services.scaler.sim import actions, observation
 
 DEFAULT_POLICY = Path(__file__).parent / "default_policy.zip"
 # Slack around the trained range, in units of each feature's observation-space span: noise at
@@ -49,6 +51,9 @@ class LearnedPolicy:
         self.metadata = json.loads(metadata_path.read_text())
         if self.metadata["features"] != list(observation.FEATURES):
             raise ValueError(f"{path} was trained on other features: {self.metadata['features']}")
+        if self.metadata.get("action") != actions.ACTION_SCHEME:
+            raise ValueError(f"{path} was trained with another action: "
+                             f"{self.metadata.get('action', 'down/hold/up')}")
         span = observation.HIGH - observation.LOW
         self._low = np.asarray(self.metadata["feature_low"]) - RANGE_SLACK * span
         self._high = np.asarray(self.metadata["feature_high"]) + RANGE_SLACK * span
@@ -70,4 +75,4 @@ class LearnedPolicy:
             raise self.last_out_of_range
         self.last_out_of_range = None
         action, _ = self._model.predict(observation.clip(features), deterministic=True)
-        return max(ctx.current_replicas + int(action) - 1, 0)
+        return actions.replicas_for(int(action), ctx)

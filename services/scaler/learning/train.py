@@ -28,7 +28,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecNormalize
 
-from services.scaler.sim import observation, traces
+from services.scaler.sim import actions, observation, traces
 from services.scaler.sim.env import EnvConfig, ServingClusterEnv
 
 logger = logging.getLogger(__name__)
@@ -75,12 +75,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-dir", type=Path, default=Path("build/policy-train"))
     parser.add_argument("--slo-weight", type=float, default=EnvConfig.slo_weight)
     parser.add_argument("--cost-weight", type=float, default=EnvConfig.cost_weight)
+    parser.add_argument("--churn-weight", type=float, default=EnvConfig.churn_weight)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # A 64x64 MLP gains nothing from intra-op threads; one thread avoids oversubscription.
     torch.set_num_threads(1)
-    config = EnvConfig(slo_weight=args.slo_weight, cost_weight=args.cost_weight)
+    config = EnvConfig(slo_weight=args.slo_weight, cost_weight=args.cost_weight,
+                       churn_weight=args.churn_weight)
     train_keys = traces.train_set()
     venv = make_vec_env(
         ServingClusterEnv, n_envs=args.n_envs, seed=args.seed,
@@ -107,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "env": _jsonable(config),
         "train_traces": {"shapes": list(traces.TRAIN_SHAPES),
                          "seeds": [min(traces.TRAIN_SEEDS), max(traces.TRAIN_SEEDS)]},
+        "action": actions.ACTION_SCHEME,
         "features": list(observation.FEATURES),
         "feature_low": ranges.low.tolist(),
         "feature_high": ranges.high.tolist(),

@@ -24,7 +24,11 @@ Reward per step, weights in EnvConfig:
   - churn_weight x (1 if the count changed)
 With the defaults one worker for one step costs 0.1, and it is worth keeping when it saves more
 than 0.5% of a mean step's requests from missing the SLO: the policy is pushed to the cheapest
-count that keeps attainment near 99%+.
+count that keeps attainment near 99%+. A change costs half a worker-second (churn_weight 0.05):
+enough to make HOLD the better answer to noise, too little to delay a needed scale-up.
+
+Actions are `services.scaler.sim.actions`: HOLD, or a count sized for the observed demand at one of
+a few target loads (`step`); `step_to` sets a count directly, for the rule policies.
 
 The observation is `services.scaler.sim.observation` applied to `scaling_context()`, the same
 ScalingContext the rule policies get, so learned and rule policies run in the same simulator.
@@ -43,10 +47,9 @@ import numpy as np
 
 from services.scaler.planner import MEAN_OVER_TAU, P99_OVER_TAU, ServiceProfile, batch_latency_cdf
 from services.scaler.policies import ScalingContext
-from services.scaler.sim import observation, traces
+from services.scaler.sim import actions, observation, traces
 
 DEFAULT_PROFILE = Path(__file__).parent / "profiles" / "default.json"
-DOWN, HOLD, UP = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class EnvConfig:
     episode so the policy sees many absolute scales."""
 
     profile_path: Path = DEFAULT_PROFILE
-    slo_s: float = 0.05
+    slo_s: float = 0.5
     min_replicas: int = 1
     max_replicas: int = 10
     step_s: float = 1.0
@@ -64,7 +67,7 @@ class EnvConfig:
     peak_load: tuple[float, float] = (0.5, 0.9)
     slo_weight: float = 20.0
     cost_weight: float = 1.0
-    churn_weight: float = 0.01
+    churn_weight: float = 0.05
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_replicas <= self.max_replicas:
@@ -111,7 +114,7 @@ class EpisodeLog:
 
 
 class ServingClusterEnv(gym.Env[np.ndarray, int]):
-    """Serving cluster under a load trace; actions scale down by one, hold, or scale up by one."""
+    """Serving cluster under a load trace; an action holds or picks a target load (actions.py)."""
 
     metadata = {"render_modes": []}
 
@@ -128,11 +131,16 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
         if self.rate_within_slo <= 0:
             raise ValueError("the profile cannot meet the SLO even at batch size 1")
         self.peak_throughput = self.profile.peak_throughput
-        self.action_space = gym.spaces.Discrete(3)
+        self.action_space = gym.spaces.Discrete(actions.N_ACTIONS)
         self.observation_space = gym.spaces.Box(observation.LOW, observation.HIGH)
         self._observer = observation.ObservationBuilder(self.config.max_replicas)
         self._traces: dict[tuple[str, int], traces.Trace] = {}
         self.log = EpisodeLog()
+
+    def preload(self, trace: traces.Trace) -> None:
+        """Use `trace` for its (shape, seed) key instead of generating it (e.g. a compressed
+        trace replayed against a real stack)."""
+        self._traces[(trace.shape, trace.seed)] = trace
 
     def _trace(self, key: tuple[str, int]) -> traces.Trace:
         if key not in self._traces:
@@ -193,8 +201,8 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if not self.action_space.contains(action):
-            raise ValueError(f"action must be 0 (down), 1 (hold) or 2 (up), got {action!r}")
-        return self.step_to(self.replicas + int(action) - HOLD)
+            raise ValueError(f"action must be in 0..{actions.N_ACTIONS - 1}, got {action!r}")
+        return self.step_to(actions.replicas_for(int(action), self.scaling_context()))
 
     def step_to(self, target: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Set the replica count to `target` (clipped to the bounds), then advance one step.

@@ -27,8 +27,8 @@ def ctx(**changes: float) -> ScalingContext:
 
 
 def test_registry_lists_names_on_unknown_policy() -> None:
-    assert set(POLICIES) == {"static", "hpa", "kpa", "target_tracking"}
-    with pytest.raises(ValueError, match="hpa, kpa, static, target_tracking"):
+    assert set(POLICIES) == {"static", "hpa", "kpa", "target_tracking", "learned"}
+    with pytest.raises(ValueError, match="hpa, kpa, learned, static, target_tracking"):
         create_policy("nope")
     with pytest.raises(ValueError, match="bad parameters"):
         create_policy("hpa", windw=3.0)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
 from services.scaler.policies import create_policy
-from services.scaler.sim import traces
+from services.scaler.sim import actions, traces
 from services.scaler.sim.env import EnvConfig, ServingClusterEnv
 
 
@@ -18,9 +20,9 @@ def test_env_passes_the_checker() -> None:
 def _rollout(seed: int) -> tuple[list[np.ndarray], list[float]]:
     env = ServingClusterEnv()
     obs, _ = env.reset(seed=seed)
-    actions = np.random.default_rng(0).integers(0, 3, 200)
+    chosen = np.random.default_rng(0).integers(0, actions.N_ACTIONS, 200)
     observations, rewards = [obs], []
-    for action in actions:
+    for action in chosen:
         obs, reward, _, _, _ = env.step(int(action))
         observations.append(obs)
         rewards.append(reward)
@@ -52,7 +54,7 @@ def test_episode_runs_to_the_trace_end_with_bounded_replicas() -> None:
     env.reset(seed=0)
     truncated, steps = False, 0
     while not truncated:
-        _, _, terminated, truncated, info = env.step(2)
+        _, _, terminated, truncated, info = env.step(actions.N_ACTIONS - 1)
         assert not terminated
         assert 1 <= info["replicas"] <= 4
         steps += 1
@@ -76,8 +78,8 @@ def test_cold_start_delays_new_capacity() -> None:
     env = ServingClusterEnv()
     env.reset(seed=0)
     ready = env.ready
-    env.step(2)
+    env.step_to(env.replicas + 1)
     assert (env.ready, len(env.starting)) == (ready, 1)
-    for _ in range(int(env.profile.cold_start_s)):
-        env.step(1)
+    for _ in range(math.ceil(env.profile.cold_start_s)):
+        env.step(actions.HOLD)
     assert env.ready == ready + 1

@@ -1,0 +1,109 @@
+"""Planner against a measured run: does the replica count `tideserve plan` predicts hold the SLO?
+
+For a rate R and a p99 SLO, the batching-aware planner (services.scaler.planner, with the measured
+profile) predicts n* replicas and, for any n, a p99 of P99_OVER_TAU x tau*(R / n). This bench runs
+the real local stack with the count pinned (static policy, min = max = n) at n* - 1, n* and n* + 1,
+drives R requests/s open loop (Poisson) for `--seconds`, and prints predicted against measured
+p99 and SLO attainment. The planner is right when n* is the smallest count whose measured p99 is
+within the SLO.
+
+    python -m bench.planner_check                # 100 req/s, SLO 500 ms, default profile
+    python -m bench.planner_check --rate 60 --seconds 40
+
+Workers run with --threads 1 and the profile's slowdown, as the profile was measured. Results go
+to bench/results/planner_check.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from bench.stack import ROOT, LocalStack, open_loop
+from services.scaler.planner import P99_OVER_TAU, ServiceProfile, replicas_for_batching
+from services.scaler.sim.env import DEFAULT_PROFILE
+from services.worker.models import DEFAULT_MODEL, write_default_model
+
+RESULTS = ROOT / "bench" / "results" / "planner_check.json"
+WARM_UP_S = 5
+
+
+def predicted_p99(profile: ServiceProfile, rate: float, replicas: int) -> float:
+    return P99_OVER_TAU * profile.steady_batch_time(rate / replicas)
+
+
+def measure(repository: Path, log_dir: Path, replicas: int, rate: float, seconds: int,
+            slowdown: float, slo_s: float) -> tuple[float, float, int]:
+    """(measured p99 s, share within the SLO, failed requests) at a pinned replica count; the
+    first WARM_UP_S seconds are sent but not counted."""
+    args = ["--policy", "static", "--policy-parameters", f"replicas={replicas}",
+            "--min-replicas", str(replicas), "--max-replicas", str(replicas),
+            "--worker-threads", "1", "--worker-device", "cpu", "--worker-slowdown", str(slowdown)]
+    stack = LocalStack(repository, log_dir, args).start()
+    try:
+        stack.wait_ready_workers(replicas)
+        result = asyncio.run(open_loop(stack.address("batcher"), DEFAULT_MODEL,
+                                       [rate] * (seconds + WARM_UP_S), seed=replicas))
+    finally:
+        stack.stop()
+    counted = np.asarray([lat for t, lat in zip(result.sent_at, result.latency, strict=True)
+                          if t >= WARM_UP_S])
+    finite = counted[np.isfinite(counted)]
+    p99 = float(np.percentile(finite, 99)) if finite.size else math.inf
+    return p99, float(np.mean(counted <= slo_s)), result.failed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.planner_check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--slo-ms", type=float, default=500.0)
+    parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--slowdown", type=float, default=200.0)
+    parser.add_argument("--profile", type=Path, default=DEFAULT_PROFILE)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    profile = ServiceProfile.load(args.profile)
+    slo_s = args.slo_ms / 1e3
+    planned = replicas_for_batching(profile, args.rate, slo_s)
+    print(f"planner: {args.rate:g} req/s, p99 <= {args.slo_ms:g} ms -> {planned} replicas "
+          f"({profile.rate_within_slo(slo_s):.1f} req/s per replica within the SLO)", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="planner-check-"))
+    write_default_model(work / "models")
+    rows = []
+    try:
+        for n in (planned - 1, planned, planned + 1):
+            if n < 1:
+                continue
+            p99, within, failed = measure(work / "models", work / f"n{n}", n, args.rate,
+                                          args.seconds, args.slowdown, slo_s)
+            predicted = predicted_p99(profile, args.rate, n)
+            rows.append({"replicas": n, "predicted_p99_ms": predicted * 1e3,
+                         "measured_p99_ms": p99 * 1e3, "measured_within_slo": within,
+                         "failed": failed})
+            print(f"  {n} replicas: p99 predicted {predicted * 1e3:.0f} ms, measured "
+                  f"{p99 * 1e3:.0f} ms, {within:.2%} within SLO, {failed} failed", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    meeting = [r["replicas"] for r in rows if r["measured_p99_ms"] <= args.slo_ms]
+    verdict = (f"smallest count measured within the SLO: {min(meeting)}" if meeting
+               else "no tried count met the SLO")
+    print(f"planner said {planned}; {verdict}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    command = "python -m bench.planner_check " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.out.write_text(json.dumps({"command": command, "rate": args.rate, "slo_ms": args.slo_ms,
+                                    "planned": planned, "runs": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

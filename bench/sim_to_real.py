@@ -1,0 +1,203 @@
+"""Sim-to-real: how far the simulator's prediction is from the real local stack.
+
+A held-out trace is time-compressed (`--compress` x faster) and scaled so its peak is `--peak` of
+the cluster's SLO capacity, exactly as the simulator scales it. For each policy (learned, HPA):
+
+* prediction: the simulator runs the trace with the policy, the measured profile and the same
+  guards (bounds, cooldowns, max steps) as the live scaler;
+* reality: a fresh local stack (process runtime, workers `--threads 1` with the profile's
+  slowdown) is driven by an open-loop generator at the trace's rate, the scaler running the same
+  policy with the same profile, SLO and guards; worker-seconds are integrated from the scaler's
+  status (starting + ready, as the simulator counts them), SLO attainment is the share of sent
+  requests answered within the SLO (failures count as misses).
+
+    python -m bench.sim_to_real                      # spike seed 1000, 600 s trace in 150 s
+    python -m bench.sim_to_real --policies hpa --compress 6
+
+Loopback only; the load is bounded by the trace (a few hundred requests/s at most) and by a cap
+on requests in flight. Results are printed and written to bench/results/sim_to_real.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.stack import ROOT, LocalStack, open_loop
+from services.scaler.guards import GuardConfig, Guards
+from services.scaler.planner import ServiceProfile
+from services.scaler.policies import ScalingPolicy, create_policy
+from services.scaler.sim import traces
+from services.scaler.sim.env import DEFAULT_PROFILE, EnvConfig, EpisodeLog, ServingClusterEnv
+from services.worker.models import DEFAULT_MODEL, write_default_model
+
+RESULTS = ROOT / "bench" / "results" / "sim_to_real.json"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything the simulator and the real stack must agree on."""
+
+    profile_path: Path
+    slowdown: float
+    slo_s: float
+    max_replicas: int
+    guards: GuardConfig
+    hpa_target: float
+
+    def scaler_args(self, policy: str) -> list[str]:
+        g = self.guards
+        return [
+            "--policy", policy, "--policy-parameters", f"target={self.hpa_target}",
+            "--profile", str(self.profile_path), "--slo-ms", str(self.slo_s * 1e3),
+            "--min-replicas", str(g.min_replicas), "--max-replicas", str(g.max_replicas),
+            "--up-cooldown-s", str(g.up_cooldown_s), "--down-cooldown-s", str(g.down_cooldown_s),
+            "--max-step-up", str(g.max_step_up), "--max-step-down", str(g.max_step_down),
+            "--tick-s", "1", "--worker-threads", "1", "--worker-device", "cpu",
+            "--worker-slowdown", str(self.slowdown), "--drain-timeout-s", "15",
+        ]
+
+    def policy(self, name: str) -> ScalingPolicy:
+        return create_policy(name, target=self.hpa_target)
+
+
+def simulate(setup: Setup, trace: traces.Trace, peak: float, policy: ScalingPolicy
+             ) -> tuple[EpisodeLog, float]:
+    """The simulator's prediction for `trace`; also returns its requests/s per unit of trace."""
+    config = EnvConfig(profile_path=setup.profile_path, slo_s=setup.slo_s,
+                       min_replicas=setup.guards.min_replicas, max_replicas=setup.max_replicas,
+                       duration_s=len(trace.rates), peak_load=(peak, peak))
+    env = ServingClusterEnv(config, trace_keys=[(trace.shape, trace.seed)])
+    env.preload(trace)
+    env.reset(seed=trace.seed)
+    guards = Guards(setup.guards)
+    truncated = False
+    while not truncated:
+        ctx = env.scaling_context()
+        applied, _ = guards.apply(ctx.current_replicas, policy.decide(ctx), ctx.now)
+        _, _, _, truncated, _ = env.step_to(applied)
+    return env.log, env.rate_scale
+
+
+@dataclass
+class Measured:
+    attainment: float
+    worker_seconds: float
+    requests: int
+    failed: int
+    max_workers: int
+    p99_s: float
+
+
+def run_real(setup: Setup, policy: str, rates: list[float], cv: float, seed: int,
+             repository: Path, log_dir: Path) -> Measured:
+    stack = LocalStack(repository, log_dir, setup.scaler_args(policy)).start()
+    try:
+        stack.wait_ready_workers(setup.guards.min_replicas)
+        samples: list[tuple[float, int]] = []
+        done = threading.Event()
+
+        def poll() -> None:
+            while not done.is_set():
+                status = stack.status()
+                samples.append((time.monotonic(), status.ready_replicas + status.starting_replicas))
+                done.wait(0.5)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        began = time.monotonic()
+        result = asyncio.run(open_loop(stack.address("batcher"), DEFAULT_MODEL, rates, cv=cv,
+                                       seed=seed))
+        ended = began + len(rates)
+        done.set()
+        poller.join()
+    finally:
+        stack.stop()
+    worker_seconds = 0.0
+    for (t0, n), (t1, _) in zip(samples, samples[1:], strict=False):
+        lo, hi = max(t0, began), min(t1, ended)
+        worker_seconds += n * max(hi - lo, 0.0)
+    finite = sorted(x for x in result.latency if math.isfinite(x))
+    p99 = finite[int(0.99 * (len(finite) - 1))] if finite else math.inf
+    return Measured(result.within(setup.slo_s), worker_seconds, len(result.latency),
+                    result.failed, max(n for _, n in samples), p99)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.sim_to_real", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="spike", choices=traces.SHAPES)
+    parser.add_argument("--seed", type=int, default=traces.TEST_SEEDS[0])
+    parser.add_argument("--compress", type=int, default=4, help="trace seconds per real second")
+    parser.add_argument("--peak", type=float, default=0.7, help="trace peak / SLO capacity")
+    parser.add_argument("--max-replicas", type=int, default=3)
+    parser.add_argument("--slo-ms", type=float, default=500.0)
+    parser.add_argument("--hpa-target", type=float, default=0.6)
+    parser.add_argument("--slowdown", type=float, default=200.0,
+                        help="worker --slowdown, as the profile was measured with")
+    parser.add_argument("--profile", type=Path, default=DEFAULT_PROFILE)
+    parser.add_argument("--policies", default="learned,hpa")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    guards = GuardConfig(min_replicas=1, max_replicas=args.max_replicas, up_cooldown_s=2.0,
+                         down_cooldown_s=5.0, max_step_up=2, max_step_down=1)
+    setup = Setup(args.profile, args.slowdown, args.slo_ms / 1e3, args.max_replicas, guards,
+                  args.hpa_target)
+    trace = traces.compress(traces.generate(args.shape, args.seed), args.compress)
+    profile = ServiceProfile.load(args.profile)
+    work = Path(tempfile.mkdtemp(prefix="sim2real-"))
+    repository = work / "models"
+    write_default_model(repository)
+    rows = []
+    try:
+        for name in args.policies.split(","):
+            log, scale = simulate(setup, trace, args.peak, setup.policy(name))
+            rates = [float(r * scale) for r in trace.rates]
+            print(f"{name}: replaying {len(rates)} s, {min(rates):.0f}-{max(rates):.0f} req/s "
+                  f"(SLO capacity {profile.rate_within_slo(setup.slo_s):.1f} req/s per worker)",
+                  flush=True)
+            real = run_real(setup, name, rates, trace.cv, args.seed, repository, work / name)
+            rows.append({
+                "policy": name,
+                "sim_within_slo": log.slo_attainment(), "real_within_slo": real.attainment,
+                "sim_worker_seconds": log.worker_seconds,
+                "real_worker_seconds": real.worker_seconds,
+                "real_requests": real.requests, "real_failed": real.failed,
+                "real_max_workers": real.max_workers, "sim_max_workers": max(log.replicas),
+                "sim_p99_ms": log.latency_quantile(0.99) * 1e3, "real_p99_ms": real.p99_s * 1e3,
+                "sim_actions": log.changes,
+            })
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\ntrace {args.shape} seed {args.seed}, {args.compress}x compressed "
+          f"({len(trace.rates)} s), peak {args.peak:.0%} of {args.max_replicas} workers' SLO "
+          f"capacity, SLO {args.slo_ms:g} ms")
+    print(f"{'policy':<9}{'within SLO sim':>15}{'real':>8}{'gap pts':>9}"
+          f"{'worker-s sim':>14}{'real':>8}{'gap':>8}{'failed':>8}")
+    for r in rows:
+        gap_pts = (r["real_within_slo"] - r["sim_within_slo"]) * 100
+        gap_ws = r["real_worker_seconds"] / r["sim_worker_seconds"] - 1
+        r["gap_points"], r["gap_worker_seconds"] = gap_pts, gap_ws
+        print(f"{r['policy']:<9}{r['sim_within_slo']:>14.2%}{r['real_within_slo']:>9.2%}"
+              f"{gap_pts:>+9.2f}{r['sim_worker_seconds']:>14.0f}{r['real_worker_seconds']:>8.0f}"
+              f"{gap_ws:>+8.1%}{r['real_failed']:>8d}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    command = "python -m bench.sim_to_real " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.out.write_text(json.dumps({"command": command, "args": {
+        k: str(v) for k, v in vars(args).items()}, "results": rows}, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""End to end: the live scaler, driven by the shipped learned policy, scales the real local stack
+up under load and back down after it, and no request fails on the way (scale-down drains first).
+
+Workers run the default model slowed down as the shipped simulator profile was measured, so one
+worker cannot serve the load and the policy's decisions are about real capacity. Cooldowns are
+short so the whole test takes well under a minute."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.stack import LocalStack, open_loop
+from services.scaler.planner import ServiceProfile
+from services.scaler.sim.env import DEFAULT_PROFILE
+from services.worker.models import DEFAULT_MODEL
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+SLO_MS = 500.0
+LOAD_S = 16
+
+
+async def _load_and_watch(stack: LocalStack, rate: float) -> tuple[int, int]:
+    """Drive `rate` req/s for LOAD_S seconds; return (most workers seen, failed requests)."""
+    most = 0
+
+    async def watch() -> None:
+        nonlocal most
+        while True:
+            status = await asyncio.to_thread(stack.status)
+            most = max(most, status.ready_replicas + status.starting_replicas)
+            await asyncio.sleep(0.5)
+
+    watcher = asyncio.create_task(watch())
+    result = await open_loop(stack.address("batcher"), DEFAULT_MODEL, [rate] * LOAD_S, seed=1)
+    watcher.cancel()
+    return most, result.failed
+
+
+def test_learned_policy_scales_up_under_load_and_back_down(
+    model_repository: Path, tmp_path: Path
+) -> None:
+    profile = ServiceProfile.load(DEFAULT_PROFILE)
+    args = ["--policy", "learned", "--profile", str(DEFAULT_PROFILE), "--slo-ms", str(SLO_MS),
+            "--min-replicas", "1", "--max-replicas", "3", "--tick-s", "0.5",
+            "--up-cooldown-s", "1", "--down-cooldown-s", "2", "--max-step-down", "1",
+            "--worker-threads", "1", "--worker-device", "cpu", "--worker-slowdown", "200",
+            "--drain-timeout-s", "10"]
+    stack = LocalStack(model_repository, tmp_path / "logs", args).start()
+    try:
+        stack.wait_ready_workers(1)
+        assert stack.status().fallback_reason == ""
+        # About 1.6 workers' worth of SLO capacity: one is not enough, two are.
+        rate = 1.6 * profile.rate_within_slo(SLO_MS / 1e3)
+        most, failed = asyncio.run(_load_and_watch(stack, rate))
+        assert most >= 2, "the learned policy did not scale up under load"
+        assert failed == 0
+        deadline = time.monotonic() + 30
+        while (status := stack.status()).ready_replicas + status.starting_replicas > 1:
+            assert time.monotonic() < deadline, "did not scale back down after the load"
+            time.sleep(0.5)
+        assert status.policy == "learned"
+        assert any(d.applied_replicas < d.current_replicas for d in status.recent_decisions)
+    finally:
+        stack.stop()
