@@ -4,6 +4,7 @@ service time by batch size that the worker reports to the balancer."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from services.worker.execution import (
+    PRECISIONS,
+    CpuInstance,
+    CudaInstance,
+    Instance,
+    graph_batch_sizes,
+)
 from tideserve.errors import InvalidArgument
 from tideserve.modelconfig import ModelSpec
 from tideserve.v1 import model_config_pb2 as mc
@@ -39,8 +47,9 @@ def load_module(path: Path, device: torch.device) -> torch.nn.Module:
 
 
 class ModelRunner:
-    """Executes batches of one model. Each model instance is one executor thread, so several
-    instances overlap their batches; the event loop never blocks on a forward pass."""
+    """Executes batches of one model. Each model instance is one executor thread with its own
+    execution state (a CUDA stream and buffers on GPU), so instances overlap their batches; the
+    event loop never blocks on a forward pass."""
 
     def __init__(
         self,
@@ -57,30 +66,55 @@ class ModelRunner:
         self.device = device
         self.slowdown = slowdown
         self.module = load_module(path, device)
+        precision = spec.parameters.get("precision", "fp32")
+        if precision not in PRECISIONS:
+            raise InvalidArgument(
+                f"model {spec.name}: precision {precision!r} is not one of {list(PRECISIONS)}"
+            )
+        self.graph_sizes = graph_batch_sizes(spec)
+        if device.type == "cuda":
+            self.module = self.module.to(PRECISIONS[precision])
+            self.instances: list[Instance] = [
+                CudaInstance(self.module, self._ordered_outputs, spec, device)
+                for _ in range(spec.instance_count)
+            ]
+        else:
+            self.instances = [
+                CpuInstance(self.module, self._ordered_outputs) for _ in range(spec.instance_count)
+            ]
+        self._unclaimed = list(self.instances)
+        self._local = threading.local()
         self.executor = ThreadPoolExecutor(
             max_workers=spec.instance_count, thread_name_prefix=f"model-{spec.name}"
         )
         self.service_times: dict[int, float] = {}
 
+    def _instance(self) -> Instance:
+        """The instance owned by the calling executor thread (claimed on its first batch)."""
+        instance = getattr(self._local, "instance", None)
+        if instance is None:
+            instance = self._local.instance = self._unclaimed.pop()
+        return instance
+
     def warm_up(self) -> None:
-        """Forward passes at batch size 1 so the first request does not pay for lazy
-        initialisation; not counted in the service times the worker reports."""
+        """Forward passes at batch size 1 on every instance, and CUDA graph capture, so the first
+        request pays for no lazy initialisation; not counted in the reported service times."""
         rows = [1] if self.spec.batches else []
-        inputs = [
-            np.zeros([*rows, *[max(d, 1) for d in t.dims]], dtype=np.float32)
-            if t.datatype == "FP32"
-            else None
-            for t in self.spec.inputs
-        ]
-        if all(i is not None for i in inputs):
+        dims = [[max(d, 1) for d in t.dims] for t in self.spec.inputs]
+        if any(t.datatype != "FP32" for t in self.spec.inputs):
+            return
+        inputs = [np.zeros([*rows, *d], dtype=np.float32) for d in dims]
+        for instance in self.instances:
             for _ in range(2):
-                self._forward(inputs)  # type: ignore[arg-type]
+                instance.forward(inputs)
+            if isinstance(instance, CudaInstance) and self.graph_sizes:
+                instance.capture_graphs(self.graph_sizes, dims)
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run one batch; inputs in the config's input order, outputs in its output order.
         Records the batch's compute time (times the configured slowdown) by batch size."""
         started = time.perf_counter()
-        arrays = self._forward(inputs)
+        arrays = self._instance().forward(inputs)
         elapsed = time.perf_counter() - started
         if self.slowdown > 1.0:
             time.sleep(elapsed * (self.slowdown - 1.0))
@@ -91,16 +125,6 @@ class ModelRunner:
             elapsed if previous is None else previous + SERVICE_TIME_ALPHA * (elapsed - previous)
         )
         return arrays
-
-    def _forward(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        with torch.inference_mode():
-            tensors = [torch.from_numpy(a).to(self.device, non_blocking=True) for a in inputs]
-            try:
-                result = self.module(*tensors)
-            except RuntimeError as exc:
-                raise InvalidArgument(f"model {self.spec.name} rejected the batch: {exc}") from exc
-            outputs = self._ordered_outputs(result)
-            return [o.detach().to("cpu").contiguous().numpy() for o in outputs]
 
     def _ordered_outputs(self, result: object) -> list[torch.Tensor]:
         names = [o.name for o in self.spec.outputs]
