@@ -18,7 +18,7 @@ from services.scaler.planner import ServiceProfile
 from services.scaler.sim.env import DEFAULT_PROFILE
 from services.worker.models import DEFAULT_MODEL
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+pytestmark = pytest.mark.integration
 
 SLO_MS = 500.0
 LOAD_S = 16
@@ -53,7 +53,9 @@ def test_learned_policy_scales_up_under_load_and_back_down(
     stack = LocalStack(model_repository, tmp_path / "logs", args).start()
     try:
         stack.wait_ready_workers(1)
-        assert stack.status().fallback_reason == ""
+        # Idle, the batcher reports no latency (p99 0), which training never saw: the HPA rule
+        # decides until requests flow, and the status says so.
+        assert "outside the trained range" in stack.status().fallback_reason
         # About 1.6 workers' worth of SLO capacity: one is not enough, two are.
         rate = 1.6 * profile.rate_within_slo(SLO_MS / 1e3)
         most, failed = asyncio.run(_load_and_watch(stack, rate))
