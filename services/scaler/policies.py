@@ -9,6 +9,9 @@ same policy runs unchanged in the live scaler and in the simulator.
   hpa              Kubernetes Horizontal Pod Autoscaler on busy fraction (utilisation)
   kpa              Knative Pod Autoscaler on concurrency, stable and panic windows
   target_tracking  Ray Serve's default policy on ongoing requests per replica
+  learned          the trained policy, with the HPA rule as its fallback
+                   (services.scaler.learning.fallback; imported on first use, so this module and
+                   the rule policies never load stable-baselines3 or torch)
 
 Time base: the production defaults (HPA 300 s stabilisation, Knative 60 s stable window, Ray
 Serve 30 s/600 s delays) are sized for pods that take a minute to start and traffic that moves over
@@ -21,8 +24,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 DEFAULT_TIME_SCALE = 0.1
 
@@ -235,13 +239,21 @@ class TargetTrackingPolicy:
         return desired
 
 
-POLICIES: dict[str, type] = {
+def _learned(**params: Any) -> ScalingPolicy:
+    from services.scaler.learning.fallback import LearnedWithFallback
+
+    return LearnedWithFallback(**params)
+
+
+POLICIES: dict[str, Callable[..., ScalingPolicy]] = {
     cls.name: cls for cls in (StaticPolicy, HpaPolicy, KpaPolicy, TargetTrackingPolicy)
 }
+POLICIES["learned"] = _learned
 
 
-def create_policy(name: str, **params: float) -> ScalingPolicy:
-    """Build a registered policy by name; `params` are its constructor's keyword arguments."""
+def create_policy(name: str, **params: Any) -> ScalingPolicy:
+    """Build a registered policy by name; `params` are its constructor's keyword arguments
+    (numbers; the learned policy also takes `policy_file`)."""
     try:
         cls = POLICIES[name]
     except KeyError:
