@@ -2,7 +2,11 @@
 with the count that the policy proposes and the guards allow, honouring operator overrides.
 
 Scale-down never drops a request: a worker leaving is first drained through the balancer (it
-gets no new batches and finishes what it holds), and only then stopped by its runtime."""
+gets no new batches and finishes what it holds), and only then stopped by its runtime.
+
+A policy with a fallback (the learned one) reports why it is not deciding itself in
+`fallback_reason`; the controller logs each change of it, puts it in the recorded decision and in
+the admin status."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from typing import Protocol
 
 from services.scaler.guards import GuardConfig, Guards
 from services.scaler.observe import ClusterObserver
+from services.scaler.planner import ServiceProfile
 from services.scaler.policies import ScalingPolicy, create_policy
 from services.scaler.runtime import ManagedWorker, WorkerRuntime
 from tideserve.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -43,6 +48,8 @@ class ScalerController:
         policy: str = "hpa",
         policy_parameters: dict[str, float] | None = None,
         slo_s: float = 0.1,
+        policy_file: str = "",
+        profile: ServiceProfile | None = None,
         drain_timeout_s: float = 30.0,
         stop_grace_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
@@ -52,8 +59,10 @@ class ScalerController:
         self.guard_config = guards
         self.guards = Guards(guards)
         self.policy_parameters = dict(policy_parameters or {})
-        self.policy: ScalingPolicy = create_policy(policy, **self.policy_parameters)
-        self.observer = ClusterObserver(slo_s)
+        # Where the learned policy is read from ("" = the shipped default).
+        self.policy_file = policy_file
+        self.policy: ScalingPolicy = self._create_policy(policy, self.policy_parameters)
+        self.observer = ClusterObserver(slo_s, profile)
         self.drain_timeout_s = drain_timeout_s
         self.stop_grace_s = stop_grace_s
         self.clock = clock
@@ -61,6 +70,7 @@ class ScalerController:
         self.paused = False
         self.pinned: int | None = None
         self.fallback_reason = ""
+        self._note_fallback()
         self.decisions: deque[cluster_pb2.ScalingDecision] = deque(maxlen=DECISIONS_KEPT)
         self.workers: dict[str, ManagedWorker] = {}
         self.snapshot = cluster_pb2.ClusterSnapshot()
@@ -74,11 +84,12 @@ class ScalerController:
 
     def set_policy(self, name: str, parameters: dict[str, float]) -> None:
         try:
-            self.policy = create_policy(name, **parameters)
+            self.policy = self._create_policy(name, parameters)
         except (TypeError, ValueError) as error:
             raise InvalidArgument(str(error)) from error
         self.policy_parameters = dict(parameters)
         self.fallback_reason = ""
+        self._note_fallback()
         logger.info("policy set", extra={"policy": name, "parameters": parameters})
 
     def scale_to(self, replicas: int | None) -> None:
@@ -156,6 +167,8 @@ class ScalerController:
         else:
             proposed = self.policy.decide(context)
             applied, reason = self.guards.apply(current, proposed, now)
+            if self._note_fallback():
+                reason = f"{reason}; fallback: {self.fallback_reason}"
         if applied != self.desired or applied != current:
             self._record(current, proposed, applied, reason, context)
         self.desired = applied
@@ -168,6 +181,23 @@ class ScalerController:
                 task = asyncio.create_task(self._retire(worker))
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
+
+    def _create_policy(self, name: str, parameters: dict[str, float]) -> ScalingPolicy:
+        extra = {"policy_file": self.policy_file} if name == "learned" and self.policy_file else {}
+        return create_policy(name, **parameters, **extra)
+
+    def _note_fallback(self) -> str:
+        """Take the policy's current fallback reason ("" when it decides itself); log when it
+        starts and stops falling back (not every tick it stays so)."""
+        reason = str(getattr(self.policy, "fallback_reason", ""))
+        if bool(reason) != bool(self.fallback_reason):
+            if reason:
+                logger.warning("policy falling back", extra={"policy": self.policy.name,
+                                                             "fallback_reason": reason})
+            else:
+                logger.info("policy deciding again", extra={"policy": self.policy.name})
+        self.fallback_reason = reason
+        return reason
 
     def _record(
         self, current: int, proposed: int, applied: int, reason: str, context: object

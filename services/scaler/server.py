@@ -104,6 +104,14 @@ def build_runtime(settings: ScalerSettings) -> WorkerRuntime:
         from services.scaler.docker_runtime import create_docker_runtime
 
         return create_docker_runtime(settings)
+    if settings.runtime == "swarm":
+        from services.scaler.swarm_runtime import create_swarm_runtime
+
+        return create_swarm_runtime(settings)
+    if settings.runtime == "kubernetes":
+        from services.scaler.kubernetes_runtime import create_kubernetes_runtime
+
+        return create_kubernetes_runtime(settings)
     return ProcessRuntime(
         [
             "--model-repository",
@@ -160,6 +168,8 @@ async def serve(settings: ScalerSettings) -> None:
         policy=settings.policy,
         policy_parameters=settings.parsed_policy_parameters(),
         slo_s=settings.slo_ms / 1000,
+        policy_file=settings.policy_file,
+        profile=ServiceProfile.load(settings.profile) if settings.profile else None,
         drain_timeout_s=settings.drain_timeout_s,
         stop_grace_s=settings.stop_grace_s,
     )

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from tideserve.settings import load_settings
 
-RUNTIMES = ("process", "docker")
+RUNTIMES = ("process", "docker", "swarm", "kubernetes")
 
 
 @dataclass(frozen=True)
@@ -20,9 +20,16 @@ class ScalerSettings:
     runtime: str = "process"
     min_replicas: int = 1
     max_replicas: int = 4
-    policy: str = "hpa"
+    # "learned" runs the trained policy with the HPA rule as fallback (policy_parameters then
+    # configure that HPA); see services/scaler/learning/fallback.py.
+    policy: str = "learned"
     # Policy parameters as name=value pairs, e.g. "target=0.6,tolerance=0.1".
     policy_parameters: tuple[str, ...] = ()
+    # The learned policy's .zip ("" = the shipped default_policy.zip).
+    policy_file: str = ""
+    # Measured service profile of the served model (`tideserve profile`); "" = fit the service
+    # times the workers report. Sets the utilisation and per-replica rate the policies see.
+    profile: str = ""
     slo_ms: float = 100.0
     tick_s: float = 1.0
     up_cooldown_s: float = 2.0
@@ -42,6 +49,13 @@ class ScalerSettings:
     worker_image: str = "tideserve:dev"
     worker_cpus: float = 1.0
     worker_memory: str = "2g"
+    # swarm: placement constraints ("node.labels.gpu==true"); kubernetes: see the pod template.
+    worker_constraints: tuple[str, ...] = ()
+    # swarm: the address workers bind and register ("{{.Node.Hostname}}" on several nodes).
+    worker_host: str = "127.0.0.1"
+    # kubernetes: the worker pod template (YAML) and its namespace ("" = the scaler's own).
+    worker_pod_template: str = ""
+    kubernetes_namespace: str = ""
     grace_s: float = 5.0
     # Prometheus /metrics.
     metrics_port: int = 8202
