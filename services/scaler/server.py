@@ -11,6 +11,7 @@ import grpc
 from services.scaler.controller import ScalerController
 from services.scaler.guards import GuardConfig
 from services.scaler.metrics import collect
+from services.scaler.planner import ServiceProfile
 from services.scaler.runtime import ProcessRuntime, WorkerRuntime
 from services.scaler.settings import ScalerSettings
 from tideserve import metrics, serving
