@@ -55,6 +55,7 @@ class Cluster:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     worker_args: tuple[str, ...] = ()
     balancer_args: tuple[str, ...] = ()
+    batcher_args: tuple[str, ...] = ()
     # Ports of further balancers, started as balancer-1, balancer-2...: every worker heartbeats
     # to all of them and the batcher spreads batches over all of them.
     extra_balancer_ports: tuple[int, ...] = ()
@@ -121,6 +122,7 @@ class Cluster:
             str(self.batcher_metrics_port),
             "--balancers",
             self.balancers,
+            *self.batcher_args,
         )
         wait_healthy(self.batcher)
         if workers:

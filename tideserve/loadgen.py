@@ -102,3 +102,47 @@ async def closed_loop(
         await asyncio.gather(*(client() for _ in range(concurrency)))
         result.seconds = time.perf_counter() - began
     return result
+
+
+async def open_loop(
+    address: str, model: str, *, rate: float, seconds: float, seed: int = 0,
+    request: pb.ModelInferRequest | None = None, timeout_s: float = 10.0,
+    max_outstanding: int = 10_000,
+) -> LoadResult:
+    """Poisson arrivals at `rate`/s for `seconds`, each a unary request that does not wait for
+    the previous ones (so a slow server sees its queue grow, as under real traffic). Arrivals
+    beyond `max_outstanding` in flight count as a "CLIENT_OVERLOAD" error instead of piling up."""
+    result = LoadResult()
+    rng = np.random.default_rng(seed)
+    async with serving.insecure_channel(address) as channel:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = request or await sample_request(stub, model, seed)
+        pending: set[asyncio.Task] = set()
+
+        async def one() -> None:
+            started = time.perf_counter()
+            try:
+                await stub.ModelInfer(request, timeout=timeout_s)
+            except grpc.aio.AioRpcError as error:
+                result.error(error.code().name)
+                return
+            result.ok += 1
+            result.latencies.append(time.perf_counter() - started)
+
+        began = time.perf_counter()
+        next_at = began
+        while next_at < began + seconds:
+            next_at += rng.exponential(1.0 / rate)
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            result.sent += 1
+            if len(pending) >= max_outstanding:
+                result.error("CLIENT_OVERLOAD")
+                continue
+            task = asyncio.create_task(one())
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        await asyncio.gather(*pending)
+        result.seconds = time.perf_counter() - began
+    return result

@@ -87,13 +87,23 @@ class CudaInstance:
             self._host_outputs[key] = buffer
         return buffer
 
-    def capture_graphs(self, sizes: Sequence[int], sample_dims: Sequence[Sequence[int]]) -> None:
-        """Capture one CUDA graph per batch size (static inputs and outputs on the device)."""
+    def _device_dtype(self, host_dtype: torch.dtype) -> torch.dtype:
+        """Floating inputs run at the model's precision; integer inputs keep their type."""
+        return self.dtype if host_dtype.is_floating_point else host_dtype
+
+    def capture_graphs(
+        self, sizes: Sequence[int], sample_inputs: Sequence[np.ndarray]
+    ) -> None:
+        """Capture one CUDA graph per batch size (static inputs and outputs on the device);
+        `sample_inputs` are batch-1 inputs giving each input's dims and type."""
         with torch.inference_mode(), torch.cuda.stream(self.stream):
             for size in sorted(set(sizes)):
                 static_inputs = [
-                    torch.zeros([size, *dims], device=self.device, dtype=self.dtype)
-                    for dims in sample_dims
+                    torch.zeros(
+                        [size, *sample.shape[1:]], device=self.device,
+                        dtype=self._device_dtype(torch.from_numpy(sample[:0]).dtype),
+                    )
+                    for sample in sample_inputs
                 ]
                 for _ in range(3):  # warm up on this stream before capture, as CUDA requires
                     _call(self.module, static_inputs)
@@ -120,7 +130,8 @@ class CudaInstance:
                 device_outputs = [o[:rows] for o in static_outputs]
             else:
                 tensors = [
-                    s.to(self.device, non_blocking=True).to(self.dtype) for s in staged
+                    s.to(self.device, non_blocking=True).to(self._device_dtype(s.dtype))
+                    for s in staged
                 ]
                 device_outputs = self.pick_outputs(_call(self.module, tensors))
             host = [self._host_output(i, o) for i, o in enumerate(device_outputs)]

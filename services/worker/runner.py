@@ -20,6 +20,7 @@ from services.worker.execution import (
     Instance,
     graph_batch_sizes,
 )
+from tideserve.codec import NUMPY_DTYPES
 from tideserve.errors import InvalidArgument
 from tideserve.modelconfig import ModelSpec
 from tideserve.v1 import model_config_pb2 as mc
@@ -100,15 +101,17 @@ class ModelRunner:
         """Forward passes at batch size 1 on every instance, and CUDA graph capture, so the first
         request pays for no lazy initialisation; not counted in the reported service times."""
         rows = [1] if self.spec.batches else []
-        dims = [[max(d, 1) for d in t.dims] for t in self.spec.inputs]
-        if any(t.datatype != "FP32" for t in self.spec.inputs):
+        if any(t.datatype not in NUMPY_DTYPES for t in self.spec.inputs):
             return
-        inputs = [np.zeros([*rows, *d], dtype=np.float32) for d in dims]
+        inputs = [
+            np.zeros([*rows, *[max(d, 1) for d in t.dims]], dtype=NUMPY_DTYPES[t.datatype])
+            for t in self.spec.inputs
+        ]
         for instance in self.instances:
             for _ in range(2):
                 instance.forward(inputs)
-            if isinstance(instance, CudaInstance) and self.graph_sizes:
-                instance.capture_graphs(self.graph_sizes, dims)
+            if isinstance(instance, CudaInstance) and self.graph_sizes and self.spec.batches:
+                instance.capture_graphs(self.graph_sizes, inputs)
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run one batch; inputs in the config's input order, outputs in its output order.

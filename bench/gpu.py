@@ -1,0 +1,378 @@
+"""GPU benchmark (issue 8): the whole suite on loopback on a GPU machine, against the in-process
+limit of the same model at the same batch sizes, in one run.
+
+For each workload (cnn.pt from the shared workloads, and a ResNet-50-sized model built here):
+  1. the in-process limit: the worker's own ModelRunner (same precision, streams, CUDA graphs,
+     host<->device copies) called in a loop at batch 64, one thread per model instance; and the
+     bare module with inputs already on the GPU, for reference;
+  2. tideserve (balancer, N batcher processes on one port, one GPU worker) saturated by closed-loop
+     clients in several processes: throughput, latency, batch sizes, GPU utilisation;
+  3. open-loop Poisson arrivals at 50% of that throughput: p99 against twice the batch compute
+     time;
+  4. where the time goes: py-spy dumps of the batcher and the worker under load (if installed).
+Writes results.json and table.md to --out.
+
+    python -m bench.gpu --out DIR [--workloads cnn,resnet50] [--seconds 15] [--make-models PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tests.cluster import Cluster
+from tideserve.loadgen import LoadResult, closed_loop, open_loop
+
+ROOT = Path(__file__).resolve().parent.parent
+GRAPH_SIZES = "1,2,4,8,16,32,48,64"
+
+
+def config_text(
+    name: str, datatype: str, dims: list[int], out_dims: list[int], precision: str, instances: int
+) -> str:
+    return (
+        f'name: "{name}"\nmax_batch_size: 64\n'
+        f'input [ {{ name: "INPUT__0" data_type: TYPE_{datatype} dims: {dims} }} ]\n'
+        f'output [ {{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: {out_dims} }} ]\n'
+        "dynamic_batching { }\n"
+        f'parameters {{ key: "precision" value {{ string_value: "{precision}" }} }}\n'
+        f'parameters {{ key: "instance_count" value {{ string_value: "{instances}" }} }}\n'
+        'parameters { key: "cuda_graph_batch_sizes" '
+        f'value {{ string_value: "{GRAPH_SIZES}" }} }}\n'
+    )
+
+
+def build_repository(
+    root: Path, make_models: Path, workloads: list[str], precision: str, instances: int
+) -> Path:
+    from bench.models import export_resnet50
+
+    repository = root / "model_repository"
+    made = root / "made"
+    made.mkdir(parents=True, exist_ok=True)
+    if "cnn" in workloads:
+        subprocess.run([sys.executable, str(make_models), str(made)], check=True)
+        (repository / "cnn" / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(made / "cnn.pt", repository / "cnn" / "1" / "model.pt")
+        (repository / "cnn" / "config.pbtxt").write_text(
+            config_text("cnn", "FP32", [3, 64, 64], [10], precision, instances)
+        )
+    if "resnet50" in workloads:
+        path = export_resnet50(made)
+        (repository / "resnet50" / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, repository / "resnet50" / "1" / "model.pt2")
+        (repository / "resnet50" / "config.pbtxt").write_text(
+            config_text("resnet50", "UINT8", [3, 224, 224], [1000], precision, instances)
+        )
+    return repository
+
+
+def inprocess_limit(repository: Path, model: str, seconds: float) -> dict[str, Any]:
+    """The worker's ModelRunner in a loop at batch 64 (one thread per instance), and the bare
+    module with inputs resident on the GPU."""
+    from services.worker.repository import scan
+    from services.worker.runner import ModelRunner
+
+    (entry,) = scan(repository, [model])
+    runner = ModelRunner(entry.config, entry.version, entry.model_path, torch.device("cuda"))
+    runner.warm_up()
+    spec = runner.spec
+    from tideserve.codec import NUMPY_DTYPES
+
+    batch = [
+        np.random.default_rng(0).integers(0, 255, [64, *t.dims]).astype(NUMPY_DTYPES[t.datatype])
+        for t in spec.inputs
+    ]
+    counts = [0] * len(runner.instances)
+    stop = time.perf_counter() + seconds
+
+    def loop(index: int) -> None:
+        while time.perf_counter() < stop:
+            runner.executor.submit(runner.run, batch).result()
+            counts[index] += 1
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(len(runner.instances))]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    runner_rate = sum(counts) * 64 / elapsed
+
+    module = runner.module
+    device_batch = torch.from_numpy(batch[0]).cuda()
+    if device_batch.is_floating_point():
+        device_batch = device_batch.to(next(iter(module.parameters())).dtype)
+    with torch.inference_mode():
+        for _ in range(5):
+            module(device_batch)
+        torch.cuda.synchronize()
+        began = time.perf_counter()
+        calls = 0
+        while time.perf_counter() - began < seconds / 2:
+            module(device_batch)
+            calls += 1
+        torch.cuda.synchronize()
+        bare_rate = calls * 64 / (time.perf_counter() - began)
+    batch_time = runner.service_times.get(64, float("nan"))
+    runner.close()
+    return {
+        "runner_samples_per_s": runner_rate,
+        "bare_module_samples_per_s": bare_rate,
+        "batch64_compute_s": batch_time,
+        "instances": len(runner.instances),
+    }
+
+
+def _client(args: tuple[str, str, str, float, float, int]) -> dict[str, Any]:
+    mode, address, model, seconds, level, seed = args
+    if mode == "closed":
+        result = asyncio.run(
+            closed_loop(address, model, concurrency=int(level), seconds=seconds, timeout_s=30)
+        )
+    else:
+        result = asyncio.run(
+            open_loop(address, model, rate=level, seconds=seconds, seed=seed, timeout_s=30)
+        )
+    return {
+        "ok": result.ok,
+        "sent": result.sent,
+        "errors": result.errors,
+        "seconds": result.seconds,
+        "latencies": result.latencies,
+    }
+
+
+def drive(
+    mode: str, address: str, model: str, seconds: float, processes: int, level: float
+) -> dict[str, Any]:
+    """Load from `processes` client processes: closed loop with `level` clients each, or open
+    loop at `level`/processes per second each."""
+    per_process = level if mode == "closed" else level / processes
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        parts = pool.map(
+            _client,
+            [(mode, address, model, seconds, per_process, seed) for seed in range(processes)],
+        )
+    merged = LoadResult()
+    for part in parts:
+        merged.ok += part["ok"]
+        merged.sent += part["sent"]
+        merged.latencies += part["latencies"]
+        for code, count in part["errors"].items():
+            merged.errors[code] = merged.errors.get(code, 0) + count
+    merged.seconds = statistics.mean(p["seconds"] for p in parts)
+    return {
+        "throughput": merged.throughput,
+        "ok": merged.ok,
+        "sent": merged.sent,
+        "errors": merged.errors,
+        "p50_ms": merged.percentile_ms(50),
+        "p99_ms": merged.percentile_ms(99),
+    }
+
+
+class GpuSampler:
+    """nvidia-smi utilisation samples every 200 ms while the load runs."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "nvidia-smi",
+                "--query-gpu=utilization.gpu,memory.used",
+                "--format=csv,noheader,nounits",
+                "-lms",
+                "200",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def stop(self) -> dict[str, float]:
+        self.process.terminate()
+        out, _ = self.process.communicate(timeout=10)
+        rows = [line.split(",") for line in out.splitlines() if line.strip()]
+        util = [float(r[0]) for r in rows]
+        return {
+            "gpu_util_mean": statistics.mean(util) if util else float("nan"),
+            "gpu_util_max": max(util, default=float("nan")),
+            "gpu_mem_used_mib": max((float(r[1]) for r in rows), default=float("nan")),
+        }
+
+
+def profile(pids: dict[str, int]) -> dict[str, str]:
+    """py-spy dump of each process (if py-spy is installed): what the threads are doing."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return {"note": "py-spy not installed"}
+    return {
+        name: subprocess.run(
+            [spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30
+        ).stdout[-4000:]
+        for name, pid in pids.items()
+    }
+
+
+def snapshot_sizes(cluster: Cluster) -> dict[int, int]:
+    return dict(cluster.snapshot().batch_size_counts)
+
+
+def serve_and_measure(
+    repository: Path,
+    model: str,
+    out: Path,
+    seconds: float,
+    batchers: int,
+    client_processes: int,
+    concurrency: int,
+    batch_compute_s: float,
+) -> dict[str, Any]:
+    cluster = Cluster(
+        repository,
+        out / "logs" / model,
+        worker_args=("--device", "cuda"),
+        batcher_args=("--processes", str(batchers)),
+    )
+    cluster.start(workers=1)
+    try:
+        drive("closed", cluster.batcher, model, 3, client_processes, concurrency)  # warm-up
+        before = snapshot_sizes(cluster)
+        sampler = GpuSampler()
+        spy: dict[str, str] = {}
+
+        def take_profile() -> None:
+            time.sleep(seconds / 2)
+            spy.update(
+                profile(
+                    {
+                        "worker": cluster.processes["worker-0"].pid,
+                        "batcher": cluster.processes["batcher"].pid,
+                    }
+                )
+            )
+
+        profiler = threading.Thread(target=take_profile)
+        profiler.start()
+        saturated = drive("closed", cluster.batcher, model, seconds, client_processes, concurrency)
+        profiler.join()
+        gpu = sampler.stop()
+        sizes = {
+            s: n - before.get(s, 0)
+            for s, n in snapshot_sizes(cluster).items()
+            if n - before.get(s, 0)
+        }
+        half = drive(
+            "open", cluster.batcher, model, seconds, client_processes, saturated["throughput"] / 2
+        )
+    finally:
+        cluster.stop()
+    batches = sum(sizes.values())
+    return {
+        "saturated": {
+            **saturated,
+            **gpu,
+            "mean_batch": sum(s * n for s, n in sizes.items()) / max(batches, 1),
+            "batch_sizes": sizes,
+        },
+        "half_load": {
+            **half,
+            "p99_over_batch_compute": half["p99_ms"] / 1000 / batch_compute_s
+            if batch_compute_s
+            else None,
+        },
+        "profile": spy,
+        "batchers": batchers,
+        "client_processes": client_processes,
+        "concurrency_per_process": concurrency,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--workloads", default="cnn,resnet50")
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--precision", default="fp16")
+    parser.add_argument("--instances", type=int, default=2)
+    parser.add_argument("--batchers", type=int, default=4)
+    parser.add_argument("--client-processes", type=int, default=6)
+    parser.add_argument("--concurrency", type=int, default=48, help="clients per process")
+    parser.add_argument(
+        "--make-models", type=Path, default=ROOT.parent / "shared" / "workloads" / "make_models.py"
+    )
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: this benchmark runs on the GPU machine")
+    workloads = args.workloads.split(",")
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path("/tmp/tideserve-gpu-bench")
+    shutil.rmtree(work, ignore_errors=True)
+    repository = build_repository(work, args.make_models, workloads, args.precision, args.instances)
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "settings": vars(args) | {"out": str(args.out), "make_models": str(args.make_models)},
+        "workloads": {},
+    }
+    for model in workloads:
+        limit = inprocess_limit(repository, model, args.seconds / 2)
+        print(model, "in-process", json.dumps(limit), flush=True)
+        served = serve_and_measure(
+            repository,
+            model,
+            args.out,
+            args.seconds,
+            args.batchers,
+            args.client_processes,
+            args.concurrency,
+            limit["batch64_compute_s"],
+        )
+        served["fraction_of_inprocess"] = (
+            served["saturated"]["throughput"] / limit["runner_samples_per_s"]
+        )
+        results["workloads"][model] = {"inprocess": limit, "served": served}
+        print(
+            model,
+            "served",
+            json.dumps({k: v for k, v in served.items() if k != "profile"}),
+            flush=True,
+        )
+        (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    lines = [
+        "| model | in-process (samples/s) | bare module | served (infer/s) | fraction | "
+        "GPU util | mean batch | p99 at 50% load (ms) | 2x batch compute (ms) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model, r in results["workloads"].items():
+        s, lim = r["served"], r["inprocess"]
+        lines.append(
+            f"| {model} | {lim['runner_samples_per_s']:,.0f} | "
+            f"{lim['bare_module_samples_per_s']:,.0f} | {s['saturated']['throughput']:,.0f} | "
+            f"{s['fraction_of_inprocess']:.2f} | {s['saturated']['gpu_util_mean']:.0f}% | "
+            f"{s['saturated']['mean_batch']:.1f} | {s['half_load']['p99_ms']:.1f} | "
+            f"{2000 * lim['batch64_compute_s']:.1f} |"
+        )
+    table = "\n".join(lines) + f"\n\ndevice: {results['device']}, torch {results['torch']}\n"
+    (args.out / "table.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
