@@ -81,14 +81,14 @@ def build_repository(
     return repository
 
 
-def inprocess_limit(repository: Path, model: str, seconds: float) -> dict[str, Any]:
+def inprocess_limit(repository: Path, model: str, seconds: float, device: str) -> dict[str, Any]:
     """The worker's ModelRunner in a loop at batch 64 (one thread per instance), and the bare
     module with inputs resident on the GPU."""
     from services.worker.repository import scan
     from services.worker.runner import ModelRunner
 
     (entry,) = scan(repository, [model])
-    runner = ModelRunner(entry.config, entry.version, entry.model_path, torch.device("cuda"))
+    runner = ModelRunner(entry.config, entry.version, entry.model_path, torch.device(device))
     runner.warm_up()
     spec = runner.spec
     from tideserve.codec import NUMPY_DTYPES
@@ -115,19 +115,19 @@ def inprocess_limit(repository: Path, model: str, seconds: float) -> dict[str, A
     runner_rate = sum(counts) * 64 / elapsed
 
     module = runner.module
-    device_batch = torch.from_numpy(batch[0]).cuda()
+    device_batch = torch.from_numpy(batch[0]).to(device)
     if device_batch.is_floating_point():
         device_batch = device_batch.to(next(iter(module.parameters())).dtype)
     with torch.inference_mode():
         for _ in range(5):
             module(device_batch)
-        torch.cuda.synchronize()
+        synchronize(device)
         began = time.perf_counter()
         calls = 0
         while time.perf_counter() - began < seconds / 2:
             module(device_batch)
             calls += 1
-        torch.cuda.synchronize()
+        synchronize(device)
         bare_rate = calls * 64 / (time.perf_counter() - began)
     batch_time = runner.service_times.get(64, float("nan"))
     runner.close()
@@ -187,10 +187,18 @@ def drive(
     }
 
 
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 class GpuSampler:
     """nvidia-smi utilisation samples every 200 ms while the load runs."""
 
     def __init__(self) -> None:
+        if shutil.which("nvidia-smi") is None:
+            self.process = None
+            return
         self.process = subprocess.Popen(
             [
                 "nvidia-smi",
@@ -204,6 +212,12 @@ class GpuSampler:
         )
 
     def stop(self) -> dict[str, float]:
+        if self.process is None:
+            return {
+                "gpu_util_mean": float("nan"),
+                "gpu_util_max": float("nan"),
+                "gpu_mem_used_mib": float("nan"),
+            }
         self.process.terminate()
         out, _ = self.process.communicate(timeout=10)
         rows = [line.split(",") for line in out.splitlines() if line.strip()]
@@ -316,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "--make-models", type=Path, default=ROOT.parent / "shared" / "workloads" / "make_models.py"
     )
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this benchmark runs on the GPU machine")
     workloads = args.workloads.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -324,14 +338,14 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     repository = build_repository(work, args.make_models, workloads, args.precision, args.instances)
     results: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(0),
+        "device": torch.cuda.get_device_name(0) if args.device != "cpu" else "cpu",
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
         "settings": vars(args) | {"out": str(args.out), "make_models": str(args.make_models)},
         "workloads": {},
     }
     for model in workloads:
-        limit = inprocess_limit(repository, model, args.seconds / 2)
+        limit = inprocess_limit(repository, model, args.seconds / 2, args.device)
         print(model, "in-process", json.dumps(limit), flush=True)
         served = serve_and_measure(
             repository,
@@ -342,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             args.client_processes,
             args.concurrency,
             limit["batch64_compute_s"],
+            args.device,
         )
         served["fraction_of_inprocess"] = (
             served["saturated"]["throughput"] / limit["runner_samples_per_s"]

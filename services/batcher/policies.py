@@ -138,7 +138,9 @@ class SloPolicy:
         best = (self.budget_s - fixed + inverse_rate) / (per_row + inverse_rate)
         rows = min(max(int(best), 1), self.max_batch_size)
         wait = min((rows - 1) * inverse_rate, max(self.budget_s - fixed - per_row * rows, 0.0))
-        return rows, wait
+        # The formula sizes the wait for *new* arrivals; a backlog already queued leaves at
+        # once in as few batches as possible, or the queue would outgrow the workers.
+        return max(rows, min(queued_rows, self.max_batch_size)), wait
 
     def observe(self, rows: int, queue_seconds: float, service_seconds: float) -> None:
         return None

@@ -113,3 +113,15 @@ def test_bad_policy_parameters_are_refused_when_the_config_is_read(
 ) -> None:
     with pytest.raises(InvalidArgument, match=words):
         spec(**parameters)
+
+
+def test_slo_policy_drains_a_backlog_in_large_batches() -> None:
+    """Under overload the budget-sized batch would be too small to catch up: a queue already
+    holding more rows leaves in batches as large as the model takes."""
+    curve = {1: 0.00125, 33: 0.00925}
+    policy = SloPolicy(64, slo_s=0.02, curve=lambda: curve)
+    for step in range(16000):
+        policy.arrived(1, step * 0.0005)
+    assert policy.target(40, 7.9995)[0] == 40
+    assert policy.target(500, 7.9995)[0] == 64
+    assert policy.target(3, 7.9995)[0] == 12
