@@ -404,8 +404,7 @@ def _service_dead(tasks: Sequence[dict[str, Any]]) -> bool:
     if not tasks:
         return False
     return not any(
-        t.get("DesiredState") == "running" and _state(t) not in TERMINAL_TASK_STATES
-        for t in tasks
+        t.get("DesiredState") == "running" and _state(t) not in TERMINAL_TASK_STATES for t in tasks
     )
 
 
