@@ -255,11 +255,12 @@ def serve_and_measure(
     client_processes: int,
     concurrency: int,
     batch_compute_s: float,
+    device: str,
 ) -> dict[str, Any]:
     cluster = Cluster(
         repository,
         out / "logs" / model,
-        worker_args=("--device", "cuda"),
+        worker_args=("--device", device),
         batcher_args=("--processes", str(batchers)),
     )
     cluster.start(workers=1)
@@ -326,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batchers", type=int, default=4)
     parser.add_argument("--client-processes", type=int, default=6)
     parser.add_argument("--concurrency", type=int, default=48, help="clients per process")
+    parser.add_argument("--device", default="cuda", help="cpu: a smoke run of this script")
     parser.add_argument(
         "--make-models", type=Path, default=ROOT.parent / "shared" / "workloads" / "make_models.py"
     )

@@ -76,7 +76,8 @@ class Cluster:
 
     def spawn(self, name: str, module: str, *args: str) -> subprocess.Popen:
         log = (self.log_dir / f"{name}.log").open("ab")
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONPATH": pythonpath}
         process = subprocess.Popen(
             [sys.executable, "-m", module, *args],
             stdout=log,
