@@ -1,0 +1,357 @@
+"""Routing policies with uneven workers, and the cost of the balancer hop.
+
+Four workers serve one model (default: the shared workloads' cnn), one of them 3x slower. After
+a warm-up, capacity is measured with a closed loop through the balancer; then open-loop
+Poisson load at `--load` (80%) of it is sent straight to the balancer's Dispatch (the same
+raw Batch bytes and metadata the batcher sends, so no batching policy blurs the routing), once
+per policy on the same arrival trace, switching
+policy at runtime with SetRoutingPolicy. shortest_expected_delay is join-shortest-queue by expected
+completion time and serves as the JSQ reference. Latency runs from each request's scheduled send
+time, so a lagging client cannot hide queueing (no coordinated omission).
+
+The hop: a separate balancer with one unslowed worker; batch-1 requests alternate between the
+worker's Execute (batcher -> worker direct) and that balancer's Dispatch (through the balancer).
+
+Every worker's compute is stretched by `--base-slowdown` (the slow one by 3x that) so that
+service time is mostly sleep: on a 2-core machine four busy workers would otherwise fight the
+client and the balancer for CPU and "capacity" would measure the machine, not the policies. Keep
+it small: the worker sleeps a multiple of each batch's measured compute, so it multiplies CPU
+jitter too (tiny_cnn at 40x turned 4 ms preemptions into 160 ms stalls), which is why the default
+model is the compute-heavy cnn at 3x rather than tiny_cnn at a large factor.
+
+    python -m bench.balancer [--model cnn] [--seconds 8] [--base-slowdown 3] [--load 0.8]
+
+Loopback only. Writes bench/results/balancer.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from services.worker.models import DEFAULT_MODEL, add_torchscript_model, write_default_model
+from tests.cluster import Cluster, wait_for
+from tideserve.grpc_options import CHANNEL_OPTIONS
+from tideserve.metadata import MODEL_KEY, ROWS_KEY
+from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
+
+RESULTS = Path(__file__).parent / "results"
+SHARED_WORKLOADS = Path(__file__).resolve().parents[2] / "shared" / "workloads" / "make_models.py"
+# Input dims (batch excluded) of the models the bench can serve.
+INPUT_DIMS = {DEFAULT_MODEL: [1, 28, 28], "mlp": [256], "cnn": [3, 64, 64]}
+DISPATCH = "/tideserve.v1.Balancer/Dispatch"
+EXECUTE = "/tideserve.v1.Worker/Execute"
+# Measured in this order on the same trace; round robin last, because the slow worker's queue it
+# builds would take long to drain before the next policy.
+POLICIES = (
+    "shortest_expected_delay",
+    "power_of_two",
+    "weighted_round_robin",
+    "least_load",
+    "round_robin",
+)
+DEFAULT_POLICY = "shortest_expected_delay"
+JSQ = "shortest_expected_delay"
+REQUEST_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Run:
+    """Latencies (seconds) and failures of one load phase."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q) * 1000) if self.latencies else float("nan")
+
+    def summary(self) -> dict:
+        return {
+            "ok": len(self.latencies),
+            "errors": dict(self.errors),
+            "throughput": len(self.latencies) / self.seconds if self.seconds else 0.0,
+            "p50_ms": self.ms(50),
+            "p99_ms": self.ms(99),
+            "max_ms": max(self.latencies, default=float("nan")) * 1000,
+        }
+
+
+def batch_bytes(model: str) -> tuple[bytes, tuple]:
+    """One serialized batch-1 Batch and its Dispatch metadata, as the batcher would send them."""
+    shape = [1, *INPUT_DIMS[model]]
+    data = np.random.default_rng(0).random(shape, dtype=np.float32)
+    batch = cluster_pb2.Batch(batch_id="bench", model_name=model)
+    batch.inputs.add(name="INPUT__0", datatype="FP32", shape=shape, raw=data.tobytes())
+    return batch.SerializeToString(), ((MODEL_KEY, model), (ROWS_KEY, "1"))
+
+
+def model_repository(root: Path, model: str) -> Path:
+    """tiny_cnn always; mlp and cnn from ../shared/workloads when asked for."""
+    repository = root / "models"
+    write_default_model(repository)
+    if model != DEFAULT_MODEL:
+        subprocess.run([sys.executable, str(SHARED_WORKLOADS), str(root)], check=True)
+        add_torchscript_model(repository, model, root / f"{model}.pt", INPUT_DIMS[model])
+    return repository
+
+
+async def timed(
+    call: grpc.aio.UnaryUnaryMultiCallable, payload: tuple[bytes, tuple], since: float, run: Run
+) -> None:
+    try:
+        await call(payload[0], timeout=REQUEST_TIMEOUT_S, metadata=payload[1])
+    except grpc.aio.AioRpcError as error:
+        run.errors[error.code().name] += 1
+        return
+    run.latencies.append(time.perf_counter() - since)
+
+
+async def open_loop(
+    call: grpc.aio.UnaryUnaryMultiCallable,
+    payload: tuple[bytes, tuple],
+    rate: float,
+    seconds: float,
+    seed: int,
+) -> Run:
+    """Poisson arrivals at `rate` for `seconds`; each latency counts from the scheduled send."""
+    rng = random.Random(seed)
+    run = Run()
+    tasks: set[asyncio.Task] = set()
+    start = time.perf_counter()
+    scheduled = start
+    while True:
+        scheduled += rng.expovariate(rate)
+        if scheduled - start > seconds:
+            break
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(timed(call, payload, scheduled, run))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+async def closed_loop(
+    call: grpc.aio.UnaryUnaryMultiCallable,
+    payload: tuple[bytes, tuple],
+    concurrency: int,
+    seconds: float,
+) -> Run:
+    run = Run()
+    stop_at = time.perf_counter() + seconds
+
+    async def client() -> None:
+        while time.perf_counter() < stop_at:
+            await timed(call, payload, time.perf_counter(), run)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+def snapshot(address: str) -> cluster_pb2.ClusterSnapshot:
+    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        call = cluster_pb2_grpc.BalancerStub(channel).WatchCluster(
+            cluster_pb2.WatchClusterRequest(), timeout=5
+        )
+        first = next(call)
+        call.cancel()
+        return first
+
+
+def idle(address: str) -> bool:
+    return all(w.outstanding_batches == 0 for w in snapshot(address).workers)
+
+
+def set_policy(address: str, name: str) -> None:
+    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        cluster_pb2_grpc.BalancerStub(channel).SetRoutingPolicy(
+            cluster_pb2.SetRoutingPolicyRequest(name=name), timeout=5
+        )
+
+
+def worker_shares(before: cluster_pb2.ClusterSnapshot, after: cluster_pb2.ClusterSnapshot) -> dict:
+    done = {w.worker_id: w.completed_batches for w in before.workers}
+    return {w.worker_id: w.completed_batches - done.get(w.worker_id, 0) for w in after.workers}
+
+
+async def policies(cluster: Cluster, args: argparse.Namespace) -> dict:
+    payload = batch_bytes(args.model)
+    async with grpc.aio.insecure_channel(cluster.balancer, options=CHANNEL_OPTIONS) as channel:
+        call = channel.unary_unary(DISPATCH)
+        await closed_loop(call, payload, concurrency=8, seconds=args.warmup)
+        capacity_run = await closed_loop(call, payload, concurrency=16, seconds=args.capacity_s)
+        capacity = capacity_run.summary()["throughput"]
+        # What each worker says one batch costs it (compute and slowdown, no overhead).
+        measured = {
+            w.worker_id: 1.0 / t.seconds
+            for w in snapshot(cluster.balancer).workers
+            for t in w.service_times
+            if t.batch_size == 1
+        }
+        rate = args.load * capacity
+        print(
+            f"capacity {capacity:.0f} batches/s (closed loop, 16 in flight); offered {rate:.0f}/s"
+        )
+        results = {}
+        for name in POLICIES:
+            await asyncio.to_thread(wait_for, lambda: idle(cluster.balancer), 60, "idle workers")
+            await asyncio.to_thread(set_policy, cluster.balancer, name)
+            # Unmeasured lead-in at the same rate: each policy starts from its own steady state,
+            # not from whatever the previous phase left in the balancer's estimates.
+            await open_loop(call, payload, rate, args.lead_in, seed=args.seed + 1)
+            before = await asyncio.to_thread(snapshot, cluster.balancer)
+            run = await open_loop(call, payload, rate, args.seconds, seed=args.seed)
+            after = await asyncio.to_thread(snapshot, cluster.balancer)
+            results[name] = {**run.summary(), "batches_per_worker": worker_shares(before, after)}
+            print(
+                f"  {name:<24} p50 {results[name]['p50_ms']:8.1f} ms  "
+                f"p99 {results[name]['p99_ms']:8.1f} ms  errors {dict(run.errors)}"
+            )
+    return {
+        "capacity_batches_per_s": capacity,
+        "worker_compute_rate_per_s": measured,
+        "offered_rate_per_s": rate,
+        "policies": results,
+    }
+
+
+async def hop(cluster: Cluster, requests: int) -> dict:
+    """Alternate direct and balanced batch-1 requests to one idle worker; p50 of each."""
+    payload = batch_bytes(DEFAULT_MODEL)
+    address = snapshot(cluster.balancer).workers[0].address
+    direct, balanced = Run(), Run()
+    async with (
+        grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as to_worker,
+        grpc.aio.insecure_channel(cluster.balancer, options=CHANNEL_OPTIONS) as to_balancer,
+    ):
+        execute = to_worker.unary_unary(EXECUTE)
+        dispatch = to_balancer.unary_unary(DISPATCH)
+        for index in range(requests):
+            for call, run in ((execute, direct), (dispatch, balanced))[:: 1 - 2 * (index % 2)]:
+                await timed(call, payload, time.perf_counter(), run)
+    return {
+        "requests_each": requests,
+        "direct_p50_ms": direct.ms(50),
+        "via_balancer_p50_ms": balanced.ms(50),
+        "added_p50_ms": balanced.ms(50) - direct.ms(50),
+        "direct_p99_ms": direct.ms(99),
+        "via_balancer_p99_ms": balanced.ms(99),
+        "errors": dict(direct.errors + balanced.errors),
+    }
+
+
+def table(report: dict) -> str:
+    rows = report["policies"]
+    rr, jsq, default = rows["round_robin"], rows[JSQ], rows[DEFAULT_POLICY]
+    lines = [
+        f"4 workers (one {report['slow_factor']}x slower), {report['model']} batch 1, "
+        f"base slowdown {report['base_slowdown']}, open-loop Poisson at "
+        f"{report['offered_rate_per_s']:.0f}/s = {report['load']:.0%} of measured capacity "
+        f"{report['capacity_batches_per_s']:.0f}/s, {report['seconds']} s per policy",
+        "",
+        "| policy | p50 ms | p99 ms | max ms | ok | errors | batches per worker |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+    for name, row in rows.items():
+        shares = ", ".join(f"{w}:{n}" for w, n in sorted(row["batches_per_worker"].items()))
+        mark = " (default)" if name == DEFAULT_POLICY else ""
+        lines.append(
+            f"| {name}{mark} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['max_ms']:.1f} "
+            f"| {row['ok']} | {row['errors'] or '-'} | {shares} |"
+        )
+    hop_ = report["hop"]
+    lines += [
+        "",
+        f"default p99 / round_robin p99 = {default['p99_ms'] / rr['p99_ms']:.2f} (target <= 0.5); "
+        f"default p99 / JSQ p99 = {default['p99_ms'] / jsq['p99_ms']:.2f} (target <= 1.3); "
+        f"lowest p99: {min(rows, key=lambda n: rows[n]['p99_ms'])}",
+        "",
+        "| balancer hop (batch 1, unslowed worker) | p50 ms | p99 ms |",
+        "|---|---:|---:|",
+        f"| batcher -> worker direct | {hop_['direct_p50_ms']:.2f} | {hop_['direct_p99_ms']:.2f} |",
+        f"| batcher -> balancer -> worker | {hop_['via_balancer_p50_ms']:.2f} "
+        f"| {hop_['via_balancer_p99_ms']:.2f} |",
+        f"| added by the hop | {hop_['added_p50_ms']:.2f} | |",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(INPUT_DIMS), default="cnn")
+    parser.add_argument("--seconds", type=float, default=8.0, help="load per policy")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--lead-in", type=float, default=2.0, help="unmeasured, per policy")
+    parser.add_argument("--capacity-s", type=float, default=4.0)
+    parser.add_argument("--load", type=float, default=0.8, help="fraction of measured capacity")
+    parser.add_argument("--base-slowdown", type=float, default=3.0)
+    parser.add_argument("--slow-factor", type=float, default=3.0)
+    parser.add_argument("--hop-requests", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        repository = model_repository(Path(tmp), args.model)
+        logs = RESULTS / "logs" / "balancer"
+        main_cluster = Cluster(
+            repository, logs / "policies", balancer_args=("--routing-policy", DEFAULT_POLICY)
+        )
+        hop_cluster = Cluster(repository, logs / "hop")
+        try:
+            main_cluster.start(workers=0)
+            for index in range(3):
+                main_cluster.add_worker(
+                    f"fast-{index}", "--models", args.model, "--slowdown", str(args.base_slowdown)
+                )
+            main_cluster.add_worker(
+                "slow-3",
+                "--models",
+                args.model,
+                "--slowdown",
+                str(args.base_slowdown * args.slow_factor),
+            )
+            main_cluster.wait_workers(4)
+            report = asyncio.run(policies(main_cluster, args))
+            main_cluster.stop()
+            hop_cluster.start(workers=1)
+            report["hop"] = asyncio.run(hop(hop_cluster, args.hop_requests))
+        finally:
+            main_cluster.stop()
+            hop_cluster.stop()
+
+    report.update(
+        model=args.model,
+        seconds=args.seconds,
+        load=args.load,
+        base_slowdown=args.base_slowdown,
+        slow_factor=args.slow_factor,
+        default_policy=DEFAULT_POLICY,
+        machine={"cpus": os.cpu_count(), "platform": platform.platform()},
+    )
+    (RESULTS / "balancer.json").write_text(json.dumps(report, indent=2))
+    print(table(report))
+
+
+if __name__ == "__main__":
+    main()
