@@ -259,11 +259,17 @@ def serve_and_measure(
 ) -> dict[str, Any]:
     cluster = Cluster(
         repository,
-        out / "logs" / model,
+        out / f"logs_{model}",
         worker_args=("--device", device),
         batcher_args=("--processes", str(batchers)),
     )
-    cluster.start(workers=1)
+    try:
+        cluster.start(workers=1)
+    except TimeoutError:
+        for name in cluster.processes:
+            print(f"--- {name} log ---\n{cluster.log(name)[-3000:]}", flush=True)
+        cluster.stop()
+        raise
     try:
         drive("closed", cluster.batcher, model, 3, client_processes, concurrency)  # warm-up
         before = snapshot_sizes(cluster)
