@@ -57,3 +57,15 @@ def readable_models(model_repository: Path, tmp_path: Path) -> str:
     return str(copy)
 
 
+@pytest.fixture(scope="module")
+def swarm(client: DockerClient) -> Iterator[DockerClient]:
+    """A swarm manager on loopback only; left again afterwards if this fixture made it."""
+    state = client.info()["Swarm"]
+    created = state["LocalNodeState"] != "active"
+    if created:
+        client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+    elif not state.get("ControlAvailable"):
+        pytest.skip("the engine is a swarm worker, not a manager: it cannot create services")
+    yield client
+    if created:
+        client.swarm.leave(force=True)

@@ -3,7 +3,8 @@ Swarm service on the host network, scaled up and down under load without failing
 the worker removed on scale-down is exactly the one drained; a worker killed from outside is
 replaced; the scaler's exit drains and removes every worker service.
 
-The swarm is created for the test (and left afterwards) unless the engine is already in one."""
+The swarm (conftest.py) is created for the test and left afterwards, unless the engine is already
+in one."""
 
 from __future__ import annotations
 
@@ -24,20 +25,6 @@ from tideserve.loadgen import closed_loop
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture(scope="module")
-def swarm(client: DockerClient) -> Iterator[DockerClient]:
-    """A swarm manager on loopback only; left again afterwards if this fixture made it."""
-    state = client.info()["Swarm"]
-    created = state["LocalNodeState"] != "active"
-    if created:
-        client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
-    elif not state.get("ControlAvailable"):
-        pytest.skip("the engine is a swarm worker, not a manager: it cannot create services")
-    yield client
-    if created:
-        client.swarm.leave(force=True)
 
 
 @pytest.fixture
