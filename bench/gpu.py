@@ -139,15 +139,19 @@ def inprocess_limit(repository: Path, model: str, seconds: float, device: str) -
     }
 
 
-def _client(args: tuple[str, str, str, float, float, int]) -> dict[str, Any]:
-    mode, address, model, seconds, level, seed = args
+def _client(args: tuple[str, str, str, float, float, int, int]) -> dict[str, Any]:
+    mode, address, model, seconds, level, seed, rows = args
     if mode == "closed":
         result = asyncio.run(
-            closed_loop(address, model, concurrency=int(level), seconds=seconds, timeout_s=30)
+            closed_loop(
+                address, model, concurrency=int(level), seconds=seconds, timeout_s=30, rows=rows
+            )
         )
     else:
         result = asyncio.run(
-            open_loop(address, model, rate=level, seconds=seconds, seed=seed, timeout_s=30)
+            open_loop(
+                address, model, rate=level, seconds=seconds, seed=seed, timeout_s=30, rows=rows
+            )
         )
     return {
         "ok": result.ok,
@@ -159,15 +163,21 @@ def _client(args: tuple[str, str, str, float, float, int]) -> dict[str, Any]:
 
 
 def drive(
-    mode: str, address: str, model: str, seconds: float, processes: int, level: float
+    mode: str,
+    address: str,
+    model: str,
+    seconds: float,
+    processes: int,
+    level: float,
+    rows: int = 1,
 ) -> dict[str, Any]:
     """Load from `processes` client processes: closed loop with `level` clients each, or open
-    loop at `level`/processes per second each."""
+    loop at `level`/processes requests per second each; every request carries `rows` rows."""
     per_process = level if mode == "closed" else level / processes
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         parts = pool.map(
             _client,
-            [(mode, address, model, seconds, per_process, seed) for seed in range(processes)],
+            [(mode, address, model, seconds, per_process, seed, rows) for seed in range(processes)],
         )
     merged = LoadResult()
     for part in parts:
@@ -179,6 +189,8 @@ def drive(
     merged.seconds = statistics.mean(p["seconds"] for p in parts)
     return {
         "throughput": merged.throughput,
+        "samples_per_s": merged.throughput * rows,
+        "rows_per_request": rows,
         "ok": merged.ok,
         "sent": merged.sent,
         "errors": merged.errors,
@@ -256,7 +268,11 @@ def serve_and_measure(
     concurrency: int,
     batch_compute_s: float,
     device: str,
+    client_rows: list[int],
 ) -> dict[str, Any]:
+    """Saturate the served model with clients sending requests of each size in `client_rows`
+    (1 = one sample a request, as most clients do); then, with one-row requests, open-loop
+    arrivals at half the saturated rate for the tail latency."""
     cluster = Cluster(
         repository,
         out / f"logs_{model}",
@@ -270,46 +286,49 @@ def serve_and_measure(
             print(f"--- {name} log ---\n{cluster.log(name)[-3000:]}", flush=True)
         cluster.stop()
         raise
+    runs: dict[str, Any] = {}
+    spy: dict[str, str] = {}
     try:
         drive("closed", cluster.batcher, model, 3, client_processes, concurrency)  # warm-up
-        before = snapshot_sizes(cluster)
-        sampler = GpuSampler()
-        spy: dict[str, str] = {}
-
-        def take_profile() -> None:
-            time.sleep(seconds / 2)
-            spy.update(
-                profile(
-                    {
-                        "worker": cluster.processes["worker-0"].pid,
-                        "batcher": cluster.processes["batcher"].pid,
-                    }
-                )
+        for rows in client_rows:
+            before = snapshot_sizes(cluster)
+            sampler = GpuSampler()
+            pids = {
+                "worker": cluster.processes["worker-0"].pid,
+                "batcher": cluster.processes["batcher"].pid,
+            }
+            profiler = threading.Timer(seconds / 2, lambda p=pids: spy.update(profile(p)))
+            if rows == 1:
+                profiler.start()
+            saturated = drive(
+                "closed", cluster.batcher, model, seconds, client_processes, concurrency, rows
             )
-
-        profiler = threading.Thread(target=take_profile)
-        profiler.start()
-        saturated = drive("closed", cluster.batcher, model, seconds, client_processes, concurrency)
-        profiler.join()
-        gpu = sampler.stop()
-        sizes = {
-            s: n - before.get(s, 0)
-            for s, n in snapshot_sizes(cluster).items()
-            if n - before.get(s, 0)
-        }
+            profiler.join() if rows == 1 else None
+            gpu = sampler.stop()
+            sizes = {
+                s: n - before.get(s, 0)
+                for s, n in snapshot_sizes(cluster).items()
+                if n - before.get(s, 0)
+            }
+            batches = sum(sizes.values())
+            runs[f"rows{rows}"] = {
+                **saturated,
+                **gpu,
+                "batch_sizes": sizes,
+                "mean_batch": sum(s * n for s, n in sizes.items()) / max(batches, 1),
+            }
         half = drive(
-            "open", cluster.batcher, model, seconds, client_processes, saturated["throughput"] / 2
+            "open",
+            cluster.batcher,
+            model,
+            seconds,
+            client_processes,
+            runs["rows1"]["throughput"] / 2,
         )
     finally:
         cluster.stop()
-    batches = sum(sizes.values())
     return {
-        "saturated": {
-            **saturated,
-            **gpu,
-            "mean_batch": sum(s * n for s, n in sizes.items()) / max(batches, 1),
-            "batch_sizes": sizes,
-        },
+        "saturated": runs,
         "half_load": {
             **half,
             "p99_over_batch_compute": half["p99_ms"] / 1000 / batch_compute_s
@@ -333,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batchers", type=int, default=4)
     parser.add_argument("--client-processes", type=int, default=6)
     parser.add_argument("--concurrency", type=int, default=48, help="clients per process")
+    parser.add_argument(
+        "--client-rows", default="1,16", help="rows per client request, one saturation run each"
+    )
     parser.add_argument("--device", default="cuda", help="cpu: a smoke run of this script")
     parser.add_argument(
         "--make-models", type=Path, default=ROOT.parent / "shared" / "workloads" / "make_models.py"
@@ -365,10 +387,10 @@ def main(argv: list[str] | None = None) -> int:
             args.concurrency,
             limit["batch64_compute_s"],
             args.device,
+            [int(r) for r in args.client_rows.split(",")],
         )
-        served["fraction_of_inprocess"] = (
-            served["saturated"]["throughput"] / limit["runner_samples_per_s"]
-        )
+        for run in served["saturated"].values():
+            run["fraction_of_inprocess"] = run["samples_per_s"] / limit["runner_samples_per_s"]
         results["workloads"][model] = {"inprocess": limit, "served": served}
         print(
             model,
@@ -378,19 +400,30 @@ def main(argv: list[str] | None = None) -> int:
         )
         (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     lines = [
-        "| model | in-process (samples/s) | bare module | served (infer/s) | fraction | "
-        "GPU util | mean batch | p99 at 50% load (ms) | 2x batch compute (ms) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | rows/request | in-process limit (samples/s) | bare module | served "
+        "(samples/s) | fraction | GPU util | mean batch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    tails = [
+        "",
+        "| model | p99 at 50% load (ms) | batch-64 compute (ms) | p99 / compute |",
+        "|---|---|---|---|",
     ]
     for model, r in results["workloads"].items():
-        s, lim = r["served"], r["inprocess"]
-        lines.append(
-            f"| {model} | {lim['runner_samples_per_s']:,.0f} | "
-            f"{lim['bare_module_samples_per_s']:,.0f} | {s['saturated']['throughput']:,.0f} | "
-            f"{s['fraction_of_inprocess']:.2f} | {s['saturated']['gpu_util_mean']:.0f}% | "
-            f"{s['saturated']['mean_batch']:.1f} | {s['half_load']['p99_ms']:.1f} | "
-            f"{2000 * lim['batch64_compute_s']:.1f} |"
+        served, lim = r["served"], r["inprocess"]
+        for run in served["saturated"].values():
+            lines.append(
+                f"| {model} | {run['rows_per_request']} | {lim['runner_samples_per_s']:,.0f} | "
+                f"{lim['bare_module_samples_per_s']:,.0f} | {run['samples_per_s']:,.0f} | "
+                f"{run['fraction_of_inprocess']:.2f} | {run['gpu_util_mean']:.0f}% | "
+                f"{run['mean_batch']:.1f} |"
+            )
+        half = served["half_load"]
+        tails.append(
+            f"| {model} | {half['p99_ms']:.1f} | {1000 * lim['batch64_compute_s']:.2f} "
+            f"| {half['p99_over_batch_compute']:.1f} |"
         )
+    lines += tails
     table = "\n".join(lines) + f"\n\ndevice: {results['device']}, torch {results['torch']}\n"
     (args.out / "table.md").write_text(table)
     print(table)

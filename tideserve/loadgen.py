@@ -35,14 +35,14 @@ class LoadResult:
 
 
 async def sample_request(
-    stub: inference_pb2_grpc.GRPCInferenceServiceStub, model: str, seed: int = 0
+    stub: inference_pb2_grpc.GRPCInferenceServiceStub, model: str, seed: int = 0, rows: int = 1
 ) -> pb.ModelInferRequest:
-    """A batch-1 request of random data shaped as the model's metadata says."""
+    """A request of `rows` rows of random data shaped as the model's metadata says."""
     metadata = await stub.ModelMetadata(pb.ModelMetadataRequest(name=model), timeout=10)
     rng = np.random.default_rng(seed)
     request = pb.ModelInferRequest(model_name=model)
     for tensor in metadata.inputs:
-        shape = [1 if d < 0 else d for d in tensor.shape]
+        shape = [rows, *(1 if d < 0 else d for d in tensor.shape[1:])]
         data = rng.random(shape).astype(codec.NUMPY_DTYPES[tensor.datatype])
         request.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=shape)
         request.raw_input_contents.append(data.tobytes())
@@ -58,12 +58,14 @@ async def closed_loop(
     stream: bool = False,
     request: pb.ModelInferRequest | None = None,
     timeout_s: float = 10.0,
+    rows: int = 1,
 ) -> LoadResult:
-    """`concurrency` clients each sending one request after another for `seconds`."""
+    """`concurrency` clients each sending one request (of `rows` rows) after another for
+    `seconds`."""
     result = LoadResult()
     async with serving.insecure_channel(address) as channel:
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
-        request = request or await sample_request(stub, model)
+        request = request or await sample_request(stub, model, rows=rows)
         stop_at = time.perf_counter() + seconds
 
         async def unary_client() -> None:
@@ -105,9 +107,16 @@ async def closed_loop(
 
 
 async def open_loop(
-    address: str, model: str, *, rate: float, seconds: float, seed: int = 0,
-    request: pb.ModelInferRequest | None = None, timeout_s: float = 10.0,
+    address: str,
+    model: str,
+    *,
+    rate: float,
+    seconds: float,
+    seed: int = 0,
+    request: pb.ModelInferRequest | None = None,
+    timeout_s: float = 10.0,
     max_outstanding: int = 10_000,
+    rows: int = 1,
 ) -> LoadResult:
     """Poisson arrivals at `rate`/s for `seconds`, each a unary request that does not wait for
     the previous ones (so a slow server sees its queue grow, as under real traffic). Arrivals
@@ -116,7 +125,7 @@ async def open_loop(
     rng = np.random.default_rng(seed)
     async with serving.insecure_channel(address) as channel:
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
-        request = request or await sample_request(stub, model, seed)
+        request = request or await sample_request(stub, model, seed, rows)
         pending: set[asyncio.Task] = set()
 
         async def one() -> None:
