@@ -1,0 +1,176 @@
+"""deploy/kubernetes/ checked for structure, since no API server can run here: every document
+parses, workloads' selectors match their pod labels and Services select a workload, every server
+has gRPC readiness and liveness probes on its gRPC port, the balancer is reachable by name through
+a headless Service, the scaler's RBAC is limited to pods in the workers' namespace, and the worker
+pod template is one KubernetesRuntime accepts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from services.scaler.kubernetes_runtime import KubernetesRuntime
+from tests.cluster import ROOT
+
+MANIFESTS = ROOT / "deploy" / "kubernetes"
+WORKLOADS = ("Deployment", "StatefulSet")
+
+
+def load_all() -> list[dict[str, Any]]:
+    documents = []
+    for path in sorted(MANIFESTS.glob("*.yaml")):
+        documents += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return documents
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[dict[str, Any]]:
+    return load_all()
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [
+        d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (doc,) = find(docs, kind, name)
+    return doc
+
+
+def worker_template(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    config = one(docs, "ConfigMap", "tideserve-worker-template")
+    return yaml.safe_load(config["data"]["worker-pod.yaml"])
+
+
+def env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+
+def test_every_document_is_a_known_kind_with_a_namespace(docs: list[dict[str, Any]]) -> None:
+    kinds = {d["kind"] for d in docs}
+    assert kinds == {
+        "Namespace", "Service", "StatefulSet", "Deployment", "ServiceAccount", "Role",
+        "RoleBinding", "ConfigMap",
+    }
+    namespaces = {d["metadata"]["name"] for d in find(docs, "Namespace")}
+    assert namespaces == {"tideserve", "tideserve-workers"}
+    for doc in docs:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] in namespaces, doc["metadata"]["name"]
+    names = [(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs]
+    assert len(names) == len(set(names))
+
+
+def test_selectors_match_pod_labels_and_services_select_a_workload(
+    docs: list[dict[str, Any]],
+) -> None:
+    pods = {}
+    for workload in (d for d in docs if d["kind"] in WORKLOADS):
+        selector = workload["spec"]["selector"]["matchLabels"]
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert selector.items() <= labels.items(), workload["metadata"]["name"]
+        pods[workload["metadata"]["name"]] = (workload, labels)
+    for service in find(docs, "Service"):
+        selector = service["spec"]["selector"]
+        matched = [
+            w for w, labels in pods.values()
+            if w["metadata"]["namespace"] == service["metadata"]["namespace"]
+            and selector.items() <= labels.items()
+        ]
+        assert len(matched) == 1, service["metadata"]["name"]
+        (container,) = matched[0]["spec"]["template"]["spec"]["containers"]
+        port_names = {p["name"] for p in container["ports"]}
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
+
+
+def test_servers_have_grpc_probes_on_their_grpc_port(docs: list[dict[str, Any]]) -> None:
+    specs = [w["spec"]["template"]["spec"] for w in docs if w["kind"] in WORKLOADS]
+    specs.append(worker_template(docs)["spec"])
+    assert len(specs) == 4
+    for spec in specs:
+        (container,) = spec["containers"]
+        (grpc_port,) = [p["containerPort"] for p in container["ports"] if p["name"] == "grpc"]
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"] == {"port": grpc_port}, (container["name"], probe)
+        # The server listens where the probe looks.
+        listen = {k: v for k, v in env(container).items() if k.endswith("_PORT")}
+        assert str(grpc_port) in listen.values(), container["name"]
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert spec["securityContext"]["runAsNonRoot"] is True
+
+
+def test_balancers_are_named_through_a_headless_service(docs: list[dict[str, Any]]) -> None:
+    service = one(docs, "Service", "tideserve-balancer")
+    assert service["spec"]["clusterIP"] == "None"
+    balancer = one(docs, "StatefulSet", "tideserve-balancer")
+    assert balancer["spec"]["serviceName"] == "tideserve-balancer"
+    expected = ",".join(
+        f"tideserve-balancer-{i}.tideserve-balancer.tideserve.svc:8100"
+        for i in range(balancer["spec"]["replicas"])
+    )
+    batcher = one(docs, "Deployment", "tideserve-batcher")
+    scaler = one(docs, "Deployment", "tideserve-scaler")
+    (batcher_container,) = batcher["spec"]["template"]["spec"]["containers"]
+    (scaler_container,) = scaler["spec"]["template"]["spec"]["containers"]
+    assert env(batcher_container)["TIDESERVE_BATCHER_BALANCERS"] == expected
+    # The scaler hands its list to the workers it starts.
+    assert env(scaler_container)["TIDESERVE_SCALER_BALANCERS"] == expected
+
+
+def test_scaler_rbac_is_limited_to_pods_in_the_workers_namespace(
+    docs: list[dict[str, Any]],
+) -> None:
+    assert find(docs, "ClusterRole") == []
+    assert find(docs, "ClusterRoleBinding") == []
+    (role,) = find(docs, "Role")
+    assert role["metadata"]["namespace"] == "tideserve-workers"
+    (rule,) = role["rules"]
+    assert rule["apiGroups"] == [""]
+    assert rule["resources"] == ["pods"]
+    assert set(rule["verbs"]) == {"create", "get", "list", "delete"}
+    (binding,) = find(docs, "RoleBinding")
+    assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"],
+    }
+    (subject,) = binding["subjects"]
+    account = one(docs, "ServiceAccount", subject["name"])
+    assert subject["namespace"] == account["metadata"]["namespace"] == "tideserve"
+    scaler = one(docs, "Deployment", "tideserve-scaler")
+    assert scaler["spec"]["template"]["spec"]["serviceAccountName"] == subject["name"]
+    assert scaler["spec"]["replicas"] == 1
+    assert scaler["spec"]["strategy"] == {"type": "Recreate"}
+    # Nothing else runs with API access.
+    for workload in (d for d in docs if d["kind"] in WORKLOADS and d is not scaler):
+        assert workload["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_worker_template_is_accepted_by_the_runtime(docs: list[dict[str, Any]]) -> None:
+    scaler = one(docs, "Deployment", "tideserve-scaler")
+    (container,) = scaler["spec"]["template"]["spec"]["containers"]
+    settings = env(container)
+    assert settings["TIDESERVE_SCALER_RUNTIME"] == "kubernetes"
+    mount = container["volumeMounts"][0]["mountPath"]
+    assert settings["TIDESERVE_SCALER_WORKER_POD_TEMPLATE"].startswith(mount + "/")
+    assert settings["TIDESERVE_SCALER_KUBERNETES_NAMESPACE"] == "tideserve-workers"
+
+    template = worker_template(docs)
+    account = one(docs, "ServiceAccount", template["spec"]["serviceAccountName"])
+    assert account["metadata"]["namespace"] == "tideserve-workers"
+    assert account["automountServiceAccountToken"] is False
+    runtime = KubernetesRuntime(
+        object(),  # type: ignore[arg-type]  # building a pod makes no API call
+        namespace="tideserve-workers",
+        owner_id=settings["TIDESERVE_SCALER_SCALER_ID"],
+        balancers=settings["TIDESERVE_SCALER_BALANCERS"].split(","),
+        pod_template=template,
+    )
+    pod = runtime.pod("worker-abc123")
+    (worker,) = pod["spec"]["containers"]
+    worker_env = env(worker)
+    assert worker_env["TIDESERVE_WORKER_WORKER_ID"] == "worker-abc123"
+    assert worker_env["TIDESERVE_WORKER_MODEL_REPOSITORY"] == worker["volumeMounts"][0]["mountPath"]
