@@ -72,11 +72,13 @@ def build_repository(
             config_text("cnn", "FP32", [3, 64, 64], [10], precision, instances)
         )
     if "resnet50" in workloads:
-        path = export_resnet50(made)
+        # Exported on the GPU in FP16 (an exported graph keeps its device and dtypes), so the
+        # worker runs it as it is: precision fp32 here means "no conversion".
+        path = export_resnet50(made, device="cuda", half=precision == "fp16")
         (repository / "resnet50" / "1").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, repository / "resnet50" / "1" / "model.pt2")
         (repository / "resnet50" / "config.pbtxt").write_text(
-            config_text("resnet50", "UINT8", [3, 224, 224], [1000], precision, instances)
+            config_text("resnet50", "UINT8", [3, 224, 224], [1000], "fp32", instances)
         )
     return repository
 
@@ -276,7 +278,7 @@ def serve_and_measure(
     cluster = Cluster(
         repository,
         out / f"logs_{model}",
-        worker_args=("--device", device),
+        worker_args=("--device", device, "--models", model),
         batcher_args=("--processes", str(batchers)),
     )
     try:

@@ -63,10 +63,14 @@ class ResNet50Like(nn.Module):
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-def export_resnet50(out: Path) -> Path:
+def export_resnet50(out: Path, device: str = "cpu", half: bool = False) -> Path:
+    """Export for one device (and precision): an exported graph keeps the device and dtypes it
+    was traced with, so a GPU deployment exports on the GPU, in FP16 if it serves FP16."""
     torch.manual_seed(0)
-    model = ResNet50Like().eval()
-    example = torch.zeros(2, 3, 224, 224, dtype=torch.uint8)
+    model = ResNet50Like().eval().to(device)
+    if half:
+        model = model.half()
+    example = torch.zeros(2, 3, 224, 224, dtype=torch.uint8, device=device)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     out.mkdir(parents=True, exist_ok=True)
