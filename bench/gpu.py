@@ -243,17 +243,87 @@ class GpuSampler:
         }
 
 
-def profile(pids: dict[str, int]) -> dict[str, str]:
-    """py-spy dump of each process (if py-spy is installed): what the threads are doing."""
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds used) of a live process, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_roles(cluster: Cluster) -> dict[int, str]:
+    """Every process of the run by role: the services (a batcher's processes are its children)
+    and the load generators (the other children of this benchmark)."""
+    roles = {p.pid: name.split("-")[0] for name, p in cluster.processes.items()}
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    parents = {pid: stat[0] for pid in pids if (stat := _stat(pid)) is not None}
+    for pid, parent in parents.items():
+        if parent in roles and roles[parent] == "batcher":
+            roles[pid] = "batcher"
+        elif parent == os.getpid() and pid not in roles:
+            roles[pid] = "clients"
+    return roles
+
+
+class CpuMeter:
+    """CPU cores used by each role over an interval: who is saturated."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.began = time.perf_counter()
+        self.start = {pid: _stat(pid) for pid in process_roles(cluster)}
+
+    def cores(self) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.began
+        used: dict[str, float] = {}
+        for pid, role in process_roles(self.cluster).items():
+            now, then = _stat(pid), self.start.get(pid)
+            if now is not None:
+                used[role] = used.get(role, 0.0) + now[1] - (then[1] if then else 0.0)
+        return {role: round(seconds / elapsed, 2) for role, seconds in used.items()}
+
+
+def profile(pids: dict[str, int], seconds: int = 4) -> dict[str, list[str]]:
+    """py-spy samples of each process (if py-spy is installed): the functions where its CPU
+    time goes, as 'share% function (file:line)', most first."""
     spy = shutil.which("py-spy")
     if spy is None:
-        return {"note": "py-spy not installed"}
-    return {
-        name: subprocess.run(
-            [spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30
-        ).stdout[-4000:]
-        for name, pid in pids.items()
-    }
+        return {"note": ["py-spy not installed"]}
+    tops: dict[str, list[str]] = {}
+    for name, pid in pids.items():
+        raw = Path(f"/tmp/pyspy-{name}.txt")
+        subprocess.run(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(seconds),
+                "--format",
+                "raw",
+                "--output",
+                str(raw),
+                "--nonblocking",
+            ],
+            capture_output=True,
+            timeout=seconds + 30,
+        )
+        own: dict[str, int] = {}
+        total = 0
+        for line in raw.read_text().splitlines() if raw.exists() else []:
+            stack, _, count = line.rpartition(" ")
+            frame = stack.split(";")[-1]
+            if "(idle)" in stack or "select" in frame or "_worker (concurrent" in frame:
+                continue
+            own[frame] = own.get(frame, 0) + int(count)
+            total += int(count)
+        tops[name] = [
+            f"{100 * n / max(total, 1):.0f}% {f}"
+            for f, n in sorted(own.items(), key=lambda kv: -kv[1])[:8]
+        ]
+    return tops
 
 
 def snapshot_sizes(cluster: Cluster) -> dict[int, int]:
@@ -289,23 +359,38 @@ def serve_and_measure(
         cluster.stop()
         raise
     runs: dict[str, Any] = {}
-    spy: dict[str, str] = {}
+    spy: dict[str, list[str]] = {}
     try:
         drive("closed", cluster.batcher, model, 3, client_processes, concurrency)  # warm-up
         for rows in client_rows:
             before = snapshot_sizes(cluster)
             sampler = GpuSampler()
+            roles = process_roles(cluster)
             pids = {
                 "worker": cluster.processes["worker-0"].pid,
-                "batcher": cluster.processes["batcher"].pid,
+                "balancer": cluster.processes["balancer"].pid,
+                "batcher": next(
+                    p
+                    for p, r in roles.items()
+                    if r == "batcher" and p != cluster.processes["batcher"].pid
+                ),
             }
-            profiler = threading.Timer(seconds / 2, lambda p=pids: spy.update(profile(p)))
+            # CPU by role, measured while the load runs (the client processes end with it).
+            meters: list[CpuMeter] = []
+            cores: dict[str, float] = {}
+            timers = [
+                threading.Timer(2.0, lambda m=meters: m.append(CpuMeter(cluster))),
+                threading.Timer(seconds - 0.5, lambda m=meters, c=cores: c.update(m[0].cores())),
+            ]
             if rows == 1:
-                profiler.start()
+                timers.append(threading.Timer(seconds / 3, lambda p=pids: spy.update(profile(p))))
+            for timer in timers:
+                timer.start()
             saturated = drive(
                 "closed", cluster.batcher, model, seconds, client_processes, concurrency, rows
             )
-            profiler.join() if rows == 1 else None
+            for timer in timers:
+                timer.join()
             gpu = sampler.stop()
             sizes = {
                 s: n - before.get(s, 0)
@@ -314,6 +399,7 @@ def serve_and_measure(
             }
             batches = sum(sizes.values())
             runs[f"rows{rows}"] = {
+                "cpu_cores_by_role": cores,
                 **saturated,
                 **gpu,
                 "batch_sizes": sizes,
