@@ -341,6 +341,7 @@ def serve_and_measure(
     batch_compute_s: float,
     device: str,
     client_rows: list[int],
+    inflight: int,
 ) -> dict[str, Any]:
     """Saturate the served model with clients sending requests of each size in `client_rows`
     (1 = one sample a request, as most clients do); then, with one-row requests, open-loop
@@ -349,7 +350,7 @@ def serve_and_measure(
         repository,
         out / f"logs_{model}",
         worker_args=("--device", device, "--models", model),
-        batcher_args=("--processes", str(batchers)),
+        batcher_args=("--processes", str(batchers), "--inflight-per-worker", str(inflight)),
     )
     try:
         cluster.start(workers=1)
@@ -476,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
             limit["batch64_compute_s"],
             args.device,
             [int(r) for r in args.client_rows.split(",")],
+            args.inflight_per_worker,
         )
         for run in served["saturated"].values():
             run["fraction_of_inprocess"] = run["samples_per_s"] / limit["runner_samples_per_s"]
