@@ -444,6 +444,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--client-rows", default="1,16", help="rows per client request, one saturation run each"
     )
+    parser.add_argument(
+        "--inflight-per-worker",
+        type=int,
+        default=2,
+        help="batches each batcher process keeps in flight per worker",
+    )
     parser.add_argument("--device", default="cuda", help="cpu: a smoke run of this script")
     parser.add_argument(
         "--make-models", type=Path, default=ROOT.parent / "shared" / "workloads" / "make_models.py"
