@@ -151,7 +151,7 @@ async def open_loop(
                 break
             times.append(t)
     result = OpenLoopResult()
-    async with serving.insecure_channel(address) as channel:
+    async with serving.channel(address) as channel:
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
         request = await sample_request(stub, model)
         in_flight: set[asyncio.Task] = set()

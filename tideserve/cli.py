@@ -55,7 +55,7 @@ async def _batch_sizes(balancer: str) -> dict[int, int]:
     from tideserve import serving
     from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
-    async with serving.insecure_channel(balancer) as channel:
+    async with serving.channel(balancer) as channel:
         stub = cluster_pb2_grpc.BalancerStub(channel)
         call = stub.WatchCluster(cluster_pb2.WatchClusterRequest())
         snapshot = await call.read()

@@ -134,7 +134,7 @@ class Suite:
         deadline = time.monotonic() + self.config.ready_timeout_s
         for address in (self.config.balancer, self.config.scaler, self.config.batcher):
             await _wait_serving(address, deadline, self)
-        async with serving.insecure_channel(self.config.batcher) as channel:
+        async with serving.channel(self.config.batcher) as channel:
             stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
             while True:
                 self.check_alive()
@@ -176,7 +176,7 @@ class Suite:
 
 
 async def _wait_serving(address: str, deadline: float, suite: Suite) -> None:
-    async with serving.insecure_channel(address) as channel:
+    async with serving.channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             suite.check_alive()

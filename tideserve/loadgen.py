@@ -59,11 +59,12 @@ async def closed_loop(
     request: pb.ModelInferRequest | None = None,
     timeout_s: float = 10.0,
     rows: int = 1,
+    tls: serving.TlsSettings = serving.PLAINTEXT,
 ) -> LoadResult:
     """`concurrency` clients each sending one request (of `rows` rows) after another for
     `seconds`."""
     result = LoadResult()
-    async with serving.insecure_channel(address) as channel:
+    async with serving.channel(address, tls) as channel:
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
         request = request or await sample_request(stub, model, rows=rows)
         stop_at = time.perf_counter() + seconds
@@ -117,13 +118,14 @@ async def open_loop(
     timeout_s: float = 10.0,
     max_outstanding: int = 10_000,
     rows: int = 1,
+    tls: serving.TlsSettings = serving.PLAINTEXT,
 ) -> LoadResult:
     """Poisson arrivals at `rate`/s for `seconds`, each a unary request that does not wait for
     the previous ones (so a slow server sees its queue grow, as under real traffic). Arrivals
     beyond `max_outstanding` in flight count as a "CLIENT_OVERLOAD" error instead of piling up."""
     result = LoadResult()
     rng = np.random.default_rng(seed)
-    async with serving.insecure_channel(address) as channel:
+    async with serving.channel(address, tls) as channel:
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
         request = request or await sample_request(stub, model, seed, rows)
         pending: set[asyncio.Task] = set()

@@ -7,8 +7,10 @@ import asyncio
 import functools
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,12 +24,156 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def new_server() -> grpc.aio.Server:
-    return grpc.aio.server(options=SERVER_OPTIONS)
+class TlsConfigured(Protocol):
+    """Any settings object carrying the shared TLS fields (`tideserve.settings.TlsFields`)."""
+
+    tls_cert: str
+    tls_key: str
+    tls_ca: str
 
 
-def insecure_channel(address: str) -> grpc.aio.Channel:
+@dataclass(frozen=True)
+class TlsSettings:
+    """Certificate files (PEM) for one process's server and its client channels.
+
+    `cert`+`key`: the process's identity, presented as the server certificate and, on client
+    channels, as the client certificate (so one pair per process serves mutual TLS both ways).
+    `ca`: the bundle peers are verified against. When it is set, servers *require* a client
+    certificate signed by it (mutual TLS) and clients verify servers with it; when it is empty,
+    servers take any client and clients verify servers against the system roots.
+    No cert and no ca: plaintext, the default for a loopback-only cluster.
+    """
+
+    cert: str = ""
+    key: str = ""
+    ca: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("tls_cert and tls_key must be set together")
+
+    @classmethod
+    def of(cls, settings: TlsConfigured) -> TlsSettings:
+        return cls(settings.tls_cert, settings.tls_key, settings.tls_ca)
+
+    @property
+    def secure_client(self) -> bool:
+        """Whether client channels use TLS: with a CA to verify servers, or an identity to show."""
+        return bool(self.ca or self.cert)
+
+    @property
+    def mutual(self) -> bool:
+        return bool(self.ca)
+
+
+PLAINTEXT = TlsSettings()
+
+
+def _read(path: str, setting: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise ValueError(f"{setting} {path!r} cannot be read: {error.strerror}") from None
+
+
+def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    if not tls.cert:
+        raise ValueError("a TLS server needs tls_cert and tls_key")
+    return grpc.ssl_server_credentials(
+        [(_read(tls.key, "tls_key"), _read(tls.cert, "tls_cert"))],
+        root_certificates=_read(tls.ca, "tls_ca") if tls.ca else None,
+        require_client_auth=tls.mutual,
+    )
+
+
+def channel_credentials(tls: TlsSettings) -> grpc.ChannelCredentials:
+    """Credentials for sync or aio secure channels (tests and tools use the sync API)."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(tls.ca, "tls_ca") if tls.ca else None,
+        private_key=_read(tls.key, "tls_key") if tls.cert else None,
+        certificate_chain=_read(tls.cert, "tls_cert") if tls.cert else None,
+    )
+
+
+def new_server(
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> grpc.aio.Server:
+    return grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
+
+
+def bind(server: grpc.aio.Server, address: str, tls: TlsSettings = PLAINTEXT) -> int:
+    """Listen on `address` with TLS when `tls` has a certificate, else in plaintext (a server
+    with a certificate never also listens in plaintext). Returns the bound port."""
+    if tls.cert:
+        return server.add_secure_port(address, server_credentials(tls))
+    return server.add_insecure_port(address)
+
+
+def channel(address: str, tls: TlsSettings = PLAINTEXT) -> grpc.aio.Channel:
+    """A client channel to another tideserve service, secure when `tls` says so."""
+    if tls.secure_client:
+        return grpc.aio.secure_channel(address, channel_credentials(tls), options=CHANNEL_OPTIONS)
     return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+class Authorizer(Protocol):
+    def allows(self, metadata: Mapping[str, str], identities: frozenset[str]) -> bool:
+        """Whether a call with these request headers, from a peer whose verified certificate
+        names `identities` (empty without mutual TLS), may proceed."""
+        ...
+
+
+def peer_identities(context: grpc.aio.ServicerContext) -> frozenset[str]:
+    """Common and subject-alternative names of the peer's certificate. gRPC fills these only for
+    a certificate it verified against the server's CA (mutual TLS), so they can be trusted."""
+    auth = context.auth_context() or {}
+    names = [*auth.get("x509_common_name", ()), *auth.get("x509_subject_alternative_name", ())]
+    return frozenset(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+
+
+class RequireAuth(grpc.aio.ServerInterceptor):
+    """Refuses every call to `service` that `authorizer` does not allow with UNAUTHENTICATED,
+    before the handler runs, so a refused call changes nothing. Other services on the server
+    (health, reflection) stay open. The check runs inside the handler because only the
+    servicer context carries the peer's verified certificate; it supports unary methods, and a
+    streaming method of the protected service fails closed (TypeError) rather than run unchecked.
+    """
+
+    def __init__(self, service: str, authorizer: Authorizer) -> None:
+        self.prefix = f"/{service}/"
+        self.authorizer = authorizer
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        if handler is None or not method.startswith(self.prefix):
+            return handler
+        inner = handler.unary_unary
+        if inner is None:
+            raise TypeError(f"{method} is not unary; RequireAuth cannot guard it")
+        authorizer = self.authorizer
+
+        async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            metadata = {
+                key: value
+                for key, value in context.invocation_metadata() or ()
+                if isinstance(value, str)
+            }
+            if not authorizer.allows(metadata, peer_identities(context)):
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "admin RPCs need 'authorization: Bearer <token>' metadata or an allowed "
+                    "client certificate",
+                )
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            checked, handler.request_deserializer, handler.response_serializer
+        )
 
 
 async def add_health_and_reflection(

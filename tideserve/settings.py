@@ -13,10 +13,25 @@ import os
 import tomllib
 import typing
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class TlsFields:
+    """TLS settings every service shares; a service's settings class inherits them, so each gets
+    the same flags (`--tls-cert`...) and variables (`<PREFIX>TLS_CERT`...).
+    `tideserve.serving.TlsSettings.of(settings)` turns them into credentials; see there for what
+    each combination means. Paths to PEM files; empty = plaintext (the loopback default)."""
+
+    # This process's certificate chain and private key: its server identity and client identity.
+    tls_cert: str = ""
+    tls_key: str = ""
+    # CA bundle that peers must be signed by; set, it makes every server require client certs.
+    tls_ca: str = ""
 
 
 def _parse(kind: Any, raw: Any, name: str) -> Any:

@@ -90,7 +90,7 @@ async def _status(scaler: str | None) -> cluster_pb2.ScalerStatus | None:
     if scaler is None:
         return None
     try:
-        async with serving.insecure_channel(scaler) as channel:
+        async with serving.channel(scaler) as channel:
             stub = cluster_pb2_grpc.ScalerAdminStub(channel)
             return await stub.GetStatus(cluster_pb2.GetStatusRequest(), timeout=2.0)
     except grpc.aio.AioRpcError:
@@ -99,7 +99,7 @@ async def _status(scaler: str | None) -> cluster_pb2.ScalerStatus | None:
 
 
 async def run(balancer: str, scaler: str | None, interval_s: float, once: bool) -> None:
-    async with serving.insecure_channel(balancer) as channel:
+    async with serving.channel(balancer) as channel:
         stub = cluster_pb2_grpc.BalancerStub(channel)
         previous: cluster_pb2.ClusterSnapshot | None = None
         async for snapshot in stub.WatchCluster(

@@ -28,14 +28,15 @@ WORKER_EXECUTE = "/tideserve.v1.Worker/Execute"
 class GrpcWorkerTransport:
     """One channel per worker, calling Execute with raw bytes in and out."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: serving.TlsSettings = serving.PLAINTEXT) -> None:
+        self.tls = tls
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
 
     async def execute(self, address: str, payload: bytes, timeout: float | None) -> bytes:
         call = self._calls.get(address)
         if call is None:
-            self._channels[address] = serving.insecure_channel(address)
+            self._channels[address] = serving.channel(address, self.tls)
             call = self._calls[address] = self._channels[address].unary_unary(WORKER_EXECUTE)
         channel = self._channels[address]
         try:
@@ -209,7 +210,8 @@ async def _expire_loop(core: BalancerCore, period_s: float) -> None:
 
 
 async def serve(settings: BalancerSettings) -> None:
-    transport = GrpcWorkerTransport()
+    tls = serving.TlsSettings.of(settings)
+    transport = GrpcWorkerTransport(tls)
     table = WorkerTable(
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
         eject_after_failures=settings.eject_after_failures,
@@ -240,7 +242,7 @@ async def serve(settings: BalancerSettings) -> None:
     server.add_generic_rpc_handlers(
         (BalancerServicer(core, settings.snapshot_interval_s, balancer_metrics).handler(),)
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    port = serving.bind(server, f"{settings.host}:{settings.port}", tls)
     health = await serving.add_health_and_reflection(server, [SERVICE_NAME])
     await server.start()
     logger.info(

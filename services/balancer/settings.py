@@ -4,11 +4,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.balancer.routing import POLICIES
-from tideserve.settings import load_settings
+from tideserve.settings import TlsFields, load_settings
 
 
 @dataclass(frozen=True)
-class BalancerSettings:
+class BalancerSettings(TlsFields):
     host: str = "127.0.0.1"
     port: int = 8100
     routing_policy: str = "shortest_expected_delay"

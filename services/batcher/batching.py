@@ -5,7 +5,10 @@ Semantics follow Triton's dynamic batcher:
 - a batch leaves once it can be full (max batch size, or the largest preferred size reachable),
   or once its oldest request has waited the maximum queue delay (from the batching policy);
 - requests of a higher priority level (lower number) go first; within a level, arrival order;
-- a queue holds at most `max_queue_size` requests, later ones are refused at once;
+- a queue holds at most `max_queue_size` requests, later ones are refused at once; a model that
+  sets none is bounded by the batcher-wide `default_max_rows` instead, so overload is shed at
+  once with RESOURCE_EXHAUSTED rather than queued without bound (which would make every request
+  late: congestion collapse);
 - a request whose queue timeout passes before it leaves is rejected (or, with the DELAY action,
   demoted behind every other request).
 Whether a batch may leave *now* is also gated by the caller on free dispatch capacity: while every
@@ -51,8 +54,12 @@ class BatchQueue:
         batching: BatchingSpec,
         policy: BatchPolicy,
         clock: Callable[[], float],
+        default_max_rows: int = 0,
     ) -> None:
+        if default_max_rows < 0:
+            raise ValueError("default_max_rows must be >= 0 (0 = unbounded)")
         self.max_batch_size = max(max_batch_size, 1)
+        self.default_max_rows = default_max_rows
         self.batching = batching
         self.policy = policy
         self.clock = clock
@@ -83,6 +90,15 @@ class BatchQueue:
             raise ResourceExhausted(
                 f"queue for this model is full ({limit} requests at priority {level + 1}); "
                 "retry later or lower the request rate"
+            )
+        bound = self.default_max_rows
+        # An empty queue takes any request, so one larger than the bound is not refused forever.
+        if not limit and bound and self.rows and self.rows + request.rows > bound:
+            raise ResourceExhausted(
+                f"the batcher is overloaded: {self.rows} rows already queue for this model "
+                f"(limit {bound}, max_queue_rows_default). Retry after a back-off, send to "
+                "another batcher, or add workers; set max_queue_size in the model config to "
+                "bound this model's queue differently"
             )
         self._levels[level].append(request)
         self.count += 1

@@ -61,6 +61,7 @@ class ModelScheduler:
         clock: Callable[[], float],
         curve: ServiceCurve = dict,
         metrics: BatchMetrics | None = None,
+        max_queue_rows_default: int = 0,
     ) -> None:
         self.entry = entry
         self.metrics = metrics or NoMetrics()
@@ -70,6 +71,7 @@ class ModelScheduler:
             spec.batching,
             create_policy(spec, curve),
             clock,
+            max_queue_rows_default,
         )
         self.dispatcher = dispatcher
         self.capacity = capacity
@@ -235,8 +237,10 @@ class BatcherCore:
         inflight_per_worker: int = 2,
         clock: Callable[[], float] = time.monotonic,
         metrics: BatchMetrics | None = None,
+        max_queue_rows_default: int = 0,
     ) -> None:
         self.catalog = catalog
+        self.max_queue_rows_default = max_queue_rows_default
         self.metrics = metrics
         self.dispatcher = dispatcher
         self.inflight_per_worker = inflight_per_worker
@@ -260,6 +264,7 @@ class BatcherCore:
                 self.clock,
                 lambda: self.catalog.service_curves.get(name, {}),
                 self.metrics,
+                self.max_queue_rows_default,
             )
             self.schedulers[name] = scheduler
         return scheduler

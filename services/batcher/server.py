@@ -36,8 +36,10 @@ class BalancerPool:
     """Dispatches batches over one or more balancers: round robin, moving on to the next balancer
     when one is unreachable, so no single balancer is a point of failure."""
 
-    def __init__(self, addresses: tuple[str, ...]) -> None:
-        self.channels = [serving.insecure_channel(a) for a in addresses]
+    def __init__(
+        self, addresses: tuple[str, ...], tls: serving.TlsSettings = serving.PLAINTEXT
+    ) -> None:
+        self.channels = [serving.channel(a, tls) for a in addresses]
         self.addresses = addresses
         self._calls = [c.unary_unary(BALANCER_DISPATCH) for c in self.channels]
         self._next = itertools.count()
@@ -185,9 +187,11 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             reader.cancel()
 
 
-async def _watch_catalog(catalog: ModelCatalog, address: str) -> None:
+async def _watch_catalog(
+    catalog: ModelCatalog, address: str, tls: serving.TlsSettings
+) -> None:
     """Keep the catalog in step with the balancer's cluster snapshots; reconnect when it drops."""
-    async with serving.insecure_channel(address) as channel:
+    async with serving.channel(address, tls) as channel:
         stub = cluster_pb2_grpc.BalancerStub(channel)
         while True:
             try:
@@ -219,12 +223,17 @@ async def _report_loop(core: BatcherCore, settings: BatcherSettings, pool: Balan
 
 
 async def serve(settings: BatcherSettings) -> None:
-    pool = BalancerPool(settings.balancers)
+    tls = serving.TlsSettings.of(settings)
+    pool = BalancerPool(settings.balancers, tls)
     catalog = ModelCatalog()
     registry = metrics.new_registry()
     batcher_metrics = BatcherMetrics(registry)
     core = BatcherCore(
-        catalog, pool, inflight_per_worker=settings.inflight_per_worker, metrics=batcher_metrics
+        catalog,
+        pool,
+        inflight_per_worker=settings.inflight_per_worker,
+        metrics=batcher_metrics,
+        max_queue_rows_default=settings.max_queue_rows_default,
     )
     registry.register(metrics.LoopCollector(asyncio.get_running_loop(), lambda: collect(core)))
     metrics_server = metrics.start_metrics_server(settings.host, settings.metrics_port, registry)
@@ -233,7 +242,7 @@ async def serve(settings: BatcherSettings) -> None:
         InferenceServicer(core, batcher_metrics), server
     )
     health = await serving.add_health_and_reflection(server, [SERVICE_NAME])
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    port = serving.bind(server, f"{settings.host}:{settings.port}", tls)
     await server.start()
     logger.info(
         "batcher listening",
@@ -243,7 +252,7 @@ async def serve(settings: BatcherSettings) -> None:
             "balancers": list(settings.balancers),
         },
     )
-    tasks = [asyncio.create_task(_watch_catalog(catalog, a)) for a in settings.balancers]
+    tasks = [asyncio.create_task(_watch_catalog(catalog, a, tls)) for a in settings.balancers]
     tasks.append(asyncio.create_task(_report_loop(core, settings, pool)))
 
     async def stop() -> None:

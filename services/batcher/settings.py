@@ -5,11 +5,11 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tideserve.settings import load_settings
+from tideserve.settings import TlsFields, load_settings
 
 
 @dataclass(frozen=True)
-class BatcherSettings:
+class BatcherSettings(TlsFields):
     host: str = "127.0.0.1"
     # Triton's gRPC port, so clients' defaults work.
     port: int = 8001
@@ -18,6 +18,11 @@ class BatcherSettings:
     # Batches in flight per ready worker of a model: 2 keeps a worker busy while the next batch
     # travels to it; more only lengthens queues inside workers.
     inflight_per_worker: int = 2
+    # Rows a model's queue may hold when its config sets no max_queue_size; more are refused at
+    # once with RESOURCE_EXHAUSTED. Shedding keeps the accepted requests fast under overload
+    # (bench/overload.py): a queue of B rows adds about B / throughput of waiting. It should
+    # cover a few max-size batches per worker, or workers idle between batches. 0 = unbounded.
+    max_queue_rows_default: int = 256
     # Batcher processes sharing the port (SO_REUSEPORT): the kernel spreads client connections
     # over them when one Python process cannot keep up. Each has its own queues; process i
     # serves metrics on metrics_port + i.
@@ -34,6 +39,8 @@ class BatcherSettings:
             object.__setattr__(self, "batcher_id", f"{socket.gethostname()}-{os.getpid()}")
         if self.processes < 1:
             raise ValueError("processes must be >= 1")
+        if self.max_queue_rows_default < 0:
+            raise ValueError("max_queue_rows_default must be >= 0 (0 = unbounded)")
         if self.inflight_per_worker < 1:
             raise ValueError("inflight_per_worker must be >= 1")
         if not self.balancers:

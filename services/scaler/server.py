@@ -4,10 +4,12 @@ the tick loop, and the runtime chosen in settings."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 
 import grpc
 
+from services.scaler.auth import AdminAuth
 from services.scaler.controller import ScalerController
 from services.scaler.guards import GuardConfig
 from services.scaler.metrics import collect
@@ -100,6 +102,13 @@ class ScalerAdminServicer(cluster_pb2_grpc.ScalerAdminServicer):
         return await self.controller.drain_worker(request.worker_id)
 
 
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def build_runtime(settings: ScalerSettings) -> WorkerRuntime:
     if settings.runtime == "docker":
         from services.scaler.docker_runtime import create_docker_runtime
@@ -153,7 +162,16 @@ async def _tick_loop(controller: ScalerController, period_s: float) -> None:
 
 
 async def serve(settings: ScalerSettings) -> None:
-    channels = [serving.insecure_channel(a) for a in settings.balancers]
+    auth = AdminAuth.from_settings(
+        settings.admin_token, settings.admin_token_file, settings.admin_identities
+    )
+    if auth.open and not is_loopback(settings.host):
+        logger.warning(
+            "admin RPCs are open to anyone who can reach this address; set admin_token",
+            extra={"host": settings.host},
+        )
+    tls = serving.TlsSettings.of(settings)
+    channels = [serving.channel(a, tls) for a in settings.balancers]
     runtime = build_runtime(settings)
     controller = ScalerController(
         runtime,
@@ -180,12 +198,12 @@ async def serve(settings: ScalerSettings) -> None:
         metrics.LoopCollector(asyncio.get_running_loop(), lambda: collect(controller, runtime.name))
     )
     metrics_server = metrics.start_metrics_server(settings.host, settings.metrics_port, registry)
-    server = serving.new_server()
+    server = serving.new_server(interceptors=[serving.RequireAuth(SERVICE_NAME, auth)])
     cluster_pb2_grpc.add_ScalerAdminServicer_to_server(
         ScalerAdminServicer(controller, runtime.name), server
     )
     health = await serving.add_health_and_reflection(server, [SERVICE_NAME])
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    port = serving.bind(server, f"{settings.host}:{settings.port}", tls)
     await server.start()
     logger.info(
         "scaler listening",
@@ -196,6 +214,7 @@ async def serve(settings: ScalerSettings) -> None:
             "policy": settings.policy,
             "min_replicas": settings.min_replicas,
             "max_replicas": settings.max_replicas,
+            "admin_auth": "open" if auth.open else "required",
         },
     )
     tasks = [

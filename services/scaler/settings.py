@@ -5,13 +5,13 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tideserve.settings import load_settings
+from tideserve.settings import TlsFields, load_settings
 
 RUNTIMES = ("process", "docker", "swarm", "kubernetes")
 
 
 @dataclass(frozen=True)
-class ScalerSettings:
+class ScalerSettings(TlsFields):
     host: str = "127.0.0.1"
     port: int = 8200
     balancers: tuple[str, ...] = ("127.0.0.1:8100",)
@@ -57,6 +57,12 @@ class ScalerSettings:
     worker_pod_template: str = ""
     kubernetes_namespace: str = ""
     grace_s: float = 5.0
+    # Admin RPCs need `authorization: Bearer <token>` (token given here, by
+    # TIDESERVE_SCALER_ADMIN_TOKEN, or as the file's first line) or, with mutual TLS, a client
+    # certificate whose CN or SAN is one of admin_identities. None set: admin is open (loopback).
+    admin_token: str = ""
+    admin_token_file: str = ""
+    admin_identities: tuple[str, ...] = ()
     # Prometheus /metrics.
     metrics_port: int = 8202
     log_level: str = "INFO"
@@ -68,6 +74,11 @@ class ScalerSettings:
         if self.runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {self.runtime!r}; choose one of {list(RUNTIMES)}")
         self.parsed_policy_parameters()
+        if self.admin_identities and not self.tls_ca:
+            raise ValueError(
+                "admin_identities need mutual TLS: set tls_cert, tls_key and tls_ca, "
+                "or use admin_token"
+            )
 
     def parsed_policy_parameters(self) -> dict[str, float]:
         parameters = {}

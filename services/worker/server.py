@@ -63,7 +63,9 @@ class HeartbeatClient:
         registration: cluster_pb2.WorkerRegistration,
         interval_s: float,
         released: asyncio.Event,
+        tls: serving.TlsSettings = serving.PLAINTEXT,
     ) -> None:
+        self.tls = tls
         self.core = core
         self.balancer = balancer
         self.registration = registration
@@ -78,7 +80,7 @@ class HeartbeatClient:
 
     async def run(self) -> None:
         backoff = 0.1
-        async with serving.insecure_channel(self.balancer) as channel:
+        async with serving.channel(self.balancer, self.tls) as channel:
             stub = cluster_pb2_grpc.BalancerStub(channel)
             while True:
                 try:
@@ -112,8 +114,9 @@ async def serve(settings: WorkerSettings) -> None:
     configure_threads(settings.threads)
     device = resolve_device(settings.device)
     entries = scan(Path(settings.model_repository), settings.models)
+    tls = serving.TlsSettings.of(settings)
     server = serving.new_server()
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    port = serving.bind(server, f"{settings.host}:{settings.port}", tls)
     address = f"{settings.host}:{port}"
     health = await serving.add_health_and_reflection(server, [SERVICE_NAME], serving=False)
     runners: dict[str, ModelRunner] = {}
@@ -146,7 +149,9 @@ async def serve(settings: WorkerSettings) -> None:
     released = asyncio.Event()
     heartbeats = [
         asyncio.create_task(
-            HeartbeatClient(core, b, registration, settings.heartbeat_interval_s, released).run()
+            HeartbeatClient(
+                core, b, registration, settings.heartbeat_interval_s, released, tls
+            ).run()
         )
         for b in settings.balancers
     ]

@@ -5,11 +5,11 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tideserve.settings import load_settings
+from tideserve.settings import TlsFields, load_settings
 
 
 @dataclass(frozen=True)
-class WorkerSettings:
+class WorkerSettings(TlsFields):
     # Unique name the balancer and scaler know this worker by; default host-pid.
     worker_id: str = ""
     host: str = "127.0.0.1"
