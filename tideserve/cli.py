@@ -5,6 +5,7 @@ tideserve plan ...           replicas needed for a rate and an SLO (M/M/m, Erlan
 tideserve policy train|eval  train / evaluate the learned autoscaling policy
 tideserve top [--once]       live view of workers, load, batch sizes, replicas and policy
 tideserve profile MODEL      measure a model's batch service times and a worker's cold start
+tideserve report RUN.json    PNG plots of a run: load vs replicas, latency, batch sizes
 """
 
 from __future__ import annotations
@@ -170,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     policy = commands.add_parser("policy", help="learned autoscaling policy")
     policy.add_argument("action", choices=["train", "eval"])
     commands.add_parser("top", help="live view of the cluster", add_help=False)
+    commands.add_parser("report", help="PNG plots of a run (or --record one)", add_help=False)
     commands.add_parser(
         "profile", help="measure t(b) and cold start; write a profile", add_help=False
     )
@@ -190,6 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tideserve.top import main as top_main
 
         return top_main(rest)
+    if args.command == "report":
+        from tideserve.report import main as report_main
+
+        return report_main(rest)
     if args.command == "profile":
         from services.worker.profile import main as profile_main
 
