@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import time
 
-import grpc
-
-from tideserve.grpc_options import CHANNEL_OPTIONS
+from tideserve import serving
 from tideserve.report import Run, Sample, batch_size_delta
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
@@ -63,10 +61,9 @@ async def record(
     first: cluster_pb2.ClusterSnapshot | None = None
     last: cluster_pb2.ClusterSnapshot | None = None
     started_unix = time.time()
-    # Plaintext, as `tideserve top` and the loopback stack use; a TLS cluster is not recorded yet.
-    async with grpc.aio.insecure_channel(balancer, options=CHANNEL_OPTIONS) as channel:
-        scaler_channel = (grpc.aio.insecure_channel(scaler, options=CHANNEL_OPTIONS)
-                          if scaler else None)
+    # Plaintext, as `tideserve top` uses; recording a TLS cluster would pass its TlsSettings here.
+    async with serving.channel(balancer) as channel:
+        scaler_channel = serving.channel(scaler) if scaler else None
         try:
             scaler_stub = (cluster_pb2_grpc.ScalerAdminStub(scaler_channel)
                            if scaler_channel else None)
