@@ -8,7 +8,10 @@ policy falls back to the tuned HPA whenever its observation leaves the trained r
 scaler does; the table counts those fallbacks.
 
 Prints a table (SLO attainment, pooled p99, worker-seconds, scaling actions) and writes one PNG
-per trace shape (load, replicas and p99 latency over time, one column per policy).
+per trace shape (load, replicas and p99 latency over time, one column per policy). With
+`--run-json DIR` it also writes each plotted episode as DIR/<shape>_<policy>.json in the RUN.json
+format of `tideserve report` (tideserve/report.py), to plot one policy's run on its own or beside
+a real one.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ import numpy as np
 
 from services.scaler.guards import GuardConfig, Guards
 from services.scaler.learning.policy import DEFAULT_POLICY, LearnedPolicy, ObservationOutOfRange
-from services.scaler.planner import MEAN_OVER_TAU
+from services.scaler.planner import MEAN_OVER_TAU, batch_latency_cdf
 from services.scaler.policies import ScalingContext, ScalingPolicy, create_policy
 from services.scaler.sim import traces
 from services.scaler.sim.env import EnvConfig, EpisodeLog, ServingClusterEnv
+from tideserve.report import Run, Sample
 
 logger = logging.getLogger(__name__)
 
@@ -168,12 +172,53 @@ def plot(results: list[Result], key: tuple[str, int], path: Path, slo_s: float) 
     plt.close(fig)
 
 
+def _median_over_tau() -> float:
+    """Median batch latency / tau: the request-latency model depends on x / tau only, so one
+    bisection gives every step's p50 as wait + this * tau (the env logs p99 but not p50)."""
+    low, high = 0.0, 100.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if batch_latency_cdf(mid, 1.0) < 0.5 else (low, mid)
+    return high
+
+
+def episode_run(log: EpisodeLog, *, step_s: float, slo_s: float, meta: dict[str, object]) -> Run:
+    """One simulated episode as a RUN.json run. The fluid model has no batch-size distribution,
+    so batch_size_counts stays empty; a step without ready replicas has unbounded latency (null)."""
+    median = _median_over_tau()
+    cap_ms = 100 * slo_s * 1e3  # the env caps p99 here; p50 gets the same bound
+    samples = [
+        Sample(
+            t=step * step_s,
+            arrival_rate=arrivals / step_s,
+            replicas_ready=ready,
+            replicas_desired=desired,
+            latency_p50_ms=min((wait + median * tau) * 1e3, cap_ms) if np.isfinite(tau) else None,
+            latency_p99_ms=p99 * 1e3 if np.isfinite(tau) else None,
+            slo_ms=slo_s * 1e3,
+        )
+        for step, (arrivals, ready, desired, wait, tau, p99) in enumerate(zip(
+            log.arrivals, log.ready, log.replicas, log.wait_s, log.tau_s, log.p99_s, strict=True))
+    ]
+    return Run(samples, {}, dict(meta))
+
+
+def write_run_json(result: Result, key: tuple[str, int], path: Path, config: EnvConfig) -> Path:
+    meta = {"source": "tideserve policy eval (simulator)", "title": f"{result.policy} on "
+            f"{key[0]} seed {key[1]} (sim)", "policy": result.policy, "setting": result.setting,
+            "trace": key[0], "seed": key[1]}
+    return episode_run(result.logs[key], step_s=config.step_s, slo_s=config.slo_s,
+                       meta=meta).write(path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tideserve policy eval", description=__doc__)
     parser.add_argument("--policy", type=Path, default=DEFAULT_POLICY)
     parser.add_argument("--out", type=Path, default=Path("build/policy-eval"))
     parser.add_argument("--tune-seeds", type=int, default=4,
                         help="training seeds per shape used to tune the rule policies")
+    parser.add_argument("--run-json", type=Path, metavar="DIR",
+                        help="also write each plotted episode as DIR/<shape>_<policy>.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = EnvConfig()
@@ -192,7 +237,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for shape in traces.SHAPES:
         key = (shape, traces.TEST_SEEDS[0])
         plot(results, key, args.out / f"eval_{shape}.png", config.slo_s)
+        if args.run_json is not None:
+            for r in results:
+                write_run_json(r, key, args.run_json / f"{shape}_{r.policy}.json", config)
     print(f"\nplots: {args.out}/eval_<shape>.png")
+    if args.run_json is not None:
+        print(f"runs: {args.run_json}/<shape>_<policy>.json (tideserve report RUN.json)")
     return 0
 
 
