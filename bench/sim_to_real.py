@@ -16,6 +16,10 @@ the cluster's SLO capacity, exactly as the simulator scales it. For each policy 
 
 Loopback only; the load is bounded by the trace (a few hundred requests/s at most) and by a cap
 on requests in flight. Results are printed and written to bench/results/sim_to_real.json.
+`--run-json DIR` also writes each policy's timelines in `tideserve report`'s RUN.json format:
+DIR/<policy>-real.json (per trace second: requests sent, client-side p50/p99 of those answered,
+the scaler's ready and desired replicas; the balancer's batch sizes over the run) and
+DIR/<policy>-sim.json (the simulator's prediction), so `tideserve report` plots either.
 """
 
 from __future__ import annotations
@@ -33,13 +37,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.stack import ROOT, LocalStack, open_loop
+import grpc
+import numpy as np
+
+from bench.stack import ROOT, LocalStack, OpenLoopResult, open_loop
 from services.scaler.guards import GuardConfig, Guards
+from services.scaler.learning.evaluate import episode_run
 from services.scaler.planner import ServiceProfile
 from services.scaler.policies import ScalingPolicy, create_policy
 from services.scaler.sim import traces
 from services.scaler.sim.env import DEFAULT_PROFILE, EnvConfig, EpisodeLog, ServingClusterEnv
 from services.worker.models import DEFAULT_MODEL, write_default_model
+from tideserve.report import Run, Sample, batch_size_delta
+from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
 RESULTS = ROOT / "bench" / "results" / "sim_to_real.json"
 
@@ -97,6 +107,37 @@ class Measured:
     failed: int
     max_workers: int
     p99_s: float
+    timeline: Run
+
+
+def batch_size_counts(stack: LocalStack) -> dict[int, int]:
+    """The balancer's cumulative batches per size (one WatchCluster snapshot)."""
+    with grpc.insecure_channel(stack.address("balancer")) as channel:
+        call = cluster_pb2_grpc.BalancerStub(channel).WatchCluster(
+            cluster_pb2.WatchClusterRequest(), timeout=10)
+        snapshot = next(call)
+        call.cancel()
+    return dict(snapshot.batch_size_counts)
+
+
+def timeline(result: OpenLoopResult, seconds: int, replicas: list[tuple[float, int, int]],
+             slo_s: float) -> list[Sample]:
+    """Per trace second: the requests sent in it, the p50/p99 of those answered (as the client
+    saw them; failures leave the percentiles and count only in the rate) and the scaler's last
+    (ready, desired) replicas polled at or before it. `replicas` holds (seconds since the load
+    began, ready, desired)."""
+    sent, latency = np.asarray(result.sent_at), np.asarray(result.latency)
+    samples = []
+    for second in range(seconds):
+        in_second = (sent >= second) & (sent < second + 1)
+        answered = latency[in_second & np.isfinite(latency)] * 1e3
+        polled = [r for r in replicas if r[0] <= second] or replicas[:1]
+        _, ready, desired = polled[-1]
+        p50, p99 = (np.percentile(answered, [50, 99]) if answered.size else (None, None))
+        samples.append(Sample(float(second), float(in_second.sum()), ready, desired,
+                              None if p50 is None else float(p50),
+                              None if p99 is None else float(p99), slo_s * 1e3))
+    return samples
 
 
 def run_real(setup: Setup, policy: str, rates: list[float], cv: float, seed: int,
@@ -105,13 +146,17 @@ def run_real(setup: Setup, policy: str, rates: list[float], cv: float, seed: int
     try:
         stack.wait_ready_workers(setup.guards.min_replicas)
         samples: list[tuple[float, int]] = []
+        replicas: list[tuple[float, int, int]] = []
         done = threading.Event()
 
         def poll() -> None:
             while not done.is_set():
                 status = stack.status()
                 samples.append((time.monotonic(), status.ready_replicas + status.starting_replicas))
+                replicas.append((samples[-1][0], status.ready_replicas, status.desired_replicas))
                 done.wait(0.5)
+
+        batches_before = batch_size_counts(stack)
 
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
@@ -121,6 +166,7 @@ def run_real(setup: Setup, policy: str, rates: list[float], cv: float, seed: int
         ended = began + len(rates)
         done.set()
         poller.join()
+        batch_sizes = batch_size_delta(batches_before, batch_size_counts(stack))
     finally:
         stack.stop()
     worker_seconds = 0.0
@@ -129,8 +175,12 @@ def run_real(setup: Setup, policy: str, rates: list[float], cv: float, seed: int
         worker_seconds += n * max(hi - lo, 0.0)
     finite = sorted(x for x in result.latency if math.isfinite(x))
     p99 = finite[int(0.99 * (len(finite) - 1))] if finite else math.inf
+    run = Run(timeline(result, len(rates), [(t - began, r, d) for t, r, d in replicas],
+                       setup.slo_s), batch_sizes,
+              {"source": "bench.sim_to_real (real stack)", "policy": policy,
+               "title": f"{policy} (real)", "failed": result.failed})
     return Measured(result.within(setup.slo_s), worker_seconds, len(result.latency),
-                    result.failed, max(n for _, n in samples), p99)
+                    result.failed, max(n for _, n in samples), p99, run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, default=DEFAULT_PROFILE)
     parser.add_argument("--policies", default="learned,hpa")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--run-json", type=Path, metavar="DIR",
+                        help="also write DIR/<policy>-real.json and -sim.json (RUN.json format)")
     args = parser.parse_args(argv)
     guards = GuardConfig(min_replicas=1, max_replicas=args.max_replicas, up_cooldown_s=2.0,
                          down_cooldown_s=5.0, max_step_up=2, max_step_down=1)
@@ -167,6 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"(SLO capacity {profile.rate_within_slo(setup.slo_s):.1f} req/s per worker)",
                   flush=True)
             real = run_real(setup, name, rates, trace.cv, args.seed, repository, work / name)
+            if args.run_json is not None:
+                real.timeline.write(args.run_json / f"{name}-real.json")
+                episode_run(log, step_s=1.0, slo_s=setup.slo_s, meta={
+                    "source": "bench.sim_to_real (simulator)", "policy": name,
+                    "title": f"{name} (sim)"}).write(args.run_json / f"{name}-sim.json")
             rows.append({
                 "policy": name,
                 "sim_within_slo": log.slo_attainment(), "real_within_slo": real.attainment,
