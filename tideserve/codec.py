@@ -60,13 +60,17 @@ MAX_ELEMENTS = 1 << 40
 
 
 def element_count(shape: Sequence[int]) -> int:
-    """Number of elements of a shape, refusing negative or absurd dimensions."""
+    """Number of elements of a shape, refusing negative or absurd dimensions. A zero dimension
+    does not excuse the others: numpy refuses [0, 2**20, 2**43] too (the product of the
+    non-zero dims overflows), so that product is bounded as well."""
     count = 1
+    extent = 1
     for dim in shape:
         if dim < 0:
             raise InvalidArgument(f"shape {list(shape)} has a negative dimension")
         count *= dim
-        if count > MAX_ELEMENTS:
+        extent *= max(dim, 1)
+        if extent > MAX_ELEMENTS:
             raise InvalidArgument(f"shape {list(shape)} has more than {MAX_ELEMENTS} elements")
     return count
 
