@@ -28,7 +28,12 @@ def test_request_expiring_in_the_queue_never_reaches_a_worker(
 ) -> None:
     # One slow worker (each batch takes well over 0.2 s): two batches fill the batcher's two
     # dispatch slots, so a third request waits in the batcher's queue.
-    cluster = Cluster(model_repository, tmp_path, worker_args=("--slowdown", "3000"))
+    # The balancer's per-batch timeout floor is raised so that these deliberately slow batches
+    # are not taken for a hung worker.
+    cluster = Cluster(
+        model_repository, tmp_path, worker_args=("--slowdown", "3000"),
+        balancer_args=("--batch-timeout-floor-s", "20"),
+    )
     cluster.start(workers=1)
     try:
         rows_before = cluster.snapshot().dispatched_rows
