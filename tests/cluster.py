@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tideserve.grpc_options import CHANNEL_OPTIONS
+from tideserve.serving import PLAINTEXT, TlsSettings, channel_credentials
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2, inference_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +27,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def sync_channel(address: str, tls: TlsSettings = PLAINTEXT) -> grpc.Channel:
+    """A blocking client channel, secure when `tls` says so (as `serving.channel` for aio)."""
+    if tls.secure_client:
+        return grpc.secure_channel(address, channel_credentials(tls), options=CHANNEL_OPTIONS)
+    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 
 def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.05):  # type: ignore[no-untyped-def]
@@ -59,6 +67,9 @@ class Cluster:
     # Ports of further balancers, started as balancer-1, balancer-2...: every worker heartbeats
     # to all of them and the batcher spreads batches over all of them.
     extra_balancer_ports: tuple[int, ...] = ()
+    # Every service runs with these certificates (`--tls-*`), and the cluster's own checks use
+    # them as a client; PLAINTEXT by default.
+    tls: TlsSettings = PLAINTEXT
 
     @property
     def balancer(self) -> str:
@@ -79,7 +90,7 @@ class Cluster:
         pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
         env = {**os.environ, "PYTHONPATH": pythonpath}
         process = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
+            [sys.executable, "-m", module, *args, *self.tls_flags()],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -88,6 +99,11 @@ class Cluster:
         log.close()
         self.processes[name] = process
         return process
+
+    def tls_flags(self) -> tuple[str, ...]:
+        fields = (("--tls-cert", self.tls.cert), ("--tls-key", self.tls.key),
+                  ("--tls-ca", self.tls.ca))
+        return tuple(item for flag, value in fields if value for item in (flag, value))
 
     def start(self, workers: int = 1) -> Cluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +116,7 @@ class Cluster:
             str(self.balancer_metrics_port),
             *self.balancer_args,
         )
-        wait_healthy(self.balancer)
+        wait_healthy(self.balancer, tls=self.tls)
         for index, port in enumerate(self.extra_balancer_ports, start=1):
             self.spawn(
                 f"balancer-{index}",
@@ -111,7 +127,7 @@ class Cluster:
                 str(free_port()),
                 *self.balancer_args,
             )
-            wait_healthy(f"127.0.0.1:{port}")
+            wait_healthy(f"127.0.0.1:{port}", tls=self.tls)
         for index in range(workers):
             self.add_worker(f"worker-{index}")
         self.spawn(
@@ -125,7 +141,7 @@ class Cluster:
             self.balancers,
             *self.batcher_args,
         )
-        wait_healthy(self.batcher)
+        wait_healthy(self.batcher, tls=self.tls)
         if workers:
             self.wait_workers(workers)
         return self
@@ -151,7 +167,7 @@ class Cluster:
         )
 
     def snapshot(self) -> cluster_pb2.ClusterSnapshot:
-        with grpc.insecure_channel(self.balancer, options=CHANNEL_OPTIONS) as channel:
+        with sync_channel(self.balancer, self.tls) as channel:
             call = cluster_pb2_grpc.BalancerStub(channel).WatchCluster(
                 cluster_pb2.WatchClusterRequest(), timeout=5
             )
@@ -162,7 +178,7 @@ class Cluster:
     def wait_workers(self, count: int, timeout_s: float = 60.0) -> None:
         """Until `count` workers are registered and the batcher reports every model ready."""
         wait_for(lambda: len(self.snapshot().workers) == count, timeout_s, f"{count} workers")
-        with grpc.insecure_channel(self.batcher) as channel:
+        with sync_channel(self.batcher, self.tls) as channel:
             stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
             wait_for(
                 lambda: stub.ServerReady(inference_pb2.ServerReadyRequest()).ready,
@@ -185,8 +201,8 @@ class Cluster:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
 
 
-def wait_healthy(address: str, timeout_s: float = 30.0) -> None:
-    with grpc.insecure_channel(address) as channel:
+def wait_healthy(address: str, timeout_s: float = 30.0, tls: TlsSettings = PLAINTEXT) -> None:
+    with sync_channel(address, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         wait_for(
             lambda: (
