@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tideserve import serving
 from tideserve.loadgen import sample_request
-from tideserve.procs import die_with_parent
+from tideserve.procs import child_env
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ class LocalStack:
                f"TIDESERVE_{name.upper()}_METRICS_PORT": str(free_port())}
         self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", f"services.{name}", "--port", str(self.ports[name]), *args],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, preexec_fn=die_with_parent,
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=child_env(env),
         )
         log.close()
 

@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tideserve import serving
-from tideserve.procs import die_with_parent
+from tideserve.procs import child_env
 from tideserve.v1 import inference_pb2, inference_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class Suite:
         for name, command in service_commands(self.config).items():
             log = (self.config.log_dir / f"{name}.log").open("ab")
             self.processes[name] = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+                command, stdout=log, stderr=subprocess.STDOUT, env=child_env()
             )
             log.close()
 

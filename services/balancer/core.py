@@ -200,7 +200,10 @@ class BalancerCore:
         """How long to wait for `record` to answer a batch of `rows` sent now: a multiple of its
         expected completion time (backlog plus this batch), at least the floor (which absorbs
         scheduling hiccups), at most `batch_timeout_s`. A queue that is long by measure gets a
-        long timeout; only a worker far slower than it has been measured to be times out."""
+        long timeout; only a worker far slower than it has been measured to be times out. A
+        worker not measured yet gets the longest timeout: nothing says what is slow for it."""
+        if not (record.service_times or record.reported_times):
+            return self.batch_timeout_s
         expected = record.expected_completion(rows) * self.batch_timeout_multiplier
         return min(max(expected, self.batch_timeout_floor_s), self.batch_timeout_s)
 

@@ -22,7 +22,7 @@ from services.batcher.settings import BatcherSettings
 from tideserve import metrics, serving
 from tideserve.errors import TideserveError, Unavailable
 from tideserve.metadata import BATCH_ID_KEY, MODEL_KEY, ROWS_KEY
-from tideserve.procs import die_with_parent
+from tideserve.procs import child_env
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2_grpc
 from tideserve.v1 import inference_pb2 as pb
 
@@ -274,7 +274,7 @@ def run_processes(settings: BatcherSettings, argv: list[str]) -> int:
         children.append(subprocess.Popen(
             [sys.executable, "-m", "services.batcher", *argv, "--processes", "1",
              "--metrics-port", str(metrics_port)],
-            preexec_fn=die_with_parent,
+            env=child_env(),
         ))
 
     def forward(signum: int, frame: object) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from tideserve.procs import die_with_parent
+from tideserve.procs import child_env
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +72,7 @@ class ProcessRuntime:
             "--worker-id",
             worker_id,
             *self.worker_args,
-            env=self.env,
-            preexec_fn=die_with_parent,
+            env=child_env(self.env),
         )
         worker = ManagedWorker(worker_id, str(process.pid), time.time())
         self._procs[worker_id] = (worker, process)

@@ -5,9 +5,11 @@ import asyncio
 from services.worker.server import serve
 from services.worker.settings import parse
 from tideserve.logs import configure_logging
+from tideserve.procs import exit_with_parent
 
 
 def main() -> None:
+    exit_with_parent()
     settings = parse()
     configure_logging("worker", settings.log_level, settings.json_logs)
     asyncio.run(serve(settings))

@@ -126,7 +126,7 @@ async def test_dispatch_routes_and_accounts(core: BalancerCore, transport: FakeT
     result = await core.dispatch(MODEL, 4, PAYLOAD, None)
 
     assert result == b"result:w1:1"
-    assert transport.calls == [("w1:1", PAYLOAD, 0.5)], "the adaptive timeout's floor"
+    assert transport.calls == [("w1:1", PAYLOAD, 30.0)], "unmeasured worker: the longest timeout"
     record = session.record
     assert (record.outstanding_batches, record.outstanding_rows) == (0, 0)
     assert record.completed_batches == 1
@@ -399,6 +399,8 @@ async def test_batch_timeout_is_a_multiple_of_the_expected_completion(
     core: BalancerCore, transport: FakeTransport
 ) -> None:
     record = (await core.connect(registration("w1"))).record
+    assert core.batch_timeout(record, 1) == core.batch_timeout_s, "not measured yet: no guess"
+    record.service_times = {1: 0.001}
     assert core.batch_timeout(record, 1) == core.batch_timeout_floor_s, "fast worker: the floor"
 
     record.service_times = {1: 0.2}
