@@ -58,7 +58,7 @@ class BalancerCore:
         table: WorkerTable,
         transport: WorkerTransport,
         *,
-        policy: str = "shortest_expected_delay",
+        policy: str = "least_load",
         max_attempts: int = 2,
         batch_timeout_s: float = 30.0,
         batch_timeout_multiplier: float = 5.0,

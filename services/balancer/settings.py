@@ -11,7 +11,9 @@ from tideserve.settings import TlsFields, load_settings
 class BalancerSettings(TlsFields):
     host: str = "127.0.0.1"
     port: int = 8100
-    routing_policy: str = "shortest_expected_delay"
+    # least_load measured the best tail in bench/balancer.py (4 workers, one 3x slower, 80% load);
+    # see services/balancer/routing.py for when each policy is right.
+    routing_policy: str = "least_load"
     # A worker silent this long is dropped (heartbeats come every 100 ms by default).
     heartbeat_timeout_s: float = 1.0
     # How long a batch waits for some worker to serve its model before UNAVAILABLE.
