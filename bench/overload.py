@@ -1,0 +1,230 @@
+"""Overload: does the batcher shed quickly and keep its goodput at 3x capacity?
+
+One balancer, one batcher and `--workers` workers serve tiny_cnn capped at `--max-batch-size`
+rows per batch, each worker's compute stretched by `--slowdown`, so capacity is set by the workers
+(mostly sleep) and not by the client fighting the services for this machine's CPUs. Phases:
+
+1. capacity: a closed loop (`--concurrency` clients) for `--capacity-seconds`;
+2. overload: open-loop Poisson arrivals at `--overload` x capacity for `--seconds` (30);
+3. recovery: open-loop Poisson at `--recovery` x capacity for 5 s, right after.
+
+Reported: goodput (OK responses/s during the overload) against capacity, the shed fraction
+(RESOURCE_EXHAUSTED) and how long a rejection took, p99 of accepted requests, every other status
+seen, the batcher's RSS before, at peak and after (bounded memory: no unbounded queue), and p99
+in the recovery window. Latency runs from each request's scheduled send time, so a lagging client
+cannot hide queueing. `--max-queue-rows-default 0` runs the same with an unbounded queue.
+
+    python -m bench.overload [--seconds 30] [--workers 1] [--slowdown 10]
+                             [--max-queue-rows-default 256]
+
+Loopback only. Writes bench/results/overload.json (or --output) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from services.worker.models import DEFAULT_MODEL, add_torchscript_model, write_default_model
+from tests.cluster import Cluster
+from tideserve import serving
+from tideserve.loadgen import closed_loop, sample_request
+from tideserve.v1 import inference_pb2_grpc
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Phase:
+    """Every request of one open-loop phase: its status and its latency from scheduled send."""
+
+    seconds: float
+    codes: Counter = field(default_factory=Counter)
+    ok_latencies: list[float] = field(default_factory=list)
+    reject_latencies: list[float] = field(default_factory=list)
+    other_latencies: list[float] = field(default_factory=list)
+
+    @property
+    def sent(self) -> int:
+        return sum(self.codes.values())
+
+    def summary(self) -> dict:
+        def pct(values: list[float], q: float) -> float | None:
+            return round(float(np.percentile(values, q)) * 1000, 2) if values else None
+
+        return {
+            "seconds": round(self.seconds, 2),
+            "sent": self.sent,
+            "codes": dict(self.codes),
+            "goodput_per_s": round(self.codes["OK"] / self.seconds, 1),
+            "shed_fraction": round(self.codes["RESOURCE_EXHAUSTED"] / max(self.sent, 1), 3),
+            "ok_p50_ms": pct(self.ok_latencies, 50),
+            "ok_p99_ms": pct(self.ok_latencies, 99),
+            "reject_p50_ms": pct(self.reject_latencies, 50),
+            "reject_p99_ms": pct(self.reject_latencies, 99),
+            "other_max_ms": pct(self.other_latencies, 100),
+        }
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def open_loop(
+    address: str, rate: float, seconds: float, timeout_s: float, seed: int
+) -> Phase:
+    """Poisson arrivals; every request's outcome is kept (none is dropped client-side)."""
+    rng = np.random.default_rng(seed)
+    async with serving.channel(address) as channel:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = await sample_request(stub, DEFAULT_MODEL)
+        phase = Phase(seconds)
+        tasks: set[asyncio.Task] = set()
+
+        async def one(scheduled: float) -> None:
+            try:
+                await stub.ModelInfer(request, timeout=timeout_s)
+                code = "OK"
+            except grpc.aio.AioRpcError as error:
+                code = error.code().name
+            latency = time.perf_counter() - scheduled
+            phase.codes[code] += 1
+            bucket = {"OK": phase.ok_latencies, "RESOURCE_EXHAUSTED": phase.reject_latencies}
+            bucket.get(code, phase.other_latencies).append(latency)
+
+        began = time.perf_counter()
+        scheduled = began
+        while True:
+            scheduled += rng.exponential(1.0 / rate)
+            if scheduled >= began + seconds:
+                break
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(one(scheduled))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await asyncio.gather(*tasks)
+    return phase
+
+
+async def sample_rss(pid: int, samples: list[float], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        samples.append(rss_mib(pid))
+        await asyncio.sleep(0.25)
+
+
+async def measure(cluster: Cluster, args: argparse.Namespace) -> dict:
+    batcher_pid = cluster.processes["batcher"].pid
+    await closed_loop(cluster.batcher, DEFAULT_MODEL, concurrency=args.concurrency, seconds=2.0)
+    capacity_run = await closed_loop(
+        cluster.batcher, DEFAULT_MODEL, concurrency=args.concurrency,
+        seconds=args.capacity_seconds, timeout_s=args.timeout_s,
+    )
+    capacity = capacity_run.throughput
+    rss_before = rss_mib(batcher_pid)
+    samples: list[float] = []
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(sample_rss(batcher_pid, samples, stop))
+    overload = await open_loop(
+        cluster.batcher, args.overload * capacity, args.seconds, args.timeout_s, seed=1
+    )
+    recovery = await open_loop(cluster.batcher, args.recovery * capacity, 5.0, args.timeout_s,
+                               seed=2)
+    stop.set()
+    await sampler
+    over = overload.summary()
+    return {
+        "capacity_per_s": round(capacity, 1),
+        "capacity_p99_ms": round(capacity_run.percentile_ms(99), 2),
+        "capacity_errors": capacity_run.errors,
+        "overload_rate_per_s": round(args.overload * capacity, 1),
+        "overload": over,
+        "goodput_vs_capacity": round(over["goodput_per_s"] / capacity, 3) if capacity else None,
+        "recovery_rate_per_s": round(args.recovery * capacity, 1),
+        "recovery": recovery.summary(),
+        "batcher_rss_mib": {
+            "before": round(rss_before, 1),
+            "peak": round(max(samples), 1),
+            "after": round(rss_mib(batcher_pid), 1),
+        },
+    }
+
+
+def table(report: dict) -> str:
+    over, rec, rss = report["overload"], report["recovery"], report["batcher_rss_mib"]
+    rows = [
+        ("capacity (closed loop)", f"{report['capacity_per_s']} req/s, p99 "
+                                   f"{report['capacity_p99_ms']} ms"),
+        ("offered load", f"{report['overload_rate_per_s']} req/s for {over['seconds']} s "
+                         f"({over['sent']} requests)"),
+        ("goodput", f"{over['goodput_per_s']} req/s = {report['goodput_vs_capacity']:.0%} "
+                    "of capacity"),
+        ("shed (RESOURCE_EXHAUSTED)", f"{over['shed_fraction']:.1%}; time to reject p50 "
+         f"{over['reject_p50_ms']} ms, p99 {over['reject_p99_ms']} ms"),
+        ("accepted p50 / p99", f"{over['ok_p50_ms']} / {over['ok_p99_ms']} ms"),
+        ("statuses", json.dumps(over["codes"])),
+        ("batcher RSS before / peak / after", f"{rss['before']} / {rss['peak']} / "
+                                              f"{rss['after']} MiB"),
+        ("recovery at 50%: p99, statuses", f"{rec['ok_p99_ms']} ms, {json.dumps(rec['codes'])}"),
+    ]
+    lines = ["| measure | value |", "| --- | --- |"]
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--capacity-seconds", type=float, default=8.0)
+    parser.add_argument("--overload", type=float, default=3.0)
+    parser.add_argument("--recovery", type=float, default=0.5)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--slowdown", type=float, default=10.0)
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--timeout-s", type=float, default=5.0)
+    parser.add_argument("--max-queue-rows-default", type=int, default=256)
+    parser.add_argument("--output", type=Path, default=RESULTS / "overload.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        staging = root / "staging"
+        write_default_model(staging)
+        repository = root / "repository"
+        add_torchscript_model(repository, DEFAULT_MODEL, staging / DEFAULT_MODEL / "1" / "model.pt",
+                              [1, 28, 28], max_batch_size=args.max_batch_size)
+        cluster = Cluster(
+            repository, root / "logs",
+            worker_args=("--slowdown", str(args.slowdown)),
+            batcher_args=("--max-queue-rows-default", str(args.max_queue_rows_default)),
+        )
+        try:
+            cluster.start(workers=args.workers)
+            report = asyncio.run(measure(cluster, args))
+        finally:
+            cluster.stop()
+    report["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    report["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(table(report))
+    print(f"\nwritten to {args.output}")
+
+
+if __name__ == "__main__":
+    main()
