@@ -7,7 +7,8 @@
 # it even on CPU-only machines) is on LD_LIBRARY_PATH. PyTriton pins numpy<2, so it gets its own
 # venv, apart from the project's.
 #
-# Usage: bench/setup.sh          (needs root for apt-get, network to PyPI and Debian)
+# Usage: bench/setup.sh [--perf-analyzer-only]   (root for apt-get; network to PyPI and Debian)
+#   --perf-analyzer-only: skip the PyTriton venv (what the tests need; the benchmark needs both)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -64,9 +65,14 @@ exec "$PA_REAL" "\$@"
 WRAP
 chmod +x "$TOOLS/bin/perf_analyzer"
 
+PERF_ANALYZER_ONLY=0
+[[ "${1:-}" == "--perf-analyzer-only" ]] && PERF_ANALYZER_ONLY=1
+
 # 5. PyTriton in its own venv (numpy<2), with the same CPU torch build as the project.
 VENV="$TOOLS/pytriton-venv"
-if ! "$VENV/bin/python" -c 'import pytriton, torch' >/dev/null 2>&1; then
+if [[ $PERF_ANALYZER_ONLY == 1 ]]; then
+    log "skipping the PyTriton venv (--perf-analyzer-only)"
+elif ! "$VENV/bin/python" -c 'import pytriton, torch' >/dev/null 2>&1; then
     log "creating $VENV"
     "$PY" -m venv "$VENV"
     timeout 1200 "$VENV/bin/pip" install --quiet "torch==$TORCH_VERSION" nvidia-pytriton
@@ -83,6 +89,7 @@ timeout 30 "$TOOLS/bin/perf_analyzer" --help >/dev/null 2>&1 || {
     fi
 }
 log "perf_analyzer OK: $TOOLS/bin/perf_analyzer"
+[[ $PERF_ANALYZER_ONLY == 1 ]] && exit 0
 "$VENV/bin/python" -c 'import importlib.metadata as m, torch, numpy; \
 print("[bench/setup] pytriton", m.version("nvidia-pytriton"), "torch", torch.__version__, \
 "numpy", numpy.__version__)'

@@ -15,7 +15,7 @@ if [ "${TIDESERVE_SKIP_DOCKER:-0}" != 1 ]; then
     scripts/docker_offline.sh || echo "test: no Docker engine could be prepared; Docker tests will skip"
 fi
 # Triton's perf_analyzer, as a real client of the batcher.
-bench/setup.sh
+bench/setup.sh --perf-analyzer-only
 # A real Prometheus server scrapes the local stack in tests/integration/test_prometheus.py.
 if ! command -v prometheus >/dev/null; then
     apt-get install -y prometheus >/dev/null \

@@ -4,35 +4,29 @@ Why: issue 3 promises drop-in compatibility with Triton's own benchmark client; 
 exits early on any gap (ServerMetadata, ModelMetadata, ModelConfig, statistics, response
 decoding), so one short run exercises the whole client-facing contract the benchmark relies on.
 
-For now the batcher is found through ``TIDESERVE_BATCHER`` (host:port, e.g. 127.0.0.1:8001) and the
-test is skipped when it is unset; it will move to the suite's cluster fixture. The model is
-``TIDESERVE_BENCH_MODEL`` (default ``mlp``, batch-1 FP32 [256] input). perf_analyzer comes from
-``bench/setup.sh``; the test is skipped when that has not run.
+The batcher is the integration suite's cluster (tests/integration/conftest.py); the model is the
+overhead-bound mlp from the shared workloads when present, else the default model. perf_analyzer
+comes from ``bench/setup.sh`` (the test command runs it); the test is skipped when it is absent.
 """
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import pytest
 
 from bench import perf
+from services.worker.models import DEFAULT_MODEL
+from tests.cluster import Cluster
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def batcher_address() -> str:
-    """Address of a running batcher; skip when none is given or perf_analyzer is absent."""
-    address = os.environ.get("TIDESERVE_BATCHER")
-    if not address:
-        pytest.skip("TIDESERVE_BATCHER not set (host:port of a running tideserve batcher)")
+def batcher_address(cluster: Cluster) -> str:
     if not perf.PERF_ANALYZER.exists():
         pytest.skip("perf_analyzer not installed: run bench/setup.sh")
-    host = address.rsplit(":", 1)[0]
-    if host not in ("127.0.0.1", "localhost", "[::1]"):
-        pytest.skip("benchmark traffic goes to loopback only")
-    return address
+    return cluster.batcher
 
 
 @pytest.mark.parametrize(
@@ -41,7 +35,7 @@ def batcher_address() -> str:
     ids=["unary-c4", "stream-c2"],
 )
 def test_perf_analyzer_short_measurement(
-    batcher_address: str, streaming: bool, concurrency: int
+    batcher_address: str, model_repository: Path, streaming: bool, concurrency: int
 ) -> None:
     """A 1-second-window measurement finishes, reports throughput, and logs no errors.
 
@@ -50,7 +44,7 @@ def test_perf_analyzer_short_measurement(
     Loose stability and a 2 GiB address-space cap: this checks compatibility, not speed, and the
     cap keeps a runaway ``--streaming`` client (seen growing to 17 GB) from hurting the machine.
     """
-    model = os.environ.get("TIDESERVE_BENCH_MODEL", "mlp")
+    model = "mlp" if (model_repository / "mlp").exists() else DEFAULT_MODEL
     record = perf.run_perf_analyzer(
         batcher_address,
         model,
