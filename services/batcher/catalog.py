@@ -3,6 +3,8 @@ config queries precomputed (they are asked often by clients such as perf_analyze
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tideserve.errors import NotFound
@@ -36,20 +38,35 @@ def _metadata(
     return response
 
 
+# How long a model stays known after the last worker serving it went away. Within it, requests
+# for the model wait (bounded by the balancer's wait for a worker) instead of getting NOT_FOUND:
+# a restarting balancer or a rolling worker restart is not the model ceasing to exist.
+FORGET_AFTER_S = 60.0
+
+
 class ModelCatalog:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.entries: dict[str, CatalogEntry] = {}
+        # When each known model was last seen in a snapshot.
+        self.last_seen: dict[str, float] = {}
         # Ready workers serving each model, from the latest cluster snapshot.
         self.worker_counts: dict[str, int] = {}
         # Compute seconds by batch size per model, averaged over the workers that report it.
         self.service_curves: dict[str, dict[int, float]] = {}
 
     def update(self, models: list[cluster_pb2.ServedModel]) -> list[str]:
-        """Replace the catalog; returns the names of models that appeared or changed."""
+        """Take the balancer's list of served models; returns the names that appeared or changed.
+        Models missing from the list are kept for FORGET_AFTER_S before they are dropped."""
         changed = []
-        entries = {}
+        now = self.clock()
+        entries = {
+            name: entry for name, entry in self.entries.items()
+            if now - self.last_seen.get(name, now) < FORGET_AFTER_S
+        }
         for served in models:
             name = served.config.name
+            self.last_seen[name] = now
             current = self.entries.get(name)
             if current is not None and current.config == served.config:
                 entries[name] = current
@@ -60,6 +77,7 @@ class ModelCatalog:
             )
             changed.append(name)
         self.entries = entries
+        self.last_seen = {name: self.last_seen[name] for name in entries}
         return changed
 
     def update_workers(self, snapshot: cluster_pb2.ClusterSnapshot) -> None:

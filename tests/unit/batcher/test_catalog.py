@@ -1,0 +1,47 @@
+"""The batcher's model catalog keeps a model through a balancer restart (an empty snapshot) and
+forgets it only after FORGET_AFTER_S without any worker serving it."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.batcher.catalog import FORGET_AFTER_S, ModelCatalog
+from tideserve.errors import NotFound
+from tideserve.v1 import cluster_pb2
+from tideserve.v1 import model_config_pb2 as mc
+
+
+def served(name: str) -> cluster_pb2.ServedModel:
+    config = mc.ModelConfig(name=name, max_batch_size=8)
+    config.input.add(name="x", data_type=mc.TYPE_FP32, dims=[2])
+    config.output.add(name="y", data_type=mc.TYPE_FP32, dims=[1])
+    return cluster_pb2.ServedModel(config=config, versions=["1"])
+
+
+def test_a_model_survives_an_empty_snapshot_and_is_forgotten_later() -> None:
+    now = [100.0]
+    catalog = ModelCatalog(clock=lambda: now[0])
+    assert catalog.update([served("m")]) == ["m"]
+
+    now[0] += 5.0
+    assert catalog.update([]) == []  # e.g. a restarted balancer, no worker registered yet
+    assert catalog.get("m").spec.name == "m"
+    assert not catalog.ready("m")
+
+    now[0] += FORGET_AFTER_S
+    catalog.update([])
+    with pytest.raises(NotFound, match="unknown model 'm'"):
+        catalog.get("m")
+
+
+def test_a_model_seen_again_is_kept_unchanged() -> None:
+    now = [0.0]
+    catalog = ModelCatalog(clock=lambda: now[0])
+    catalog.update([served("m")])
+    entry = catalog.get("m")
+    now[0] += FORGET_AFTER_S - 1
+    catalog.update([])
+    catalog.update([served("m")])
+    now[0] += FORGET_AFTER_S - 1
+    catalog.update([])
+    assert catalog.get("m") is entry
