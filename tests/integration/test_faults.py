@@ -81,12 +81,6 @@ def cluster(model_repository: Path, tmp_path: Path) -> Iterator[Cluster]:
     running.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open defect: the restarted balancer's first snapshots list no models, the batcher's "
-    "catalog (services/batcher/catalog.py, update replaces it) empties, and clients get "
-    "NOT_FOUND (88 of 4195 requests seen) instead of UNAVAILABLE until workers re-register",
-)
 def test_balancer_sigkill_and_restart_on_the_same_port(cluster: Cluster) -> None:
     ledger = Ledger()
 
