@@ -183,6 +183,14 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 self.core.record(latency)
                 self.metrics.request_done(model, "OK", latency)
                 yield pb.ModelStreamInferResponse(infer_response=response)
+            # The requests ended: cleanly (the client closed its side), or because one could not
+            # be read, which the client must hear about rather than see a quiet end.
+            (outcome,) = await asyncio.gather(reader, return_exceptions=True)
+            if isinstance(outcome, Exception) and not isinstance(outcome, grpc.aio.AbortError):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"could not read a request on the stream: {outcome}",
+                )
         finally:
             reader.cancel()
 
