@@ -81,6 +81,7 @@ class SteadyLoad:
     def __init__(self, address: str) -> None:
         self.address = address
         self.stop = threading.Event()
+        self.sent = 0
         self.errors = 0
         self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(2)]
 
@@ -89,6 +90,7 @@ class SteadyLoad:
             stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
             request = asyncio.run(_sample(self.address))
             while not self.stop.is_set():
+                self.sent += 1
                 try:
                     stub.ModelInfer(request, timeout=30)
                 except grpc.RpcError:
