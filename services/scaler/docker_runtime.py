@@ -85,6 +85,44 @@ class DockerClientLike(Protocol):
     def close(self) -> None: ...
 
 
+def check_worker_settings(
+    image: str, owner_id: str, balancers: Sequence[str], model_repository: str, cpus: float
+) -> None:
+    """Refuse settings that would start workers that cannot work, for every container runtime."""
+    if not image:
+        raise ValueError("image must be named")
+    if not owner_id:
+        raise ValueError("owner_id must be non-empty: it is what keeps scalers apart")
+    if not balancers:
+        raise ValueError("at least one balancer address is needed")
+    if not PurePosixPath(model_repository).is_absolute():
+        # Docker would read a relative path as a named volume, silently empty.
+        raise ValueError(f"model_repository must be an absolute path: {model_repository!r}")
+    if cpus <= 0:
+        raise ValueError("cpus must be > 0")
+
+
+def worker_environment(
+    worker_id: str,
+    balancers: Sequence[str],
+    cpus: float,
+    base: Mapping[str, str],
+    **settings: str,
+) -> dict[str, str]:
+    """A worker container's environment: its id, balancers and model repository, any further
+    worker `settings` (as TIDESERVE_WORKER_<NAME>), over the configured `base`."""
+    # torch sizes its thread pool from OMP_NUM_THREADS; more threads than the CPU quota
+    # only adds contention.
+    return {
+        **base,
+        "TIDESERVE_WORKER_WORKER_ID": worker_id,
+        **{f"TIDESERVE_WORKER_{name.upper()}": value for name, value in settings.items()},
+        "TIDESERVE_WORKER_BALANCERS": ",".join(balancers),
+        "TIDESERVE_WORKER_MODEL_REPOSITORY": CONTAINER_MODEL_REPOSITORY,
+        "OMP_NUM_THREADS": str(max(1, math.floor(cpus))),
+    }
+
+
 class DockerRuntime:
     """Starts each worker as `python -m services.worker` in a container of `image`.
 
@@ -111,17 +149,7 @@ class DockerRuntime:
         memory: str | int = "2g",
         worker_env: Mapping[str, str] | None = None,
     ) -> None:
-        if not image:
-            raise ValueError("image must be named")
-        if not owner_id:
-            raise ValueError("owner_id must be non-empty: it is what keeps scalers apart")
-        if not balancers:
-            raise ValueError("at least one balancer address is needed")
-        if not PurePosixPath(model_repository).is_absolute():
-            # Docker would read a relative path as a named volume, silently empty.
-            raise ValueError(f"model_repository must be an absolute path: {model_repository!r}")
-        if cpus <= 0:
-            raise ValueError("cpus must be > 0")
+        check_worker_settings(image, owner_id, balancers, model_repository, cpus)
         self.client = client
         self.image = image
         self.owner_id = owner_id
@@ -146,7 +174,9 @@ class DockerRuntime:
                 WORKER_COMMAND,
                 detach=True,
                 labels={OWNER_LABEL: self.owner_id, WORKER_ID_LABEL: worker_id},
-                environment=self._environment(worker_id),
+                environment=worker_environment(
+                    worker_id, self.balancers, self.cpus, self.worker_env
+                ),
                 volumes={self.model_repository: {"bind": CONTAINER_MODEL_REPOSITORY, "mode": "ro"}},
                 nano_cpus=int(self.cpus * 1e9),
                 mem_limit=self.memory,
@@ -235,18 +265,6 @@ class DockerRuntime:
         """Close the Docker connection. Containers keep running: a scaler that restarts adopts
         them; stopping workers on shutdown is the controller's decision (`stop` each)."""
         await asyncio.to_thread(self.client.close)
-
-    def _environment(self, worker_id: str) -> dict[str, str]:
-        # torch sizes its thread pool from OMP_NUM_THREADS; more threads than the CPU quota
-        # only adds contention.
-        threads = max(1, math.floor(self.cpus))
-        return {
-            **self.worker_env,
-            "TIDESERVE_WORKER_WORKER_ID": worker_id,
-            "TIDESERVE_WORKER_BALANCERS": ",".join(self.balancers),
-            "TIDESERVE_WORKER_MODEL_REPOSITORY": CONTAINER_MODEL_REPOSITORY,
-            "OMP_NUM_THREADS": str(threads),
-        }
 
     def _owner_filter(self) -> dict[str, Any]:
         return {"label": [f"{OWNER_LABEL}={self.owner_id}"]}

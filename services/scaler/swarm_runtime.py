@@ -49,13 +49,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
-import math
 import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import docker.errors
@@ -69,6 +67,8 @@ from services.scaler.docker_runtime import (
     OWNER_LABEL,
     WORKER_COMMAND,
     WORKER_ID_LABEL,
+    check_worker_settings,
+    worker_environment,
 )
 from services.scaler.runtime import ManagedWorker
 from tideserve.errors import Unavailable
@@ -156,16 +156,7 @@ class SwarmRuntime:
         worker_env: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not image:
-            raise ValueError("image must be named")
-        if not owner_id:
-            raise ValueError("owner_id must be non-empty: it is what keeps scalers apart")
-        if not balancers:
-            raise ValueError("at least one balancer address is needed")
-        if not PurePosixPath(model_repository).is_absolute():
-            raise ValueError(f"model_repository must be an absolute path: {model_repository!r}")
-        if cpus <= 0:
-            raise ValueError("cpus must be > 0")
+        check_worker_settings(image, owner_id, balancers, model_repository, cpus)
         if stop_grace_s < 0:
             raise ValueError("stop_grace_s must be >= 0")
         self.client = client
@@ -200,7 +191,9 @@ class SwarmRuntime:
             name=self.service_name(worker_id),
             labels=labels,
             container_labels=labels,
-            env=self._environment(worker_id),
+            env=worker_environment(
+                worker_id, self.balancers, self.cpus, self.worker_env, host=self.worker_host
+            ),
             mounts=[f"{self.model_repository}:{CONTAINER_MODEL_REPOSITORY}:ro"],
             resources=Resources(
                 cpu_limit=nano_cpus,
@@ -307,17 +300,6 @@ class SwarmRuntime:
             tail = re.sub(r"[^a-zA-Z0-9_.-]", "-", f"-{worker_id}")
             name = name[: MAX_SERVICE_NAME - len(tail)] + tail
         return name[:MAX_SERVICE_NAME]
-
-    def _environment(self, worker_id: str) -> dict[str, str]:
-        threads = max(1, math.floor(self.cpus))
-        return {
-            **self.worker_env,
-            "TIDESERVE_WORKER_WORKER_ID": worker_id,
-            "TIDESERVE_WORKER_HOST": self.worker_host,
-            "TIDESERVE_WORKER_BALANCERS": ",".join(self.balancers),
-            "TIDESERVE_WORKER_MODEL_REPOSITORY": CONTAINER_MODEL_REPOSITORY,
-            "OMP_NUM_THREADS": str(threads),
-        }
 
     async def _owned_services(self) -> builtins.list[ServiceLike]:
         services = await _call(
