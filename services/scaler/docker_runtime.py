@@ -352,9 +352,5 @@ def create_docker_runtime(settings: ScalerSettings) -> DockerRuntime:
         model_repository=os.path.abspath(settings.model_repository),
         cpus=settings.worker_cpus,
         memory=settings.worker_memory,
-        worker_env={
-            "TIDESERVE_WORKER_THREADS": str(settings.worker_threads),
-            "TIDESERVE_WORKER_DEVICE": settings.worker_device,
-            "TIDESERVE_WORKER_SLOWDOWN": str(settings.worker_slowdown),
-        },
+        worker_env=settings.worker_settings_env(),
     )

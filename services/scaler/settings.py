@@ -80,6 +80,14 @@ class ScalerSettings(TlsFields):
                 "or use admin_token"
             )
 
+    def worker_settings_env(self) -> dict[str, str]:
+        """The worker settings this scaler passes on, as a container worker's environment."""
+        return {
+            "TIDESERVE_WORKER_THREADS": str(self.worker_threads),
+            "TIDESERVE_WORKER_DEVICE": self.worker_device,
+            "TIDESERVE_WORKER_SLOWDOWN": str(self.worker_slowdown),
+        }
+
     def parsed_policy_parameters(self) -> dict[str, float]:
         parameters = {}
         for pair in self.policy_parameters:

@@ -412,9 +412,5 @@ def create_swarm_runtime(settings: ScalerSettings) -> SwarmRuntime:
         constraints=settings.worker_constraints,
         worker_host=settings.worker_host,
         stop_grace_s=settings.stop_grace_s,
-        worker_env={
-            "TIDESERVE_WORKER_THREADS": str(settings.worker_threads),
-            "TIDESERVE_WORKER_DEVICE": settings.worker_device,
-            "TIDESERVE_WORKER_SLOWDOWN": str(settings.worker_slowdown),
-        },
+        worker_env=settings.worker_settings_env(),
     )
