@@ -73,7 +73,9 @@ class ContainerCollectionLike(Protocol):
 
     def get(self, container_id: str) -> ContainerLike: ...
 
-    def list(self, *, all: bool, filters: dict[str, Any]) -> Sequence[ContainerLike]: ...
+    def list(
+        self, *, all: bool, filters: dict[str, Any], ignore_removed: bool
+    ) -> Sequence[ContainerLike]: ...
 
 
 class DockerClientLike(Protocol):
@@ -218,7 +220,11 @@ class DockerRuntime:
     async def list(self) -> list[ManagedWorker]:
         """Running workers of this scaler, adopting containers it did not start in this run."""
         containers = await self._call(
-            self.client.containers.list, all=False, filters=self._owner_filter()
+            self.client.containers.list,
+            all=False,
+            filters=self._owner_filter(),
+            # A container removed between Docker's listing and its inspection is simply gone.
+            ignore_removed=True,
         )
         alive = []
         for container in containers:
@@ -233,7 +239,10 @@ class DockerRuntime:
         """Remove this scaler's containers whose worker exited, and forget known workers whose
         container disappeared; return both."""
         containers = await self._call(
-            self.client.containers.list, all=True, filters=self._owner_filter()
+            self.client.containers.list,
+            all=True,
+            filters=self._owner_filter(),
+            ignore_removed=True,
         )
         present: set[str] = set()
         dead: list[ManagedWorker] = []
@@ -301,7 +310,9 @@ class DockerRuntime:
     async def _remove_leftovers(self, worker_id: str) -> None:
         filters = {"label": [f"{OWNER_LABEL}={self.owner_id}", f"{WORKER_ID_LABEL}={worker_id}"]}
         try:
-            leftovers = await self._call(self.client.containers.list, all=True, filters=filters)
+            leftovers = await self._call(
+                self.client.containers.list, all=True, filters=filters, ignore_removed=True
+            )
             for container in leftovers:
                 if self._owned(container):
                     await self._remove(container)

@@ -42,7 +42,9 @@ def client() -> Iterator[DockerClient]:
 def owner_id(client: DockerClient) -> Iterator[str]:
     owner = f"test-{uuid.uuid4().hex[:12]}"
     yield owner
-    for container in client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={owner}"}):
+    for container in client.containers.list(
+        ignore_removed=True, all=True, filters={"label": f"{OWNER_LABEL}={owner}"}
+    ):
         container.remove(force=True)
 
 

@@ -26,7 +26,11 @@ SERVICES = ("balancer", "batcher", "scaler")
 def compose(env: dict[str, str], *args: str, timeout_s: float = 180) -> str:
     done = subprocess.run(
         ["docker-compose", "-f", str(ROOT / "compose.yaml"), *args],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
     )
     assert done.returncode == 0, f"docker-compose {' '.join(args)}:\n{done.stdout}{done.stderr}"
     return done.stdout + done.stderr
@@ -40,7 +44,8 @@ def test_compose_brings_the_suite_up_and_serves(
     project = f"tideserve-test-{uuid.uuid4().hex[:8]}"
     ports = {name: free_port() for name in ("BATCHER_PORT", "BALANCER_PORT", "SCALER_PORT")}
     env = {
-        **os.environ, **{k: str(v) for k, v in ports.items()},
+        **os.environ,
+        **{k: str(v) for k, v in ports.items()},
         "COMPOSE_PROJECT_NAME": project,
         "SCALER_ID": project,
         "MODEL_REPOSITORY": readable_models,
@@ -52,21 +57,28 @@ def test_compose_brings_the_suite_up_and_serves(
         wait_healthy(batcher, timeout_s=90)
         # The scaler starts a worker container; the batcher learns of its model.
         wait_for(
-            lambda: client.containers.list(filters={"label": f"{OWNER_LABEL}={project}"}),
-            120, "the scaler's worker container",
+            lambda: client.containers.list(
+                ignore_removed=True, filters={"label": f"{OWNER_LABEL}={project}"}
+            ),
+            120,
+            "the scaler's worker container",
         )
         with grpc.insecure_channel(batcher) as channel:
             stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
             wait_for(
                 lambda: stub.ModelReady(inference_pb2.ModelReadyRequest(name="tiny_cnn")).ready,
-                120, "tiny_cnn ready behind the batcher",
+                120,
+                "tiny_cnn ready behind the batcher",
             )
-        result = asyncio.run(closed_loop(batcher, "tiny_cnn", concurrency=4, seconds=2,
-                                         timeout_s=60))
+        result = asyncio.run(
+            closed_loop(batcher, "tiny_cnn", concurrency=4, seconds=2, timeout_s=60)
+        )
         assert result.errors == {}, result.errors
         assert result.ok > 0
     finally:
         compose(env, "logs", "--no-color", timeout_s=60)
         compose(env, "down", "--timeout", "60", timeout_s=240)
-    leftovers = client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={project}"})
+    leftovers = client.containers.list(
+        ignore_removed=True, all=True, filters={"label": f"{OWNER_LABEL}={project}"}
+    )
     assert leftovers == [], "down must leave no worker container behind"

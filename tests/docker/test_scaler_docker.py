@@ -33,12 +33,35 @@ def control_plane(model_repository: Path, tmp_path: Path) -> Iterator[Cluster]:
 
 def start_scaler(cluster: Cluster, owner: str, models: str, port: int) -> subprocess.Popen:
     process = cluster.spawn(
-        f"scaler-{port}", "services.scaler", "--port", str(port), "--balancers", cluster.balancer,
-        "--runtime", "docker", "--scaler-id", owner, "--worker-image", IMAGE,
-        "--model-repository", models, "--worker-cpus", "1", "--worker-memory", "1g",
-        "--min-replicas", "1", "--max-replicas", "3", "--policy", "static", "--tick-s", "0.5",
+        f"scaler-{port}",
+        "services.scaler",
+        "--port",
+        str(port),
+        "--balancers",
+        cluster.balancer,
+        "--runtime",
+        "docker",
+        "--scaler-id",
+        owner,
+        "--worker-image",
+        IMAGE,
+        "--model-repository",
+        models,
+        "--worker-cpus",
+        "1",
+        "--worker-memory",
+        "1g",
+        "--min-replicas",
+        "1",
+        "--max-replicas",
+        "3",
+        "--policy",
+        "static",
+        "--tick-s",
+        "0.5",
         # Leave the containers running on exit so that a restarted scaler can adopt them.
-        "--stop-workers-on-exit", "false",
+        "--stop-workers-on-exit",
+        "false",
     )
     wait_healthy(f"127.0.0.1:{port}")
     return process
@@ -46,7 +69,9 @@ def start_scaler(cluster: Cluster, owner: str, models: str, port: int) -> subpro
 
 def owned(client: DockerClient, owner: str) -> dict[str, str]:
     """Running containers of `owner`: container id -> worker id."""
-    containers = client.containers.list(filters={"label": f"{OWNER_LABEL}={owner}"})
+    containers = client.containers.list(
+        ignore_removed=True, filters={"label": f"{OWNER_LABEL}={owner}"}
+    )
     return {c.id: c.labels["tideserve.worker-id"] for c in containers}
 
 
@@ -55,7 +80,10 @@ def test_scaler_runs_worker_containers_end_to_end(
 ) -> None:
     cluster = control_plane
     foreign = client.containers.run(
-        IMAGE, ["sleep", "300"], detach=True, network_mode="host",
+        IMAGE,
+        ["sleep", "300"],
+        detach=True,
+        network_mode="host",
         labels={OWNER_LABEL: f"{owner_id}-someone-else", "tideserve.worker-id": "foreign"},
     )
     try:
@@ -95,7 +123,8 @@ def test_scaler_runs_worker_containers_end_to_end(
         client.containers.get(victim_id).kill()
         wait_for(
             lambda: len(owned(client, owner_id)) == 1 and victim_id not in owned(client, owner_id),
-            90, "a replacement container",
+            90,
+            "a replacement container",
         )
         wait_for(lambda: len(cluster.registered()) == 1, 90, "the replacement registering")
         before_restart = owned(client, owner_id)

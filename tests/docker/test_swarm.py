@@ -34,7 +34,11 @@ def swarm_owner(swarm: DockerClient, owner_id: str) -> Iterator[str]:
     label = {"label": f"{OWNER_LABEL}={owner_id}"}
     for service in swarm.services.list(filters=label):
         service.remove()
-    wait_for(lambda: not swarm.containers.list(all=True, filters=label), 30, "task containers")
+    wait_for(
+        lambda: not swarm.containers.list(ignore_removed=True, all=True, filters=label),
+        30,
+        "task containers",
+    )
 
 
 def services(client: DockerClient, owner: str) -> dict[str, str]:
@@ -48,7 +52,10 @@ def services(client: DockerClient, owner: str) -> dict[str, str]:
 
 
 def test_scaler_runs_workers_as_swarm_services(
-    swarm: DockerClient, swarm_owner: str, readable_models: str, model_repository: Path,
+    swarm: DockerClient,
+    swarm_owner: str,
+    readable_models: str,
+    model_repository: Path,
     tmp_path: Path,
 ) -> None:
     began = time.monotonic()
@@ -56,12 +63,36 @@ def test_scaler_runs_workers_as_swarm_services(
     try:
         scaler_port = free_port()
         scaler = cluster.spawn(
-            "scaler", "services.scaler", "--port", str(scaler_port),
-            "--metrics-port", str(free_port()), "--balancers", cluster.balancer,
-            "--runtime", "swarm", "--scaler-id", swarm_owner, "--worker-image", IMAGE,
-            "--model-repository", readable_models, "--worker-cpus", "0.5",
-            "--worker-memory", "768m", "--min-replicas", "1", "--max-replicas", "3",
-            "--policy", "static", "--tick-s", "0.5", "--stop-grace-s", "5",
+            "scaler",
+            "services.scaler",
+            "--port",
+            str(scaler_port),
+            "--metrics-port",
+            str(free_port()),
+            "--balancers",
+            cluster.balancer,
+            "--runtime",
+            "swarm",
+            "--scaler-id",
+            swarm_owner,
+            "--worker-image",
+            IMAGE,
+            "--model-repository",
+            readable_models,
+            "--worker-cpus",
+            "0.5",
+            "--worker-memory",
+            "768m",
+            "--min-replicas",
+            "1",
+            "--max-replicas",
+            "3",
+            "--policy",
+            "static",
+            "--tick-s",
+            "0.5",
+            "--stop-grace-s",
+            "5",
         )
         wait_healthy(f"127.0.0.1:{scaler_port}")
         channel = grpc.insecure_channel(f"127.0.0.1:{scaler_port}")
@@ -105,18 +136,20 @@ def test_scaler_runs_workers_as_swarm_services(
 
         # A worker whose container is killed from outside is replaced by a new service.
         (container,) = swarm.containers.list(
-            filters={"label": [f"{OWNER_LABEL}={swarm_owner}"]}
+            ignore_removed=True, filters={"label": [f"{OWNER_LABEL}={swarm_owner}"]}
         )
         container.kill()
         wait_for(
-            lambda: services(swarm, swarm_owner) and first_service not in services(
-                swarm, swarm_owner
+            lambda: (
+                services(swarm, swarm_owner) and first_service not in services(swarm, swarm_owner)
             ),
-            30, "a replacement service",
+            30,
+            "a replacement service",
         )
         wait_for(
             lambda: len(cluster.registered()) == 1 and cluster.registered() != remaining,
-            60, "the replacement registering",
+            60,
+            "the replacement registering",
         )
         channel.close()
 
@@ -127,4 +160,3 @@ def test_scaler_runs_workers_as_swarm_services(
     finally:
         cluster.stop()
     assert time.monotonic() - began < 120
-

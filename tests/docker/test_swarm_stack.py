@@ -38,13 +38,22 @@ def test_stack_deploys_and_serves(swarm: DockerClient, readable_models: str) -> 
     ports = {
         name: str(free_port())
         for name in (
-            "BATCHER_PORT", "BALANCER_PORT", "SCALER_PORT",
-            "BATCHER_METRICS_PORT", "BALANCER_METRICS_PORT", "SCALER_METRICS_PORT",
+            "BATCHER_PORT",
+            "BALANCER_PORT",
+            "SCALER_PORT",
+            "BATCHER_METRICS_PORT",
+            "BALANCER_METRICS_PORT",
+            "SCALER_METRICS_PORT",
         )
     }
     env = {
-        **os.environ, **ports, "IMAGE": IMAGE, "SCALER_ID": owner,
-        "MODEL_REPOSITORY": readable_models, "WORKER_CPUS": "0.5", "WORKER_MEMORY": "768m",
+        **os.environ,
+        **ports,
+        "IMAGE": IMAGE,
+        "SCALER_ID": owner,
+        "MODEL_REPOSITORY": readable_models,
+        "WORKER_CPUS": "0.5",
+        "WORKER_MEMORY": "768m",
         "DOCKER_GID": str(Path("/var/run/docker.sock").stat().st_gid),
     }
     owned = {"label": f"{OWNER_LABEL}={owner}"}
@@ -55,10 +64,17 @@ def test_stack_deploys_and_serves(swarm: DockerClient, readable_models: str) -> 
         wait_for(lambda: len(swarm.services.list(filters=owned)) == 1, 30, "a worker service")
         batcher = f"127.0.0.1:{ports['BATCHER_PORT']}"
         result = wait_for(
-            lambda: (r := asyncio.run(
-                closed_loop(batcher, "tiny_cnn", concurrency=2, seconds=2, timeout_s=10)
-            )).ok and not r.errors and r,
-            60, "the batcher serving through the worker",
+            lambda: (
+                (
+                    r := asyncio.run(
+                        closed_loop(batcher, "tiny_cnn", concurrency=2, seconds=2, timeout_s=10)
+                    )
+                ).ok
+                and not r.errors
+                and r
+            ),
+            60,
+            "the batcher serving through the worker",
         )
         assert result.ok > 0
 
@@ -70,8 +86,14 @@ def test_stack_deploys_and_serves(swarm: DockerClient, readable_models: str) -> 
         for service in swarm.services.list(filters=owned):
             service.remove()
         wait_for(
-            lambda: not swarm.containers.list(
-                all=True, filters={"label": f"com.docker.stack.namespace={stack}"}
-            ) and not swarm.containers.list(all=True, filters=owned),
-            60, "the stack's containers to go",
+            lambda: (
+                not swarm.containers.list(
+                    ignore_removed=True,
+                    all=True,
+                    filters={"label": f"com.docker.stack.namespace={stack}"},
+                )
+                and not swarm.containers.list(ignore_removed=True, all=True, filters=owned)
+            ),
+            60,
+            "the stack's containers to go",
         )

@@ -78,7 +78,9 @@ class FakeContainers:
         except KeyError:
             raise docker.errors.NotFound(f"No such container: {container_id}") from None
 
-    def list(self, *, all: bool, filters: dict[str, Any]) -> list[FakeContainer]:
+    def list(
+        self, *, all: bool, filters: dict[str, Any], ignore_removed: bool = False
+    ) -> list[FakeContainer]:
         found = list(self.engine.containers_by_id.values())
         if not all:
             found = [c for c in found if c.status == "running"]
