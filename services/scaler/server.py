@@ -134,6 +134,8 @@ def build_runtime(settings: ScalerSettings) -> WorkerRuntime:
             settings.worker_device,
             "--slowdown",
             str(settings.worker_slowdown),
+            "--service-profile",
+            settings.worker_service_profile,
         ]
     )
 

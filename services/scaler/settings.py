@@ -45,6 +45,9 @@ class ScalerSettings(TlsFields):
     worker_threads: int = 0
     worker_device: str = "auto"
     worker_slowdown: float = 1.0
+    # The worker's service_profile: pad each batch to this profile's t(b) (a path the workers
+    # can read; for containers, a path inside the image or a mounted volume). "" = off.
+    worker_service_profile: str = ""
     # docker runtime only.
     worker_image: str = "tideserve:dev"
     worker_cpus: float = 1.0
@@ -86,6 +89,7 @@ class ScalerSettings(TlsFields):
             "TIDESERVE_WORKER_THREADS": str(self.worker_threads),
             "TIDESERVE_WORKER_DEVICE": self.worker_device,
             "TIDESERVE_WORKER_SLOWDOWN": str(self.worker_slowdown),
+            "TIDESERVE_WORKER_SERVICE_PROFILE": self.worker_service_profile,
         }
 
     def parsed_policy_parameters(self) -> dict[str, float]:

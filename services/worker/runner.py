@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from services.worker.emulation import ServiceTimeProfile
 from services.worker.execution import (
     PRECISIONS,
     CpuInstance,
@@ -59,6 +60,7 @@ class ModelRunner:
         path: Path,
         device: torch.device,
         slowdown: float = 1.0,
+        service_profile: ServiceTimeProfile | None = None,
     ) -> None:
         self.config = config
         self.spec = ModelSpec.from_config(config)
@@ -66,6 +68,8 @@ class ModelRunner:
         self.version = version
         self.device = device
         self.slowdown = slowdown
+        # Emulated device: each batch is padded up to this profile's t(b) (emulation.py).
+        self.service_profile = service_profile
         self.module = load_module(path, device)
         precision = spec.parameters.get("precision", "fp32")
         if precision not in PRECISIONS:
@@ -115,7 +119,9 @@ class ModelRunner:
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run one batch; inputs in the config's input order, outputs in its output order.
-        Records the batch's compute time (times the configured slowdown) by batch size."""
+        Records the batch's compute time by batch size: times the configured slowdown, and with a
+        service profile padded up to its t(rows), so the balancer and batcher see the emulated
+        device's time (the wall time the batch really took)."""
         started = time.perf_counter()
         arrays = self._instance().forward(inputs)
         elapsed = time.perf_counter() - started
@@ -123,6 +129,9 @@ class ModelRunner:
             time.sleep(elapsed * (self.slowdown - 1.0))
             elapsed *= self.slowdown
         rows = inputs[0].shape[0] if self.spec.batches and inputs else 1
+        if self.service_profile is not None:
+            time.sleep(max(0.0, self.service_profile.seconds_for(rows) - elapsed))
+            elapsed = time.perf_counter() - started
         previous = self.service_times.get(rows)
         self.service_times[rows] = (
             elapsed if previous is None else previous + SERVICE_TIME_ALPHA * (elapsed - previous)

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from services.worker.core import WorkerCore
+from services.worker.emulation import ServiceTimeProfile
 from services.worker.metrics import WorkerMetrics, collect
 from services.worker.repository import scan
 from services.worker.runner import ModelRunner, configure_threads, resolve_device
@@ -119,6 +120,9 @@ async def serve(settings: WorkerSettings) -> None:
     port = serving.bind(server, f"{settings.host}:{settings.port}", tls)
     address = f"{settings.host}:{port}"
     health = await serving.add_health_and_reflection(server, [SERVICE_NAME], serving=False)
+    service_profile = (
+        ServiceTimeProfile.load(settings.service_profile) if settings.service_profile else None
+    )
     runners: dict[str, ModelRunner] = {}
     core = WorkerCore(settings.worker_id, runners)
     registry = metrics.new_registry()
@@ -129,7 +133,8 @@ async def serve(settings: WorkerSettings) -> None:
     await server.start()
     for entry in entries:
         runner = await asyncio.to_thread(
-            ModelRunner, entry.config, entry.version, entry.model_path, device, settings.slowdown
+            ModelRunner, entry.config, entry.version, entry.model_path, device, settings.slowdown,
+            service_profile,
         )
         await asyncio.to_thread(runner.warm_up)
         runners[entry.config.name] = runner

@@ -26,6 +26,10 @@ class WorkerSettings(TlsFields):
     threads: int = 0
     # Multiplies compute time (sleeps the difference): simulates a slower machine in benchmarks.
     slowdown: float = 1.0
+    # A profile JSON (`tideserve profile` writes them): each batch is padded up to its t(b), so
+    # the worker emulates a device with that service curve while the real model still runs.
+    # Unlike slowdown, CPU contention is not multiplied (services/worker/emulation.py). "" = off.
+    service_profile: str = ""
     # Exit once every balancer has released this worker after a drain.
     exit_on_release: bool = True
     grace_s: float = 10.0
