@@ -350,7 +350,7 @@ def serve_and_measure(
         repository,
         out / f"logs_{model}",
         worker_args=("--device", device, "--models", model),
-        batcher_args=("--processes", str(batchers), "--inflight-per-worker", str(inflight)),
+        batcher_args=("--processes", str(batchers), "--inflight-per-instance", str(inflight)),
     )
     try:
         cluster.start(workers=1)
@@ -445,10 +445,10 @@ def main(argv: list[str] | None = None) -> int:
         "--client-rows", default="1,16", help="rows per client request, one saturation run each"
     )
     parser.add_argument(
-        "--inflight-per-worker",
+        "--inflight-per-instance",
         type=int,
-        default=2,
-        help="batches each batcher process keeps in flight per worker",
+        default=1,
+        help="batches each batcher process keeps in flight per model instance of a worker",
     )
     parser.add_argument("--device", default="cuda", help="cpu: a smoke run of this script")
     parser.add_argument(
@@ -483,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             limit["batch64_compute_s"],
             args.device,
             [int(r) for r in args.client_rows.split(",")],
-            args.inflight_per_worker,
+            args.inflight_per_instance,
         )
         for run in served["saturated"].values():
             run["fraction_of_inprocess"] = run["samples_per_s"] / limit["runner_samples_per_s"]

@@ -234,7 +234,7 @@ class BatcherCore:
         catalog: ModelCatalog,
         dispatcher: BatchDispatcher,
         *,
-        inflight_per_worker: int = 2,
+        inflight_per_instance: int = 1,
         clock: Callable[[], float] = time.monotonic,
         metrics: BatchMetrics | None = None,
         max_queue_rows_default: int = 0,
@@ -243,7 +243,7 @@ class BatcherCore:
         self.max_queue_rows_default = max_queue_rows_default
         self.metrics = metrics
         self.dispatcher = dispatcher
-        self.inflight_per_worker = inflight_per_worker
+        self.inflight_per_instance = inflight_per_instance
         self.clock = clock
         self.schedulers: dict[str, ModelScheduler] = {}
         self.requests_total = 0
@@ -257,10 +257,11 @@ class BatcherCore:
             if scheduler is not None and len(scheduler.queue) == 0 and scheduler.inflight == 0:
                 scheduler.close()
             name = entry.spec.name
+            slots_per_worker = self.inflight_per_instance * entry.spec.instance_count
             scheduler = ModelScheduler(
                 entry,
                 self.dispatcher,
-                lambda: self.inflight_per_worker * max(self.catalog.worker_counts.get(name, 0), 1),
+                lambda: slots_per_worker * max(self.catalog.worker_counts.get(name, 0), 1),
                 self.clock,
                 lambda: self.catalog.service_curves.get(name, {}),
                 self.metrics,

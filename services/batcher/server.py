@@ -239,7 +239,7 @@ async def serve(settings: BatcherSettings) -> None:
     core = BatcherCore(
         catalog,
         pool,
-        inflight_per_worker=settings.inflight_per_worker,
+        inflight_per_instance=settings.inflight_per_instance,
         metrics=batcher_metrics,
         max_queue_rows_default=settings.max_queue_rows_default,
     )

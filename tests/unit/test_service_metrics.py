@@ -54,7 +54,7 @@ async def test_batcher_counts_requests_and_batches_and_reads_queue_depth() -> No
     core = BatcherCore(
         catalog_with(batcher_model_config(max_batch_size=8)),
         dispatcher,
-        inflight_per_worker=1,
+        inflight_per_instance=1,
         metrics=batcher_metrics,
     )
     registry.register(

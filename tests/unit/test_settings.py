@@ -105,10 +105,10 @@ def test_unknown_flag_exits() -> None:
 def test_service_settings_validate_after_loading() -> None:
     from services.batcher.settings import BatcherSettings
 
-    with pytest.raises(ValueError, match="inflight_per_worker"):
+    with pytest.raises(ValueError, match="inflight_per_instance"):
         load_settings(
             BatcherSettings,
-            ["--inflight-per-worker", "0"],
+            ["--inflight-per-instance", "0"],
             env_prefix="X_",
             description="batcher",
             environ={},

@@ -148,11 +148,13 @@ class Harness:
         self.clock = clock
         self.core: BatcherCore | None = None
 
-    def start(self, config: str, *, workers: int = 1, inflight_per_worker: int = 1) -> BatcherCore:
+    def start(
+        self, config: str, *, workers: int = 1, inflight_per_instance: int = 1
+    ) -> BatcherCore:
         self.core = BatcherCore(
             catalog_with(config, workers),
             self.dispatcher,
-            inflight_per_worker=inflight_per_worker,
+            inflight_per_instance=inflight_per_instance,
             clock=self.clock,
         )
         return self.core
@@ -244,7 +246,7 @@ async def test_each_request_gets_only_the_outputs_it_asked_for(
 async def test_batches_grow_while_dispatch_capacity_is_busy(
     harness: Harness, dispatcher: EchoDispatcher
 ) -> None:
-    core = harness.start(model_config(max_batch_size=8, delay_us=0), inflight_per_worker=1)
+    core = harness.start(model_config(max_batch_size=8, delay_us=0), inflight_per_instance=1)
     dispatcher.gate.clear()
 
     futures = [core.submit(infer_request(0), deadline=None)]
@@ -266,7 +268,7 @@ async def test_batches_grow_while_dispatch_capacity_is_busy(
 async def test_capacity_scales_with_ready_workers(
     harness: Harness, dispatcher: EchoDispatcher
 ) -> None:
-    core = harness.start(model_config(delay_us=0), workers=2, inflight_per_worker=1)
+    core = harness.start(model_config(delay_us=0), workers=2, inflight_per_instance=1)
     dispatcher.gate.clear()
 
     futures = []
@@ -280,11 +282,31 @@ async def test_capacity_scales_with_ready_workers(
     assert dispatcher.batch_rows == [1, 1, 1]
 
 
+async def test_each_model_instance_gets_a_batch_in_flight(
+    harness: Harness, dispatcher: EchoDispatcher
+) -> None:
+    instances = 'parameters { key: "instance_count" value { string_value: "2" } }'
+    core = harness.start(model_config(delay_us=0) + instances, workers=1, inflight_per_instance=1)
+    dispatcher.gate.clear()
+
+    futures = []
+    for index in range(4):
+        futures.append(core.submit(infer_request(index), deadline=None))
+        await settle()
+
+    assert dispatcher.batch_rows == [1, 1], "one worker, two instances: two batches in flight"
+    dispatcher.gate.set()
+    await gather(futures)
+    assert dispatcher.batch_rows == [1, 1, 2], "the rest waited and left as one batch"
+
+
 async def test_request_timed_out_in_queue_never_reaches_dispatcher(
     harness: Harness, dispatcher: EchoDispatcher, clock: FakeClock
 ) -> None:
     overridable = "default_queue_policy { allow_timeout_override: true }"
-    core = harness.start(model_config(delay_us=0, queue_policy=overridable), inflight_per_worker=1)
+    core = harness.start(
+        model_config(delay_us=0, queue_policy=overridable), inflight_per_instance=1
+    )
     dispatcher.gate.clear()
     blocker = core.submit(infer_request(0), deadline=None)
     await settle()
@@ -307,7 +329,7 @@ async def test_request_timed_out_in_queue_never_reaches_dispatcher(
 async def test_request_past_its_deadline_never_reaches_dispatcher(
     harness: Harness, dispatcher: EchoDispatcher, clock: FakeClock
 ) -> None:
-    core = harness.start(model_config(delay_us=0), inflight_per_worker=1)
+    core = harness.start(model_config(delay_us=0), inflight_per_instance=1)
     dispatcher.gate.clear()
     blocker = core.submit(infer_request(0), deadline=None)
     await settle()
@@ -325,7 +347,7 @@ async def test_request_past_its_deadline_never_reaches_dispatcher(
 async def test_cancelled_request_is_not_computed(
     harness: Harness, dispatcher: EchoDispatcher
 ) -> None:
-    core = harness.start(model_config(delay_us=0), inflight_per_worker=1)
+    core = harness.start(model_config(delay_us=0), inflight_per_instance=1)
     dispatcher.gate.clear()
     blocker = core.submit(infer_request(0), deadline=None)
     await settle()
