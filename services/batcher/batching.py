@@ -105,6 +105,13 @@ class BatchQueue:
         self.rows += request.rows
         self.policy.arrived(request.rows, request.arrival)
 
+    def rows_ahead(self, priority: int) -> int:
+        """Rows that leave before a new request of this priority: its level and higher ones."""
+        if self.batching.priority_levels == 0:
+            return self.rows
+        level = self.level_for(priority)
+        return sum(r.rows for queue in self._levels[: level + 1] for r in queue)
+
     def pop_expired(self, now: float) -> list[PendingRequest]:
         """Remove and return requests whose queue timeout passed (REJECT); demote DELAY ones."""
         expired: list[PendingRequest] = []

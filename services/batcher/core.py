@@ -19,7 +19,7 @@ from services.batcher.batching import BatchQueue, PendingRequest
 from services.batcher.catalog import CatalogEntry, ModelCatalog
 from services.batcher.policies import ServiceCurve, create_policy
 from services.batcher.requests import parse_request
-from tideserve.errors import DeadlineExceeded, TideserveError
+from tideserve.errors import DeadlineExceeded, ResourceExhausted, TideserveError
 from tideserve.v1 import cluster_pb2, inference_pb2
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class ModelScheduler:
         self.dispatcher = dispatcher
         self.capacity = capacity
         self.clock = clock
+        self.curve = curve
         self.inflight = 0
         self._wake = asyncio.Event()
         self._batch_ids = itertools.count()
@@ -85,6 +86,7 @@ class ModelScheduler:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def submit(self, request: PendingRequest) -> asyncio.Future:
+        self._admit_before_deadline(request)
         self.queue.put(request)
         request.future = asyncio.get_running_loop().create_future()
         self._wake.set()
@@ -92,6 +94,32 @@ class ModelScheduler:
 
     def close(self) -> None:
         self._task.cancel()
+
+    def expected_wait(self, rows_ahead: int) -> float:
+        """Seconds until `rows_ahead` queued rows have left, at the workers' best measured
+        throughput (the fastest rows per second of any batch size on the service curve, spread
+        over every dispatch slot); 0 while nothing is measured. An optimistic estimate, so a
+        request is refused only when even the best case misses its deadline."""
+        curve = self.curve()
+        if not curve or rows_ahead <= 0:
+            return 0.0
+        seconds_per_row = min(seconds / size for size, seconds in curve.items() if size > 0)
+        return rows_ahead * seconds_per_row / max(self.capacity(), 1)
+
+    def _admit_before_deadline(self, request: PendingRequest) -> None:
+        """Refuse at once a request that cannot leave the queue before its deadline or queue
+        timeout: queued, it would only expire there, after holding a slot the whole time."""
+        limits = [t for t in (request.deadline, request.expires) if t is not None]
+        if not limits or not self.queue.rows:
+            return
+        budget = min(limits) - request.arrival
+        wait = self.expected_wait(self.queue.rows_ahead(request.priority))
+        if wait > budget:
+            raise ResourceExhausted(
+                f"the queue for model {self.entry.spec.name!r} holds about {wait * 1000:.0f} ms "
+                f"of work, more than this request's {budget * 1000:.0f} ms deadline; retry after "
+                "a back-off, with a longer deadline, or add workers"
+            )
 
     async def _run(self) -> None:
         while True:

@@ -466,3 +466,40 @@ async def test_model_scheduler_directly_with_a_fixed_capacity(
     assert response.id == "direct"
     np.testing.assert_array_equal(output(response, "y"), rows_of(3, 1))
     assert scheduler.inflight == 0
+
+
+async def test_request_that_cannot_leave_before_its_deadline_is_refused_at_once(
+    harness: Harness, dispatcher: EchoDispatcher, clock: FakeClock
+) -> None:
+    core = harness.start(model_config(max_batch_size=8, delay_us=0))
+    core.catalog.service_curves = {MODEL: {8: 0.080, 1: 0.020}}  # best: 10 ms a row
+    dispatcher.gate.clear()
+    futures = [core.submit(infer_request(0), deadline=None)]
+    await settle()
+    futures += [core.submit(infer_request(i), deadline=None) for i in range(1, 6)]
+    queued = len(core.schedulers[MODEL].queue)
+
+    with pytest.raises(ResourceExhausted, match="about 50 ms of work, more than .* 20 ms"):
+        core.submit(infer_request(6), deadline=clock() + 0.020)
+    assert len(core.schedulers[MODEL].queue) == queued, "a refused request is not queued"
+
+    futures.append(core.submit(infer_request(7), deadline=clock() + 0.100))
+    dispatcher.gate.set()
+    responses = await gather(futures)
+    assert all(isinstance(r, pb.ModelInferResponse) for r in responses)
+    assert sum(dispatcher.batch_rows) == 7, "everything admitted was served"
+
+
+async def test_without_a_measured_curve_deadlines_do_not_refuse_admission(
+    harness: Harness, dispatcher: EchoDispatcher, clock: FakeClock
+) -> None:
+    core = harness.start(model_config(max_batch_size=8, delay_us=0))
+    dispatcher.gate.clear()
+    futures = [core.submit(infer_request(0), deadline=None)]
+    await settle()
+    futures += [core.submit(infer_request(i), deadline=None) for i in range(1, 6)]
+
+    futures.append(core.submit(infer_request(6), deadline=clock() + 0.001))
+    assert len(core.schedulers[MODEL].queue) == 6, "admitted: nothing says it would be late"
+    dispatcher.gate.set()
+    await gather(futures)
