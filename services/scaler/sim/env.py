@@ -10,10 +10,14 @@ than per-request events, so an episode of 600 s runs in milliseconds:
   tau* = alpha / (1 - lambda_r beta); demand above the ready workers' peak throughput is kept as a
   backlog that drains at the spare throughput;
 * a request's latency is its backlog wait plus tau* (1 + Gamma(2, 1/4)), the shape used by
-  `services.scaler.planner` (mean 1.5 tau*, p99 2.66 tau*); per-step SLO attainment is that
+  `services.scaler.planner` (mean 1.5 tau*, p99 2.66 tau*), plus (inflight_per_worker - 1) tau*:
+  with k batches in flight per worker (the batcher's `inflight_per_worker`, 2 live) a new batch
+  also waits for the k - 1 queued at the worker ahead of it. Per-step SLO attainment is that
   distribution's CDF at the SLO, averaged over the backlog at the start and end of the step;
 * scaling up starts a worker that serves after the profile's cold start; scaling down removes a
   starting worker first, else a ready one; starting workers cost like ready ones;
+* the arrival rate the policy sees is the mean over the last `rate_window_s` (the live batcher
+  reports its arrivals over 5 s);
 * utilisation is throughput over the ready workers' peak throughput. With work-conserving dynamic
   batching the wall-clock busy fraction is ~1 at any load above 1/t(1) and carries no signal, so
   the live scaler should report this same quantity.
@@ -37,6 +41,7 @@ ScalingContext the rule policies get, so learned and rule policies run in the sa
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +70,12 @@ class EnvConfig:
     step_s: float = 1.0
     duration_s: int = traces.DEFAULT_DURATION_S
     peak_load: tuple[float, float] = (0.5, 0.9)
+    # The batcher's batches in flight per worker (live default 2, services/batcher/settings.py)
+    # and the window of the arrival rate it reports (live 5 s, services/batcher/core.py). The
+    # defaults are the idealised cluster the shipped policy was trained in (one batch in flight,
+    # last step's rate); bench.sim_to_real sets the live values. Retraining should use those.
+    inflight_per_worker: int = 1
+    rate_window_s: float = 1.0
     slo_weight: float = 20.0
     cost_weight: float = 1.0
     churn_weight: float = 0.05
@@ -74,6 +85,8 @@ class EnvConfig:
             raise ValueError("need 1 <= min_replicas <= max_replicas")
         if self.slo_s <= 0 or self.step_s <= 0 or self.duration_s < 1:
             raise ValueError("slo_s, step_s and duration_s must be > 0")
+        if self.inflight_per_worker < 1 or self.rate_window_s < self.step_s:
+            raise ValueError("need inflight_per_worker >= 1 and rate_window_s >= step_s")
         if not 0 < self.peak_load[0] <= self.peak_load[1]:
             raise ValueError(f"peak_load must be an increasing pair > 0, got {self.peak_load}")
 
@@ -163,12 +176,15 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
                                  cfg.max_replicas))
         self.starting: list[float] = []
         self.log = EpisodeLog()
+        self._recent_arrivals: deque[float] = deque(
+            maxlen=max(1, round(cfg.rate_window_s / cfg.step_s)))
         self._observer.reset()
         # The episode starts in steady state at the first second's rate, as if already running.
         tau = self.profile.steady_batch_time(first / self.ready)
         self._last = {
             "rate": first, "queued": first * tau / 2, "ongoing": first * MEAN_OVER_TAU * tau,
-            "p99": P99_OVER_TAU * tau, "util": first / (self.ready * self.peak_throughput),
+            "p99": (P99_OVER_TAU + cfg.inflight_per_worker - 1) * tau,
+            "util": first / (self.ready * self.peak_throughput),
         }
         return self._observe(), self._info()
 
@@ -247,17 +263,20 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
             drain = self.ready * self.peak_throughput
             rate_per_replica = min(arrivals / dt / self.ready, 0.999 * self.peak_throughput)
             tau = self.profile.steady_batch_time(rate_per_replica)
-            waits = (backlog_before / drain, self.backlog / drain)
+            ahead = (cfg.inflight_per_worker - 1) * tau  # batches queued at the worker
+            waits = (backlog_before / drain + ahead, self.backlog / drain + ahead)
             within = float(np.mean(batch_latency_cdf(cfg.slo_s - np.array(waits), tau)))
             util = served / capacity if capacity else 0.0
         else:
             tau, waits, within, util = math.inf, (math.inf, math.inf), 0.0, 0.0
         wait = (waits[0] + waits[1]) / 2
         rate = arrivals / dt
+        self._recent_arrivals.append(arrivals)
         self._last = {
-            "rate": rate,
+            "rate": float(np.mean(self._recent_arrivals)) / dt,
             "queued": self.backlog + rate * tau / 2 if self.ready else self.backlog,
-            "ongoing": self.backlog + rate * MEAN_OVER_TAU * tau if self.ready else self.backlog,
+            "ongoing": (self.backlog + rate * (MEAN_OVER_TAU * tau + ahead) if self.ready
+                        else self.backlog),
             "p99": min(wait + P99_OVER_TAU * tau, 100 * cfg.slo_s),
             "util": util,
         }
