@@ -26,6 +26,12 @@ logger = logging.getLogger(__name__)
 
 # Latencies kept for the percentiles reported to the balancer (and so to the scaler).
 LATENCY_WINDOW = 4096
+# Smoothing of the measured batch round trip that predicts a new request's queue wait.
+ROUND_TRIP_ALPHA = 0.2
+# A request is admitted only if its predicted wait fits this share of its deadline: under overload
+# every admitted request sits at the admission boundary, so without headroom the prediction's
+# error alone makes many of them expire in the queue.
+ADMISSION_HEADROOM = 0.8
 
 
 class BatchDispatcher(Protocol):
@@ -76,8 +82,10 @@ class ModelScheduler:
         self.dispatcher = dispatcher
         self.capacity = capacity
         self.clock = clock
-        self.curve = curve
         self.inflight = 0
+        # Smoothed round trip of a dispatched batch and its rows: the queue's drain rate.
+        self._round_trip_s: float | None = None
+        self._batch_rows = 0.0
         self._wake = asyncio.Event()
         self._batch_ids = itertools.count()
         self._prefix = f"{os.getpid()}-{spec.name}-"
@@ -96,15 +104,23 @@ class ModelScheduler:
         self._task.cancel()
 
     def expected_wait(self, rows_ahead: int) -> float:
-        """Seconds until `rows_ahead` queued rows have left, at the workers' best measured
-        throughput (the fastest rows per second of any batch size on the service curve, spread
-        over every dispatch slot); 0 while nothing is measured. An optimistic estimate, so a
-        request is refused only when even the best case misses its deadline."""
-        curve = self.curve()
-        if not curve or rows_ahead <= 0:
+        """Seconds until `rows_ahead` queued rows have left and a batch holding one more has come
+        back: batches ahead at the recent batch size, each taking the recent dispatch round trip,
+        spread over the dispatch slots. Measured round trips rather than the workers' compute
+        curve: the hops and the gaps between batches count too, and the compute-only estimate
+        let queues grow past 1 s deadlines until nearly every request expired in them (bench/
+        overload.py --timeout-s 1: 12% goodput). 0 until a batch has come back."""
+        if self._round_trip_s is None:
             return 0.0
-        seconds_per_row = min(seconds / size for size, seconds in curve.items() if size > 0)
-        return rows_ahead * seconds_per_row / max(self.capacity(), 1)
+        batches = rows_ahead / max(self._batch_rows, 1.0) + 1.0
+        return batches * self._round_trip_s / max(self.capacity(), 1)
+
+    def _observe_round_trip(self, rows: int, seconds: float) -> None:
+        if self._round_trip_s is None:
+            self._round_trip_s, self._batch_rows = seconds, float(rows)
+            return
+        self._round_trip_s += ROUND_TRIP_ALPHA * (seconds - self._round_trip_s)
+        self._batch_rows += ROUND_TRIP_ALPHA * (rows - self._batch_rows)
 
     def _admit_before_deadline(self, request: PendingRequest) -> None:
         """Refuse at once a request that cannot leave the queue before its deadline or queue
@@ -114,11 +130,11 @@ class ModelScheduler:
             return
         budget = min(limits) - request.arrival
         wait = self.expected_wait(self.queue.rows_ahead(request.priority))
-        if wait > budget:
+        if wait > ADMISSION_HEADROOM * budget:
             raise ResourceExhausted(
                 f"the queue for model {self.entry.spec.name!r} holds about {wait * 1000:.0f} ms "
-                f"of work, more than this request's {budget * 1000:.0f} ms deadline; retry after "
-                "a back-off, with a longer deadline, or add workers"
+                f"of work, too much for this request's {budget * 1000:.0f} ms deadline; retry "
+                "after a back-off, with a longer deadline, or add workers"
             )
 
     async def _run(self) -> None:
@@ -207,6 +223,7 @@ class ModelScheduler:
                 self.entry.spec.name, rows, self._payload(batch, rows, batch_id), timeout, batch_id
             )
             self._complete(batch, rows, cluster_pb2.BatchResult.FromString(raw))
+            self._observe_round_trip(rows, self.clock() - now)
             self.queue.policy.observe(rows, now - batch[0].arrival, self.clock() - now)
         except TideserveError as error:
             for request in batch:

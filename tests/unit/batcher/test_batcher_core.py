@@ -57,9 +57,12 @@ class FakeClock:
 
 class EchoDispatcher:
     """Answers every batch with outputs y = x and z = x + 100, row for row. While `gate` is
-    cleared, batches are held (a busy worker). `fail_with` makes every dispatch raise."""
+    cleared, batches are held (a busy worker). `fail_with` makes every dispatch raise. With a
+    `clock`, each batch advances it by `seconds_per_batch` (a worker that takes time)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: FakeClock | None = None, seconds_per_batch: float = 0.0) -> None:
+        self.clock = clock
+        self.seconds_per_batch = seconds_per_batch
         self.batches: list[cluster_pb2.Batch] = []
         self.timeouts: list[float | None] = []
         self.gate = asyncio.Event()
@@ -79,6 +82,8 @@ class EchoDispatcher:
         self.batches.append(batch)
         self.timeouts.append(timeout)
         await self.gate.wait()
+        if self.clock is not None:
+            self.clock.advance(self.seconds_per_batch)
         if self.fail_with is not None:
             raise self.fail_with
         x = batch.inputs[0]
@@ -469,28 +474,36 @@ async def test_model_scheduler_directly_with_a_fixed_capacity(
 
 
 async def test_request_that_cannot_leave_before_its_deadline_is_refused_at_once(
-    harness: Harness, dispatcher: EchoDispatcher, clock: FakeClock
+    clock: FakeClock,
 ) -> None:
-    core = harness.start(model_config(max_batch_size=8, delay_us=0))
-    core.catalog.service_curves = {MODEL: {8: 0.080, 1: 0.020}}  # best: 10 ms a row
-    dispatcher.gate.clear()
-    futures = [core.submit(infer_request(0), deadline=None)]
-    await settle()
-    futures += [core.submit(infer_request(i), deadline=None) for i in range(1, 6)]
-    queued = len(core.schedulers[MODEL].queue)
+    dispatcher = EchoDispatcher(clock, seconds_per_batch=0.050)
+    harness = Harness(dispatcher, clock)
+    core = harness.start(model_config(max_batch_size=4, delay_us=0))
+    try:
+        # Measure: 4-row batches that take 50 ms each.
+        await gather([core.submit(infer_request(i, rows=4), deadline=None) for i in range(2)])
+        dispatcher.gate.clear()
+        futures = [core.submit(infer_request(10), deadline=None)]
+        await settle()
+        futures += [core.submit(infer_request(i, rows=4), deadline=None) for i in range(11, 13)]
+        queued = len(core.schedulers[MODEL].queue)
 
-    with pytest.raises(ResourceExhausted, match="about 50 ms of work, more than .* 20 ms"):
-        core.submit(infer_request(6), deadline=clock() + 0.020)
-    assert len(core.schedulers[MODEL].queue) == queued, "a refused request is not queued"
+        # 8 rows ahead: 2 batches, and its own: 150 ms > 0.8 x 150 ms.
+        with pytest.raises(ResourceExhausted, match="about 150 ms of work, too much for .* 150 ms"):
+            core.submit(infer_request(13), deadline=clock() + 0.150)
+        assert len(core.schedulers[MODEL].queue) == queued, "a refused request is not queued"
 
-    futures.append(core.submit(infer_request(7), deadline=clock() + 0.100))
-    dispatcher.gate.set()
-    responses = await gather(futures)
-    assert all(isinstance(r, pb.ModelInferResponse) for r in responses)
-    assert sum(dispatcher.batch_rows) == 7, "everything admitted was served"
+        futures.append(core.submit(infer_request(14), deadline=clock() + 0.250))
+        dispatcher.gate.set()
+        responses = await gather(futures)
+        assert all(isinstance(r, pb.ModelInferResponse) for r in responses)
+        assert dispatcher.batch_rows[2:] == [1, 4, 4, 1], "everything admitted was served"
+    finally:
+        core.close()
+        await settle()
 
 
-async def test_without_a_measured_curve_deadlines_do_not_refuse_admission(
+async def test_before_any_batch_returns_deadlines_do_not_refuse_admission(
     harness: Harness, dispatcher: EchoDispatcher, clock: FakeClock
 ) -> None:
     core = harness.start(model_config(max_batch_size=8, delay_us=0))
