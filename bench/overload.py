@@ -1,8 +1,11 @@
 """Overload: does the batcher shed quickly and keep its goodput at 3x capacity?
 
 One balancer, one batcher and `--workers` workers serve tiny_cnn capped at `--max-batch-size`
-rows per batch, each worker's compute stretched by `--slowdown`, so capacity is set by the workers
-(mostly sleep) and not by the client fighting the services for this machine's CPUs. Phases:
+rows per batch. Each worker emulates a slower device (`--device-ms BASE,PER_ROW`: a batch of b rows
+takes BASE + PER_ROW x b ms, the worker's `service_profile`), so capacity is set by the workers and
+not by the load generator and the services fighting over this machine's two CPUs. `--slowdown K`
+instead multiplies each batch's real compute time K-fold, which multiplies that CPU contention too:
+under overload the shed traffic slows the workers and capacity falls with it. Phases:
 
 1. capacity: a closed loop (`--concurrency` clients) for `--capacity-seconds`;
 2. overload: open-loop Poisson arrivals at `--overload` x capacity for `--seconds` (30);
@@ -14,8 +17,8 @@ seen, the batcher's RSS before, at peak and after (bounded memory: no unbounded 
 in the recovery window. Latency runs from each request's scheduled send time, so a lagging client
 cannot hide queueing. `--max-queue-rows-default 0` runs the same with an unbounded queue.
 
-    python -m bench.overload [--seconds 30] [--workers 1] [--slowdown 10]
-                             [--max-queue-rows-default 256]
+    python -m bench.overload [--seconds 30] [--workers 1] [--device-ms 20,2]
+                             [--slowdown 1] [--max-queue-rows-default 256]
 
 Loopback only. Writes bench/results/overload.json (or --output) and prints a markdown table.
 """
@@ -187,6 +190,18 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def write_device_profile(root: Path, device_ms: str) -> Path:
+    """A linear service curve t(b) = base + per_row x b as a worker service-profile file."""
+    base_ms, per_row_ms = (float(part) for part in device_ms.split(","))
+    sizes = [1, 64]
+    path = root / "device_profile.json"
+    path.write_text(json.dumps({
+        "batch_sizes": sizes,
+        "seconds": [(base_ms + per_row_ms * b) / 1000 for b in sizes],
+    }))
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0)
@@ -194,7 +209,11 @@ def main() -> None:
     parser.add_argument("--overload", type=float, default=3.0)
     parser.add_argument("--recovery", type=float, default=0.5)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--slowdown", type=float, default=10.0)
+    parser.add_argument(
+        "--device-ms", default="20,2",
+        help="emulated device: b rows take BASE + PER_ROW x b ms; 'off' = the real model only",
+    )
+    parser.add_argument("--slowdown", type=float, default=1.0)
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--timeout-s", type=float, default=5.0)
@@ -208,9 +227,12 @@ def main() -> None:
         repository = root / "repository"
         add_torchscript_model(repository, DEFAULT_MODEL, staging / DEFAULT_MODEL / "1" / "model.pt",
                               [1, 28, 28], max_batch_size=args.max_batch_size)
+        worker_args = ["--slowdown", str(args.slowdown)]
+        if args.device_ms != "off":
+            worker_args += ["--service-profile", str(write_device_profile(root, args.device_ms))]
         cluster = Cluster(
             repository, root / "logs",
-            worker_args=("--slowdown", str(args.slowdown)),
+            worker_args=tuple(worker_args),
             batcher_args=("--max-queue-rows-default", str(args.max_queue_rows_default)),
         )
         try:
