@@ -11,8 +11,9 @@ than per-request events, so an episode of 600 s runs in milliseconds:
   backlog that drains at the spare throughput;
 * a request's latency is its backlog wait plus tau* (1 + Gamma(2, 1/4)), the shape used by
   `services.scaler.planner` (mean 1.5 tau*, p99 2.66 tau*), plus (inflight_per_worker - 1) tau*:
-  with k batches in flight per worker (the batcher's `inflight_per_worker`, 2 live) a new batch
-  also waits for the k - 1 queued at the worker ahead of it. Per-step SLO attainment is that
+  with k batches in flight per worker (the batcher's `inflight_per_instance` x the model's
+  instances; 1 live for a one-instance model) a new batch also waits for the k - 1 queued at the
+  worker ahead of it. Per-step SLO attainment is that
   distribution's CDF at the SLO, averaged over the backlog at the start and end of the step;
 * scaling up starts a worker that serves after the profile's cold start; scaling down removes a
   starting worker first, else a ready one; starting workers cost like ready ones;
@@ -70,10 +71,10 @@ class EnvConfig:
     step_s: float = 1.0
     duration_s: int = traces.DEFAULT_DURATION_S
     peak_load: tuple[float, float] = (0.5, 0.9)
-    # The batcher's batches in flight per worker (live default 2, services/batcher/settings.py)
-    # and the window of the arrival rate it reports (live 5 s, services/batcher/core.py). The
-    # defaults are the idealised cluster the shipped policy was trained in (one batch in flight,
-    # last step's rate); bench.sim_to_real sets the live values. Retraining should use those.
+    # The batcher's batches in flight per worker (live: 1 per model instance,
+    # services/batcher/settings.py) and the window of the arrival rate it reports (live 5 s,
+    # services/batcher/core.py). The rate window defaults to the shipped policy's training
+    # cluster (the last step's rate); bench.sim_to_real sets the live 5 s. Retraining should too.
     inflight_per_worker: int = 1
     rate_window_s: float = 1.0
     slo_weight: float = 20.0
