@@ -3,16 +3,30 @@
 A held-out trace is time-compressed (`--compress` x faster) and scaled so its peak is `--peak` of
 the cluster's SLO capacity, exactly as the simulator scales it. For each policy (learned, HPA):
 
-* prediction: the simulator runs the trace with the policy, the measured profile and the same
-  guards (bounds, cooldowns, max steps) as the live scaler;
-* reality: a fresh local stack (process runtime, workers `--threads 1` with the profile's
-  slowdown) is driven by an open-loop generator at the trace's rate, the scaler running the same
-  policy with the same profile, SLO and guards; worker-seconds are integrated from the scaler's
-  status (starting + ready, as the simulator counts them), SLO attainment is the share of sent
-  requests answered within the SLO (failures count as misses).
+One profile file describes the device to all three parties. It is `--profile`'s straight-line
+fit t(b) = alpha + beta b (the curve the simulator uses) written at the profile's batch sizes, with
+the cold start measured here on the process runtime (below), so:
+
+* the workers emulate that device: `--service-profile` pads each batch up to t(b) (the real model
+  still runs; see services/worker/emulation.py), which, unlike `--slowdown`, does not multiply
+  the CPU contention of a shared machine into the service time;
+* the simulator predicts with it, and the live scaler observes with it.
+
+Cold start: before the runs a stack is started and one extra worker is pinned three times
+(`ScaleTo`); the delay from the worker process starting to the balancer routing to it (the
+scaler's worker list shows its address) is measured, and the median is the profile's cold start.
+The runs record the same delay for every worker they start, under load.
+
+* prediction: the simulator runs the trace with the policy, that profile and the same guards
+  (bounds, cooldowns, max steps) as the live scaler;
+* reality: a fresh local stack (process runtime, workers `--threads 1` emulating the profile) is
+  driven by an open-loop generator at the trace's rate, the scaler running the same policy with
+  the same profile, SLO and guards; worker-seconds are integrated from the scaler's status
+  (starting + ready, as the simulator counts them), SLO attainment is the share of sent requests
+  answered within the SLO (failures count as misses).
 
     python -m bench.sim_to_real                      # spike seed 1000, 600 s trace in 150 s
-    python -m bench.sim_to_real --policies hpa --compress 6
+    python -m bench.sim_to_real --policies hpa --compress 6 --cold-start-s 3
 
 Loopback only; the load is bounded by the trace (a few hundred requests/s at most) and by a cap
 on requests in flight. Results are printed and written to bench/results/sim_to_real.json.
@@ -29,6 +43,7 @@ import asyncio
 import json
 import math
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -41,6 +56,7 @@ import grpc
 import numpy as np
 
 from bench.stack import ROOT, LocalStack, OpenLoopResult, open_loop
+from services.batcher.settings import BatcherSettings
 from services.scaler.guards import GuardConfig, Guards
 from services.scaler.learning.evaluate import episode_run
 from services.scaler.planner import ServiceProfile
@@ -52,6 +68,11 @@ from tideserve.report import Run, Sample, batch_size_delta
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
 RESULTS = ROOT / "bench" / "results" / "sim_to_real.json"
+# The live batcher's batches in flight per worker (per model instance; the default model has
+# one), and the window of the arrival rate it reports to the scaler (services/batcher/core.py,
+# frontend_report): the simulator is told both.
+INFLIGHT_PER_WORKER = BatcherSettings().inflight_per_instance
+RATE_WINDOW_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -59,7 +80,6 @@ class Setup:
     """Everything the simulator and the real stack must agree on."""
 
     profile_path: Path
-    slowdown: float
     slo_s: float
     max_replicas: int
     guards: GuardConfig
@@ -74,7 +94,7 @@ class Setup:
             "--up-cooldown-s", str(g.up_cooldown_s), "--down-cooldown-s", str(g.down_cooldown_s),
             "--max-step-up", str(g.max_step_up), "--max-step-down", str(g.max_step_down),
             "--tick-s", "1", "--worker-threads", "1", "--worker-device", "cpu",
-            "--worker-slowdown", str(self.slowdown), "--drain-timeout-s", "15",
+            "--worker-service-profile", str(self.profile_path), "--drain-timeout-s", "15",
         ]
 
     def policy(self, name: str) -> ScalingPolicy:
@@ -86,7 +106,8 @@ def simulate(setup: Setup, trace: traces.Trace, peak: float, policy: ScalingPoli
     """The simulator's prediction for `trace`; also returns its requests/s per unit of trace."""
     config = EnvConfig(profile_path=setup.profile_path, slo_s=setup.slo_s,
                        min_replicas=setup.guards.min_replicas, max_replicas=setup.max_replicas,
-                       duration_s=len(trace.rates), peak_load=(peak, peak))
+                       duration_s=len(trace.rates), peak_load=(peak, peak),
+                       inflight_per_worker=INFLIGHT_PER_WORKER, rate_window_s=RATE_WINDOW_S)
     env = ServingClusterEnv(config, trace_keys=[(trace.shape, trace.seed)])
     env.preload(trace)
     env.reset(seed=trace.seed)
@@ -108,6 +129,75 @@ class Measured:
     max_workers: int
     p99_s: float
     timeline: Run
+    cold_starts: list[float]
+
+
+def emulated_profile(source: Path, cold_start_s: float, out: Path) -> Path:
+    """`source`'s straight-line fit written at its batch sizes: the workers pad to exactly the
+    t(b) the simulator uses."""
+    profile = ServiceProfile.load(source)
+    alpha, beta = profile.fit
+    out.write_text(json.dumps({
+        "model": profile.model,
+        "note": (f"Emulated device for bench.sim_to_real: the fit t(b) = {alpha * 1e3:.2f} ms + "
+                 f"{beta * 1e3:.3f} ms x b of {source.name}; cold start measured on the process "
+                 "runtime (worker start to the balancer routing to it)."),
+        "batch_sizes": list(profile.batch_sizes),
+        "seconds": [round(profile.batch_time(b), 6) for b in profile.batch_sizes],
+        "cold_start_s": round(cold_start_s, 2),
+    }, indent=1) + "\n")
+    return out
+
+
+def list_workers(stack: LocalStack) -> list[cluster_pb2.ManagedWorker]:
+    with grpc.insecure_channel(stack.address("scaler")) as channel:
+        stub = cluster_pb2_grpc.ScalerAdminStub(channel)
+        return list(stub.ListWorkers(cluster_pb2.ListWorkersRequest(), timeout=5).workers)
+
+
+class ColdStarts:
+    """Seconds from each worker's process start to its first appearance with an address in the
+    scaler's worker list (the balancer has registered it and routes to it)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def poll(self, stack: LocalStack) -> None:
+        now = time.time()
+        for worker in list_workers(stack):
+            if worker.address and worker.worker_id not in self.seconds:
+                self.seconds[worker.worker_id] = now - worker.started_unix
+
+
+def measure_cold_start(setup: Setup, repository: Path, log_dir: Path, starts: int = 3
+                       ) -> list[float]:
+    """Pin one worker more than the minimum `starts` times on an idle stack; each new worker's
+    delay from process start to being routed to."""
+    stack = LocalStack(repository, log_dir, setup.scaler_args("hpa")).start()
+    delays = []
+    try:
+        stack.wait_ready_workers(1)
+        colds = ColdStarts()
+        colds.poll(stack)
+        with grpc.insecure_channel(stack.address("scaler")) as channel:
+            admin = cluster_pb2_grpc.ScalerAdminStub(channel)
+            for _ in range(starts):
+                known = set(colds.seconds)
+                admin.ScaleTo(cluster_pb2.ScaleToRequest(replicas=2), timeout=5)
+                deadline = time.monotonic() + 60
+                while set(colds.seconds) == known:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("pinned worker not routed to after 60 s")
+                    time.sleep(0.05)
+                    colds.poll(stack)
+                (new,) = set(colds.seconds) - known
+                delays.append(colds.seconds[new])
+                admin.ScaleTo(cluster_pb2.ScaleToRequest(replicas=1), timeout=5)
+                while len(list_workers(stack)) > 1:
+                    time.sleep(0.2)
+    finally:
+        stack.stop()
+    return delays
 
 
 def batch_size_counts(stack: LocalStack) -> dict[int, int]:
@@ -148,12 +238,16 @@ def run_real(setup: Setup, policy: str, rates: list[float], cv: float, seed: int
         samples: list[tuple[float, int]] = []
         replicas: list[tuple[float, int, int]] = []
         done = threading.Event()
+        colds = ColdStarts()
+        colds.poll(stack)
+        initial = set(colds.seconds)
 
         def poll() -> None:
             while not done.is_set():
                 status = stack.status()
                 samples.append((time.monotonic(), status.ready_replicas + status.starting_replicas))
                 replicas.append((samples[-1][0], status.ready_replicas, status.desired_replicas))
+                colds.poll(stack)
                 done.wait(0.5)
 
         batches_before = batch_size_counts(stack)
@@ -180,7 +274,8 @@ def run_real(setup: Setup, policy: str, rates: list[float], cv: float, seed: int
               {"source": "bench.sim_to_real (real stack)", "policy": policy,
                "title": f"{policy} (real)", "failed": result.failed})
     return Measured(result.within(setup.slo_s), worker_seconds, len(result.latency),
-                    result.failed, max(n for _, n in samples), p99, run)
+                    result.failed, max(n for _, n in samples), p99, run,
+                    [s for w, s in colds.seconds.items() if w not in initial])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -193,9 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-replicas", type=int, default=3)
     parser.add_argument("--slo-ms", type=float, default=500.0)
     parser.add_argument("--hpa-target", type=float, default=0.6)
-    parser.add_argument("--slowdown", type=float, default=200.0,
-                        help="worker --slowdown, as the profile was measured with")
-    parser.add_argument("--profile", type=Path, default=DEFAULT_PROFILE)
+    parser.add_argument("--profile", type=Path, default=DEFAULT_PROFILE,
+                        help="profile whose straight-line fit the workers emulate")
+    parser.add_argument("--cold-start-s", type=float,
+                        help="the emulated profile's cold start (default: measure it here)")
     parser.add_argument("--policies", default="learned,hpa")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--run-json", type=Path, metavar="DIR",
@@ -203,15 +299,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     guards = GuardConfig(min_replicas=1, max_replicas=args.max_replicas, up_cooldown_s=2.0,
                          down_cooldown_s=5.0, max_step_up=2, max_step_down=1)
-    setup = Setup(args.profile, args.slowdown, args.slo_ms / 1e3, args.max_replicas, guards,
-                  args.hpa_target)
     trace = traces.compress(traces.generate(args.shape, args.seed), args.compress)
-    profile = ServiceProfile.load(args.profile)
     work = Path(tempfile.mkdtemp(prefix="sim2real-"))
     repository = work / "models"
     write_default_model(repository)
+    profile_path = emulated_profile(args.profile, args.cold_start_s or 0.0, work / "profile.json")
+    setup = Setup(profile_path, args.slo_ms / 1e3, args.max_replicas, guards, args.hpa_target)
     rows = []
+    measured_colds: list[float] = []
     try:
+        if args.cold_start_s is None:
+            measured_colds = measure_cold_start(setup, repository, work / "cold-start")
+            print(f"cold start (process runtime, start to routed): "
+                  f"{', '.join(f'{c:.2f}' for c in measured_colds)} s", flush=True)
+            emulated_profile(args.profile, statistics.median(measured_colds), profile_path)
+        profile = ServiceProfile.load(profile_path)
+        emulated = json.loads(profile_path.read_text())
         for name in args.policies.split(","):
             log, scale = simulate(setup, trace, args.peak, setup.policy(name))
             rates = [float(r * scale) for r in trace.rates]
@@ -233,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "real_max_workers": real.max_workers, "sim_max_workers": max(log.replicas),
                 "sim_p99_ms": log.latency_quantile(0.99) * 1e3, "real_p99_ms": real.p99_s * 1e3,
                 "sim_actions": log.changes,
+                "real_cold_starts_s": [round(c, 2) for c in real.cold_starts],
             })
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -251,7 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     command = "python -m bench.sim_to_real " + " ".join(sys.argv[1:] if argv is None else argv)
     args.out.write_text(json.dumps({"command": command, "args": {
-        k: str(v) for k, v in vars(args).items()}, "results": rows}, indent=1) + "\n")
+        k: str(v) for k, v in vars(args).items()}, "profile": emulated,
+        "measured_cold_starts_s": [round(c, 2) for c in measured_colds], "results": rows},
+        indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0
 
