@@ -16,9 +16,10 @@ import pytest
 from docker.client import DockerClient
 
 from services.scaler.docker_runtime import OWNER_LABEL
+from tests.accounting import record_load
 from tests.cluster import Cluster, free_port, wait_for, wait_healthy
 from tests.docker.conftest import IMAGE
-from tideserve.loadgen import closed_loop
+from tideserve.loadgen import LoadResult, closed_loop
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
 pytestmark = pytest.mark.docker
@@ -99,7 +100,7 @@ def test_scaler_runs_worker_containers_end_to_end(
         assert cluster.registered() == set(first.values())
 
         # Scale up and back down under load: not one request fails.
-        async def scale_under_load() -> object:
+        async def scale_under_load() -> LoadResult:
             load = asyncio.create_task(
                 closed_loop(cluster.batcher, "tiny_cnn", concurrency=8, seconds=30, timeout_s=20)
             )
@@ -140,6 +141,9 @@ def test_scaler_runs_worker_containers_end_to_end(
         workers = admin.ListWorkers(cluster_pb2.ListWorkersRequest(), timeout=5).workers
         assert {w.runtime_id for w in workers} == set(before_restart)
         channel.close()
+        # The load ran during the scale-up and drain; the kill and the restart came after it.
+        record_load("Docker workers: scale 1-2-1 under load, container killed, scaler SIGKILL "
+                    "and restart adopting its container", result, cases=3)
 
         # Another owner's container was never touched.
         foreign.reload()

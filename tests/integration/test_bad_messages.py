@@ -7,6 +7,7 @@ import grpc
 import numpy as np
 import pytest
 
+from tests.accounting import record
 from tests.cluster import Cluster
 from tideserve.grpc_options import MAX_MESSAGE_BYTES
 from tideserve.v1 import inference_pb2 as pb
@@ -36,6 +37,9 @@ def test_message_over_the_size_limit_is_refused(cluster: Cluster) -> None:
     with grpc.insecure_channel(cluster.batcher, options=[("grpc.max_send_message_length", -1)]
                                ) as channel, pytest.raises(grpc.RpcError) as failure:
         inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    # Reached only when the call failed, with a status.
+    record("message over the size limit", cases=1, sent=1, answered=1,
+           errors={failure.value.code().name: 1})
     assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "larger than max" in (failure.value.details() or "")
     still_serving(cluster)
@@ -46,6 +50,8 @@ def test_undecodable_bytes_on_the_stream_fail_only_that_stream(cluster: Cluster)
         raw_stream = channel.stream_stream(STREAM)  # no serializers: bytes as they are
         with pytest.raises(grpc.RpcError) as failure:
             list(raw_stream(iter([b"\xff\xff\xff not a protobuf"]), timeout=10))
+    record("undecodable bytes on a stream", cases=1, sent=1, answered=1,
+           errors={failure.value.code().name: 1})
     assert failure.value.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT)
     still_serving(cluster)
 
@@ -57,11 +63,13 @@ def test_a_bad_request_on_a_stream_answers_with_an_error_and_the_stream_goes_on(
     unknown.model_name = "no_such_model"
     wrong_size = good("short")
     wrong_size.raw_input_contents[0] = wrong_size.raw_input_contents[0][:-4]
+    sent = [good("a"), unknown, wrong_size, good("b")]
     with grpc.insecure_channel(cluster.batcher) as channel:
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
-        answers = list(stub.ModelStreamInfer(
-            iter([good("a"), unknown, wrong_size, good("b")]), timeout=30
-        ))
+        answers = list(stub.ModelStreamInfer(iter(sent), timeout=30))
+    errors = sum(bool(answer.error_message) for answer in answers)
+    record("bad requests on a stream (unknown model, wrong size)", cases=2, sent=len(sent),
+           answered=len(answers), errors={"STREAM_ERROR": errors})
     assert [a.infer_response.id for a in answers] == ["a", "", "", "b"]
     assert "unknown model 'no_such_model'" in answers[1].error_message
     assert "3132 bytes" in answers[2].error_message

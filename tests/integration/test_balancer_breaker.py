@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.accounting import record_load
 from tests.cluster import Cluster
 from tideserve.loadgen import closed_loop
 from tideserve.v1 import cluster_pb2
@@ -68,6 +69,7 @@ def test_hung_worker_is_ejected_by_batch_timeouts_and_readmitted(
         result, ejected_after, readmitted_after = asyncio.run(run())
     finally:
         os.kill(pid, signal.SIGCONT)
+    record_load("worker hung (SIGSTOP), heartbeat timeout 10 s (1 of 3)", result)
 
     assert result.errors == {}, result.errors
     assert result.ok > 100

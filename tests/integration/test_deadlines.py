@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
+from tests.accounting import record
 from tests.cluster import Cluster
 from tideserve.v1 import inference_pb2 as pb
 from tideserve.v1 import inference_pb2_grpc
@@ -60,6 +61,11 @@ def test_request_expiring_in_the_queue_never_reaches_a_worker(
                 return await asyncio.gather(*slow), expired_code, stream_answers
 
         answers, expired_code, stream_answers = asyncio.run(run())
+        # Sent: the two slow requests, the unary one and the one on the stream.
+        stream_errors = sum(bool(answer.error_message) for answer in stream_answers)
+        record("request expiring in the batcher queue (unary deadline, stream timeout)",
+               cases=2, sent=4, answered=len(answers) + 1 + len(stream_answers),
+               errors={expired_code.name: 1, "STREAM_ERROR": stream_errors})
         assert [a.id for a in answers] == ["s0", "s1"]
         assert expired_code == grpc.StatusCode.DEADLINE_EXCEEDED
         assert len(stream_answers) == 1

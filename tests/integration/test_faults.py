@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from services.worker.models import DEFAULT_MODEL, add_torchscript_model, write_default_model
+from tests.accounting import record
 from tests.cluster import Cluster, free_port, wait_for, wait_healthy
 from tideserve import serving
 from tideserve.loadgen import sample_request
@@ -37,9 +38,10 @@ SLACK_S = 0.5
 
 @dataclass
 class Ledger:
-    """Every request's send time, duration and status."""
+    """Every request's send time, duration and status; `sent` counts them as they leave."""
 
     records: list[tuple[float, float, str]] = field(default_factory=list)
+    sent: int = 0
 
     def add(self, started: float, code: str) -> None:
         self.records.append((started, time.monotonic() - started, code))
@@ -64,6 +66,7 @@ async def unary_load(address: str, clients: int, seconds: float, ledger: Ledger)
         async def client() -> None:
             while time.monotonic() < stop_at:
                 started = time.monotonic()
+                ledger.sent += 1
                 try:
                     await stub.ModelInfer(request, timeout=DEADLINE_S)
                     ledger.add(started, "OK")
@@ -106,6 +109,8 @@ def test_balancer_sigkill_and_restart_on_the_same_port(cluster: Cluster) -> None
     print(f"balancer restart: healthy {healthy - spawned:.2f} s after spawn, traffic resumed "
           f"{resumed - healthy:.2f} s after healthy; {len(ledger.records)} requests "
           f"{dict(ledger.codes)}, longest {ledger.longest():.2f} s")
+    record("balancer SIGKILL, restarted on its port (unary clients)", cases=1, sent=ledger.sent,
+           answered=len(ledger.records), errors=ledger.codes)
     assert resumed - healthy <= 2.0
     assert ledger.longest() <= DEADLINE_S + SLACK_S
     # While no balancer runs, requests fail with a clear status, never an unexplained one.
@@ -115,6 +120,7 @@ def test_balancer_sigkill_and_restart_on_the_same_port(cluster: Cluster) -> None
 
 def test_batcher_sigkill_stream_clients_see_unavailable_and_reconnect(cluster: Cluster) -> None:
     seen: list[Counter] = [Counter() for _ in range(4)]
+    sent = [0] * 4
     ok_after_restart = [0] * 4
     restarted = asyncio.Event()
 
@@ -126,6 +132,7 @@ def test_batcher_sigkill_stream_clients_see_unavailable_and_reconnect(cluster: C
                 call = stub.ModelStreamInfer(timeout=stop_at - time.monotonic() + DEADLINE_S)
                 try:
                     while time.monotonic() < stop_at:
+                        sent[index] += 1
                         await call.write(request)
                         response = await call.read()
                         assert response is not grpc.aio.EOF
@@ -151,6 +158,10 @@ def test_batcher_sigkill_stream_clients_see_unavailable_and_reconnect(cluster: C
 
     asyncio.run(run())
     print(f"stream clients: {[dict(c) for c in seen]}, OK after restart {ok_after_restart}")
+    # A stream carries one request at a time, so each stream status answers the one in flight.
+    codes = sum(seen, Counter())
+    record("batcher SIGKILL, restarted (4 stream clients)", cases=1, sent=sum(sent),
+           answered=codes.total(), errors=codes)
     for counts, after in zip(seen, ok_after_restart, strict=True):
         # gRPC core reports a connection reset in the middle of a stream frame as INTERNAL
         # (seen once in 8 stream breaks); every client must still see UNAVAILABLE.
@@ -208,6 +219,8 @@ def test_erroring_worker_is_ejected_and_readmitted(model_repository: Path, tmp_p
         faulty = next(w for w in cluster.snapshot().workers if w.worker_id == "faulty")
         print(f"faulty worker: {len(ledger.records)} requests {dict(ledger.codes)}, "
               f"phases seen {sorted(set(phases))}, completed {faulty.completed_batches}")
+        record("worker erroring on 3 batches, ejected and readmitted (1 of 2)", cases=1,
+               sent=ledger.sent, answered=len(ledger.records), errors=ledger.codes)
         assert dict(ledger.codes) == {"OK": len(ledger.records)}
         assert cluster_pb2.WorkerState.EJECTED in phases
         assert phases[-1] == cluster_pb2.WorkerState.READY

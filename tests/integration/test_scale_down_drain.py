@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from bench.scale_up import SteadyLoad
+from tests.accounting import record
 from tests.cluster import Cluster, free_port, wait_for, wait_healthy
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
@@ -46,6 +47,10 @@ def test_twenty_scale_down_events_under_load_lose_nothing(
                 admin.ScaleTo(cluster_pb2.ScaleToRequest(replicas=1), timeout=10)
                 wait_for(lambda: len(cluster.registered()) == 1, 90, "back to one worker")
                 removed |= before - cluster.registered()
+        # A client thread still alive after the load stopped has its one request unanswered.
+        stuck = sum(thread.is_alive() for thread in load.threads)
+        record("scale-down: worker drained and stopped, under load", cases=len(removed),
+               sent=load.sent, answered=load.sent - stuck, errors={"RpcError": load.errors})
         assert len(removed) >= 20
         assert load.errors == 0
         assert load.sent > 100

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
+from tests.accounting import record
 from tests.certs import Certificates, make_certificates
 from tests.cluster import ROOT, Cluster, free_port, sync_channel, wait_healthy
 from tideserve.loadgen import closed_loop
@@ -24,6 +26,7 @@ pytestmark = pytest.mark.integration
 ADMIN = "tideserve.v1.ScalerAdmin"
 TOKEN = "integration-token-4f1c"
 UNAUTHENTICATED = 16
+CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +59,20 @@ async def test_mutual_tls_cluster_serves_trusted_clients_only(
     result = await closed_loop(
         mtls_cluster.batcher, "tiny_cnn", concurrency=4, seconds=1.0, tls=certs.operator
     )
+    untrusted = [
+        server_ready(mtls_cluster.batcher, tls)
+        for tls in (PLAINTEXT, certs.verify_only, certs.stranger)
+    ]
+    statuses = Counter(result.errors) + Counter(code.name for code in untrusted)
+    record("mTLS: a trusted client's load; plaintext, no or untrusted certificate",
+           cases=1 + len(untrusted), sent=result.sent + len(untrusted),
+           answered=result.ok + statuses.total(), errors=statuses)
+    plaintext, no_certificate, stranger = untrusted
     assert result.errors == {}
     assert result.ok > 10
-    assert server_ready(mtls_cluster.batcher, PLAINTEXT) == grpc.StatusCode.UNAVAILABLE
-    assert server_ready(mtls_cluster.batcher, certs.verify_only) == grpc.StatusCode.UNAVAILABLE
-    assert server_ready(mtls_cluster.batcher, certs.stranger) == grpc.StatusCode.UNAVAILABLE
+    assert plaintext == grpc.StatusCode.UNAVAILABLE
+    assert no_certificate == grpc.StatusCode.UNAVAILABLE
+    assert stranger == grpc.StatusCode.UNAVAILABLE
     # Workers registered and batches flowed over mTLS between balancer, batcher and worker.
     assert len(mtls_cluster.snapshot().workers) == 1
 
@@ -95,14 +107,22 @@ def grpcurl(address: str, method: str, *extra: str) -> subprocess.CompletedProce
 def test_admin_rpcs_need_the_bearer_token(guarded_scaler: tuple[Cluster, str]) -> None:
     _, address = guarded_scaler
     scale = ("-d", '{"replicas": 2}')
-    for headers in ((), ("-H", "authorization: Bearer wrong"), ("-H", f"authorization: {TOKEN}")):
+    bad_headers = ((), ("-H", "authorization: Bearer wrong"), ("-H", f"authorization: {TOKEN}"))
+    refusals: Counter[str] = Counter()
+    for headers in bad_headers:
         refused = grpcurl(address, f"{ADMIN}/ScaleTo", *headers, *scale)
         assert refused.returncode != 0
-        assert json.loads(refused.stderr)["code"] == UNAUTHENTICATED, refused.stderr
+        code = json.loads(refused.stderr)["code"]
+        refusals[CODE_NAMES[code]] += 1
+        assert code == UNAUTHENTICATED, refused.stderr
     with sync_channel(address) as channel:
         stub = cluster_pb2_grpc.ScalerAdminStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
             stub.Pause(cluster_pb2.PauseRequest(), timeout=5)
+        refusals[caught.value.code().name] += 1  # type: ignore[attr-defined]
+        record("admin RPCs with no, a wrong or an unprefixed bearer token",
+               cases=len(bad_headers) + 1, sent=len(bad_headers) + 1,
+               answered=refusals.total(), errors=refusals)
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
         status = stub.GetStatus(
             cluster_pb2.GetStatusRequest(), metadata=(("authorization", f"Bearer {TOKEN}"),)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.accounting import record_load
 from tests.cluster import Cluster
 from tideserve.loadgen import closed_loop
 
@@ -49,6 +50,7 @@ def test_sigkill_worker_under_load_every_request_succeeds(three_workers: Cluster
         return await load, gone_after
 
     result, gone_after = asyncio.run(run())
+    record_load("worker SIGKILL under load (1 of 3)", result)
     assert result.errors == {}, result.errors
     assert result.ok == result.sent
     assert result.ok > 100
@@ -78,6 +80,7 @@ def test_frozen_worker_is_dropped_after_missed_heartbeats_and_rejoins(
         result, gone_after = asyncio.run(run())
     finally:
         os.kill(pid, signal.SIGCONT)
+    record_load("worker frozen by SIGSTOP, heartbeats stop (1 of 3)", result)
     assert 0.5 * HEARTBEAT_TIMEOUT_S <= gone_after <= 2 * HEARTBEAT_TIMEOUT_S + 0.5
     assert result.errors == {}, result.errors
     cluster.wait_workers(3, timeout_s=15)

@@ -5,6 +5,7 @@ InvalidArgument naming the problem; no other exception escapes. Run with
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.batcher.requests import parse_request
+from tests.accounting import Examples, record
 from tests.bad_input import SPECS, check_accepted
 from tests.cluster import ROOT
 from tideserve import codec
@@ -28,6 +30,11 @@ SHAPES = st.lists(DIMS, max_size=5)
 DATATYPES = st.sampled_from([*codec.DATATYPES, "", "FP8", "fp32", "STRING", "BYTES "])
 NAMES = st.sampled_from(["a", "b", "s", "x", "", "zz", "a "])
 PARAMETER_NAMES = st.sampled_from(["priority", "timeout", "sequence_id", "binary_data", "?"])
+
+PARSED = Examples("ModelInferRequest fields, perturbed (hypothesis: parse_request)")
+DECODED = Examples("raw tensor bytes, any datatype and shape (hypothesis: codec.decode)")
+CONVERTED = Examples("typed tensor contents (hypothesis: codec.contents_to_raw)")
+BYTES = Examples("BYTES tensors, whole and truncated (hypothesis: codec.decode_bytes)")
 
 
 @st.composite
@@ -104,11 +111,13 @@ def requests(draw: st.DrawFn) -> pb.ModelInferRequest:
     return request
 
 
+@PARSED.property
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(request=requests(), spec_index=st.integers(0, len(SPECS) - 1))
 def test_parse_request_accepts_consistently_or_refuses_clearly(
     request: pb.ModelInferRequest, spec_index: int
 ) -> None:
+    PARSED.example()
     spec = SPECS[spec_index]
     try:
         accepted = parse_request(request, spec, 0.0, None)
@@ -116,38 +125,49 @@ def test_parse_request_accepts_consistently_or_refuses_clearly(
         refusal = str(error)
     else:
         check_accepted(accepted, spec)
+        PARSED.answered("OK")
         return
     assert refusal
+    PARSED.answered("INVALID_ARGUMENT")
 
 
+@DECODED.property
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(datatype=DATATYPES, shape=SHAPES, raw=st.binary(max_size=64))
 def test_decode_returns_the_shape_or_refuses(datatype: str, shape: list[int], raw: bytes) -> None:
+    DECODED.example()
     try:
         array = codec.decode(datatype, shape, raw)
     except InvalidArgument as error:
         refusal = str(error)
     else:
         assert list(array.shape) == shape
+        DECODED.answered("OK")
         return
     assert refusal
+    DECODED.answered("INVALID_ARGUMENT")
 
 
+@CONVERTED.property
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(datatype=DATATYPES, shape=SHAPES, contents=typed_contents())
 def test_typed_contents_become_raw_bytes_or_are_refused(
     datatype: str, shape: list[int], contents: pb.InferTensorContents
 ) -> None:
+    CONVERTED.example()
     try:
         raw = codec.contents_to_raw(datatype, shape, contents)
     except InvalidArgument as error:
         refusal = str(error)
     else:
         assert list(codec.decode(datatype, shape, raw).shape) == shape
+        CONVERTED.answered("OK")
         return
     assert refusal
+    CONVERTED.answered("INVALID_ARGUMENT")
 
 
+@BYTES.property
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(items=st.lists(st.binary(max_size=20), max_size=10))
 def test_bytes_tensors_round_trip_and_truncations_are_refused(items: list[bytes]) -> None:
@@ -156,10 +176,14 @@ def test_bytes_tensors_round_trip_and_truncations_are_refused(items: list[bytes]
     array = np.empty(len(items), dtype=object)
     array[:] = items
     raw = codec.encode_bytes(array)
+    cuts = range(1, min(len(raw), 8) + 1)
+    BYTES.example(1 + len(cuts))
     assert list(codec.decode_bytes(raw, [len(items)])) == items
-    for cut in range(1, min(len(raw), 8) + 1):
+    BYTES.answered("OK")
+    for cut in cuts:
         with pytest.raises(InvalidArgument):
             codec.decode_bytes(raw[:-cut], [len(items)])
+        BYTES.answered("INVALID_ARGUMENT")
 
 
 def test_atheris_fuzzer_runs_a_bounded_number_of_cases(tmp_path: Path) -> None:
@@ -174,5 +198,11 @@ def test_atheris_fuzzer_runs_a_bounded_number_of_cases(tmp_path: Path) -> None:
         [sys.executable, "-m", "tests.fuzz_requests", f"-runs={runs}", "-seed=1", str(corpus)],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
+    # libFuzzer stops at the first input that escapes as an exception: that one is lost.
+    finished = re.search(r"Done (\d+) runs", done.stderr)
+    done_runs = int(finished[1]) if finished else 0
+    crashed = int(done.returncode != 0)
+    record("arbitrary bytes as a ModelInferRequest (atheris, libFuzzer)", cases=done_runs + crashed,
+           sent=done_runs + crashed, answered=done_runs, errors={})
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"Done {runs} runs" in done.stderr
