@@ -121,6 +121,7 @@ class OpenLoopResult:
     sent_at: list[float] = field(default_factory=list)
     latency: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+    started_unix: float = 0.0  # wall-clock time of send time 0
 
     def within(self, slo_s: float) -> float:
         lat = np.asarray(self.latency)
@@ -131,15 +132,9 @@ class OpenLoopResult:
         return sum(self.errors.values())
 
 
-async def open_loop(
-    address: str, model: str, rates: Sequence[float], *, cv: float = 1.0, seed: int = 0,
-    timeout_s: float = 10.0, max_in_flight: int = 2000,
-) -> OpenLoopResult:
-    """Send requests with inter-arrival times drawn for `rates[k]` requests/s during second k
-    (Gamma with the given CV; CV 1 is Poisson), whatever the responses do: open loop, so a slow
-    cluster sees the load a real client population would send. Requests beyond `max_in_flight`
-    outstanding are counted as failed (RESOURCE_EXHAUSTED) rather than sent, bounding the
-    generator."""
+def arrival_times(rates: Sequence[float], *, cv: float = 1.0, seed: int = 0) -> list[float]:
+    """Send times (s from the start) for `rates[k]` requests/s during second k: inter-arrival
+    times drawn from a Gamma with the given CV (CV 1 is Poisson), restarted at each second."""
     rng = np.random.default_rng(seed)
     shape = 1.0 / cv**2
     times: list[float] = []
@@ -150,6 +145,25 @@ async def open_loop(
             if t >= second + 1:
                 break
             times.append(t)
+    return times
+
+
+def per_second(times: Sequence[float], seconds: int) -> list[int]:
+    """How many of `times` fall in each of the first `seconds` seconds."""
+    counts, _ = np.histogram(times, bins=seconds, range=(0, seconds))
+    return [int(c) for c in counts]
+
+
+async def open_loop(
+    address: str, model: str, rates: Sequence[float], *, cv: float = 1.0, seed: int = 0,
+    timeout_s: float = 10.0, max_in_flight: int = 2000, times: Sequence[float] | None = None,
+) -> OpenLoopResult:
+    """Send requests at `arrival_times(rates, cv=cv, seed=seed)` (or at the given `times`),
+    whatever the responses do: open loop, so a slow cluster sees the load a real client
+    population would send. Requests beyond `max_in_flight` outstanding are counted as failed
+    (RESOURCE_EXHAUSTED) rather than sent, bounding the generator."""
+    if times is None:
+        times = arrival_times(rates, cv=cv, seed=seed)
     result = OpenLoopResult()
     async with serving.channel(address) as channel:
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -165,6 +179,7 @@ async def open_loop(
                 result.errors[error.code().name] = result.errors.get(error.code().name, 0) + 1
 
         began = time.perf_counter()
+        result.started_unix = time.time()
         for t in times:
             delay = began + t - time.perf_counter()
             if delay > 0:

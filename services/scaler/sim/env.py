@@ -4,7 +4,8 @@ Each step is one second (`step_s`) of simulated time, advanced with a fluid queu
 than per-request events, so an episode of 600 s runs in milliseconds:
 
 * arrivals: the trace's rate x a per-episode scale, counts drawn per step (Poisson, or negative
-  binomial with variance CV^2 x mean for bursty traces);
+  binomial with variance CV^2 x mean for bursty traces), or given: `reset(options={"arrivals":
+  counts})` replays explicit per-step counts (e.g. those a real load generator sends);
 * each ready worker serves dynamic batches with the profile's t(b) = alpha + beta b. Below its peak
   throughput (full batches back to back) a worker fed lambda_r requests/s settles at batch time
   tau* = alpha / (1 - lambda_r beta); demand above the ready workers' peak throughput is kept as a
@@ -21,7 +22,13 @@ than per-request events, so an episode of 600 s runs in milliseconds:
   reports its arrivals over 5 s);
 * utilisation is throughput over the ready workers' peak throughput. With work-conserving dynamic
   batching the wall-clock busy fraction is ~1 at any load above 1/t(1) and carries no signal, so
-  the live scaler should report this same quantity.
+  the live scaler should report this same quantity. Throughput is the mean over the last
+  `util_window_s` (the live scaler's `ClusterObserver` measures it over 2 s), divided by the
+  workers ready now, as live;
+* the policy decides on the measurements of the last step, or with `observation_delay_steps`
+  of an older one: the live scaler's inputs arrive late (batcher reports and balancer snapshots
+  every 0.5 s, dispatched rows trailing arrivals by the queue wait) and its tick falls anywhere
+  in the second.
 
 Reward per step, weights in EnvConfig:
   - slo_weight x (share of this step's requests over the SLO) x (step arrivals / mean arrivals)
@@ -75,8 +82,12 @@ class EnvConfig:
     # services/batcher/settings.py) and the window of the arrival rate it reports (live 5 s,
     # services/batcher/core.py). The rate window defaults to the shipped policy's training
     # cluster (the last step's rate); bench.sim_to_real sets the live 5 s. Retraining should too.
+    # The window of the utilisation's throughput (live: 2 s, services/scaler/observe.py) is kept
+    # at the training cluster's one step for the same reason.
     inflight_per_worker: int = 1
     rate_window_s: float = 1.0
+    util_window_s: float = 1.0
+    observation_delay_steps: int = 0
     slo_weight: float = 20.0
     cost_weight: float = 1.0
     churn_weight: float = 0.05
@@ -86,8 +97,12 @@ class EnvConfig:
             raise ValueError("need 1 <= min_replicas <= max_replicas")
         if self.slo_s <= 0 or self.step_s <= 0 or self.duration_s < 1:
             raise ValueError("slo_s, step_s and duration_s must be > 0")
-        if self.inflight_per_worker < 1 or self.rate_window_s < self.step_s:
-            raise ValueError("need inflight_per_worker >= 1 and rate_window_s >= step_s")
+        if self.inflight_per_worker < 1:
+            raise ValueError(f"need inflight_per_worker >= 1, got {self.inflight_per_worker}")
+        if min(self.rate_window_s, self.util_window_s) < self.step_s:
+            raise ValueError("need rate_window_s and util_window_s >= step_s")
+        if self.observation_delay_steps < 0:
+            raise ValueError("need observation_delay_steps >= 0")
         if not 0 < self.peak_load[0] <= self.peak_load[1]:
             raise ValueError(f"peak_load must be an increasing pair > 0, got {self.peak_load}")
 
@@ -164,9 +179,12 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
+        """`options={"arrivals": counts}` replays `counts[k]` requests in step k instead of
+        drawing them (one count per step of the episode at least)."""
         super().reset(seed=seed)
         cfg = self.config
         self.trace = self._trace(self.trace_keys[self.np_random.integers(len(self.trace_keys))])
+        self._given_arrivals = self._arrivals_option(options)
         peak = self.np_random.uniform(*cfg.peak_load)
         capacity = cfg.max_replicas * self.rate_within_slo
         self.rate_scale = peak * capacity / float(self.trace.rates.max())
@@ -179,32 +197,45 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
         self.log = EpisodeLog()
         self._recent_arrivals: deque[float] = deque(
             maxlen=max(1, round(cfg.rate_window_s / cfg.step_s)))
+        self._recent_served: deque[float] = deque(
+            maxlen=max(1, round(cfg.util_window_s / cfg.step_s)))
         self._observer.reset()
         # The episode starts in steady state at the first second's rate, as if already running.
         tau = self.profile.steady_batch_time(first / self.ready)
-        self._last = {
+        self._measured: deque[dict[str, float]] = deque([{
             "rate": first, "queued": first * tau / 2, "ongoing": first * MEAN_OVER_TAU * tau,
             "p99": (P99_OVER_TAU + cfg.inflight_per_worker - 1) * tau,
             "util": first / (self.ready * self.peak_throughput),
-        }
+        }], maxlen=cfg.observation_delay_steps + 1)
         return self._observe(), self._info()
+
+    def _arrivals_option(self, options: dict[str, Any] | None) -> np.ndarray | None:
+        if not options or options.get("arrivals") is None:
+            return None
+        counts = np.asarray(options["arrivals"], dtype=float)
+        steps = min(self.config.duration_s, len(self.trace.rates))
+        if counts.ndim != 1 or len(counts) < steps or (counts < 0).any():
+            raise ValueError(f"arrivals must be {steps} or more counts >= 0, one per step")
+        return counts
 
     @property
     def replicas(self) -> int:
         return self.ready + len(self.starting)
 
     def scaling_context(self) -> ScalingContext:
-        """What the live scaler would see now: the last step's measurements."""
+        """What the live scaler would see now: the last step's measurements (or, with
+        `observation_delay_steps`, an older step's)."""
+        seen = self._measured[0]
         return ScalingContext(
             now=self.t * self.config.step_s,
             current_replicas=self.replicas,
             ready_replicas=self.ready,
-            arrival_rate=self._last["rate"],
-            queued_requests=int(self._last["queued"]),
-            ongoing_requests=self._last["ongoing"],
-            latency_p99_s=self._last["p99"],
+            arrival_rate=seen["rate"],
+            queued_requests=int(seen["queued"]),
+            ongoing_requests=seen["ongoing"],
+            latency_p99_s=seen["p99"],
             slo_s=self.config.slo_s,
-            utilisation=self._last["util"],
+            utilisation=seen["util"],
             service_rate_per_replica=self.rate_within_slo,
         )
 
@@ -251,7 +282,9 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
         self.starting = [s for s in self.starting if s > now]
         self.ready += len(promoted)
         mean = self.trace.rates[self.t] * self.rate_scale * dt
-        if self.trace.cv > 1:
+        if self._given_arrivals is not None:
+            arrivals = float(self._given_arrivals[self.t])
+        elif self.trace.cv > 1:
             shape = mean / (self.trace.cv**2 - 1)
             arrivals = float(self.np_random.negative_binomial(shape, 1 / self.trace.cv**2))
         else:
@@ -267,13 +300,14 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
             ahead = (cfg.inflight_per_worker - 1) * tau  # batches queued at the worker
             waits = (backlog_before / drain + ahead, self.backlog / drain + ahead)
             within = float(np.mean(batch_latency_cdf(cfg.slo_s - np.array(waits), tau)))
-            util = served / capacity if capacity else 0.0
         else:
-            tau, waits, within, util = math.inf, (math.inf, math.inf), 0.0, 0.0
+            tau, waits, within = math.inf, (math.inf, math.inf), 0.0
+        self._recent_served.append(served)
+        util = min(1.0, float(np.mean(self._recent_served)) / capacity) if capacity else 0.0
         wait = (waits[0] + waits[1]) / 2
         rate = arrivals / dt
         self._recent_arrivals.append(arrivals)
-        self._last = {
+        measured = {
             "rate": float(np.mean(self._recent_arrivals)) / dt,
             "queued": self.backlog + rate * tau / 2 if self.ready else self.backlog,
             "ongoing": (self.backlog + rate * (MEAN_OVER_TAU * tau + ahead) if self.ready
@@ -286,7 +320,8 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
         log.within_slo.append(within)
         log.wait_s.append(wait)
         log.tau_s.append(tau)
-        log.p99_s.append(self._last["p99"])
+        self._measured.append(measured)
+        log.p99_s.append(measured["p99"])
         log.replicas.append(self.replicas)
         log.ready.append(self.ready)
         log.worker_seconds += self.replicas * dt
