@@ -24,8 +24,11 @@ from tideserve.v1 import cluster_pb2, inference_pb2
 
 logger = logging.getLogger(__name__)
 
-# Latencies kept for the percentiles reported to the balancer (and so to the scaler).
+# Latencies kept for the percentiles reported to the balancer (and so to the scaler): at most
+# this many, and only those of the last LATENCY_WINDOW_S, so the scaler sees the latency of now
+# (as its simulator does, one step at a time), not that of tens of seconds ago at low rates.
 LATENCY_WINDOW = 4096
+LATENCY_WINDOW_S = 1.0
 # Smoothing of the measured batch round trip that predicts a new request's queue wait.
 ROUND_TRIP_ALPHA = 0.2
 # A request is admitted only if its predicted wait fits this share of its deadline: under overload
@@ -293,7 +296,8 @@ class BatcherCore:
         self.schedulers: dict[str, ModelScheduler] = {}
         self.requests_total = 0
         self.requests_failed = 0
-        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        # (finish time, latency) of recent successful requests.
+        self.latencies: deque[tuple[float, float]] = deque(maxlen=LATENCY_WINDOW)
         self._arrivals: deque[float] = deque(maxlen=LATENCY_WINDOW)
 
     def _scheduler(self, entry: CatalogEntry) -> ModelScheduler:
@@ -331,16 +335,17 @@ class BatcherCore:
         if latency is None:
             self.requests_failed += 1
         else:
-            self.latencies.append(latency)
+            self.latencies.append((self.clock(), latency))
 
     def frontend_report(self, batcher_id: str) -> cluster_pb2.FrontendReport:
         now = self.clock()
-        recent = [t for t in self._arrivals if now - t <= 5.0]
-        span = now - recent[0] if len(recent) > 1 else 0.0
-        latencies = np.fromiter(self.latencies, dtype=float) if self.latencies else None
+        arrivals = [t for t in self._arrivals if now - t <= 5.0]
+        span = now - arrivals[0] if len(arrivals) > 1 else 0.0
+        recent = [latency for done, latency in self.latencies if now - done <= LATENCY_WINDOW_S]
+        latencies = np.asarray(recent) if recent else None
         return cluster_pb2.FrontendReport(
             batcher_id=batcher_id,
-            arrival_rate=len(recent) / span if span > 0 else 0.0,
+            arrival_rate=len(arrivals) / span if span > 0 else 0.0,
             queued_requests=sum(len(s.queue) for s in self.schedulers.values()),
             latency_p50_seconds=float(np.percentile(latencies, 50))
             if latencies is not None
