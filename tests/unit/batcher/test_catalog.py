@@ -45,3 +45,19 @@ def test_a_model_seen_again_is_kept_unchanged() -> None:
     now[0] += FORGET_AFTER_S - 1
     catalog.update([])
     assert catalog.get("m") is entry
+
+
+def test_worker_counts_come_from_ready_workers_in_the_snapshot() -> None:
+    snapshot = cluster_pb2.ClusterSnapshot(
+        workers=[
+            cluster_pb2.WorkerState(
+                worker_id="a", models=["m"], phase=cluster_pb2.WorkerState.READY
+            ),
+            cluster_pb2.WorkerState(
+                worker_id="b", models=["m"], phase=cluster_pb2.WorkerState.DRAINING
+            ),
+        ],
+    )
+    catalog = ModelCatalog()
+    catalog.update_workers(snapshot)
+    assert catalog.worker_counts == {"m": 1}, "a draining worker takes no new batches"
