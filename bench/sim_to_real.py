@@ -17,13 +17,19 @@ Cold start: before the runs a stack is started and one extra worker is pinned th
 scaler's worker list shows its address) is measured, and the median is the profile's cold start.
 The runs record the same delay for every worker they start, under load.
 
+One arrival realization serves both: the send times are drawn once from the trace's rates (Gamma
+inter-arrival times with the trace's CV, `--seed`), the generator sends exactly those, and the
+simulator replays their per-second counts instead of drawing its own.
+
 * prediction: the simulator runs the trace with the policy, that profile and the same guards
-  (bounds, cooldowns, max steps) as the live scaler;
+  (bounds, cooldowns, max steps) as the live scaler, and with the live scaler's measurement
+  windows (the batcher's 5 s arrival rate, the observer's 2 s utilisation);
 * reality: a fresh local stack (process runtime, workers `--threads 1` emulating the profile) is
-  driven by an open-loop generator at the trace's rate, the scaler running the same policy with
-  the same profile, SLO and guards; worker-seconds are integrated from the scaler's status
+  driven by an open-loop generator sending those requests, the scaler running the same policy
+  with the same profile, SLO and guards; worker-seconds are integrated from the scaler's status
   (starting + ready, as the simulator counts them), SLO attainment is the share of sent requests
-  answered within the SLO (failures count as misses).
+  answered within the SLO (failures count as misses). The scaler's decisions (when, from, to)
+  are recorded beside the simulator's.
 
     python -m bench.sim_to_real                      # spike seed 1000, 600 s trace in 150 s
     python -m bench.sim_to_real --policies hpa --compress 6 --cold-start-s 3
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import shutil
@@ -55,12 +62,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench.stack import ROOT, LocalStack, OpenLoopResult, open_loop
+from bench.stack import ROOT, LocalStack, OpenLoopResult, arrival_times, open_loop, per_second
 from services.batcher.settings import BatcherSettings
 from services.scaler.guards import GuardConfig, Guards
 from services.scaler.learning.evaluate import episode_run
+from services.scaler.observe import ClusterObserver
 from services.scaler.planner import ServiceProfile
-from services.scaler.policies import ScalingPolicy, create_policy
+from services.scaler.policies import ScalingContext, ScalingPolicy, create_policy
 from services.scaler.sim import traces
 from services.scaler.sim.env import DEFAULT_PROFILE, EnvConfig, EpisodeLog, ServingClusterEnv
 from services.worker.models import DEFAULT_MODEL, write_default_model
@@ -69,10 +77,12 @@ from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
 RESULTS = ROOT / "bench" / "results" / "sim_to_real.json"
 # The live batcher's batches in flight per worker (per model instance; the default model has
-# one), and the window of the arrival rate it reports to the scaler (services/batcher/core.py,
-# frontend_report): the simulator is told both.
+# one), the window of the arrival rate it reports to the scaler (services/batcher/core.py,
+# frontend_report) and the window of the throughput the scaler's utilisation is measured over
+# (services/scaler/observe.py): the simulator is told all three.
 INFLIGHT_PER_WORKER = BatcherSettings().inflight_per_instance
 RATE_WINDOW_S = 5.0
+UTIL_WINDOW_S = ClusterObserver(slo_s=1.0).window_s
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,7 @@ class Setup:
     max_replicas: int
     guards: GuardConfig
     hpa_target: float
+    observation_delay_steps: int = 1
 
     def scaler_args(self, policy: str) -> list[str]:
         g = self.guards
@@ -101,23 +112,57 @@ class Setup:
         return create_policy(name, target=self.hpa_target)
 
 
-def simulate(setup: Setup, trace: traces.Trace, peak: float, policy: ScalingPolicy
-             ) -> tuple[EpisodeLog, float]:
-    """The simulator's prediction for `trace`; also returns its requests/s per unit of trace."""
+def sim_env(setup: Setup, trace: traces.Trace, peak: float) -> ServingClusterEnv:
     config = EnvConfig(profile_path=setup.profile_path, slo_s=setup.slo_s,
                        min_replicas=setup.guards.min_replicas, max_replicas=setup.max_replicas,
                        duration_s=len(trace.rates), peak_load=(peak, peak),
-                       inflight_per_worker=INFLIGHT_PER_WORKER, rate_window_s=RATE_WINDOW_S)
+                       inflight_per_worker=INFLIGHT_PER_WORKER, rate_window_s=RATE_WINDOW_S,
+                       util_window_s=UTIL_WINDOW_S,
+                       observation_delay_steps=setup.observation_delay_steps)
     env = ServingClusterEnv(config, trace_keys=[(trace.shape, trace.seed)])
     env.preload(trace)
+    return env
+
+
+def rate_scale(setup: Setup, trace: traces.Trace, peak: float) -> float:
+    """Requests/s per unit of trace: the simulator's scaling of `trace` to `peak`."""
+    env = sim_env(setup, trace, peak)
     env.reset(seed=trace.seed)
+    return env.rate_scale
+
+
+# What a policy decides on, recorded per second on both sides: (utilisation, arrival rate, p99).
+Seen = tuple[float, float, float]
+
+
+def seen(ctx: ScalingContext) -> Seen:
+    return (round(ctx.utilisation, 3), round(ctx.arrival_rate, 1), round(ctx.latency_p99_s, 3))
+
+
+def simulate(setup: Setup, trace: traces.Trace, peak: float, policy: ScalingPolicy,
+             arrivals: Sequence[int]) -> tuple[EpisodeLog, list[Seen]]:
+    """The simulator's prediction for `trace` with `arrivals[k]` requests in second k, and what
+    the policy saw at each decision."""
+    env = sim_env(setup, trace, peak)
+    env.reset(seed=trace.seed, options={"arrivals": arrivals})
     guards = Guards(setup.guards)
-    truncated = False
+    truncated, inputs = False, []
     while not truncated:
         ctx = env.scaling_context()
+        inputs.append(seen(ctx))
         applied, _ = guards.apply(ctx.current_replicas, policy.decide(ctx), ctx.now)
         _, _, _, truncated, _ = env.step_to(applied)
-    return env.log, env.rate_scale
+    return env.log, inputs
+
+
+def sim_decisions(log: EpisodeLog, initial: int) -> list[tuple[float, int, int]]:
+    """(second, from, to) for each change of the simulated count."""
+    changes, current = [], initial
+    for second, replicas in enumerate(log.replicas):
+        if replicas != current:
+            changes.append((float(second), current, replicas))
+            current = replicas
+    return changes
 
 
 @dataclass
@@ -130,6 +175,8 @@ class Measured:
     p99_s: float
     timeline: Run
     cold_starts: list[float]
+    decisions: list[tuple[float, int, int]]  # (s since the load began, from, to)
+    inputs: list[Seen]  # at each whole second since the load began
 
 
 def emulated_profile(source: Path, cold_start_s: float, out: Path) -> Path:
@@ -200,6 +247,42 @@ def measure_cold_start(setup: Setup, repository: Path, log_dir: Path, starts: in
     return delays
 
 
+class Watcher:
+    """The scaler's inputs, rebuilt from the balancer's snapshot stream with the scaler's own
+    `ClusterObserver` and profile: (snapshot time, inputs) for every snapshot."""
+
+    def __init__(self, stack: LocalStack, setup: Setup) -> None:
+        self.observer = ClusterObserver(setup.slo_s, ServiceProfile.load(setup.profile_path))
+        self.inputs: list[tuple[float, Seen]] = []
+        self._channel = grpc.insecure_channel(stack.address("balancer"))
+        self._call = cluster_pb2_grpc.BalancerStub(self._channel).WatchCluster(
+            cluster_pb2.WatchClusterRequest())
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(grpc.RpcError):
+            for snapshot in self._call:
+                self.observer.observe(snapshot)
+                ready = sum(1 for w in snapshot.workers
+                            if w.phase == cluster_pb2.WorkerState.READY)
+                ctx = self.observer.context(snapshot, 0.0, ready, ready)
+                self.inputs.append((snapshot.timestamp_unix, seen(ctx)))
+
+    def close(self) -> None:
+        self._call.cancel()
+        self._thread.join()
+        self._channel.close()
+
+    def per_second(self, began_unix: float, seconds: int) -> list[Seen]:
+        """At each whole second since `began_unix`, the inputs of the latest snapshot then."""
+        out = []
+        for second in range(seconds):
+            then = [v for t, v in self.inputs if t - began_unix <= second]
+            out.append(then[-1] if then else (0.0, 0.0, 0.0))
+        return out
+
+
 def batch_size_counts(stack: LocalStack) -> dict[int, int]:
     """The balancer's cumulative batches per size (one WatchCluster snapshot)."""
     with grpc.insecure_channel(stack.address("balancer")) as channel:
@@ -230,13 +313,14 @@ def timeline(result: OpenLoopResult, seconds: int, replicas: list[tuple[float, i
     return samples
 
 
-def run_real(setup: Setup, policy: str, rates: list[float], cv: float, seed: int,
+def run_real(setup: Setup, policy: str, rates: list[float], times: list[float],
              repository: Path, log_dir: Path) -> Measured:
     stack = LocalStack(repository, log_dir, setup.scaler_args(policy)).start()
     try:
         stack.wait_ready_workers(setup.guards.min_replicas)
         samples: list[tuple[float, int]] = []
         replicas: list[tuple[float, int, int]] = []
+        decisions: dict[float, tuple[int, int]] = {}  # unix time: (from, to)
         done = threading.Event()
         colds = ColdStarts()
         colds.poll(stack)
@@ -247,19 +331,24 @@ def run_real(setup: Setup, policy: str, rates: list[float], cv: float, seed: int
                 status = stack.status()
                 samples.append((time.monotonic(), status.ready_replicas + status.starting_replicas))
                 replicas.append((samples[-1][0], status.ready_replicas, status.desired_replicas))
+                for d in status.recent_decisions:
+                    if d.applied_replicas != d.current_replicas:
+                        decisions[d.timestamp_unix] = (d.current_replicas, d.applied_replicas)
                 colds.poll(stack)
                 done.wait(0.5)
 
         batches_before = batch_size_counts(stack)
+        watcher = Watcher(stack, setup)
 
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
         began = time.monotonic()
-        result = asyncio.run(open_loop(stack.address("batcher"), DEFAULT_MODEL, rates, cv=cv,
-                                       seed=seed))
+        result = asyncio.run(open_loop(stack.address("batcher"), DEFAULT_MODEL, rates,
+                                       times=times))
         ended = began + len(rates)
         done.set()
         poller.join()
+        watcher.close()
         batch_sizes = batch_size_delta(batches_before, batch_size_counts(stack))
     finally:
         stack.stop()
@@ -273,9 +362,12 @@ def run_real(setup: Setup, policy: str, rates: list[float], cv: float, seed: int
                        setup.slo_s), batch_sizes,
               {"source": "bench.sim_to_real (real stack)", "policy": policy,
                "title": f"{policy} (real)", "failed": result.failed})
+    changes = [(round(t - result.started_unix, 2), *d) for t, d in sorted(decisions.items())
+               if 0 <= t - result.started_unix < len(rates)]
     return Measured(result.within(setup.slo_s), worker_seconds, len(result.latency),
                     result.failed, max(n for _, n in samples), p99, run,
-                    [s for w, s in colds.seconds.items() if w not in initial])
+                    [s for w, s in colds.seconds.items() if w not in initial], changes,
+                    watcher.per_second(result.started_unix, len(rates)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -292,6 +384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="profile whose straight-line fit the workers emulate")
     parser.add_argument("--cold-start-s", type=float,
                         help="the emulated profile's cold start (default: measure it here)")
+    parser.add_argument("--observation-delay", type=int, default=1, metavar="STEPS",
+                        help="steps the simulated scaler's inputs trail the simulated cluster")
     parser.add_argument("--policies", default="learned,hpa")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--run-json", type=Path, metavar="DIR",
@@ -304,7 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     repository = work / "models"
     write_default_model(repository)
     profile_path = emulated_profile(args.profile, args.cold_start_s or 0.0, work / "profile.json")
-    setup = Setup(profile_path, args.slo_ms / 1e3, args.max_replicas, guards, args.hpa_target)
+    setup = Setup(profile_path, args.slo_ms / 1e3, args.max_replicas, guards, args.hpa_target,
+                  args.observation_delay)
     rows = []
     measured_colds: list[float] = []
     try:
@@ -315,13 +410,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             emulated_profile(args.profile, statistics.median(measured_colds), profile_path)
         profile = ServiceProfile.load(profile_path)
         emulated = json.loads(profile_path.read_text())
+        scale = rate_scale(setup, trace, args.peak)
+        rates = [float(r * scale) for r in trace.rates]
+        times = arrival_times(rates, cv=trace.cv, seed=args.seed)
+        counts = per_second(times, len(rates))
         for name in args.policies.split(","):
-            log, scale = simulate(setup, trace, args.peak, setup.policy(name))
-            rates = [float(r * scale) for r in trace.rates]
-            print(f"{name}: replaying {len(rates)} s, {min(rates):.0f}-{max(rates):.0f} req/s "
-                  f"(SLO capacity {profile.rate_within_slo(setup.slo_s):.1f} req/s per worker)",
-                  flush=True)
-            real = run_real(setup, name, rates, trace.cv, args.seed, repository, work / name)
+            log, sim_inputs = simulate(setup, trace, args.peak, setup.policy(name), counts)
+            print(f"{name}: replaying {len(rates)} s, {len(times)} requests, "
+                  f"{min(rates):.0f}-{max(rates):.0f} req/s (SLO capacity "
+                  f"{profile.rate_within_slo(setup.slo_s):.1f} req/s per worker)", flush=True)
+            real = run_real(setup, name, rates, times, repository, work / name)
             if args.run_json is not None:
                 real.timeline.write(args.run_json / f"{name}-real.json")
                 episode_run(log, step_s=1.0, slo_s=setup.slo_s, meta={
@@ -336,6 +434,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "real_max_workers": real.max_workers, "sim_max_workers": max(log.replicas),
                 "sim_p99_ms": log.latency_quantile(0.99) * 1e3, "real_p99_ms": real.p99_s * 1e3,
                 "sim_actions": log.changes,
+                "sim_decisions": sim_decisions(log, setup.guards.min_replicas),
+                "real_decisions": real.decisions,
+                "seen_fields": ["utilisation", "arrival_rate", "latency_p99_s"],
+                "sim_seen": sim_inputs, "real_seen": real.inputs,
                 "real_cold_starts_s": [round(c, 2) for c in real.cold_starts],
             })
     finally:
@@ -352,6 +454,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{r['policy']:<9}{r['sim_within_slo']:>14.2%}{r['real_within_slo']:>9.2%}"
               f"{gap_pts:>+9.2f}{r['sim_worker_seconds']:>14.0f}{r['real_worker_seconds']:>8.0f}"
               f"{gap_ws:>+8.1%}{r['real_failed']:>8d}")
+    for r in rows:
+        print(f"{r['policy']} scaling (s, from, to): sim {r['sim_decisions']}, "
+              f"real {r['real_decisions']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     command = "python -m bench.sim_to_real " + " ".join(sys.argv[1:] if argv is None else argv)
     args.out.write_text(json.dumps({"command": command, "args": {
