@@ -19,7 +19,10 @@ The runs record the same delay for every worker they start, under load.
 
 One arrival realization serves both: the send times are drawn once from the trace's rates (Gamma
 inter-arrival times with the trace's CV, `--seed`), the generator sends exactly those, and the
-simulator replays their per-second counts instead of drawing its own.
+simulator replays their per-second counts instead of drawing its own. The simulator starts in
+steady state at the trace's first rate, as if it had been running; the real stack is brought
+there by a lead-in (`--lead-in-s`, default 35 s: the learned policy's 30 s rate history and the
+batcher's 5 s rate window) at that rate before the trace, which is not measured.
 
 * prediction: the simulator runs the trace with the policy, that profile and the same guards
   (bounds, cooldowns, max steps) as the live scaler, and with the live scaler's measurement
@@ -175,8 +178,10 @@ class Measured:
     p99_s: float
     timeline: Run
     cold_starts: list[float]
-    decisions: list[tuple[float, int, int]]  # (s since the load began, from, to)
-    inputs: list[Seen]  # at each whole second since the load began
+    decisions: list[tuple[float, int, int]]  # (s since the trace began, from, to)
+    inputs: list[Seen]  # at each whole second since the trace began
+    within_per_second: list[float | None]  # share of each second's requests within the SLO
+    service_s: dict[int, float]  # the workers' reported seconds per batch size, at the end
 
 
 def emulated_profile(source: Path, cold_start_s: float, out: Path) -> Path:
@@ -254,6 +259,7 @@ class Watcher:
     def __init__(self, stack: LocalStack, setup: Setup) -> None:
         self.observer = ClusterObserver(setup.slo_s, ServiceProfile.load(setup.profile_path))
         self.inputs: list[tuple[float, Seen]] = []
+        self._service: dict[tuple[str, int], float] = {}
         self._channel = grpc.insecure_channel(stack.address("balancer"))
         self._call = cluster_pb2_grpc.BalancerStub(self._channel).WatchCluster(
             cluster_pb2.WatchClusterRequest())
@@ -268,11 +274,21 @@ class Watcher:
                             if w.phase == cluster_pb2.WorkerState.READY)
                 ctx = self.observer.context(snapshot, 0.0, ready, ready)
                 self.inputs.append((snapshot.timestamp_unix, seen(ctx)))
+                for worker in snapshot.workers:
+                    for point in worker.service_times:
+                        self._service[worker.worker_id, point.batch_size] = point.seconds
 
     def close(self) -> None:
         self._call.cancel()
         self._thread.join()
         self._channel.close()
+
+    def service_s(self) -> dict[int, float]:
+        """Each batch size's service time, as the workers last reported it (mean of workers)."""
+        by_size: dict[int, list[float]] = {}
+        for (_, size), seconds in self._service.items():
+            by_size.setdefault(size, []).append(seconds)
+        return {size: round(statistics.mean(v), 4) for size, v in sorted(by_size.items())}
 
     def per_second(self, began_unix: float, seconds: int) -> list[Seen]:
         """At each whole second since `began_unix`, the inputs of the latest snapshot then."""
@@ -313,8 +329,28 @@ def timeline(result: OpenLoopResult, seconds: int, replicas: list[tuple[float, i
     return samples
 
 
+def measured_part(result: OpenLoopResult, lead_in_s: float) -> OpenLoopResult:
+    """The requests sent after the lead-in, with send times from the end of the lead-in."""
+    kept = [(t - lead_in_s, x) for t, x in zip(result.sent_at, result.latency, strict=True)
+            if t >= lead_in_s]
+    failed = sum(1 for _, x in kept if not math.isfinite(x))
+    return OpenLoopResult([t for t, _ in kept], [x for _, x in kept],
+                          {"FAILED": failed} if failed else {},
+                          result.started_unix + lead_in_s)
+
+
+def within_per_second(result: OpenLoopResult, seconds: int, slo_s: float) -> list[float | None]:
+    sent, latency = np.asarray(result.sent_at), np.asarray(result.latency)
+    second = np.floor(sent).astype(int)
+    return [float(np.mean(latency[second == s] <= slo_s)) if (second == s).any() else None
+            for s in range(seconds)]
+
+
 def run_real(setup: Setup, policy: str, rates: list[float], times: list[float],
-             repository: Path, log_dir: Path) -> Measured:
+             lead_in: list[float], lead_in_s: float, repository: Path, log_dir: Path
+             ) -> Measured:
+    """Send `lead_in` (send times within its first `lead_in_s` seconds), then `times` from
+    `lead_in_s` on; only the latter is measured."""
     stack = LocalStack(repository, log_dir, setup.scaler_args(policy)).start()
     try:
         stack.wait_ready_workers(setup.guards.min_replicas)
@@ -329,7 +365,7 @@ def run_real(setup: Setup, policy: str, rates: list[float], times: list[float],
         def poll() -> None:
             while not done.is_set():
                 status = stack.status()
-                samples.append((time.monotonic(), status.ready_replicas + status.starting_replicas))
+                samples.append((time.time(), status.ready_replicas + status.starting_replicas))
                 replicas.append((samples[-1][0], status.ready_replicas, status.desired_replicas))
                 for d in status.recent_decisions:
                     if d.applied_replicas != d.current_replicas:
@@ -342,10 +378,11 @@ def run_real(setup: Setup, policy: str, rates: list[float], times: list[float],
 
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
-        began = time.monotonic()
-        result = asyncio.run(open_loop(stack.address("batcher"), DEFAULT_MODEL, rates,
-                                       times=times))
-        ended = began + len(rates)
+        everything = asyncio.run(open_loop(
+            stack.address("batcher"), DEFAULT_MODEL, rates,
+            times=[*lead_in, *(t + lead_in_s for t in times)]))
+        result = measured_part(everything, lead_in_s)
+        began, ended = result.started_unix, result.started_unix + len(rates)
         done.set()
         poller.join()
         watcher.close()
@@ -362,12 +399,13 @@ def run_real(setup: Setup, policy: str, rates: list[float], times: list[float],
                        setup.slo_s), batch_sizes,
               {"source": "bench.sim_to_real (real stack)", "policy": policy,
                "title": f"{policy} (real)", "failed": result.failed})
-    changes = [(round(t - result.started_unix, 2), *d) for t, d in sorted(decisions.items())
-               if 0 <= t - result.started_unix < len(rates)]
+    changes = [(round(t - began, 2), *d) for t, d in sorted(decisions.items())
+               if 0 <= t - began < len(rates)]
     return Measured(result.within(setup.slo_s), worker_seconds, len(result.latency),
-                    result.failed, max(n for _, n in samples), p99, run,
+                    result.failed, max(n for t, n in samples if began <= t <= ended), p99, run,
                     [s for w, s in colds.seconds.items() if w not in initial], changes,
-                    watcher.per_second(result.started_unix, len(rates)))
+                    watcher.per_second(began, len(rates)),
+                    within_per_second(result, len(rates), setup.slo_s), watcher.service_s())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -386,6 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the emulated profile's cold start (default: measure it here)")
     parser.add_argument("--observation-delay", type=int, default=1, metavar="STEPS",
                         help="steps the simulated scaler's inputs trail the simulated cluster")
+    parser.add_argument("--lead-in-s", type=int, default=35,
+                        help="seconds at the trace's first rate before it, not measured")
     parser.add_argument("--policies", default="learned,hpa")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--run-json", type=Path, metavar="DIR",
@@ -414,12 +454,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         rates = [float(r * scale) for r in trace.rates]
         times = arrival_times(rates, cv=trace.cv, seed=args.seed)
         counts = per_second(times, len(rates))
+        lead_in = arrival_times([rates[0]] * args.lead_in_s, cv=trace.cv, seed=args.seed + 1)
         for name in args.policies.split(","):
             log, sim_inputs = simulate(setup, trace, args.peak, setup.policy(name), counts)
             print(f"{name}: replaying {len(rates)} s, {len(times)} requests, "
                   f"{min(rates):.0f}-{max(rates):.0f} req/s (SLO capacity "
                   f"{profile.rate_within_slo(setup.slo_s):.1f} req/s per worker)", flush=True)
-            real = run_real(setup, name, rates, times, repository, work / name)
+            real = run_real(setup, name, rates, times, lead_in, args.lead_in_s, repository,
+                            work / name)
             if args.run_json is not None:
                 real.timeline.write(args.run_json / f"{name}-real.json")
                 episode_run(log, step_s=1.0, slo_s=setup.slo_s, meta={
@@ -438,6 +480,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "real_decisions": real.decisions,
                 "seen_fields": ["utilisation", "arrival_rate", "latency_p99_s"],
                 "sim_seen": sim_inputs, "real_seen": real.inputs,
+                "sim_within_per_second": [round(x, 4) for x in log.within_slo],
+                "real_within_per_second": [None if x is None else round(x, 4)
+                                           for x in real.within_per_second],
+                "real_service_s": real.service_s,
+                "profile_service_s": {b: round(profile.batch_time(b), 4)
+                                      for b in real.service_s},
                 "real_cold_starts_s": [round(c, 2) for c in real.cold_starts],
             })
     finally:
