@@ -12,7 +12,8 @@ the cluster it models. Four archetypes, after the AAPA taxonomy and the Azure Fu
   mmpp     bursty two-state Markov-modulated Poisson: high state 2-4x the low one, sojourns of
            60-120 s (low) and 10-30 s (high); CV 2-4 (Azure: 85% of apps have CV <= 4)
 
-The split is fixed: training uses seeds 0-99 of diurnal, ramp and mmpp; evaluation uses seeds
+The split is fixed: training uses seeds 0-89 of diurnal, ramp and mmpp; validation (choosing among
+trained candidates or reward weights) uses seeds 90-99 of the same shapes; evaluation uses seeds
 1000-1004 of all four, so `spike` is a shape the learned policy never saw and every evaluation
 trace is a seed it never saw.
 """
@@ -27,7 +28,8 @@ import numpy as np
 SHAPES = ("diurnal", "ramp", "spike", "mmpp")
 TRAIN_SHAPES = ("diurnal", "ramp", "mmpp")
 HELD_OUT_SHAPES = ("spike",)
-TRAIN_SEEDS = tuple(range(100))
+TRAIN_SEEDS = tuple(range(90))
+VALIDATION_SEEDS = tuple(range(90, 100))
 TEST_SEEDS = tuple(range(1000, 1005))
 DEFAULT_DURATION_S = 600
 
@@ -115,6 +117,11 @@ def compress(trace: Trace, factor: int) -> Trace:
 def train_set() -> list[tuple[str, int]]:
     """(shape, seed) pairs the policy may be trained and tuned on."""
     return [(shape, seed) for shape in TRAIN_SHAPES for seed in TRAIN_SEEDS]
+
+
+def validation_set() -> list[tuple[str, int]]:
+    """(shape, seed) pairs for choosing among trained policies: training shapes, unseen seeds."""
+    return [(shape, seed) for shape in TRAIN_SHAPES for seed in VALIDATION_SEEDS]
 
 
 def test_set() -> list[tuple[str, int]]:
