@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from services.scaler.policies import create_policy
-from services.scaler.sim import actions, traces
+from services.scaler.policies import ScalingContext, create_policy
+from services.scaler.sim import actions, observation, traces
 from services.scaler.sim.env import EnvConfig, ServingClusterEnv
 
 
@@ -39,6 +39,8 @@ def test_same_seed_same_episode() -> None:
 def test_traces_are_seeded_and_split() -> None:
     assert np.array_equal(traces.generate("mmpp", 3).rates, traces.generate("mmpp", 3).rates)
     assert not set(traces.train_set()) & set(traces.test_set())
+    assert not set(traces.validation_set()) & (set(traces.train_set()) | set(traces.test_set()))
+    assert {shape for shape, _ in traces.validation_set()} == set(traces.TRAIN_SHAPES)
     assert {shape for shape, _ in traces.train_set()}.isdisjoint(traces.HELD_OUT_SHAPES)
     for shape in traces.SHAPES:
         trace = traces.generate(shape, 0)
@@ -83,3 +85,27 @@ def test_cold_start_delays_new_capacity() -> None:
     for _ in range(math.ceil(env.profile.cold_start_s)):
         env.step(actions.HOLD)
     assert env.ready == ready + 1
+
+
+def _context(now: float, rate: float, replicas: int = 2) -> ScalingContext:
+    return ScalingContext(now=now, current_replicas=replicas, ready_replicas=replicas,
+                          arrival_rate=rate, queued_requests=0, ongoing_requests=0.0,
+                          latency_p99_s=0.1, slo_s=0.5, utilisation=0.5,
+                          service_rate_per_replica=10.0)
+
+
+def test_observation_spread_and_recent_peak() -> None:
+    builder = observation.ObservationBuilder(max_replicas=10)
+    spread, peak = (observation.FEATURES.index(f) for f in ("rate_spread", "peak_per_replica"))
+    for t in range(30):
+        steady = builder.update(_context(float(t), 10.0))
+    assert steady[spread] == 0.0
+    assert steady[peak] == pytest.approx(0.5)  # 10 req/s over 2 replicas x 10 req/s
+    burst = builder.update(_context(30.0, 40.0))
+    assert burst[spread] > 0.4
+    assert burst[peak] == pytest.approx(2.0)
+    # The burst is remembered for 30 s, then forgotten.
+    later = [builder.update(_context(31.0 + t, 10.0)) for t in range(30)]
+    assert later[28][peak] == pytest.approx(2.0)
+    assert later[29][peak] == pytest.approx(0.5)
+    assert later[29][spread] == 0.0
