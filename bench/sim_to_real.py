@@ -134,12 +134,14 @@ def rate_scale(setup: Setup, trace: traces.Trace, peak: float) -> float:
     return env.rate_scale
 
 
-# What a policy decides on, recorded per second on both sides: (utilisation, arrival rate, p99).
-Seen = tuple[float, float, float]
+# What a policy decides on, recorded per second on both sides.
+SEEN_FIELDS = ("utilisation", "arrival_rate", "latency_p99_s", "queued_requests",
+               "ongoing_requests")
+Seen = tuple[float, ...]
 
 
 def seen(ctx: ScalingContext) -> Seen:
-    return (round(ctx.utilisation, 3), round(ctx.arrival_rate, 1), round(ctx.latency_p99_s, 3))
+    return tuple(round(float(getattr(ctx, name)), 3) for name in SEEN_FIELDS)
 
 
 def simulate(setup: Setup, trace: traces.Trace, peak: float, policy: ScalingPolicy,
@@ -295,7 +297,7 @@ class Watcher:
         out = []
         for second in range(seconds):
             then = [v for t, v in self.inputs if t - began_unix <= second]
-            out.append(then[-1] if then else (0.0, 0.0, 0.0))
+            out.append(then[-1] if then else (0.0,) * len(SEEN_FIELDS))
         return out
 
 
@@ -478,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "sim_actions": log.changes,
                 "sim_decisions": sim_decisions(log, setup.guards.min_replicas),
                 "real_decisions": real.decisions,
-                "seen_fields": ["utilisation", "arrival_rate", "latency_p99_s"],
+                "seen_fields": SEEN_FIELDS,
                 "sim_seen": sim_inputs, "real_seen": real.inputs,
                 "sim_within_per_second": [round(x, 4) for x in log.within_slo],
                 "real_within_per_second": [None if x is None else round(x, 4)
