@@ -75,50 +75,88 @@ def typed_contents(draw: st.DrawFn) -> pb.InferTensorContents:
     return contents
 
 
+def exact_nbytes(datatype: str, shape: list[int]) -> int | None:
+    """The raw length a tensor of this shape needs, when that is a small, knowable number."""
+    if datatype not in codec.ELEMENT_SIZES or any(d < 0 or d > 64 for d in shape):
+        return None
+    count = 1
+    for dim in shape:
+        count *= dim
+    return codec.ELEMENT_SIZES[datatype] * count if count <= 4096 else None
+
+
 @st.composite
-def requests(draw: st.DrawFn) -> pb.ModelInferRequest:
-    """Requests near the valid ones (so validation is reached deeply), perturbed every way."""
-    spec = draw(st.sampled_from(SPECS))
+def exact_contents(draw: st.DrawFn, datatype: str, shape: list[int]) -> pb.InferTensorContents:
+    """Typed contents of the field and count this datatype and shape need, where knowable."""
+    contents = pb.InferTensorContents()
+    field = codec.CONTENTS_FIELDS.get(datatype)
+    count = exact_nbytes("UINT8", shape)  # the element count, when small and knowable
+    if field is None or count is None or count > 256:
+        return contents
+    values = {
+        "bool_contents": [True] * count,
+        "bytes_contents": [b"ab"] * count,
+        "fp32_contents": [0.5] * count,
+        "fp64_contents": [0.5] * count,
+    }.get(field, [draw(st.integers(0, 100))] * count)
+    getattr(contents, field).extend(values)
+    return contents
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> tuple[int, pb.ModelInferRequest]:
+    """Requests near the valid ones (so validation is reached deeply, and about half are valid),
+    perturbed every way; with the index of the spec they were built for."""
+    spec_index = draw(st.integers(0, len(SPECS) - 1))
+    spec = SPECS[spec_index]
     request = pb.ModelInferRequest(model_name=spec.name, id=draw(st.text(max_size=4)))
     use_raw = draw(st.booleans())
-    rows = draw(st.integers(-1, spec.max_batch_size + 1))
+    most_rows = st.integers(1, max(spec.max_batch_size, 1))
+    rows = draw(most_rows | st.integers(-1, spec.max_batch_size + 1))
     for tensor in spec.inputs:
-        if draw(st.integers(0, 9)) == 0:
+        if draw(st.integers(0, 19)) == 0:
             continue  # a missing input
-        name = tensor.name if draw(st.integers(0, 4)) else draw(NAMES)
-        datatype = tensor.datatype if draw(st.integers(0, 3)) else draw(DATATYPES)
+        name = tensor.name if draw(st.integers(0, 9)) else draw(NAMES)
+        datatype = tensor.datatype if draw(st.integers(0, 9)) else draw(DATATYPES)
         dims = [d if d >= 0 else draw(st.integers(0, 4)) for d in tensor.dims]
         shape = [rows, *dims] if spec.batches else dims
-        if not draw(st.integers(0, 3)):
+        if not draw(st.integers(0, 9)):
             shape = draw(SHAPES)
-        copies = 2 if not draw(st.integers(0, 14)) else 1  # duplicated inputs
+        copies = 2 if not draw(st.integers(0, 19)) else 1  # duplicated inputs
         for _ in range(copies):
             added = request.inputs.add(name=name, datatype=datatype, shape=shape)
             if use_raw:
                 size = codec.ELEMENT_SIZES.get(datatype, 1)
-                count = max(1, min(abs(rows), 8)) * 16
-                length = draw(st.sampled_from([0, size, size * count, draw(st.integers(0, 64))]))
+                exact = exact_nbytes(datatype, shape)
+                lengths = [0, size, draw(st.integers(0, 64))]
+                if exact is not None:
+                    lengths += [exact] * 6 + [exact + 1, max(exact - 1, 0)]
+                length = draw(st.sampled_from(lengths))
                 request.raw_input_contents.append(draw(st.binary(min_size=length,
                                                                  max_size=length)))
             elif draw(st.integers(0, 5)):
-                added.contents.CopyFrom(draw(typed_contents()))
-    if use_raw and not draw(st.integers(0, 9)):
+                added.contents.CopyFrom(draw(exact_contents(datatype, shape) | typed_contents()))
+    if use_raw and not draw(st.integers(0, 19)):
         request.raw_input_contents.append(b"extra")
-    for name in draw(st.lists(NAMES, max_size=2)):
+    outputs = st.sampled_from([o.name for o in spec.outputs])
+    for name in draw(st.lists(outputs | outputs | NAMES, max_size=2)):
         request.outputs.add(name=name)
-    for name in draw(st.lists(PARAMETER_NAMES, max_size=3)):
-        request.parameters[name].CopyFrom(draw(parameters()))
-    return request
+    if not draw(st.integers(0, 2)):
+        for name in draw(st.lists(PARAMETER_NAMES, max_size=2)):
+            request.parameters[name].CopyFrom(draw(parameters()))
+    return spec_index, request
 
 
 @PARSED.property
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(request=requests(), spec_index=st.integers(0, len(SPECS) - 1))
+@given(built=requests(), other_spec=st.integers(0, 4 * len(SPECS) - 1))
 def test_parse_request_accepts_consistently_or_refuses_clearly(
-    request: pb.ModelInferRequest, spec_index: int
+    built: tuple[int, pb.ModelInferRequest], other_spec: int
 ) -> None:
     PARSED.example()
-    spec = SPECS[spec_index]
+    spec_index, request = built
+    # Mostly the model the request was built for; now and then another one.
+    spec = SPECS[other_spec] if other_spec < len(SPECS) else SPECS[spec_index]
     try:
         accepted = parse_request(request, spec, 0.0, None)
     except InvalidArgument as error:
