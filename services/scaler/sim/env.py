@@ -200,12 +200,13 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
                                  cfg.max_replicas))
         self.starting: list[float] = []
         self.log = EpisodeLog()
-        self._recent_arrivals: deque[float] = deque(
-            maxlen=max(1, round(cfg.rate_window_s / cfg.step_s)))
-        self._recent_served: deque[float] = deque(
-            maxlen=max(1, round(cfg.util_window_s / cfg.step_s)))
         self._observer.reset()
-        # The episode starts in steady state at the first second's rate, as if already running.
+        # The episode starts in steady state at the first second's rate, as if already running:
+        # the measurement windows are full of it.
+        steady = [first * cfg.step_s] * max(1, round(cfg.rate_window_s / cfg.step_s))
+        self._recent_arrivals: deque[float] = deque(steady, maxlen=len(steady))
+        steady = [first * cfg.step_s] * max(1, round(cfg.util_window_s / cfg.step_s))
+        self._recent_served: deque[float] = deque(steady, maxlen=len(steady))
         tau = self.profile.steady_batch_time(first / self.ready)
         self._measured: deque[dict[str, float]] = deque([{
             "rate": first, "queued": first * tau / 2, "ongoing": first * MEAN_OVER_TAU * tau,

@@ -98,3 +98,13 @@ def test_observation_delay_shows_the_policy_an_older_step() -> None:
     assert seen["late"][11] == pytest.approx(10.0)
     assert seen["late"][1:] == seen["prompt"][:-1]
     assert prompt.log.within_slo == late.log.within_slo  # the cluster itself is unchanged
+
+
+def test_windows_start_full_of_the_first_rate() -> None:
+    env = _env(rate_window_s=5.0, util_window_s=2.0)
+    first = env.trace.rates[0] * env.rate_scale
+    env.reset(seed=0, options={"arrivals": [0] * SECONDS})
+    env.step_to(env.replicas)
+    ctx = env.scaling_context()
+    assert ctx.arrival_rate == pytest.approx(first * 4 / 5)
+    assert ctx.utilisation == pytest.approx(first / 2 / (env.ready * env.peak_throughput))
