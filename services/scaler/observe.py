@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.scaler.planner import ServiceProfile
+from services.scaler.planner import P99_OVER_TAU, ServiceProfile
 from services.scaler.policies import ScalingContext
 from tideserve.v1 import cluster_pb2
 
@@ -67,6 +67,12 @@ class ClusterObserver:
         queued = sum(f.queued_requests for f in frontends)
         in_service = sum(w.outstanding_rows for w in snapshot.workers)
         curve = self.curve(snapshot)
+        p99 = max((f.latency_p99_seconds for f in frontends), default=0.0)
+        if p99 <= 0.0 and curve is not None:
+            # No request finished in the batchers' latency window (an idle cluster): a request
+            # sent now would see a lone batch's latency, which is what the simulator reports for
+            # an idle step, rather than a p99 of 0 that no trained policy has seen.
+            p99 = P99_OVER_TAU * curve.steady_batch_time(0.0)
         return ScalingContext(
             now=now,
             current_replicas=current,
@@ -74,7 +80,7 @@ class ClusterObserver:
             arrival_rate=sum(f.arrival_rate for f in frontends),
             queued_requests=queued,
             ongoing_requests=float(queued + in_service),
-            latency_p99_s=max((f.latency_p99_seconds for f in frontends), default=0.0),
+            latency_p99_s=p99,
             slo_s=self.slo_s,
             utilisation=self.utilisation,
             service_rate_per_replica=curve.rate_within_slo(self.slo_s) if curve else 0.0,

@@ -3,7 +3,7 @@ up under load and back down after it, and no request fails on the way (scale-dow
 
 Workers run the default model slowed down as the shipped simulator profile was measured, so one
 worker cannot serve the load and the policy's decisions are about real capacity. Cooldowns are
-short so the whole test takes well under a minute."""
+short so the whole test takes about a minute."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ SLO_MS = 500.0
 LOAD_S = 16
 
 
-async def _load_and_watch(stack: LocalStack, rate: float) -> tuple[int, int]:
-    """Drive `rate` req/s for LOAD_S seconds; return (most workers seen, failed requests)."""
+async def _load_and_watch(stack: LocalStack, rate: float) -> tuple[int, dict[str, int]]:
+    """Drive `rate` req/s for LOAD_S seconds; return (most workers seen, failed requests by
+    status)."""
     most = 0
 
     async def watch() -> None:
@@ -38,7 +39,7 @@ async def _load_and_watch(stack: LocalStack, rate: float) -> tuple[int, int]:
     watcher = asyncio.create_task(watch())
     result = await open_loop(stack.address("batcher"), DEFAULT_MODEL, [rate] * LOAD_S, seed=1)
     watcher.cancel()
-    return most, result.failed
+    return most, result.errors
 
 
 def test_learned_policy_scales_up_under_load_and_back_down(
@@ -53,17 +54,20 @@ def test_learned_policy_scales_up_under_load_and_back_down(
     stack = LocalStack(model_repository, tmp_path / "logs", args).start()
     try:
         stack.wait_ready_workers(1)
-        # Idle, the batcher reports no latency (p99 0), which training never saw: the HPA rule
-        # decides until requests flow, and the status says so.
-        assert "outside the trained range" in stack.status().fallback_reason
+        # Idle, no latency is measured; the scaler sees a lone batch's latency, as the simulator
+        # does, so the learned policy itself decides (no fallback to the HPA rule).
+        time.sleep(1.5)
+        assert stack.status().fallback_reason == ""
         # About 1.6 workers' worth of SLO capacity: one is not enough, two are.
         rate = 1.6 * profile.rate_within_slo(SLO_MS / 1e3)
         most, failed = asyncio.run(_load_and_watch(stack, rate))
         assert most >= 2, "the learned policy did not scale up under load"
-        assert failed == 0
-        deadline = time.monotonic() + 30
+        assert failed == {}
+        # The policy remembers the last 30 s's peak rate (peak_per_replica), so it keeps the
+        # capacity that peak needed for about that long before it lets a replica go.
+        deadline = time.monotonic() + 60
         while (status := stack.status()).ready_replicas + status.starting_replicas > 1:
-            assert time.monotonic() < deadline, "did not scale back down after the load"
+            assert time.monotonic() < deadline, f"did not scale back down after the load: {status}"
             time.sleep(0.5)
         assert status.policy == "learned"
         assert any(d.applied_replicas < d.current_replicas for d in status.recent_decisions)
