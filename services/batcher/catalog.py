@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tideserve.errors import NotFound
+from tideserve.errors import NotFound, Unavailable
 from tideserve.modelconfig import ModelSpec
 from tideserve.v1 import cluster_pb2, inference_pb2
 
@@ -54,12 +54,16 @@ class ModelCatalog:
         self.worker_counts: dict[str, int] = {}
         # Compute seconds by batch size per model, averaged over the workers that report it.
         self.service_curves: dict[str, dict[int, float]] = {}
+        # Whether any balancer has told us what is served yet: before, "unknown model" would be
+        # a guess, so requests get UNAVAILABLE (retry) rather than NOT_FOUND.
+        self.synced = False
 
     def update(self, models: list[cluster_pb2.ServedModel]) -> list[str]:
         """Take the balancer's list of served models; returns the names that appeared or changed.
         Models missing from the list are kept for FORGET_AFTER_S before they are dropped."""
         changed = []
         now = self.clock()
+        self.synced = True
         entries = {
             name: entry for name, entry in self.entries.items()
             if now - self.last_seen.get(name, now) < FORGET_AFTER_S
@@ -98,6 +102,11 @@ class ModelCatalog:
 
     def get(self, name: str, version: str = "") -> CatalogEntry:
         entry = self.entries.get(name)
+        if entry is None and not self.synced:
+            raise Unavailable(
+                "this batcher has not yet heard from a balancer which models are served; "
+                "retry shortly"
+            )
         if entry is None:
             raise NotFound(
                 f"unknown model {name!r}; served models are {sorted(self.entries) or 'none yet'}"

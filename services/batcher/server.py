@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 BALANCER_DISPATCH = "/tideserve.v1.Balancer/Dispatch"
+# How long a starting batcher waits for its first model catalog before it takes requests.
+CATALOG_WAIT_S = 5.0
 
 
 class BalancerPool:
@@ -220,6 +222,16 @@ async def _watch_catalog(
             await asyncio.sleep(0.5)
 
 
+async def _first_catalog(catalog: ModelCatalog, timeout_s: float) -> None:
+    """Wait until a balancer has sent the catalog, or `timeout_s` (a balancer may be down; then
+    requests are answered UNAVAILABLE until one is reachable)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not catalog.synced and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    if not catalog.synced:
+        logger.warning("no balancer answered yet; serving anyway", extra={"waited_s": timeout_s})
+
+
 async def _report_loop(core: BatcherCore, settings: BatcherSettings, pool: BalancerPool) -> None:
     stubs = [cluster_pb2_grpc.BalancerStub(c) for c in pool.channels]
     while True:
@@ -251,6 +263,11 @@ async def serve(settings: BatcherSettings) -> None:
     )
     health = await serving.add_health_and_reflection(server, [SERVICE_NAME])
     port = serving.bind(server, f"{settings.host}:{settings.port}", tls)
+    tasks = [asyncio.create_task(_watch_catalog(catalog, a, tls)) for a in settings.balancers]
+    tasks.append(asyncio.create_task(_report_loop(core, settings, pool)))
+    # Learn what is served before answering: with several processes on one port, a client
+    # connection may land on a process that started a moment ago.
+    await _first_catalog(catalog, CATALOG_WAIT_S)
     await server.start()
     logger.info(
         "batcher listening",
@@ -260,8 +277,6 @@ async def serve(settings: BatcherSettings) -> None:
             "balancers": list(settings.balancers),
         },
     )
-    tasks = [asyncio.create_task(_watch_catalog(catalog, a, tls)) for a in settings.balancers]
-    tasks.append(asyncio.create_task(_report_loop(core, settings, pool)))
 
     async def stop() -> None:
         for task in tasks:

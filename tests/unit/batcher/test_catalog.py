@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from services.batcher.catalog import FORGET_AFTER_S, ModelCatalog
-from tideserve.errors import NotFound
+from tideserve.errors import NotFound, Unavailable
 from tideserve.v1 import cluster_pb2
 from tideserve.v1 import model_config_pb2 as mc
 
@@ -61,3 +61,13 @@ def test_worker_counts_come_from_ready_workers_in_the_snapshot() -> None:
     catalog = ModelCatalog()
     catalog.update_workers(snapshot)
     assert catalog.worker_counts == {"m": 1}, "a draining worker takes no new batches"
+
+
+def test_before_any_balancer_answers_an_unknown_model_is_unavailable_not_missing() -> None:
+    catalog = ModelCatalog()
+    with pytest.raises(Unavailable, match="not yet heard from a balancer"):
+        catalog.get("m")
+
+    catalog.update([])
+    with pytest.raises(NotFound, match="unknown model 'm'"):
+        catalog.get("m")
