@@ -66,6 +66,7 @@ import grpc
 import numpy as np
 
 from bench.stack import ROOT, LocalStack, OpenLoopResult, arrival_times, open_loop, per_second
+from services.batcher.core import ARRIVAL_WINDOW_S
 from services.batcher.settings import BatcherSettings
 from services.scaler.guards import GuardConfig, Guards
 from services.scaler.learning.evaluate import episode_run
@@ -84,7 +85,7 @@ RESULTS = ROOT / "bench" / "results" / "sim_to_real.json"
 # frontend_report) and the window of the throughput the scaler's utilisation is measured over
 # (services/scaler/observe.py): the simulator is told all three.
 INFLIGHT_PER_WORKER = BatcherSettings().inflight_per_instance
-RATE_WINDOW_S = 5.0
+RATE_WINDOW_S = ARRIVAL_WINDOW_S
 UTIL_WINDOW_S = ClusterObserver(slo_s=1.0).window_s
 
 

@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 # (as its simulator does, one step at a time), not that of tens of seconds ago at low rates.
 LATENCY_WINDOW = 4096
 LATENCY_WINDOW_S = 1.0
+# The arrival rate reported is over about this long, the simulator's step, which the learned
+# scaling policy was trained on.
+ARRIVAL_WINDOW_S = 1.0
 # Smoothing of the measured batch round trip that predicts a new request's queue wait.
 ROUND_TRIP_ALPHA = 0.2
 # A request is admitted only if its predicted wait fits this share of its deadline: under overload
@@ -298,7 +301,8 @@ class BatcherCore:
         self.requests_failed = 0
         # (finish time, latency) of recent successful requests.
         self.latencies: deque[tuple[float, float]] = deque(maxlen=LATENCY_WINDOW)
-        self._arrivals: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        # (report time, requests_total) of earlier reports: the arrival rate is their slope.
+        self._totals: deque[tuple[float, int]] = deque()
 
     def _scheduler(self, entry: CatalogEntry) -> ModelScheduler:
         scheduler = self.schedulers.get(entry.spec.name)
@@ -326,7 +330,6 @@ class BatcherCore:
         unknown models, malformed requests and full queues."""
         now = self.clock()
         self.requests_total += 1
-        self._arrivals.append(now)
         entry = self.catalog.get(request.model_name, request.model_version)
         return self._scheduler(entry).submit(parse_request(request, entry.spec, now, deadline))
 
@@ -339,13 +342,15 @@ class BatcherCore:
 
     def frontend_report(self, batcher_id: str) -> cluster_pb2.FrontendReport:
         now = self.clock()
-        arrivals = [t for t in self._arrivals if now - t <= 5.0]
-        span = now - arrivals[0] if len(arrivals) > 1 else 0.0
+        while len(self._totals) > 1 and self._totals[1][0] <= now - ARRIVAL_WINDOW_S:
+            self._totals.popleft()
+        since, total_then = self._totals[0] if self._totals else (now, self.requests_total)
+        self._totals.append((now, self.requests_total))
         recent = [latency for done, latency in self.latencies if now - done <= LATENCY_WINDOW_S]
         latencies = np.asarray(recent) if recent else None
         return cluster_pb2.FrontendReport(
             batcher_id=batcher_id,
-            arrival_rate=len(arrivals) / span if span > 0 else 0.0,
+            arrival_rate=(self.requests_total - total_then) / (now - since) if now > since else 0.0,
             queued_requests=sum(len(s.queue) for s in self.schedulers.values()),
             latency_p50_seconds=float(np.percentile(latencies, 50))
             if latencies is not None

@@ -433,6 +433,7 @@ async def test_frontend_report_counts_requests_and_latencies(
     harness: Harness, clock: FakeClock
 ) -> None:
     core = harness.start(model_config(delay_us=10_000_000))
+    core.frontend_report("b-1")  # the report before: the arrival rate is the slope since it
     core.submit(infer_request(0), deadline=None)
     clock.advance(1.0)
     core.submit(infer_request(1), deadline=None)

@@ -51,3 +51,14 @@ def test_no_recent_latency_reports_zero() -> None:
 
     assert (report.latency_p50_seconds, report.latency_p99_seconds) == (0.0, 0.0)
     assert report.requests_failed == 1
+
+
+def test_arrival_rate_is_over_the_last_second_of_reports() -> None:
+    clock = Clock()
+    core = BatcherCore(ModelCatalog(clock), NoDispatch(), clock=clock)
+    assert core.frontend_report("b-1").arrival_rate == 0.0  # nothing to compare with yet
+    for rate in (100, 100, 10, 10):  # requests/s in each half-second report interval
+        core.requests_total += rate // 2
+        clock.now += 0.5
+        report = core.frontend_report("b-1")
+    assert report.arrival_rate == pytest.approx(10.0), "the burst a second ago has left the window"
