@@ -10,8 +10,10 @@ within the SLO.
     python -m bench.planner_check                # 100 req/s, SLO 500 ms, default profile
     python -m bench.planner_check --rate 60 --seconds 40
 
-Workers run with --threads 1 and the profile's slowdown, as the profile was measured. Results go
-to bench/results/planner_check.json.
+Workers run with --threads 1 and emulate the profile's straight-line fit (the curve the planner
+uses) with `--worker-service-profile`, as bench.sim_to_real does, so CPU contention on a shared
+machine is not multiplied into their service time; `--slowdown K` instead runs the real model
+K-fold slowed, as the profile was measured. Results go to bench/results/planner_check.json.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.sim_to_real import emulated_profile
 from bench.stack import ROOT, LocalStack, open_loop
 from services.scaler.planner import P99_OVER_TAU, ServiceProfile, replicas_for_batching
 from services.scaler.sim.env import DEFAULT_PROFILE
@@ -42,12 +45,13 @@ def predicted_p99(profile: ServiceProfile, rate: float, replicas: int) -> float:
 
 
 def measure(repository: Path, log_dir: Path, replicas: int, rate: float, seconds: int,
-            slowdown: float, slo_s: float) -> tuple[float, float, int]:
+            device: list[str], slo_s: float) -> tuple[float, float, int]:
     """(measured p99 s, share within the SLO, failed requests) at a pinned replica count; the
-    first WARM_UP_S seconds are sent but not counted."""
+    first WARM_UP_S seconds are sent but not counted. `device`: the worker flags that set its
+    speed."""
     args = ["--policy", "static", "--policy-parameters", f"replicas={replicas}",
             "--min-replicas", str(replicas), "--max-replicas", str(replicas),
-            "--worker-threads", "1", "--worker-device", "cpu", "--worker-slowdown", str(slowdown)]
+            "--worker-threads", "1", "--worker-device", "cpu", *device]
     stack = LocalStack(repository, log_dir, args).start()
     try:
         stack.wait_ready_workers(replicas)
@@ -68,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--slo-ms", type=float, default=500.0)
     parser.add_argument("--seconds", type=int, default=30)
-    parser.add_argument("--slowdown", type=float, default=200.0)
+    parser.add_argument("--slowdown", type=float, default=0.0,
+                        help="run the real model this many times slower instead of emulating")
     parser.add_argument("--profile", type=Path, default=DEFAULT_PROFILE)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -79,13 +84,18 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"({profile.rate_within_slo(slo_s):.1f} req/s per replica within the SLO)", flush=True)
     work = Path(tempfile.mkdtemp(prefix="planner-check-"))
     write_default_model(work / "models")
+    if args.slowdown:
+        device = ["--worker-slowdown", str(args.slowdown)]
+    else:
+        emulated = emulated_profile(args.profile, profile.cold_start_s, work / "profile.json")
+        device = ["--worker-service-profile", str(emulated)]
     rows = []
     try:
         for n in (planned - 1, planned, planned + 1):
             if n < 1:
                 continue
             p99, within, failed = measure(work / "models", work / f"n{n}", n, args.rate,
-                                          args.seconds, args.slowdown, slo_s)
+                                          args.seconds, device, slo_s)
             predicted = predicted_p99(profile, args.rate, n)
             rows.append({"replicas": n, "predicted_p99_ms": predicted * 1e3,
                          "measured_p99_ms": p99 * 1e3, "measured_within_slo": within,
