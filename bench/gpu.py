@@ -342,18 +342,24 @@ def serve_and_measure(
     device: str,
     client_rows: list[int],
     inflight: int,
+    gpus: int = 1,
 ) -> dict[str, Any]:
     """Saturate the served model with clients sending requests of each size in `client_rows`
     (1 = one sample a request, as most clients do); then, with one-row requests, open-loop
-    arrivals at half the saturated rate for the tail latency."""
+    arrivals at half the saturated rate for the tail latency. `gpus` workers, one per GPU
+    (cuda:0, cuda:1, ...)."""
     cluster = Cluster(
         repository,
         out / f"logs_{model}",
-        worker_args=("--device", device, "--models", model),
+        worker_args=("--models", model),
         batcher_args=("--processes", str(batchers), "--inflight-per-instance", str(inflight)),
     )
     try:
-        cluster.start(workers=1)
+        cluster.start(workers=0)
+        for index in range(gpus):
+            worker_device = f"cuda:{index}" if device.startswith("cuda") else device
+            cluster.add_worker(f"worker-{index}", "--device", worker_device)
+        cluster.wait_workers(gpus)
     except TimeoutError:
         for name in cluster.processes:
             print(f"--- {name} log ---\n{cluster.log(name)[-3000:]}", flush=True)
@@ -452,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="cuda", help="cpu: a smoke run of this script")
     parser.add_argument(
+        "--gpus", type=int, default=1, help="workers, one per GPU; the limit is for one GPU"
+    )
+    parser.add_argument(
         "--make-models", type=Path, default=ROOT.parent / "shared" / "workloads" / "make_models.py"
     )
     args = parser.parse_args(argv)
@@ -484,9 +493,13 @@ def main(argv: list[str] | None = None) -> int:
             args.device,
             [int(r) for r in args.client_rows.split(",")],
             args.inflight_per_instance,
+            args.gpus,
         )
         for run in served["saturated"].values():
-            run["fraction_of_inprocess"] = run["samples_per_s"] / limit["runner_samples_per_s"]
+            # The limit is one GPU's: with several workers, compare with that many GPUs.
+            run["fraction_of_inprocess"] = run["samples_per_s"] / (
+                limit["runner_samples_per_s"] * args.gpus
+            )
         results["workloads"][model] = {"inprocess": limit, "served": served}
         print(
             model,
