@@ -330,6 +330,21 @@ def snapshot_sizes(cluster: Cluster) -> dict[int, int]:
     return dict(cluster.snapshot().batch_size_counts)
 
 
+def add_worker_on_gpu(cluster: Cluster, index: int, device: str) -> None:
+    """Worker `index` sees only GPU `index` (CUDA_VISIBLE_DEVICES), as the scaler starts one
+    worker per GPU: inside it the card is cuda:0, which an exported program may name."""
+    previous = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if device.startswith("cuda"):
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+    try:
+        cluster.add_worker(f"worker-{index}", "--device", device)
+    finally:
+        if previous is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = previous
+
+
 def serve_and_measure(
     repository: Path,
     model: str,
@@ -347,7 +362,7 @@ def serve_and_measure(
     """Saturate the served model with clients sending requests of each size in `client_rows`
     (1 = one sample a request, as most clients do); then, with one-row requests, open-loop
     arrivals at half the saturated rate for the tail latency. `gpus` workers, one per GPU
-    (cuda:0, cuda:1, ...)."""
+    (CUDA_VISIBLE_DEVICES=0, 1, ...)."""
     cluster = Cluster(
         repository,
         out / f"logs_{model}",
@@ -357,11 +372,10 @@ def serve_and_measure(
     try:
         cluster.start(workers=0)
         for index in range(gpus):
-            worker_device = f"cuda:{index}" if device.startswith("cuda") else device
-            cluster.add_worker(f"worker-{index}", "--device", worker_device)
+            add_worker_on_gpu(cluster, index, device)
         cluster.wait_workers(gpus)
     except TimeoutError:
-        for name in cluster.processes:
+        for name in cluster.processes:  # why it did not come up
             print(f"--- {name} log ---\n{cluster.log(name)[-3000:]}", flush=True)
         cluster.stop()
         raise
