@@ -54,17 +54,16 @@ def test_learned_policy_scales_up_under_load_and_back_down(
     stack = LocalStack(model_repository, tmp_path / "logs", args).start()
     try:
         stack.wait_ready_workers(1)
-        # Idle, no latency is measured; the scaler sees a lone batch's latency, as the simulator
-        # does, so the learned policy itself decides (no fallback to the HPA rule).
+        # Idle: no training trace goes quiet, so the HPA rule decides, and the status says so.
         time.sleep(1.5)
-        assert stack.status().fallback_reason == ""
+        assert "no arrivals" in stack.status().fallback_reason
         # About 1.6 workers' worth of SLO capacity: one is not enough, two are.
         rate = 1.6 * profile.rate_within_slo(SLO_MS / 1e3)
         most, failed = asyncio.run(_load_and_watch(stack, rate))
         assert most >= 2, "the learned policy did not scale up under load"
         assert failed == {}
-        # The policy remembers the last 30 s's peak rate (peak_per_replica), so it keeps the
-        # capacity that peak needed for about that long before it lets a replica go.
+        # Once the load stops the HPA rule decides (no arrivals); its 30 s scale-down
+        # stabilisation window holds the count for that long.
         deadline = time.monotonic() + 60
         while (status := stack.status()).ready_replicas + status.starting_replicas > 1:
             assert time.monotonic() < deadline, f"did not scale back down after the load: {status}"

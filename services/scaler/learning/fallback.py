@@ -4,7 +4,8 @@ The trained policy is only trusted where it was trained. `LearnedWithFallback` d
 rule instead, and says why in `fallback_reason`, when
   * the policy file is missing or unusable (wrong features or action, stable-baselines3 absent):
     for as long as this policy object lives, and
-  * one observation is outside the range the policy saw in training: for that decision only.
+  * one observation is outside the range the policy saw in training, or the cluster has no
+    traffic at all (no training trace goes quiet): for that decision only.
 The HPA rule sees every context even while the learned policy decides, so its stabilisation window
 is warm at the moment it has to take over.
 
@@ -50,6 +51,12 @@ class LearnedWithFallback:
             return rule
         from services.scaler.learning.policy import ObservationOutOfRange
 
+        if ctx.arrival_rate <= 0.0 and ctx.queued_requests == 0:
+            # No traffic at all: the training traces never go quiet, and the policy holds any
+            # count there (measured: 3 replicas kept for minutes at zero load). The rule scales
+            # an idle cluster down once its stabilisation window has passed.
+            self.fallback_reason = "no arrivals, which the policy was never trained on: hpa decided"
+            return rule
         try:
             proposed = self.learned.decide(ctx)
         except ObservationOutOfRange as error:
