@@ -333,16 +333,8 @@ def snapshot_sizes(cluster: Cluster) -> dict[int, int]:
 def add_worker_on_gpu(cluster: Cluster, index: int, device: str) -> None:
     """Worker `index` sees only GPU `index` (CUDA_VISIBLE_DEVICES), as the scaler starts one
     worker per GPU: inside it the card is cuda:0, which an exported program may name."""
-    previous = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if device.startswith("cuda"):
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
-    try:
-        cluster.add_worker(f"worker-{index}", "--device", device)
-    finally:
-        if previous is None:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = previous
+    env = {"CUDA_VISIBLE_DEVICES": str(index)} if device.startswith("cuda") else None
+    cluster.add_worker(f"worker-{index}", "--device", device, env=env)
 
 
 def serve_and_measure(

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,10 +86,13 @@ class Cluster:
     def batcher(self) -> str:
         return f"127.0.0.1:{self.batcher_port}"
 
-    def spawn(self, name: str, module: str, *args: str) -> subprocess.Popen:
+    def spawn(
+        self, name: str, module: str, *args: str, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen:
+        """Start `module` with `args`; `env` adds to (or overrides) this process's environment."""
         log = (self.log_dir / f"{name}.log").open("ab")
         pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-        env = {**os.environ, "PYTHONPATH": pythonpath}
+        env = {**os.environ, **(env or {}), "PYTHONPATH": pythonpath}
         process = subprocess.Popen(
             [sys.executable, "-m", module, *args, *self.tls_flags()],
             stdout=log,
@@ -150,7 +154,9 @@ class Cluster:
         """Worker ids the balancer has registered right now."""
         return {w.worker_id for w in self.snapshot().workers}
 
-    def add_worker(self, worker_id: str, *extra: str) -> subprocess.Popen:
+    def add_worker(
+        self, worker_id: str, *extra: str, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen:
         return self.spawn(
             worker_id,
             "services.worker",
@@ -164,6 +170,7 @@ class Cluster:
             "1",
             *self.worker_args,
             *extra,
+            env=env,
         )
 
     def snapshot(self) -> cluster_pb2.ClusterSnapshot:

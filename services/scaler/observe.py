@@ -69,9 +69,10 @@ class ClusterObserver:
         curve = self.curve(snapshot)
         p99 = max((f.latency_p99_seconds for f in frontends), default=0.0)
         if p99 <= 0.0 and curve is not None:
-            # No request finished in the batchers' latency window (an idle cluster): a request
-            # sent now would see a lone batch's latency, which is what the simulator reports for
-            # an idle step, rather than a p99 of 0 that no trained policy has seen.
+            # No request finished in the batchers' 1 s latency window (an idle cluster, or
+            # traffic sparser than one request a second): a request sent now would see a lone
+            # batch's latency, which is what the simulator reports for such a step, rather than
+            # a p99 of 0 that no trained policy has seen.
             p99 = P99_OVER_TAU * curve.steady_batch_time(0.0)
         return ScalingContext(
             now=now,
