@@ -229,8 +229,9 @@ class ModelScheduler:
                 self.entry.spec.name, rows, self._payload(batch, rows, batch_id), timeout, batch_id
             )
             self._complete(batch, rows, cluster_pb2.BatchResult.FromString(raw))
-            self._observe_round_trip(rows, self.clock() - now)
-            self.queue.policy.observe(rows, now - batch[0].arrival, self.clock() - now)
+            round_trip = self.clock() - now
+            self._observe_round_trip(rows, round_trip)
+            self.queue.policy.observe(rows, now - batch[0].arrival, round_trip)
         except TideserveError as error:
             for request in batch:
                 _fail(request, error)
