@@ -93,10 +93,10 @@ def datatype_of(dtype: np.dtype) -> str:
     raise InvalidArgument(f"numpy dtype {dtype} has no protocol datatype")
 
 
-def decode(datatype: str, shape: Sequence[int], raw: bytes) -> np.ndarray:
+def decode(datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> np.ndarray:
     """Raw bytes -> read-only numpy array, without copying numeric data."""
     if datatype == "BYTES":
-        return decode_bytes(raw, shape)
+        return decode_bytes(bytes(raw), shape)
     dtype = NUMPY_DTYPES.get(datatype)
     if dtype is None:
         raise InvalidArgument(f"datatype {datatype!r} cannot be decoded to numpy")

@@ -323,5 +323,6 @@ class BalancerCore:
                 busy_seconds=record.busy_seconds,
                 service_times=record.reported_service_times,
                 metrics_address=record.metrics_address,
+                shared_memory_domain=record.shared_memory_domain,
             )
         return snapshot

@@ -41,6 +41,7 @@ class WorkerRecord:
     models: frozenset[str]
     last_heartbeat: float
     metrics_address: str = ""
+    shared_memory_domain: str = ""
     queued_batches: int = 0
     inflight_batches: int = 0
     memory_bytes: int = 0
@@ -130,6 +131,7 @@ class WorkerTable:
             models=frozenset(m.config.name for m in registration.models),
             last_heartbeat=self.clock(),
             metrics_address=registration.metrics_address,
+            shared_memory_domain=registration.shared_memory_domain,
         )
         self.workers[record.worker_id] = record
         for served in registration.models:

@@ -52,6 +52,8 @@ class ModelCatalog:
         self.last_seen: dict[str, float] = {}
         # Ready workers serving each model, from the latest cluster snapshot.
         self.worker_counts: dict[str, int] = {}
+        # The /dev/shm domains of the workers serving each model ("" for a worker without one).
+        self.shared_memory_domains: dict[str, frozenset[str]] = {}
         # Compute seconds by batch size per model, averaged over the workers that report it.
         self.service_curves: dict[str, dict[int, float]] = {}
         # Whether any balancer has told us what is served yet: before, "unknown model" would be
@@ -86,8 +88,11 @@ class ModelCatalog:
 
     def update_workers(self, snapshot: cluster_pb2.ClusterSnapshot) -> None:
         counts: dict[str, int] = {}
+        domains: dict[str, set[str]] = {}
         samples: dict[str, dict[int, list[float]]] = {}
         for worker in snapshot.workers:
+            for model in worker.models:
+                domains.setdefault(model, set()).add(worker.shared_memory_domain)
             if worker.phase == cluster_pb2.WorkerState.READY:
                 for model in worker.models:
                     counts[model] = counts.get(model, 0) + 1
@@ -95,6 +100,7 @@ class ModelCatalog:
                     by_size = samples.setdefault(point.model, {})
                     by_size.setdefault(point.batch_size, []).append(point.seconds)
         self.worker_counts = counts
+        self.shared_memory_domains = {model: frozenset(d) for model, d in domains.items()}
         self.service_curves = {
             model: {size: sum(times) / len(times) for size, times in by_size.items()}
             for model, by_size in samples.items()
@@ -116,6 +122,11 @@ class ModelCatalog:
                 f"model {name!r} has no version {version!r}; versions {list(entry.versions)}"
             )
         return entry
+
+    def shares_memory(self, name: str, domain: str) -> bool:
+        """Whether every worker the balancer may send `name`'s batches to sees our /dev/shm.
+        Every worker, draining and ejected ones too: routing picks among them, not us."""
+        return bool(domain) and self.shared_memory_domains.get(name) == frozenset({domain})
 
     def ready(self, name: str) -> bool:
         return name in self.entries and self.worker_counts.get(name, 0) > 0

@@ -19,7 +19,13 @@ from services.batcher.batching import BatchQueue, PendingRequest
 from services.batcher.catalog import CatalogEntry, ModelCatalog
 from services.batcher.policies import ServiceCurve, create_policy
 from services.batcher.requests import parse_request
-from tideserve.errors import DeadlineExceeded, ResourceExhausted, TideserveError
+from tideserve import shared_memory
+from tideserve.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    ResourceExhausted,
+    TideserveError,
+)
 from tideserve.v1 import cluster_pb2, inference_pb2
 
 logger = logging.getLogger(__name__)
@@ -61,6 +67,35 @@ class NoMetrics:
         pass
 
 
+class SharedInputs:
+    """Hands a batch's inputs to the workers through /dev/shm when they are large enough to gain
+    and every worker of the model sees this batcher's /dev/shm (tideserve/shared_memory.py)."""
+
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        min_bytes: int,
+        pool: shared_memory.SegmentPool | None = None,
+        domain: str | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.min_bytes = min_bytes
+        self.domain = shared_memory.domain() if domain is None else domain
+        self.pool = pool or shared_memory.SegmentPool()
+
+    def acquire(self, model: str, nbytes: int) -> shared_memory.Segment | None:
+        """A segment to put this batch in, or None to send it inline."""
+        if nbytes < self.min_bytes or not self.catalog.shares_memory(model, self.domain):
+            return None
+        return self.pool.acquire(nbytes)
+
+    def release(self, segment: shared_memory.Segment) -> None:
+        self.pool.release(segment)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
 class ModelScheduler:
     """Owns one model's queue. A batch leaves when the queue says it is ready *and* fewer than
     `capacity()` batches are in flight, so batches grow while workers are busy, not by idling."""
@@ -74,10 +109,13 @@ class ModelScheduler:
         curve: ServiceCurve = dict,
         metrics: BatchMetrics | None = None,
         max_queue_rows_default: int = 0,
+        shared: SharedInputs | None = None,
     ) -> None:
         self.entry = entry
         self.metrics = metrics or NoMetrics()
         spec = entry.spec
+        # Variable-length BYTES tensors are re-encoded per request; only fixed-size ones share.
+        self.shared = shared if all(t.datatype != "BYTES" for t in spec.inputs) else None
         self.queue = BatchQueue(
             spec.max_batch_size,
             spec.batching,
@@ -185,7 +223,15 @@ class ModelScheduler:
             return False
         return True
 
-    def _payload(self, batch: list[PendingRequest], rows: int, batch_id: str) -> bytes:
+    def _payload(
+        self,
+        batch: list[PendingRequest],
+        rows: int,
+        batch_id: str,
+        segment: shared_memory.Segment | None = None,
+    ) -> bytes:
+        """The serialized Batch: inputs concatenated inline, or written into `segment` and
+        referenced (one copy either way)."""
         spec = self.entry.spec
         message = cluster_pb2.Batch(
             batch_id=batch_id,
@@ -193,17 +239,27 @@ class ModelScheduler:
             model_version=self.entry.versions[-1] if self.entry.versions else "",
         )
         first = batch[0]
+        position = 0
         for index, tensor in enumerate(spec.inputs):
             dims = list(first.shape_key[index])
-            raw = (
-                first.inputs[index] if len(batch) == 1 else b"".join(r.inputs[index] for r in batch)
-            )
-            message.inputs.add(
+            added = message.inputs.add(
                 name=tensor.name,
                 datatype=tensor.datatype,
                 shape=[rows, *dims] if spec.batches else dims,
-                raw=raw,
             )
+            if segment is None:
+                added.raw = (
+                    first.inputs[index]
+                    if len(batch) == 1
+                    else b"".join(r.inputs[index] for r in batch)
+                )
+                continue
+            start = position
+            for request in batch:
+                data = request.inputs[index]
+                segment.buffer[position : position + len(data)] = data
+                position += len(data)
+            added.shared.CopyFrom(segment.ref(start, position - start))
         if all(r.output_names for r in batch):
             message.output_names.extend(sorted({n for r in batch for n in r.output_names}))
         return message.SerializeToString()
@@ -225,9 +281,7 @@ class ModelScheduler:
                 },
             )
         try:
-            raw = await self.dispatcher.dispatch(
-                self.entry.spec.name, rows, self._payload(batch, rows, batch_id), timeout, batch_id
-            )
+            raw = await self._send(batch, rows, batch_id, timeout)
             self._complete(batch, rows, cluster_pb2.BatchResult.FromString(raw))
             round_trip = self.clock() - now
             self._observe_round_trip(rows, round_trip)
@@ -245,6 +299,34 @@ class ModelScheduler:
             self.metrics.batch_done(
                 self.entry.spec.name, rows, now - batch[0].arrival, self.clock() - now
             )
+
+    async def _send(
+        self, batch: list[PendingRequest], rows: int, batch_id: str, timeout: float | None
+    ) -> bytes:
+        """Dispatch the batch, through shared memory when `shared` offers a segment."""
+        model = self.entry.spec.name
+        segment = None
+        if self.shared is not None:
+            segment = self.shared.acquire(model, sum(len(x) for r in batch for x in r.inputs))
+        if segment is None:
+            payload = self._payload(batch, rows, batch_id)
+            return await self.dispatcher.dispatch(model, rows, payload, timeout, batch_id)
+        sent = self.clock()
+        try:
+            payload = self._payload(batch, rows, batch_id, segment)
+            return await self.dispatcher.dispatch(model, rows, payload, timeout, batch_id)
+        except FailedPrecondition as error:
+            # A worker that does not see our /dev/shm was routed the batch before the catalog
+            # told us of it: send the bytes inline instead.
+            logger.warning(
+                "worker refused shared-memory inputs; resending inline",
+                extra={"batch_id": batch_id, "model": model, "error": str(error)},
+            )
+            remaining = None if timeout is None else timeout - (self.clock() - sent)
+            payload = self._payload(batch, rows, batch_id)
+            return await self.dispatcher.dispatch(model, rows, payload, remaining, batch_id)
+        finally:
+            self.shared.release(segment)
 
     def _complete(
         self, batch: list[PendingRequest], rows: int, result: cluster_pb2.BatchResult
@@ -290,8 +372,10 @@ class BatcherCore:
         clock: Callable[[], float] = time.monotonic,
         metrics: BatchMetrics | None = None,
         max_queue_rows_default: int = 0,
+        shared: SharedInputs | None = None,
     ) -> None:
         self.catalog = catalog
+        self.shared = shared
         self.max_queue_rows_default = max_queue_rows_default
         self.metrics = metrics
         self.dispatcher = dispatcher
@@ -320,6 +404,7 @@ class BatcherCore:
                 lambda: self.catalog.service_curves.get(name, {}),
                 self.metrics,
                 self.max_queue_rows_default,
+                self.shared,
             )
             self.schedulers[name] = scheduler
         return scheduler
@@ -366,3 +451,5 @@ class BatcherCore:
     def close(self) -> None:
         for scheduler in self.schedulers.values():
             scheduler.close()
+        if self.shared is not None:
+            self.shared.close()

@@ -16,10 +16,10 @@ import grpc
 
 import tideserve
 from services.batcher.catalog import ModelCatalog
-from services.batcher.core import BatcherCore
+from services.batcher.core import BatcherCore, SharedInputs
 from services.batcher.metrics import BatcherMetrics, collect
 from services.batcher.settings import BatcherSettings
-from tideserve import metrics, serving
+from tideserve import metrics, serving, shared_memory
 from tideserve.errors import TideserveError, Unavailable
 from tideserve.metadata import BATCH_ID_KEY, MODEL_KEY, ROWS_KEY
 from tideserve.procs import child_env
@@ -246,6 +246,11 @@ async def serve(settings: BatcherSettings) -> None:
     tls = serving.TlsSettings.of(settings)
     pool = BalancerPool(settings.balancers, tls)
     catalog = ModelCatalog()
+    shared = (
+        SharedInputs(catalog, settings.shared_memory_min_bytes)
+        if settings.shared_memory_min_bytes and shared_memory.domain()
+        else None
+    )
     registry = metrics.new_registry()
     batcher_metrics = BatcherMetrics(registry)
     core = BatcherCore(
@@ -254,6 +259,7 @@ async def serve(settings: BatcherSettings) -> None:
         inflight_per_instance=settings.inflight_per_instance,
         metrics=batcher_metrics,
         max_queue_rows_default=settings.max_queue_rows_default,
+        shared=shared,
     )
     registry.register(metrics.LoopCollector(asyncio.get_running_loop(), lambda: collect(core)))
     metrics_server = metrics.start_metrics_server(settings.host, settings.metrics_port, registry)

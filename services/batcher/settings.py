@@ -29,6 +29,10 @@ class BatcherSettings(TlsFields):
     # over them when one Python process cannot keep up. Each has its own queues; process i
     # serves metrics on metrics_port + i.
     processes: int = 1
+    # Batches whose inputs reach this many bytes go to workers that share this host's /dev/shm
+    # through a shared segment instead of inline (tideserve/shared_memory.py); smaller ones are
+    # cheaper inline. 0 = never.
+    shared_memory_min_bytes: int = 65536
     report_interval_s: float = 0.5
     grace_s: float = 5.0
     # Prometheus /metrics: Triton's metrics port, next to its gRPC port.
@@ -43,6 +47,8 @@ class BatcherSettings(TlsFields):
             raise ValueError("processes must be >= 1")
         if self.max_queue_rows_default < 0:
             raise ValueError("max_queue_rows_default must be >= 0 (0 = unbounded)")
+        if self.shared_memory_min_bytes < 0:
+            raise ValueError("shared_memory_min_bytes must be >= 0 (0 = never)")
         if self.inflight_per_instance < 1:
             raise ValueError("inflight_per_instance must be >= 1")
         if not self.balancers:

@@ -9,17 +9,31 @@ import resource
 import time
 
 from services.worker.runner import ModelRunner
-from tideserve import codec
-from tideserve.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from tideserve import codec, shared_memory
+from tideserve.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from tideserve.v1 import cluster_pb2
 
 logger = logging.getLogger(__name__)
 
 
 class WorkerCore:
-    def __init__(self, worker_id: str, runners: dict[str, ModelRunner]) -> None:
+    def __init__(
+        self,
+        worker_id: str,
+        runners: dict[str, ModelRunner],
+        shared_inputs: shared_memory.SegmentReader | None = None,
+    ) -> None:
         self.worker_id = worker_id
         self.runners = runners
+        # Reads inputs a batcher on this host left in shared memory; None: this worker takes
+        # only inline bytes.
+        self.shared_inputs = shared_inputs
         self.queued = 0
         self.inflight = 0
         self.completed = 0
@@ -79,8 +93,7 @@ class WorkerCore:
             result.outputs.add(name=spec.name, datatype=datatype, shape=shape, raw=raw)
         return result
 
-    @staticmethod
-    def _decode_inputs(runner: ModelRunner, batch: cluster_pb2.Batch) -> list:
+    def _decode_inputs(self, runner: ModelRunner, batch: cluster_pb2.Batch) -> list:
         by_name = {t.name: t for t in batch.inputs}
         arrays = []
         for spec in runner.spec.inputs:
@@ -91,8 +104,17 @@ class WorkerCore:
                 raise InvalidArgument(
                     f"input {spec.name!r} is {tensor.datatype}, model expects {spec.datatype}"
                 )
-            arrays.append(codec.decode(tensor.datatype, tensor.shape, tensor.raw))
+            arrays.append(codec.decode(tensor.datatype, tensor.shape, self._bytes_of(tensor)))
         return arrays
+
+    def _bytes_of(self, tensor: cluster_pb2.TensorData) -> bytes | memoryview:
+        if not tensor.HasField("shared"):
+            return tensor.raw
+        if self.shared_inputs is None:
+            raise FailedPrecondition(
+                f"worker {self.worker_id} does not take inputs through shared memory"
+            )
+        return self.shared_inputs.view(tensor.shared)
 
     def check_accepting(self) -> None:
         if self.draining:
@@ -117,7 +139,10 @@ class WorkerCore:
 
     def registration(self, address: str, device: str) -> cluster_pb2.WorkerRegistration:
         registration = cluster_pb2.WorkerRegistration(
-            worker_id=self.worker_id, address=address, device=device
+            worker_id=self.worker_id,
+            address=address,
+            device=device,
+            shared_memory_domain=shared_memory.domain() if self.shared_inputs else "",
         )
         for runner in self.runners.values():
             registration.models.add(config=runner.config, versions=[runner.version])

@@ -17,7 +17,7 @@ from services.worker.metrics import WorkerMetrics, collect
 from services.worker.repository import scan
 from services.worker.runner import ModelRunner, configure_threads, resolve_device
 from services.worker.settings import WorkerSettings
-from tideserve import metrics, serving
+from tideserve import metrics, serving, shared_memory
 from tideserve.errors import TideserveError
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
@@ -124,7 +124,12 @@ async def serve(settings: WorkerSettings) -> None:
         ServiceTimeProfile.load(settings.service_profile) if settings.service_profile else None
     )
     runners: dict[str, ModelRunner] = {}
-    core = WorkerCore(settings.worker_id, runners)
+    shared_inputs = (
+        shared_memory.SegmentReader()
+        if settings.shared_memory and shared_memory.domain()
+        else None
+    )
+    core = WorkerCore(settings.worker_id, runners, shared_inputs)
     registry = metrics.new_registry()
     worker_metrics = WorkerMetrics(registry)
     registry.register(metrics.LoopCollector(asyncio.get_running_loop(), lambda: collect(core)))

@@ -30,6 +30,9 @@ class WorkerSettings(TlsFields):
     # the worker emulates a device with that service curve while the real model still runs.
     # Unlike slowdown, CPU contention is not multiplied (services/worker/emulation.py). "" = off.
     service_profile: str = ""
+    # Take batch inputs that a batcher on this host leaves in /dev/shm (tideserve/shared_memory.py)
+    # instead of inline bytes: the tensors then skip both gRPC hops.
+    shared_memory: bool = True
     # Exit once every balancer has released this worker after a drain.
     exit_on_release: bool = True
     grace_s: float = 10.0

@@ -9,16 +9,28 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TensorData(_message.Message):
-    __slots__ = ("name", "datatype", "shape", "raw")
+    __slots__ = ("name", "datatype", "shape", "raw", "shared")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATATYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
     name: str
     datatype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     raw: bytes
-    def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., raw: _Optional[bytes] = ...) -> None: ...
+    shared: SharedMemoryRef
+    def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., raw: _Optional[bytes] = ..., shared: _Optional[_Union[SharedMemoryRef, _Mapping]] = ...) -> None: ...
+
+class SharedMemoryRef(_message.Message):
+    __slots__ = ("segment", "offset", "size")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    offset: int
+    size: int
+    def __init__(self, segment: _Optional[str] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("batch_id", "model_name", "model_version", "inputs", "output_names")
@@ -57,18 +69,20 @@ class ServedModel(_message.Message):
     def __init__(self, config: _Optional[_Union[_model_config_pb2.ModelConfig, _Mapping]] = ..., versions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WorkerRegistration(_message.Message):
-    __slots__ = ("worker_id", "address", "models", "device", "metrics_address")
+    __slots__ = ("worker_id", "address", "models", "device", "metrics_address", "shared_memory_domain")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_DOMAIN_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     address: str
     models: _containers.RepeatedCompositeFieldContainer[ServedModel]
     device: str
     metrics_address: str
-    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., device: _Optional[str] = ..., metrics_address: _Optional[str] = ...) -> None: ...
+    shared_memory_domain: str
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., device: _Optional[str] = ..., metrics_address: _Optional[str] = ..., shared_memory_domain: _Optional[str] = ...) -> None: ...
 
 class ServiceTime(_message.Message):
     __slots__ = ("batch_size", "seconds", "model")
@@ -145,7 +159,7 @@ class FrontendReportAck(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerState(_message.Message):
-    __slots__ = ("worker_id", "address", "device", "models", "phase", "outstanding_batches", "outstanding_rows", "expected_backlog_seconds", "heartbeat_age_seconds", "error_rate", "completed_batches", "memory_bytes", "service_times", "busy_seconds", "metrics_address")
+    __slots__ = ("worker_id", "address", "device", "models", "phase", "outstanding_batches", "outstanding_rows", "expected_backlog_seconds", "heartbeat_age_seconds", "error_rate", "completed_batches", "memory_bytes", "service_times", "busy_seconds", "metrics_address", "shared_memory_domain")
     class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         PHASE_UNSPECIFIED: _ClassVar[WorkerState.Phase]
@@ -171,6 +185,7 @@ class WorkerState(_message.Message):
     SERVICE_TIMES_FIELD_NUMBER: _ClassVar[int]
     BUSY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_DOMAIN_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     address: str
     device: str
@@ -186,7 +201,8 @@ class WorkerState(_message.Message):
     service_times: _containers.RepeatedCompositeFieldContainer[ServiceTime]
     busy_seconds: float
     metrics_address: str
-    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., device: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., phase: _Optional[_Union[WorkerState.Phase, str]] = ..., outstanding_batches: _Optional[int] = ..., outstanding_rows: _Optional[int] = ..., expected_backlog_seconds: _Optional[float] = ..., heartbeat_age_seconds: _Optional[float] = ..., error_rate: _Optional[float] = ..., completed_batches: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., service_times: _Optional[_Iterable[_Union[ServiceTime, _Mapping]]] = ..., busy_seconds: _Optional[float] = ..., metrics_address: _Optional[str] = ...) -> None: ...
+    shared_memory_domain: str
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., device: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., phase: _Optional[_Union[WorkerState.Phase, str]] = ..., outstanding_batches: _Optional[int] = ..., outstanding_rows: _Optional[int] = ..., expected_backlog_seconds: _Optional[float] = ..., heartbeat_age_seconds: _Optional[float] = ..., error_rate: _Optional[float] = ..., completed_batches: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., service_times: _Optional[_Iterable[_Union[ServiceTime, _Mapping]]] = ..., busy_seconds: _Optional[float] = ..., metrics_address: _Optional[str] = ..., shared_memory_domain: _Optional[str] = ...) -> None: ...
 
 class ClusterSnapshot(_message.Message):
     __slots__ = ("timestamp_unix", "workers", "models", "routing_policy", "dispatched_batches", "dispatched_rows", "failed_batches", "retried_batches", "frontends", "batch_size_counts")

@@ -1,0 +1,117 @@
+"""Shared-memory segments between batcher and worker (tideserve/shared_memory.py), on a
+temporary directory standing in for /dev/shm: reuse, bounds, names, stale and orphaned
+segments."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tideserve import shared_memory
+from tideserve.errors import FailedPrecondition, InvalidArgument
+from tideserve.v1 import cluster_pb2
+
+
+def segments(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_segments_are_sized_in_powers_of_two_and_reused(tmp_path: Path) -> None:
+    pool = shared_memory.SegmentPool(tmp_path)
+    small = pool.acquire(10)
+    assert small.size == shared_memory.MIN_SEGMENT_BYTES
+    large = pool.acquire(shared_memory.MIN_SEGMENT_BYTES + 1)
+    assert large.size == 2 * shared_memory.MIN_SEGMENT_BYTES
+    pool.release(small)
+    pool.release(large)
+
+    # The smallest free segment that fits is handed out again; no new file appears.
+    assert pool.acquire(100) is small
+    assert pool.acquire(shared_memory.MIN_SEGMENT_BYTES + 5) is large
+    assert len(segments(tmp_path)) == 2
+    pool.close()
+    assert segments(tmp_path) == []
+
+
+def test_free_segments_beyond_the_keep_limit_are_removed(tmp_path: Path) -> None:
+    pool = shared_memory.SegmentPool(tmp_path)
+    held = [pool.acquire(1) for _ in range(shared_memory.KEEP_FREE + 3)]
+    for segment in held:
+        pool.release(segment)
+    assert len(segments(tmp_path)) == shared_memory.KEEP_FREE
+    pool.close()
+
+
+def test_reader_sees_what_the_pool_wrote(tmp_path: Path) -> None:
+    pool = shared_memory.SegmentPool(tmp_path)
+    segment = pool.acquire(64)
+    segment.buffer[8:13] = b"hello"
+    reader = shared_memory.SegmentReader(tmp_path)
+
+    view = reader.view(segment.ref(8, 5))
+
+    assert bytes(view) == b"hello"
+    assert view.readonly
+    segment.buffer[8:13] = b"world"
+    assert bytes(reader.view(segment.ref(8, 5))) == b"world"
+    pool.close()
+
+
+def test_reader_refuses_ranges_outside_the_segment_and_foreign_names(tmp_path: Path) -> None:
+    pool = shared_memory.SegmentPool(tmp_path)
+    segment = pool.acquire(1)
+    reader = shared_memory.SegmentReader(tmp_path)
+
+    with pytest.raises(InvalidArgument, match="outside segment"):
+        reader.view(segment.ref(segment.size - 4, 8))
+    for name in ("../etc/passwd", "other-1-1", "tideserve-1-1/../x"):
+        with pytest.raises(InvalidArgument, match="not a tideserve shared-memory segment"):
+            reader.view(cluster_pb2.SharedMemoryRef(segment=name, size=1))
+    pool.close()
+
+
+def test_missing_segment_means_the_worker_does_not_share_dev_shm(tmp_path: Path) -> None:
+    reader = shared_memory.SegmentReader(tmp_path)
+    with pytest.raises(FailedPrecondition, match="do not share /dev/shm"):
+        reader.view(cluster_pb2.SharedMemoryRef(segment="tideserve-1-1", size=1))
+
+
+def test_reader_remaps_a_name_that_now_names_another_file(tmp_path: Path) -> None:
+    """A batcher that got a dead batcher's pid makes segments of the same names."""
+    name = "tideserve-4242-1"
+    (tmp_path / name).write_bytes(b"old!" * 16)
+    reader = shared_memory.SegmentReader(tmp_path)
+    ref = cluster_pb2.SharedMemoryRef(segment=name, size=4)
+    assert bytes(reader.view(ref)) == b"old!"
+
+    (tmp_path / name).unlink()
+    (tmp_path / name).write_bytes(b"new!" * 16)
+
+    assert bytes(reader.view(ref)) == b"new!"
+
+
+def test_segments_of_dead_batchers_are_swept_and_live_ones_kept(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    orphan = tmp_path / f"tideserve-{dead.stdout.strip()}-1"
+    orphan.write_bytes(b"x")
+    live = tmp_path / f"tideserve-{os.getpid()}-999"
+    live.write_bytes(b"x")
+    unrelated = tmp_path / "someone-else"
+    unrelated.write_bytes(b"x")
+
+    pool = shared_memory.SegmentPool(tmp_path)
+
+    assert not orphan.exists()
+    assert live.exists()
+    assert unrelated.exists()
+    pool.close()
+
+
+def test_domain_is_empty_without_a_shm_directory(tmp_path: Path) -> None:
+    assert shared_memory.domain(tmp_path / "missing") == ""
+    assert shared_memory.domain(tmp_path) == shared_memory.domain(tmp_path) != ""

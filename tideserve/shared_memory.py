@@ -1,0 +1,192 @@
+"""Batch inputs handed from batcher to worker through POSIX shared memory (/dev/shm).
+
+Large tensors are what a Python gRPC hop moves slowest (about 1 GB/s a connection here) and a
+batch crosses two hops (batcher -> balancer -> worker). When batcher and worker see the same
+/dev/shm, the batcher assembles a batch's inputs straight into a shared segment and only a
+`SharedMemoryRef` travels; the balancer still routes the message untouched.
+
+Segments are plain files under /dev/shm mapped with mmap, not `multiprocessing.shared_memory`:
+that class's resource tracker unlinks a segment when any process that merely attached exits.
+A batcher owns its segments (named after its pid), reuses them batch after batch, and removes
+them when it stops; those of a batcher that died are swept by the next one to start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from tideserve.errors import FailedPrecondition, InvalidArgument
+from tideserve.v1 import cluster_pb2
+
+SHM_DIR = Path("/dev/shm")
+PREFIX = "tideserve-"
+SEGMENT_NAME = re.compile(rf"^{PREFIX}(\d+)-(\d+)$")
+# Segments are sized in powers of two from here, so a few sizes serve every batch.
+MIN_SEGMENT_BYTES = 1 << 20
+# Free segments kept for reuse per pool; more are unlinked when returned.
+KEEP_FREE = 8
+# Segments a reader keeps mapped; a batcher reuses few, so this is rarely reached.
+READER_CACHE = 64
+
+
+def domain(shm_dir: Path = SHM_DIR) -> str:
+    """Who can see our segments: the kernel's boot id and the device of the /dev/shm mount.
+    Equal on both sides means one tmpfs instance on one host (a container needs --ipc=host or
+    the host's /dev/shm mounted). Empty when there is no usable /dev/shm."""
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        device = os.stat(shm_dir).st_dev
+    except OSError:
+        return ""
+    if not os.access(shm_dir, os.W_OK):
+        return ""
+    return f"{boot_id}:{device}"
+
+
+@dataclass(eq=False)
+class Segment:
+    name: str
+    size: int
+    buffer: mmap.mmap
+
+    def ref(self, offset: int, size: int) -> cluster_pb2.SharedMemoryRef:
+        return cluster_pb2.SharedMemoryRef(segment=self.name, offset=offset, size=size)
+
+
+class SegmentPool:
+    """The batcher's segments: `acquire` one at least `nbytes` long, `release` it once the
+    batch's result is back (the worker reads it until then)."""
+
+    def __init__(self, shm_dir: Path = SHM_DIR) -> None:
+        self.shm_dir = shm_dir
+        self._free: list[Segment] = []
+        self._all: dict[str, Segment] = {}
+        self._serial = 0
+        sweep_orphans(shm_dir)
+
+    def acquire(self, nbytes: int) -> Segment:
+        fitting = [s for s in self._free if s.size >= nbytes]
+        if fitting:
+            segment = min(fitting, key=lambda s: s.size)
+            self._free.remove(segment)
+            return segment
+        return self._create(nbytes)
+
+    def release(self, segment: Segment) -> None:
+        if segment.name not in self._all:
+            return
+        self._free.append(segment)
+        if len(self._free) > KEEP_FREE:
+            self._destroy(min(self._free, key=lambda s: s.size))
+
+    def close(self) -> None:
+        for segment in list(self._all.values()):
+            self._destroy(segment)
+
+    def _create(self, nbytes: int) -> Segment:
+        size = max(MIN_SEGMENT_BYTES, 1 << (max(nbytes, 1) - 1).bit_length())
+        self._serial += 1
+        name = f"{PREFIX}{os.getpid()}-{self._serial}"
+        path = self.shm_dir / name
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            buffer = mmap.mmap(fd, size)
+        except OSError:
+            path.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
+        segment = Segment(name, size, buffer)
+        self._all[name] = segment
+        return segment
+
+    def _destroy(self, segment: Segment) -> None:
+        self._all.pop(segment.name, None)
+        if segment in self._free:
+            self._free.remove(segment)
+        (self.shm_dir / segment.name).unlink(missing_ok=True)
+        # A worker may still map it; our mapping goes once nothing here views it.
+        with contextlib.suppress(BufferError):
+            segment.buffer.close()
+
+
+def sweep_orphans(shm_dir: Path = SHM_DIR) -> None:
+    """Remove segments left by batchers that are no longer running."""
+    with contextlib.suppress(OSError):
+        for path in shm_dir.glob(f"{PREFIX}*"):
+            match = SEGMENT_NAME.match(path.name)
+            if match and not _alive(int(match.group(1))):
+                path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SegmentReader:
+    """The worker's side: the bytes a `SharedMemoryRef` names, as a read-only memoryview.
+    Mappings are kept (a batcher reuses a handful of segments) up to READER_CACHE; opening the
+    file each time (a few microseconds) tells whether the mapping is still of that file."""
+
+    def __init__(self, shm_dir: Path = SHM_DIR) -> None:
+        self.shm_dir = shm_dir
+        self._maps: OrderedDict[str, tuple[int, mmap.mmap]] = OrderedDict()
+
+    def view(self, ref: cluster_pb2.SharedMemoryRef) -> memoryview:
+        if not SEGMENT_NAME.match(ref.segment):
+            raise InvalidArgument(f"{ref.segment!r} is not a tideserve shared-memory segment")
+        buffer = self._current(ref.segment)
+        if ref.offset + ref.size > len(buffer):
+            raise InvalidArgument(
+                f"shared-memory range {ref.offset}+{ref.size} lies outside segment "
+                f"{ref.segment} ({len(buffer)} bytes)"
+            )
+        return memoryview(buffer)[ref.offset : ref.offset + ref.size].toreadonly()
+
+    def _current(self, name: str) -> mmap.mmap:
+        """Our mapping of `name`, remade when the file is another than the one mapped (a new
+        batcher that got a dead one's pid reuses its segment names)."""
+        try:
+            fd = os.open(self.shm_dir / name, os.O_RDONLY)
+        except FileNotFoundError:
+            raise FailedPrecondition(
+                f"shared-memory segment {name} is not visible here: the batcher and this worker "
+                "do not share /dev/shm (run them on one host, containers with --ipc=host)"
+            ) from None
+        try:
+            inode = os.fstat(fd).st_ino
+            cached = self._maps.get(name)
+            if cached is not None and cached[0] == inode:
+                self._maps.move_to_end(name)
+                return cached[1]
+            try:
+                buffer = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+            except ValueError as error:
+                raise InvalidArgument(f"shared-memory segment {name}: {error}") from None
+        finally:
+            os.close(fd)
+        self._forget(name)
+        self._maps[name] = (inode, buffer)
+        while len(self._maps) > READER_CACHE:
+            self._forget(next(iter(self._maps)))
+        return buffer
+
+    def _forget(self, name: str) -> None:
+        cached = self._maps.pop(name, None)
+        if cached is not None:
+            # Arrays of a batch still running may view it; it is unmapped once they are gone.
+            with contextlib.suppress(BufferError):
+                cached[1].close()
