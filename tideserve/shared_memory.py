@@ -96,7 +96,9 @@ class SegmentPool:
         path = self.shm_dir / name
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
-            os.ftruncate(fd, size)
+            # Allocated now, not on first write: a full /dev/shm (Docker's default is 64 MB)
+            # fails here with ENOSPC instead of killing us with SIGBUS mid-copy.
+            os.posix_fallocate(fd, 0, size)
             buffer = mmap.mmap(fd, size)
         except OSError:
             path.unlink(missing_ok=True)

@@ -87,7 +87,14 @@ class SharedInputs:
         """A segment to put this batch in, or None to send it inline."""
         if nbytes < self.min_bytes or not self.catalog.shares_memory(model, self.domain):
             return None
-        return self.pool.acquire(nbytes)
+        try:
+            return self.pool.acquire(nbytes)
+        except OSError as error:
+            logger.warning(
+                "no room for a shared-memory segment; sending inline",
+                extra={"model": model, "bytes": nbytes, "error": str(error)},
+            )
+            return None
 
     def release(self, segment: shared_memory.Segment) -> None:
         self.pool.release(segment)

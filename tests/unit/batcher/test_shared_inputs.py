@@ -144,3 +144,28 @@ async def test_worker_refusing_shared_memory_gets_the_batch_inline(
     assert first.inputs[0].HasField("shared")
     assert not second.inputs[0].HasField("shared")
     assert len(second.inputs[0].raw) == 6 * WIDTH * 4
+
+
+class FullPool(shared_memory.SegmentPool):
+    """A /dev/shm with no room left: creating a segment fails as posix_fallocate does."""
+
+    def _create(self, nbytes: int) -> shared_memory.Segment:
+        raise OSError(28, "No space left on device")
+
+
+async def test_full_dev_shm_sends_the_batch_inline(
+    shm_dir: Path, dispatcher: SharedEchoDispatcher
+) -> None:
+    catalog = catalog_with(model_config(max_batch_size=6, delay_us=10_000_000))
+    catalog.shared_memory_domains = {MODEL: frozenset({DOMAIN})}
+    core = BatcherCore(
+        catalog, dispatcher, shared=SharedInputs(catalog, 1, FullPool(shm_dir), DOMAIN)
+    )
+    try:
+        await submit_three(core)
+    finally:
+        core.close()
+
+    (sent,) = dispatcher.sent
+    assert not sent.inputs[0].HasField("shared")
+    assert list(shm_dir.iterdir()) == []
