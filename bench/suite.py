@@ -165,6 +165,11 @@ def measure_tideserve(
     return runs
 
 
+# Candidate max_queue_delay settings for the fixed policy at peak load, as a Triton user tunes it
+# with perf_analyzer: from none up to twice the delay that measured best here (8 ms).
+FIXED_DELAY_SWEEP_US = (0, 1000, 2000, 4000, 8000, 16000)
+
+
 def slo_experiment(
     repository: Path, logs: Path, capacity: float, slo_ms: float, seconds: float
 ) -> dict[str, Any]:
@@ -173,7 +178,7 @@ def slo_experiment(
     rate = 0.7 * capacity
     out: dict[str, Any] = {"rate": rate, "capacity": capacity, "slo_ms": slo_ms, "fixed_sweep": {}}
     best_delay, best_throughput = 0, -1.0
-    for delay_us in (0, 1000, 4000):
+    for delay_us in FIXED_DELAY_SWEEP_US:
         set_fixed_delay(repository, delay_us)
         with tideserve(repository, 1, logs, "mlp_fixed") as config:
             peak = perf.run_loadgen(

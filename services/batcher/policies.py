@@ -5,8 +5,8 @@ feed it what it learns. The queue (batching.py) applies the answer; dispatch cap
 
   fixed         Triton's rule: the max batch size, waiting at most max_queue_delay.
   queue_length  the seed's batch_size_fn(queue_length): take what is queued now, never wait.
-  slo           model-based: from the measured service-time curve t(b) = a + c*b and the arrival
-                rate, the largest batch whose fill time plus compute fits the latency budget.
+  slo           never waits; from the measured service-time curve t(b) = a + c*b and the arrival
+                rate, batches no larger than the latency budget affords while that keeps up.
   aimd          Clipper's additive-increase / multiplicative-decrease on observed latency.
 Default: `slo` when the model config sets `slo_ms`, else `fixed`.
 """
@@ -23,8 +23,8 @@ from tideserve.modelconfig import ModelSpec
 
 ServiceCurve = Callable[[], Mapping[int, float]]
 
-# Share of the SLO a batch may spend waiting to fill and computing; the rest is left for queueing
-# behind busy workers and for the network hops.
+# Share of the SLO a batch's compute may take; the rest is left for queueing behind the batch in
+# flight and for the network hops.
 DEFAULT_HEADROOM = 0.5
 # Time constant of the arrival-rate estimate.
 RATE_TAU_S = 1.0
@@ -103,10 +103,19 @@ class QueueLengthPolicy(FixedPolicy):
 
 
 class SloPolicy:
-    """Wait only as long as the SLO affords. With arrival rate r (rows/s) a batch of b rows
-    takes (b - 1)/r to fill and a + c*b to compute; the largest b with
-    (b - 1)/r + a + c*b <= budget is b = (budget - a + 1/r) / (c + 1/r). A lone request at low
-    rate gets b = 1 and no wait; under load batches grow as far as the budget allows."""
+    """Never waits for company, and sizes batches to the latency budget while that keeps up.
+
+    With a batch in flight per model instance, the queue already grows by rate x round trip
+    while the workers are busy: a batch leaving as soon as a slot frees is as large as the load
+    needs, and any wait on top is pure latency. Measured on mlp at 70% of capacity, one worker:
+    p99 41 ms sending at once against 72 ms for the fixed delay best at peak (8 ms) and 83 ms
+    for the former rule that waited (b - 1)/r to fill a budget-sized batch (bench/suite.py).
+
+    What the SLO decides is the batch's size: at most the largest b whose compute t(b) = a + c*b
+    fits the budget, so a compute-heavy model does not make the queue's head wait for a huge
+    batch, unless batches that small cannot keep up with the arrival rate r (r > b / t(b)):
+    then the backlog leaves in batches as large as the model takes, or the queue would
+    outgrow the workers."""
 
     name = "slo"
 
@@ -128,19 +137,20 @@ class SloPolicy:
         self.rate.add(rows, now)
 
     def target(self, queued_rows: int, now: float) -> tuple[int, float]:
+        return min(max(queued_rows, 1), self.batch_limit(now)), 0.0
+
+    def batch_limit(self, now: float) -> int:
+        """The largest batch the budget affords, or the model's maximum when that is too small
+        for the arrival rate (or nothing is measured yet)."""
         fit = fit_affine(self.curve())
-        rate = self.rate.rate(now)
-        if fit is None or rate <= 0:
-            # Nothing measured yet: send what is there as soon as a worker is free.
-            return self.max_batch_size, 0.0
+        if fit is None:
+            return self.max_batch_size
         fixed, per_row = fit
-        inverse_rate = 1.0 / rate
-        best = (self.budget_s - fixed + inverse_rate) / (per_row + inverse_rate)
-        rows = min(max(int(best), 1), self.max_batch_size)
-        wait = min((rows - 1) * inverse_rate, max(self.budget_s - fixed - per_row * rows, 0.0))
-        # The formula sizes the wait for *new* arrivals; a backlog already queued leaves at
-        # once in as few batches as possible, or the queue would outgrow the workers.
-        return max(rows, min(queued_rows, self.max_batch_size)), wait
+        affordable = min(int((self.budget_s - fixed) / per_row), self.max_batch_size)
+        if affordable < 1:
+            return self.max_batch_size
+        keeps_up = affordable / (fixed + per_row * affordable) >= self.rate.rate(now)
+        return affordable if keeps_up else self.max_batch_size
 
     def observe(self, rows: int, queue_seconds: float, service_seconds: float) -> None:
         return None

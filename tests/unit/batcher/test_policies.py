@@ -53,22 +53,41 @@ def test_slo_policy_does_not_make_a_lone_request_wait() -> None:
     assert wait == 0.0
 
 
-def test_slo_policy_grows_batches_with_rate_inside_the_budget() -> None:
-    curve = {1: 0.00125, 33: 0.00925}  # t(b) = 1 ms + 0.25 ms * b
-    policy = SloPolicy(64, slo_s=0.02, curve=lambda: curve)  # budget 10 ms
-    for step in range(16000):  # 2000 rows/s for 8 s: the estimate has settled
-        policy.arrived(1, step * 0.0005)
-    rows, wait = policy.target(1, 7.9995)
-    # (b - 1) / 2000 + 0.001 + 0.00025 b <= 0.01  ->  b <= 12.67
-    assert rows == 12
-    assert wait == pytest.approx(11 / 2000, rel=0.02)
-    assert wait + 0.001 + 0.00025 * rows <= 0.01 + 1e-9
+def steady(policy: SloPolicy, rows_per_s: float, seconds: float = 8.0) -> float:
+    """Feed `rows_per_s` single-row arrivals until the rate estimate has settled; returns now."""
+    step = 1.0 / rows_per_s
+    count = int(seconds * rows_per_s)
+    for index in range(count):
+        policy.arrived(1, index * step)
+    return (count - 1) * step
 
 
-def test_slo_policy_without_measurements_sends_at_once() -> None:
-    policy = SloPolicy(16, slo_s=0.05, curve=dict)
-    policy.arrived(1, 0.0)
-    assert policy.target(5, 0.0) == (16, 0.0)
+# t(b) = 1 ms + 0.25 ms * b; an SLO of 20 ms leaves a 10 ms compute budget: b <= 36, which
+# serves up to 36 / 10 ms = 3,600 rows/s.
+CURVE = {1: 0.00125, 33: 0.00925}
+
+
+def test_slo_policy_never_waits_and_caps_batches_at_the_budget() -> None:
+    policy = SloPolicy(64, slo_s=0.02, curve=lambda: CURVE)
+    now = steady(policy, 2000)
+    assert policy.target(20, now) == (20, 0.0)
+    assert policy.target(50, now) == (36, 0.0)
+
+
+def test_slo_policy_lifts_the_cap_when_budget_sized_batches_cannot_keep_up() -> None:
+    """Above 3,600 rows/s, 36-row batches would let the queue grow without end: the backlog
+    leaves in batches as large as the model takes."""
+    policy = SloPolicy(64, slo_s=0.02, curve=lambda: CURVE)
+    now = steady(policy, 5000)
+    assert policy.target(50, now) == (50, 0.0)
+    assert policy.target(500, now) == (64, 0.0)
+
+
+def test_slo_policy_without_a_usable_budget_takes_what_is_queued() -> None:
+    assert SloPolicy(16, slo_s=0.05, curve=dict).target(5, 0.0) == (5, 0.0)
+    # A budget below the fixed cost of a batch affords no size at all: nothing to cap with.
+    tight = SloPolicy(16, slo_s=0.001, curve=lambda: CURVE)
+    assert tight.target(40, 0.0) == (16, 0.0)
 
 
 def test_aimd_adds_one_while_within_budget_and_cuts_ten_percent_on_a_miss() -> None:
@@ -113,15 +132,3 @@ def test_bad_policy_parameters_are_refused_when_the_config_is_read(
 ) -> None:
     with pytest.raises(InvalidArgument, match=words):
         spec(**parameters)
-
-
-def test_slo_policy_drains_a_backlog_in_large_batches() -> None:
-    """Under overload the budget-sized batch would be too small to catch up: a queue already
-    holding more rows leaves in batches as large as the model takes."""
-    curve = {1: 0.00125, 33: 0.00925}
-    policy = SloPolicy(64, slo_s=0.02, curve=lambda: curve)
-    for step in range(16000):
-        policy.arrived(1, step * 0.0005)
-    assert policy.target(40, 7.9995)[0] == 40
-    assert policy.target(500, 7.9995)[0] == 64
-    assert policy.target(3, 7.9995)[0] == 12
