@@ -350,6 +350,7 @@ def serve_and_measure(
     client_rows: list[int],
     inflight: int,
     gpus: int = 1,
+    shared_memory_min_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Saturate the served model with clients sending requests of each size in `client_rows`
     (1 = one sample a request, as most clients do); then, with one-row requests, open-loop
@@ -359,7 +360,11 @@ def serve_and_measure(
         repository,
         out / f"logs_{model}",
         worker_args=("--models", model),
-        batcher_args=("--processes", str(batchers), "--inflight-per-instance", str(inflight)),
+        batcher_args=(
+            "--processes", str(batchers), "--inflight-per-instance", str(inflight),
+            *(() if shared_memory_min_bytes is None
+              else ("--shared-memory-min-bytes", str(shared_memory_min_bytes))),
+        ),
     )
     try:
         cluster.start(workers=0)
@@ -467,6 +472,12 @@ def main(argv: list[str] | None = None) -> int:
         "--gpus", type=int, default=1, help="workers, one per GPU; the limit is for one GPU"
     )
     parser.add_argument(
+        "--shared-memory-min-bytes",
+        type=int,
+        default=None,
+        help="the batcher's setting (0: inputs always inline); default: the batcher's default",
+    )
+    parser.add_argument(
         "--make-models", type=Path, default=ROOT.parent / "shared" / "workloads" / "make_models.py"
     )
     args = parser.parse_args(argv)
@@ -500,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
             [int(r) for r in args.client_rows.split(",")],
             args.inflight_per_instance,
             args.gpus,
+            args.shared_memory_min_bytes,
         )
         for run in served["saturated"].values():
             # The limit is one GPU's: with several workers, compare with that many GPUs.
