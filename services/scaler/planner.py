@@ -26,6 +26,7 @@ Two models:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -139,9 +140,11 @@ class ServiceProfile:
             cold_start_s=float(data["cold_start_s"]),
         )
 
-    @property
+    @functools.cached_property
     def fit(self) -> tuple[float, float]:
-        """(alpha, beta) of the least-squares line t(b) = alpha + beta b, both clipped to > 0."""
+        """(alpha, beta) of the least-squares line t(b) = alpha + beta b, both clipped to > 0.
+        Cached: the simulator asks for it several times a step, and the fit took a third of
+        `tideserve policy train`'s time (the profile is frozen, so the line never changes)."""
         beta, alpha = np.polyfit(np.array(self.batch_sizes, float), np.array(self.seconds), 1)
         return max(float(alpha), 1e-6), max(float(beta), 1e-9)
 
