@@ -8,7 +8,7 @@ fit t(b) = alpha + beta b (the curve the simulator uses) written at the profile'
 the cold start measured here on the process runtime (below), so:
 
 * the workers emulate that device: `--service-profile` pads each batch up to t(b) (the real model
-  still runs; see services/worker/emulation.py), which, unlike `--slowdown`, does not multiply
+  still runs; see tideserve/profiles.py), which, unlike `--slowdown`, does not multiply
   the CPU contention of a shared machine into the service time;
 * the simulator predicts with it, and the live scaler observes with it.
 

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tideserve.profiles import ServiceTimeProfile
+
 # Latency over batch time tau*: 1 + Gamma(shape 2, scale 1/4).
 _GAMMA_SCALE = 0.25
 # Solves exp(-z) (1 + z) = 0.01 for the Gamma(2, 1) 99th percentile.
@@ -113,22 +115,17 @@ def seed_mm1_latency(m: int, rate: float, service_rate: float) -> float:
 
 
 @dataclass(frozen=True)
-class ServiceProfile:
-    """A measured batch service-time profile: `seconds[i]` to serve a batch of `batch_sizes[i]`,
-    and the time a new worker takes from start to serving (`cold_start_s`)."""
+class ServiceProfile(ServiceTimeProfile):
+    """A measured batch service-time profile of `model`, with the time a new worker takes from
+    start to serving (`cold_start_s`)."""
 
     model: str
-    batch_sizes: tuple[int, ...]
-    seconds: tuple[float, ...]
     cold_start_s: float
 
     def __post_init__(self) -> None:
-        if len(self.batch_sizes) != len(self.seconds) or len(self.batch_sizes) < 2:
-            raise ValueError("a profile needs >= 2 (batch size, seconds) pairs of equal length")
-        if list(self.batch_sizes) != sorted(set(self.batch_sizes)) or self.batch_sizes[0] < 1:
-            raise ValueError("profile batch sizes must be increasing and >= 1")
-        if min(self.seconds) <= 0 or self.cold_start_s < 0:
-            raise ValueError("profile times must be > 0 and cold_start_s >= 0")
+        super().__post_init__()
+        if self.cold_start_s < 0:
+            raise ValueError("profile cold_start_s must be >= 0")
 
     @classmethod
     def load(cls, path: str | Path) -> ServiceProfile:

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.worker.emulation import ServiceTimeProfile
 from services.worker.execution import (
     PRECISIONS,
     CpuInstance,
@@ -24,6 +23,7 @@ from services.worker.execution import (
 from tideserve.codec import NUMPY_DTYPES
 from tideserve.errors import InvalidArgument
 from tideserve.modelconfig import ModelSpec
+from tideserve.profiles import ServiceTimeProfile
 from tideserve.v1 import model_config_pb2 as mc
 
 # Input arrays come from np.frombuffer over the request bytes and are read-only; models only read
@@ -68,7 +68,7 @@ class ModelRunner:
         self.version = version
         self.device = device
         self.slowdown = slowdown
-        # Emulated device: each batch is padded up to this profile's t(b) (emulation.py).
+        # Emulated device: each batch is padded up to this profile's t(b) (tideserve/profiles.py).
         self.service_profile = service_profile
         self.module = load_module(path, device)
         precision = spec.parameters.get("precision", "fp32")

@@ -12,13 +12,13 @@ from pathlib import Path
 import grpc
 
 from services.worker.core import WorkerCore
-from services.worker.emulation import ServiceTimeProfile
 from services.worker.metrics import WorkerMetrics, collect
 from services.worker.repository import scan
 from services.worker.runner import ModelRunner, configure_threads, resolve_device
 from services.worker.settings import WorkerSettings
 from tideserve import metrics, serving, shared_memory
 from tideserve.errors import TideserveError
+from tideserve.profiles import ServiceTimeProfile
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ class WorkerSettings(TlsFields):
     slowdown: float = 1.0
     # A profile JSON (`tideserve profile` writes them): each batch is padded up to its t(b), so
     # the worker emulates a device with that service curve while the real model still runs.
-    # Unlike slowdown, CPU contention is not multiplied (services/worker/emulation.py). "" = off.
+    # Unlike slowdown, CPU contention is not multiplied (tideserve/profiles.py). "" = off.
     service_profile: str = ""
     # Take batch inputs that a batcher on this host leaves in /dev/shm (tideserve/shared_memory.py)
     # instead of inline bytes: the tensors then skip both gRPC hops.

@@ -13,10 +13,10 @@ import torch
 
 from services.scaler.settings import ScalerSettings
 from services.worker.core import WorkerCore
-from services.worker.emulation import ServiceTimeProfile
 from services.worker.repository import scan
 from services.worker.runner import ModelRunner
 from services.worker.settings import parse
+from tideserve.profiles import ServiceTimeProfile
 
 
 class Double(torch.nn.Module):
