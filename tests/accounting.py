@@ -13,9 +13,12 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
+from tideserve.errors import InvalidArgument
 from tideserve.loadgen import LoadResult
+
+T = TypeVar("T")
 
 ENV = "TIDESERVE_ACCOUNTING"
 
@@ -68,6 +71,21 @@ class Examples:
 
     def answered(self, code: str) -> None:
         self.codes[code] += 1
+
+    def accepted_or_refused(self, call: Callable[[], T]) -> T | None:
+        """One example fed to `call`: its result when accepted, None when refused with an
+        InvalidArgument that says why; any other exception fails the property."""
+        self.example()
+        try:
+            result = call()
+        except InvalidArgument as error:
+            refusal = str(error)
+        else:
+            self.answered("OK")
+            return result
+        assert refusal, "a refusal must say what is wrong"
+        self.answered("INVALID_ARGUMENT")
+        return None
 
     def property(self, test: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(test)
