@@ -20,6 +20,19 @@ IMAGE = os.environ.get("TIDESERVE_IMAGE", "tideserve:dev")
 API_TIMEOUT_S = 60
 
 
+def container_scaler_args(
+    balancer: str, runtime: str, owner: str, models: str, *, cpus: str, memory: str
+) -> list[str]:
+    """The flags every container-runtime test gives its scaler: workers of IMAGE with `cpus` and
+    `memory` (docker's format), 1 to 3 replicas under the static policy, a 0.5 s tick."""
+    return [
+        "--balancers", balancer, "--runtime", runtime, "--scaler-id", owner,
+        "--worker-image", IMAGE, "--model-repository", models,
+        "--worker-cpus", cpus, "--worker-memory", memory,
+        "--min-replicas", "1", "--max-replicas", "3", "--policy", "static", "--tick-s", "0.5",
+    ]
+
+
 @pytest.fixture(scope="module")
 def client() -> Iterator[DockerClient]:
     try:

@@ -18,7 +18,7 @@ from docker.client import DockerClient
 from services.scaler.docker_runtime import OWNER_LABEL
 from tests.accounting import record_load
 from tests.cluster import Cluster, free_port, wait_for, wait_healthy
-from tests.docker.conftest import IMAGE
+from tests.docker.conftest import IMAGE, container_scaler_args
 from tideserve.loadgen import LoadResult, closed_loop
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
@@ -38,28 +38,7 @@ def start_scaler(cluster: Cluster, owner: str, models: str, port: int) -> subpro
         "services.scaler",
         "--port",
         str(port),
-        "--balancers",
-        cluster.balancer,
-        "--runtime",
-        "docker",
-        "--scaler-id",
-        owner,
-        "--worker-image",
-        IMAGE,
-        "--model-repository",
-        models,
-        "--worker-cpus",
-        "1",
-        "--worker-memory",
-        "1g",
-        "--min-replicas",
-        "1",
-        "--max-replicas",
-        "3",
-        "--policy",
-        "static",
-        "--tick-s",
-        "0.5",
+        *container_scaler_args(cluster.balancer, "docker", owner, models, cpus="1", memory="1g"),
         # Leave the containers running on exit so that a restarted scaler can adopt them.
         "--stop-workers-on-exit",
         "false",

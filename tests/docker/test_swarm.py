@@ -20,7 +20,7 @@ from docker.client import DockerClient
 
 from services.scaler.docker_runtime import OWNER_LABEL, WORKER_ID_LABEL
 from tests.cluster import Cluster, free_port, wait_for, wait_healthy
-from tests.docker.conftest import IMAGE
+from tests.docker.conftest import container_scaler_args
 from tideserve.loadgen import closed_loop
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
@@ -69,28 +69,10 @@ def test_scaler_runs_workers_as_swarm_services(
             str(scaler_port),
             "--metrics-port",
             str(free_port()),
-            "--balancers",
-            cluster.balancer,
-            "--runtime",
-            "swarm",
-            "--scaler-id",
-            swarm_owner,
-            "--worker-image",
-            IMAGE,
-            "--model-repository",
-            readable_models,
-            "--worker-cpus",
-            "0.5",
-            "--worker-memory",
-            "768m",
-            "--min-replicas",
-            "1",
-            "--max-replicas",
-            "3",
-            "--policy",
-            "static",
-            "--tick-s",
-            "0.5",
+            *container_scaler_args(
+                cluster.balancer, "swarm", swarm_owner, readable_models,
+                cpus="0.5", memory="768m",
+            ),
             "--stop-grace-s",
             "5",
         )
