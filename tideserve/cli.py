@@ -129,7 +129,10 @@ def _up(args: argparse.Namespace) -> int:
         stop_requested = True
         raise KeyboardInterrupt
 
+    # SIGINT explicitly too: a shell starts background jobs with SIGINT ignored, and Python then
+    # keeps ignoring it, so `tideserve up &` would never stop on `kill -INT`.
     signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     try:
         suite.start()
         asyncio.run(suite.wait_ready(args.demo_model))
