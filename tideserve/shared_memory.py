@@ -168,6 +168,12 @@ class SegmentReader:
                 f"shared-memory segment {name} is not visible here: the batcher and this worker "
                 "do not share /dev/shm (run them on one host, containers with --ipc=host)"
             ) from None
+        except PermissionError:
+            # Segments are private to the batcher's user (0600): inputs are clients' data.
+            raise FailedPrecondition(
+                f"shared-memory segment {name} belongs to another user: run the batcher and "
+                "this worker as the same user, or start the worker with --shared-memory false"
+            ) from None
         try:
             inode = os.fstat(fd).st_ino
             cached = self._maps.get(name)

@@ -80,6 +80,26 @@ def test_missing_segment_means_the_worker_does_not_share_dev_shm(tmp_path: Path)
         reader.view(cluster_pb2.SharedMemoryRef(segment="tideserve-1-1", size=1))
 
 
+def test_segment_of_another_user_is_a_failed_precondition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker running as another user than the batcher cannot open its 0600 segments: that
+    is a refusal the batcher answers by resending inline, not a worker fault. (The tests run as
+    root, who may open anything, so the kernel's refusal is stood in for.)"""
+    pool = shared_memory.SegmentPool(tmp_path)
+    segment = pool.acquire(1)
+    assert (tmp_path / segment.name).stat().st_mode & 0o777 == 0o600
+
+    def refuse(path: object, flags: int, *args: object) -> int:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(shared_memory.os, "open", refuse)
+    with pytest.raises(FailedPrecondition, match="belongs to another user"):
+        shared_memory.SegmentReader(tmp_path).view(segment.ref(0, 1))
+    monkeypatch.undo()
+    pool.close()
+
+
 def test_reader_remaps_a_name_that_now_names_another_file(tmp_path: Path) -> None:
     """A batcher that got a dead batcher's pid makes segments of the same names."""
     name = "tideserve-4242-1"
