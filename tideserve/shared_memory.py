@@ -14,6 +14,7 @@ them when it stops; those of a batcher that died are swept by the next one to st
 from __future__ import annotations
 
 import contextlib
+import itertools
 import mmap
 import os
 import re
@@ -33,6 +34,8 @@ MIN_SEGMENT_BYTES = 1 << 20
 KEEP_FREE = 8
 # Segments a reader keeps mapped; a batcher reuses few, so this is rarely reached.
 READER_CACHE = 64
+# Segment numbers, unique in this process even across pools.
+_SERIALS = itertools.count(1)
 
 
 def domain(shm_dir: Path = SHM_DIR) -> str:
@@ -67,7 +70,6 @@ class SegmentPool:
         self.shm_dir = shm_dir
         self._free: list[Segment] = []
         self._all: dict[str, Segment] = {}
-        self._serial = 0
         sweep_orphans(shm_dir)
 
     def acquire(self, nbytes: int) -> Segment:
@@ -91,8 +93,7 @@ class SegmentPool:
 
     def _create(self, nbytes: int) -> Segment:
         size = max(MIN_SEGMENT_BYTES, 1 << (max(nbytes, 1) - 1).bit_length())
-        self._serial += 1
-        name = f"{PREFIX}{os.getpid()}-{self._serial}"
+        name = f"{PREFIX}{os.getpid()}-{next(_SERIALS)}"
         path = self.shm_dir / name
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
@@ -187,10 +188,18 @@ class SegmentReader:
         finally:
             os.close(fd)
         self._forget(name)
+        self._drop_removed()
         self._maps[name] = (inode, buffer)
         while len(self._maps) > READER_CACHE:
             self._forget(next(iter(self._maps)))
         return buffer
+
+    def _drop_removed(self) -> None:
+        """Unmap segments their batcher has removed: nothing names them again, and our mapping
+        would keep their memory allocated. Checked when a new segment appears, which is when a
+        batcher may have let others go."""
+        for gone in [name for name in self._maps if not (self.shm_dir / name).exists()]:
+            self._forget(gone)
 
     def _forget(self, name: str) -> None:
         cached = self._maps.pop(name, None)

@@ -114,6 +114,19 @@ def test_reader_remaps_a_name_that_now_names_another_file(tmp_path: Path) -> Non
     assert bytes(reader.view(ref)) == b"new!"
 
 
+def test_reader_lets_go_of_segments_their_batcher_removed(tmp_path: Path) -> None:
+    pool = shared_memory.SegmentPool(tmp_path)
+    first, second = pool.acquire(1), pool.acquire(1)
+    reader = shared_memory.SegmentReader(tmp_path)
+    reader.view(first.ref(0, 1))
+    (tmp_path / first.name).unlink()  # what the batcher does when it lets a segment go
+
+    reader.view(second.ref(0, 1))
+
+    assert list(reader._maps) == [second.name]
+    pool.close()
+
+
 def test_segments_of_dead_batchers_are_swept_and_live_ones_kept(tmp_path: Path) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
