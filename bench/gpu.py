@@ -284,10 +284,20 @@ class CpuMeter:
         return {role: round(seconds / elapsed, 2) for role, seconds in used.items()}
 
 
+def find_py_spy() -> str | None:
+    """py-spy on PATH, or where `pip install --target DIR` puts it (DIR/bin) for a DIR on
+    sys.path, as on the GPU machine, where wheels are carried that way."""
+    found = shutil.which("py-spy")
+    if found:
+        return found
+    candidates = (Path(entry) / "bin" / "py-spy" for entry in sys.path if entry)
+    return next((str(c) for c in candidates if c.is_file()), None)
+
+
 def profile(pids: dict[str, int], seconds: int = 4) -> dict[str, list[str]]:
     """py-spy samples of each process (if py-spy is installed): the functions where its CPU
     time goes, as 'share% function (file:line)', most first."""
-    spy = shutil.which("py-spy")
+    spy = find_py_spy()
     if spy is None:
         return {"note": ["py-spy not installed"]}
     tops: dict[str, list[str]] = {}
