@@ -36,3 +36,7 @@ class FailedPrecondition(TideserveError):
 
 class Unauthenticated(TideserveError):
     code = "UNAUTHENTICATED"
+
+
+class AlreadyExists(TideserveError):
+    code = "ALREADY_EXISTS"

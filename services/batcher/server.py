@@ -16,6 +16,7 @@ import grpc
 
 import tideserve
 from services.batcher.catalog import ModelCatalog
+from services.batcher.client_memory import ClientRegions, inline_inputs, outputs_to_regions
 from services.batcher.core import BatcherCore, SharedInputs
 from services.batcher.metrics import BatcherMetrics, collect
 from services.batcher.settings import BatcherSettings
@@ -70,11 +71,18 @@ class BalancerPool:
         await asyncio.gather(*(c.close() for c in self.channels))
 
 
+# The Triton protocol extensions served, as ServerMetadata names them.
+EXTENSIONS = ["model_configuration", "system_shared_memory"]
+
+
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, core: BatcherCore, metrics: BatcherMetrics) -> None:
+    def __init__(
+        self, core: BatcherCore, metrics: BatcherMetrics, regions: ClientRegions
+    ) -> None:
         self.core = core
         self.catalog = core.catalog
         self.metrics = metrics
+        self.regions = regions
 
     @serving.rpc_errors
     async def ServerLive(
@@ -100,7 +108,9 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="tideserve", version=tideserve.__version__)
+        return pb.ServerMetadataResponse(
+            name="tideserve", version=tideserve.__version__, extensions=EXTENSIONS
+        )
 
     @serving.rpc_errors
     async def ModelMetadata(
@@ -132,6 +142,35 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         return response
 
     @serving.rpc_errors
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        self.regions.register(request.name, request.key, request.offset, request.byte_size)
+        logger.info(
+            "shared-memory region registered",
+            extra={"region": request.name, "key": request.key, "bytes": request.byte_size},
+        )
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @serving.rpc_errors
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self.regions.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @serving.rpc_errors
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in self.regions.status(request.name):
+            status = response.regions[region.name]
+            status.name, status.key = region.name, region.key
+            status.offset, status.byte_size = region.offset, region.byte_size
+        return response
+
+    @serving.rpc_errors
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
@@ -139,7 +178,9 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         remaining = context.time_remaining()
         deadline = None if remaining is None else started + remaining
         try:
+            inline_inputs(request, self.regions)
             response = await self.core.submit(request, deadline)
+            outputs_to_regions(request, response, self.regions)
         except TideserveError as error:
             self.core.record(None)
             self.metrics.request_done(request.model_name, error.code, None)
@@ -154,7 +195,9 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Responses leave in request order; a failed request yields `error_message` and the
         stream stays open."""
-        pending: asyncio.Queue[tuple[float, str, asyncio.Future] | None] = asyncio.Queue()
+        pending: asyncio.Queue[tuple[float, pb.ModelInferRequest, asyncio.Future] | None] = (
+            asyncio.Queue()
+        )
         loop = asyncio.get_running_loop()
 
         async def read() -> None:
@@ -162,20 +205,23 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 async for request in requests:
                     started = self.core.clock()
                     try:
+                        inline_inputs(request, self.regions)
                         future = self.core.submit(request, None)
                     except TideserveError as error:
                         future = loop.create_future()
                         future.set_exception(error)
-                    pending.put_nowait((started, request.model_name, future))
+                    pending.put_nowait((started, request, future))
             finally:
                 pending.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
             while (item := await pending.get()) is not None:
-                started, model, future = item
+                started, request, future = item
+                model = request.model_name
                 try:
                     response = await future
+                    outputs_to_regions(request, response, self.regions)
                 except TideserveError as error:
                     self.core.record(None)
                     self.metrics.request_done(model, error.code, None)
@@ -246,6 +292,7 @@ async def serve(settings: BatcherSettings) -> None:
     tls = serving.TlsSettings.of(settings)
     pool = BalancerPool(settings.balancers, tls)
     catalog = ModelCatalog()
+    regions = ClientRegions()
     shared = (
         SharedInputs(catalog, settings.shared_memory_min_bytes)
         if settings.shared_memory_min_bytes and shared_memory.domain()
@@ -265,7 +312,7 @@ async def serve(settings: BatcherSettings) -> None:
     metrics_server = metrics.start_metrics_server(settings.host, settings.metrics_port, registry)
     server = serving.new_server()
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(core, batcher_metrics), server
+        InferenceServicer(core, batcher_metrics, regions), server
     )
     health = await serving.add_health_and_reflection(server, [SERVICE_NAME])
     port = serving.bind(server, f"{settings.host}:{settings.port}", tls)
@@ -288,6 +335,7 @@ async def serve(settings: BatcherSettings) -> None:
         for task in tasks:
             task.cancel()
         core.close()
+        regions.close()
         await pool.close()
         metrics_server.close()
 

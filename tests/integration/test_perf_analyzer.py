@@ -30,12 +30,21 @@ def batcher_address(cluster: Cluster) -> str:
 
 
 @pytest.mark.parametrize(
-    ("streaming", "concurrency"),
-    [(False, 4), (True, 2)],
-    ids=["unary-c4", "stream-c2"],
+    ("streaming", "concurrency", "extra_args"),
+    [
+        (False, 4, []),
+        (True, 2, []),
+        # Inputs and outputs in system shared memory, registered through Triton's extension.
+        (False, 4, ["--shared-memory", "system"]),
+    ],
+    ids=["unary-c4", "stream-c2", "unary-c4-system-shared-memory"],
 )
 def test_perf_analyzer_short_measurement(
-    batcher_address: str, model_repository: Path, streaming: bool, concurrency: int
+    batcher_address: str,
+    model_repository: Path,
+    streaming: bool,
+    concurrency: int,
+    extra_args: list[str],
 ) -> None:
     """A 1-second-window measurement finishes, reports throughput, and logs no errors.
 
@@ -54,6 +63,7 @@ def test_perf_analyzer_short_measurement(
         timeout_s=120,
         mem_limit_bytes=2 << 30,
         stability_pct=50.0,
+        extra_args=extra_args,
     )
     assert record["ok"], record.get("error")
     assert not record["timed_out"]

@@ -1,0 +1,119 @@
+"""Clients' shared-memory regions (Triton's system shared-memory extension) without a network:
+registration checks, inputs copied out of a region into the request, outputs written into one,
+and the errors a client gets for each mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.batcher.client_memory import (
+    BYTE_SIZE,
+    OFFSET,
+    REGION,
+    ClientRegions,
+    inline_inputs,
+    outputs_to_regions,
+)
+from tideserve.errors import AlreadyExists, InvalidArgument, NotFound
+from tideserve.v1 import inference_pb2 as pb
+
+
+@pytest.fixture
+def regions(tmp_path: Path) -> ClientRegions:
+    (tmp_path / "data").write_bytes(bytes(range(64)))
+    made = ClientRegions(tmp_path)
+    yield made
+    made.close()
+
+
+def place(parameters: object, region: str, byte_size: int, offset: int = 0) -> None:
+    parameters[REGION].string_param = region  # type: ignore[index]
+    parameters[BYTE_SIZE].int64_param = byte_size  # type: ignore[index]
+    if offset:
+        parameters[OFFSET].int64_param = offset  # type: ignore[index]
+
+
+def test_registration_is_checked(regions: ClientRegions) -> None:
+    regions.register("r", "/data", offset=8, byte_size=16)
+    assert [(r.name, r.key, r.offset, r.byte_size) for r in regions.status("")] == [
+        ("r", "/data", 8, 16)
+    ]
+    with pytest.raises(AlreadyExists):
+        regions.register("r", "/data", 0, 4)
+    with pytest.raises(NotFound, match="no shared-memory segment"):
+        regions.register("s", "/missing", 0, 4)
+    with pytest.raises(InvalidArgument, match="does not fit"):
+        regions.register("s", "/data", 60, 8)
+    for key in ("/", "/../etc/passwd", "/a/b", ".."):
+        with pytest.raises(InvalidArgument, match="not a POSIX shm name"):
+            regions.register("s", key, 0, 4)
+    with pytest.raises(NotFound):
+        regions.status("s")
+    regions.unregister("r")
+    regions.unregister("never-registered")  # as in Triton: not an error
+    assert regions.status("") == []
+
+
+def test_inputs_in_a_region_become_raw_contents_in_input_order(regions: ClientRegions) -> None:
+    regions.register("r", "/data", offset=8, byte_size=16)
+    request = pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name="a", datatype="UINT8", shape=[1, 4])
+    placed = request.inputs.add(name="b", datatype="UINT8", shape=[1, 8])
+    place(placed.parameters, "r", byte_size=8, offset=4)
+    request.raw_input_contents.append(b"AAAA")
+
+    inline_inputs(request, regions)
+
+    assert list(request.raw_input_contents) == [b"AAAA", bytes(range(12, 20))]
+
+
+def test_a_placement_outside_its_region_is_refused(regions: ClientRegions) -> None:
+    regions.register("r", "/data", offset=8, byte_size=16)
+    request = pb.ModelInferRequest(model_name="m")
+    place(request.inputs.add(name="b", datatype="UINT8", shape=[1, 8]).parameters, "r", 8, 12)
+    with pytest.raises(InvalidArgument, match="do not fit shared-memory region"):
+        inline_inputs(request, regions)
+
+
+def test_unknown_output_region_is_refused_before_any_compute(regions: ClientRegions) -> None:
+    request = pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name="a", datatype="UINT8", shape=[1, 4])
+    request.raw_input_contents.append(b"AAAA")
+    place(request.outputs.add(name="y").parameters, "nowhere", 4)
+    with pytest.raises(NotFound, match="'nowhere'"):
+        inline_inputs(request, regions)
+
+
+def test_outputs_go_to_their_regions_and_keep_the_others_in_place(
+    regions: ClientRegions, tmp_path: Path
+) -> None:
+    regions.register("out", "/data", offset=0, byte_size=32)
+    request = pb.ModelInferRequest(model_name="m")
+    request.outputs.add(name="y")
+    place(request.outputs.add(name="z").parameters, "out", byte_size=16, offset=4)
+    response = pb.ModelInferResponse(model_name="m")
+    response.outputs.add(name="y", datatype="FP32", shape=[1, 2])
+    response.outputs.add(name="z", datatype="FP32", shape=[1, 2])
+    z = np.array([[1.5, -2.0]], dtype="<f4").tobytes()
+    response.raw_output_contents.extend([b"yyyyyyyy", z])
+
+    outputs_to_regions(request, response, regions)
+
+    assert list(response.raw_output_contents) == [b"yyyyyyyy", b""]
+    assert response.outputs[1].parameters[REGION].string_param == "out"
+    assert response.outputs[1].parameters[BYTE_SIZE].int64_param == len(z)
+    assert (tmp_path / "data").read_bytes()[4 : 4 + len(z)] == z
+
+
+def test_an_output_larger_than_its_placement_is_refused(regions: ClientRegions) -> None:
+    regions.register("out", "/data", offset=0, byte_size=32)
+    request = pb.ModelInferRequest(model_name="m")
+    place(request.outputs.add(name="y").parameters, "out", byte_size=4)
+    response = pb.ModelInferResponse(model_name="m")
+    response.outputs.add(name="y", datatype="FP32", shape=[1, 2])
+    response.raw_output_contents.append(b"12345678")
+    with pytest.raises(InvalidArgument, match="holds 4"):
+        outputs_to_regions(request, response, regions)
