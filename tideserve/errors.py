@@ -40,3 +40,7 @@ class Unauthenticated(TideserveError):
 
 class AlreadyExists(TideserveError):
     code = "ALREADY_EXISTS"
+
+
+class Unimplemented(TideserveError):
+    code = "UNIMPLEMENTED"

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.batcher.requests import parameter_int
-from tideserve.errors import AlreadyExists, InvalidArgument, NotFound
+from tideserve.errors import AlreadyExists, InvalidArgument, NotFound, Unimplemented
+from tideserve.shared_memory import PREFIX as INTERNAL_PREFIX
 from tideserve.shared_memory import SHM_DIR
 from tideserve.v1 import inference_pb2 as pb
 
@@ -37,11 +38,17 @@ class Region:
 
 
 class ClientRegions:
-    def __init__(self, shm_dir: Path = SHM_DIR) -> None:
+    def __init__(self, shm_dir: Path = SHM_DIR, enabled: bool = True) -> None:
         self.shm_dir = shm_dir
+        self.enabled = enabled
         self.regions: dict[str, Region] = {}
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        if not self.enabled:
+            raise Unimplemented(
+                "system shared memory is turned off on this batcher (client_shared_memory); "
+                "send tensors in the request"
+            )
         if not name:
             raise InvalidArgument("a shared-memory region needs a name")
         if name in self.regions:
@@ -53,6 +60,9 @@ class ClientRegions:
             raise InvalidArgument(
                 f"shared-memory key {key!r} is not a POSIX shm name such as '/input_data'"
             )
+        if segment.startswith(INTERNAL_PREFIX):
+            # The batchers' own segments hold other clients' batches.
+            raise InvalidArgument(f"shared-memory key {key!r} is reserved for tideserve")
         try:
             fd = os.open(self.shm_dir / segment, os.O_RDWR)
         except FileNotFoundError:

@@ -72,7 +72,8 @@ class BalancerPool:
 
 
 # The Triton protocol extensions served, as ServerMetadata names them.
-EXTENSIONS = ["model_configuration", "system_shared_memory"]
+EXTENSIONS = ["model_configuration"]
+SHARED_MEMORY_EXTENSION = "system_shared_memory"
 
 
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
@@ -108,8 +109,9 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
+        extensions = [*EXTENSIONS, *([SHARED_MEMORY_EXTENSION] if self.regions.enabled else [])]
         return pb.ServerMetadataResponse(
-            name="tideserve", version=tideserve.__version__, extensions=EXTENSIONS
+            name="tideserve", version=tideserve.__version__, extensions=extensions
         )
 
     @serving.rpc_errors
@@ -292,7 +294,7 @@ async def serve(settings: BatcherSettings) -> None:
     tls = serving.TlsSettings.of(settings)
     pool = BalancerPool(settings.balancers, tls)
     catalog = ModelCatalog()
-    regions = ClientRegions()
+    regions = ClientRegions(enabled=settings.client_shared_memory)
     shared = (
         SharedInputs(catalog, settings.shared_memory_min_bytes)
         if settings.shared_memory_min_bytes and shared_memory.domain()

@@ -33,6 +33,10 @@ class BatcherSettings(TlsFields):
     # through a shared segment instead of inline (tideserve/shared_memory.py); smaller ones are
     # cheaper inline. 0 = never.
     shared_memory_min_bytes: int = 65536
+    # Serve Triton's system shared-memory extension: local clients register /dev/shm regions that
+    # this batcher then reads and writes. Any client that reaches the port can name any segment
+    # this batcher's user may open, as with Triton; turn it off where clients are not trusted.
+    client_shared_memory: bool = True
     report_interval_s: float = 0.5
     grace_s: float = 5.0
     # Prometheus /metrics: Triton's metrics port, next to its gRPC port.

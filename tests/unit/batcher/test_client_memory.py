@@ -17,7 +17,7 @@ from services.batcher.client_memory import (
     inline_inputs,
     outputs_to_regions,
 )
-from tideserve.errors import AlreadyExists, InvalidArgument, NotFound
+from tideserve.errors import AlreadyExists, InvalidArgument, NotFound, Unimplemented
 from tideserve.v1 import inference_pb2 as pb
 
 
@@ -50,6 +50,8 @@ def test_registration_is_checked(regions: ClientRegions) -> None:
     for key in ("/", "/../etc/passwd", "/a/b", ".."):
         with pytest.raises(InvalidArgument, match="not a POSIX shm name"):
             regions.register("s", key, 0, 4)
+    with pytest.raises(InvalidArgument, match="reserved for tideserve"):
+        regions.register("s", "/tideserve-1234-1", 0, 4)
     with pytest.raises(NotFound):
         regions.status("s")
     regions.unregister("r")
@@ -117,3 +119,9 @@ def test_an_output_larger_than_its_placement_is_refused(regions: ClientRegions) 
     response.raw_output_contents.append(b"12345678")
     with pytest.raises(InvalidArgument, match="holds 4"):
         outputs_to_regions(request, response, regions)
+
+
+def test_turned_off_it_refuses_registration(tmp_path: Path) -> None:
+    (tmp_path / "data").write_bytes(bytes(64))
+    with pytest.raises(Unimplemented, match="turned off"):
+        ClientRegions(tmp_path, enabled=False).register("r", "/data", 0, 16)
