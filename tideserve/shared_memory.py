@@ -115,9 +115,15 @@ class SegmentPool:
         if segment in self._free:
             self._free.remove(segment)
         (self.shm_dir / segment.name).unlink(missing_ok=True)
-        # A worker may still map it; our mapping goes once nothing here views it.
-        with contextlib.suppress(BufferError):
-            segment.buffer.close()
+        # A worker may still map it; the file's memory goes when the last mapping does.
+        unmap(segment.buffer)
+
+
+def unmap(buffer: mmap.mmap) -> None:
+    """Unmap now or, while arrays still view the buffer (a batch still running), once they are
+    gone: closing a viewed mmap raises BufferError, and the last view's release unmaps it."""
+    with contextlib.suppress(BufferError):
+        buffer.close()
 
 
 def sweep_orphans(shm_dir: Path = SHM_DIR) -> None:
@@ -146,6 +152,8 @@ class SegmentReader:
 
     def __init__(self, shm_dir: Path = SHM_DIR) -> None:
         self.shm_dir = shm_dir
+        # What the worker reports at registration; "" when it has no usable /dev/shm.
+        self.domain = domain(shm_dir)
         self._maps: OrderedDict[str, tuple[int, mmap.mmap]] = OrderedDict()
 
     def view(self, ref: cluster_pb2.SharedMemoryRef) -> memoryview:
@@ -204,6 +212,4 @@ class SegmentReader:
     def _forget(self, name: str) -> None:
         cached = self._maps.pop(name, None)
         if cached is not None:
-            # Arrays of a batch still running may view it; it is unmapped once they are gone.
-            with contextlib.suppress(BufferError):
-                cached[1].close()
+            unmap(cached[1])

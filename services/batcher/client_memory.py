@@ -10,7 +10,6 @@ before answering.
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pathlib import Path
 from services.batcher.requests import parameter_int
 from tideserve.errors import AlreadyExists, InvalidArgument, NotFound, Unimplemented
 from tideserve.shared_memory import PREFIX as INTERNAL_PREFIX
-from tideserve.shared_memory import SHM_DIR
+from tideserve.shared_memory import SHM_DIR, unmap
 from tideserve.v1 import inference_pb2 as pb
 
 # Parameters of an input or requested output that place its bytes in a region.
@@ -92,8 +91,7 @@ class ClientRegions:
         for gone in list(self.regions) if not name else [name]:
             region = self.regions.pop(gone, None)
             if region is not None:
-                with contextlib.suppress(BufferError):
-                    region.buffer.close()
+                unmap(region.buffer)
 
     def status(self, name: str) -> list[Region]:
         if not name:

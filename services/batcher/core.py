@@ -75,12 +75,13 @@ class SharedInputs:
         self,
         catalog: ModelCatalog,
         min_bytes: int,
+        domain: str,
         pool: shared_memory.SegmentPool | None = None,
-        domain: str | None = None,
     ) -> None:
         self.catalog = catalog
         self.min_bytes = min_bytes
-        self.domain = shared_memory.domain() if domain is None else domain
+        # This batcher's /dev/shm (shared_memory.domain()), against the workers' reports.
+        self.domain = domain
         self.pool = pool or shared_memory.SegmentPool()
 
     def acquire(self, model: str, nbytes: int) -> shared_memory.Segment | None:
@@ -312,17 +313,16 @@ class ModelScheduler:
     ) -> bytes:
         """Dispatch the batch, through shared memory when `shared` offers a segment."""
         model = self.entry.spec.name
-        segment = None
-        if self.shared is not None:
-            segment = self.shared.acquire(model, sum(len(x) for r in batch for x in r.inputs))
-        if segment is None:
-            payload = self._payload(batch, rows, batch_id)
-            return await self.dispatcher.dispatch(model, rows, payload, timeout, batch_id)
+        shared, segment = self.shared, None
+        if shared is not None:
+            segment = shared.acquire(model, sum(len(x) for r in batch for x in r.inputs))
         sent = self.clock()
         try:
             payload = self._payload(batch, rows, batch_id, segment)
             return await self.dispatcher.dispatch(model, rows, payload, timeout, batch_id)
         except FailedPrecondition as error:
+            if segment is None:
+                raise
             # A worker that does not see our /dev/shm was routed the batch before the catalog
             # told us of it: send the bytes inline instead.
             logger.warning(
@@ -333,7 +333,8 @@ class ModelScheduler:
             payload = self._payload(batch, rows, batch_id)
             return await self.dispatcher.dispatch(model, rows, payload, remaining, batch_id)
         finally:
-            self.shared.release(segment)
+            if shared is not None and segment is not None:
+                shared.release(segment)
 
     def _complete(
         self, batch: list[PendingRequest], rows: int, result: cluster_pb2.BatchResult

@@ -71,11 +71,6 @@ class BalancerPool:
         await asyncio.gather(*(c.close() for c in self.channels))
 
 
-# The Triton protocol extensions served, as ServerMetadata names them.
-EXTENSIONS = ["model_configuration"]
-SHARED_MEMORY_EXTENSION = "system_shared_memory"
-
-
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(
         self, core: BatcherCore, metrics: BatcherMetrics, regions: ClientRegions
@@ -84,6 +79,10 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         self.catalog = core.catalog
         self.metrics = metrics
         self.regions = regions
+        # The Triton protocol extensions served, as ServerMetadata names them.
+        self.extensions = ["model_configuration"]
+        if regions.enabled:
+            self.extensions.append("system_shared_memory")
 
     @serving.rpc_errors
     async def ServerLive(
@@ -109,9 +108,8 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
-        extensions = [*EXTENSIONS, *([SHARED_MEMORY_EXTENSION] if self.regions.enabled else [])]
         return pb.ServerMetadataResponse(
-            name="tideserve", version=tideserve.__version__, extensions=extensions
+            name="tideserve", version=tideserve.__version__, extensions=self.extensions
         )
 
     @serving.rpc_errors
@@ -295,9 +293,10 @@ async def serve(settings: BatcherSettings) -> None:
     pool = BalancerPool(settings.balancers, tls)
     catalog = ModelCatalog()
     regions = ClientRegions(enabled=settings.client_shared_memory)
+    domain = shared_memory.domain()
     shared = (
-        SharedInputs(catalog, settings.shared_memory_min_bytes)
-        if settings.shared_memory_min_bytes and shared_memory.domain()
+        SharedInputs(catalog, settings.shared_memory_min_bytes, domain)
+        if settings.shared_memory_min_bytes and domain
         else None
     )
     registry = metrics.new_registry()

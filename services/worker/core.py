@@ -142,7 +142,7 @@ class WorkerCore:
             worker_id=self.worker_id,
             address=address,
             device=device,
-            shared_memory_domain=shared_memory.domain() if self.shared_inputs else "",
+            shared_memory_domain=self.shared_inputs.domain if self.shared_inputs else "",
         )
         for runner in self.runners.values():
             registration.models.add(config=runner.config, versions=[runner.version])

@@ -124,11 +124,8 @@ async def serve(settings: WorkerSettings) -> None:
         ServiceTimeProfile.load(settings.service_profile) if settings.service_profile else None
     )
     runners: dict[str, ModelRunner] = {}
-    shared_inputs = (
-        shared_memory.SegmentReader()
-        if settings.shared_memory and shared_memory.domain()
-        else None
-    )
+    reader = shared_memory.SegmentReader() if settings.shared_memory else None
+    shared_inputs = reader if reader is not None and reader.domain else None
     core = WorkerCore(settings.worker_id, runners, shared_inputs)
     registry = metrics.new_registry()
     worker_metrics = WorkerMetrics(registry)

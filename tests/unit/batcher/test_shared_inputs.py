@@ -69,10 +69,16 @@ def dispatcher(shm_dir: Path) -> SharedEchoDispatcher:
 def core_for(shm_dir: Path, dispatcher: SharedEchoDispatcher) -> Iterator:
     made: list[BatcherCore] = []
 
-    def start(worker_domains: frozenset[str], min_bytes: int = 1) -> BatcherCore:
+    def start(
+        worker_domains: frozenset[str],
+        min_bytes: int = 1,
+        pool: shared_memory.SegmentPool | None = None,
+    ) -> BatcherCore:
         catalog = catalog_with(model_config(max_batch_size=6, delay_us=10_000_000))
         catalog.shared_memory_domains = {MODEL: worker_domains}
-        shared = SharedInputs(catalog, min_bytes, shared_memory.SegmentPool(shm_dir), DOMAIN)
+        shared = SharedInputs(
+            catalog, min_bytes, DOMAIN, pool or shared_memory.SegmentPool(shm_dir)
+        )
         made.append(BatcherCore(catalog, dispatcher, shared=shared))
         return made[-1]
 
@@ -154,17 +160,9 @@ class FullPool(shared_memory.SegmentPool):
 
 
 async def test_full_dev_shm_sends_the_batch_inline(
-    shm_dir: Path, dispatcher: SharedEchoDispatcher
+    core_for, shm_dir: Path, dispatcher: SharedEchoDispatcher
 ) -> None:
-    catalog = catalog_with(model_config(max_batch_size=6, delay_us=10_000_000))
-    catalog.shared_memory_domains = {MODEL: frozenset({DOMAIN})}
-    core = BatcherCore(
-        catalog, dispatcher, shared=SharedInputs(catalog, 1, FullPool(shm_dir), DOMAIN)
-    )
-    try:
-        await submit_three(core)
-    finally:
-        core.close()
+    await submit_three(core_for(frozenset({DOMAIN}), pool=FullPool(shm_dir)))
 
     (sent,) = dispatcher.sent
     assert not sent.inputs[0].HasField("shared")
