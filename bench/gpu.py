@@ -141,18 +141,31 @@ def inprocess_limit(repository: Path, model: str, seconds: float, device: str) -
     }
 
 
-def _client(args: tuple[str, str, str, float, float, int, int]) -> dict[str, Any]:
-    mode, address, model, seconds, level, seed, rows = args
+def _client(args: tuple[str, str, str, float, float, int, int, bool]) -> dict[str, Any]:
+    mode, address, model, seconds, level, seed, rows, shared = args
     if mode == "closed":
         result = asyncio.run(
             closed_loop(
-                address, model, concurrency=int(level), seconds=seconds, timeout_s=30, rows=rows
+                address,
+                model,
+                concurrency=int(level),
+                seconds=seconds,
+                timeout_s=30,
+                rows=rows,
+                shared_memory_inputs=shared,
             )
         )
     else:
         result = asyncio.run(
             open_loop(
-                address, model, rate=level, seconds=seconds, seed=seed, timeout_s=30, rows=rows
+                address,
+                model,
+                rate=level,
+                seconds=seconds,
+                seed=seed,
+                timeout_s=30,
+                rows=rows,
+                shared_memory_inputs=shared,
             )
         )
     return {
@@ -172,14 +185,19 @@ def drive(
     processes: int,
     level: float,
     rows: int = 1,
+    shared_memory_inputs: bool = False,
 ) -> dict[str, Any]:
     """Load from `processes` client processes: closed loop with `level` clients each, or open
-    loop at `level`/processes requests per second each; every request carries `rows` rows."""
+    loop at `level`/processes requests per second each; every request carries `rows` rows, in
+    the request or (`shared_memory_inputs`) in a region each client process registers."""
     per_process = level if mode == "closed" else level / processes
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         parts = pool.map(
             _client,
-            [(mode, address, model, seconds, per_process, seed, rows) for seed in range(processes)],
+            [
+                (mode, address, model, seconds, per_process, seed, rows, shared_memory_inputs)
+                for seed in range(processes)
+            ],
         )
     merged = LoadResult()
     for part in parts:
@@ -361,19 +379,27 @@ def serve_and_measure(
     inflight: int,
     gpus: int = 1,
     shared_memory_min_bytes: int | None = None,
+    client_shared_memory: bool = False,
 ) -> dict[str, Any]:
     """Saturate the served model with clients sending requests of each size in `client_rows`
-    (1 = one sample a request, as most clients do); then, with one-row requests, open-loop
-    arrivals at half the saturated rate for the tail latency. `gpus` workers, one per GPU
-    (CUDA_VISIBLE_DEVICES=0, 1, ...)."""
+    (1 = one sample a request, as most clients do); then, for each size, open-loop arrivals at
+    half its saturated rate for the tail latency. `gpus` workers, one per GPU
+    (CUDA_VISIBLE_DEVICES=0, 1, ...). With `client_shared_memory` the clients place their inputs
+    in registered /dev/shm regions (Triton's system shared-memory extension)."""
     cluster = Cluster(
         repository,
         out / f"logs_{model}",
         worker_args=("--models", model),
         batcher_args=(
-            "--processes", str(batchers), "--inflight-per-instance", str(inflight),
-            *(() if shared_memory_min_bytes is None
-              else ("--shared-memory-min-bytes", str(shared_memory_min_bytes))),
+            "--processes",
+            str(batchers),
+            "--inflight-per-instance",
+            str(inflight),
+            *(
+                ()
+                if shared_memory_min_bytes is None
+                else ("--shared-memory-min-bytes", str(shared_memory_min_bytes))
+            ),
         ),
     )
     try:
@@ -387,6 +413,7 @@ def serve_and_measure(
         cluster.stop()
         raise
     runs: dict[str, Any] = {}
+    half_load: dict[str, Any] = {}
     spy: dict[str, list[str]] = {}
     try:
         drive("closed", cluster.batcher, model, 3, client_processes, concurrency)  # warm-up
@@ -397,10 +424,14 @@ def serve_and_measure(
             pids = {
                 "worker": cluster.processes["worker-0"].pid,
                 "balancer": cluster.processes["balancer"].pid,
+                # One of the serving processes, or the only one (--batchers 1).
                 "batcher": next(
-                    p
-                    for p, r in roles.items()
-                    if r == "batcher" and p != cluster.processes["batcher"].pid
+                    (
+                        p
+                        for p, r in roles.items()
+                        if r == "batcher" and p != cluster.processes["batcher"].pid
+                    ),
+                    cluster.processes["batcher"].pid,
                 ),
             }
             # CPU by role, measured while the load runs (the client processes end with it).
@@ -415,7 +446,14 @@ def serve_and_measure(
             for timer in timers:
                 timer.start()
             saturated = drive(
-                "closed", cluster.batcher, model, seconds, client_processes, concurrency, rows
+                "closed",
+                cluster.batcher,
+                model,
+                seconds,
+                client_processes,
+                concurrency,
+                rows,
+                client_shared_memory,
             )
             for timer in timers:
                 timer.join()
@@ -433,24 +471,28 @@ def serve_and_measure(
                 "batch_sizes": sizes,
                 "mean_batch": sum(s * n for s, n in sizes.items()) / max(batches, 1),
             }
-        half = drive(
-            "open",
-            cluster.batcher,
-            model,
-            seconds,
-            client_processes,
-            runs["rows1"]["throughput"] / 2,
-        )
+        for rows in client_rows:
+            half = drive(
+                "open",
+                cluster.batcher,
+                model,
+                seconds,
+                client_processes,
+                runs[f"rows{rows}"]["throughput"] / 2,
+                rows,
+                client_shared_memory,
+            )
+            half_load[f"rows{rows}"] = {
+                **half,
+                "p99_over_batch_compute": half["p99_ms"] / 1000 / batch_compute_s
+                if batch_compute_s
+                else None,
+            }
     finally:
         cluster.stop()
     return {
         "saturated": runs,
-        "half_load": {
-            **half,
-            "p99_over_batch_compute": half["p99_ms"] / 1000 / batch_compute_s
-            if batch_compute_s
-            else None,
-        },
+        "half_load": half_load,
         "profile": spy,
         "batchers": batchers,
         "client_processes": client_processes,
@@ -488,6 +530,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the batcher's setting (0: inputs always inline); default: the batcher's default",
     )
     parser.add_argument(
+        "--client-shared-memory",
+        action="store_true",
+        help="clients send inputs through registered system shared-memory regions",
+    )
+    parser.add_argument(
         "--make-models", type=Path, default=ROOT.parent / "shared" / "workloads" / "make_models.py"
     )
     args = parser.parse_args(argv)
@@ -522,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
             args.inflight_per_instance,
             args.gpus,
             args.shared_memory_min_bytes,
+            args.client_shared_memory,
         )
         for run in served["saturated"].values():
             # The limit is one GPU's: with several workers, compare with that many GPUs.
@@ -543,8 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     tails = [
         "",
-        "| model | p99 at 50% load (ms) | batch-64 compute (ms) | p99 / compute |",
-        "|---|---|---|---|",
+        "| model | rows/request | p99 at 50% load (ms) | batch-64 compute (ms) | p99 / compute |",
+        "|---|---|---|---|---|",
     ]
     for model, r in results["workloads"].items():
         served, lim = r["served"], r["inprocess"]
@@ -555,11 +603,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{run['fraction_of_inprocess']:.2f} | {run['gpu_util_mean']:.0f}% | "
                 f"{run['mean_batch']:.1f} |"
             )
-        half = served["half_load"]
-        tails.append(
-            f"| {model} | {half['p99_ms']:.1f} | {1000 * lim['batch64_compute_s']:.2f} "
-            f"| {half['p99_over_batch_compute']:.1f} |"
-        )
+        for half in served["half_load"].values():
+            tails.append(
+                f"| {model} | {half['rows_per_request']} | {half['p99_ms']:.1f} "
+                f"| {1000 * lim['batch64_compute_s']:.2f} | {half['p99_over_batch_compute']:.1f} |"
+            )
     lines += tails
     table = "\n".join(lines) + f"\n\ndevice: {results['device']}, torch {results['torch']}\n"
     (args.out / "table.md").write_text(table)

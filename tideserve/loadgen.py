@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
 
-from tideserve import codec, serving
+from tideserve import codec, serving, shared_memory
 from tideserve.v1 import inference_pb2 as pb
 from tideserve.v1 import inference_pb2_grpc
 
@@ -49,6 +52,43 @@ async def sample_request(
     return request
 
 
+@contextlib.asynccontextmanager
+async def inputs_in_shared_memory(
+    stub: inference_pb2_grpc.GRPCInferenceServiceStub, request: pb.ModelInferRequest
+) -> AsyncIterator[pb.ModelInferRequest]:
+    """`request` with its input bytes moved into a /dev/shm region registered with the batcher
+    (Triton's system shared-memory extension), as perf_analyzer --shared-memory system sends
+    them. Registration holds for the channel's batcher process only (regions are per process),
+    so the caller sends on the same channel; the region is unregistered and removed on exit."""
+    name = f"loadgen-{os.getpid()}-{id(request)}"
+    data = b"".join(request.raw_input_contents)
+    path = shared_memory.SHM_DIR / name
+    path.write_bytes(data)
+    placed = pb.ModelInferRequest()
+    placed.CopyFrom(request)
+    del placed.raw_input_contents[:]
+    offset = 0
+    for tensor, raw in zip(placed.inputs, request.raw_input_contents, strict=True):
+        tensor.parameters["shared_memory_region"].string_param = name
+        tensor.parameters["shared_memory_offset"].int64_param = offset
+        tensor.parameters["shared_memory_byte_size"].int64_param = len(raw)
+        offset += len(raw)
+    try:
+        await stub.SystemSharedMemoryRegister(
+            pb.SystemSharedMemoryRegisterRequest(
+                name=name, key=f"/{name}", offset=0, byte_size=len(data)
+            ),
+            timeout=10,
+        )
+        yield placed
+    finally:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await stub.SystemSharedMemoryUnregister(
+                pb.SystemSharedMemoryUnregisterRequest(name=name), timeout=10
+            )
+        path.unlink(missing_ok=True)
+
+
 async def closed_loop(
     address: str,
     model: str,
@@ -60,13 +100,17 @@ async def closed_loop(
     timeout_s: float = 10.0,
     rows: int = 1,
     tls: serving.TlsSettings = serving.PLAINTEXT,
+    shared_memory_inputs: bool = False,
 ) -> LoadResult:
     """`concurrency` clients each sending one request (of `rows` rows) after another for
-    `seconds`."""
+    `seconds`; with `shared_memory_inputs`, the inputs are read from a registered region."""
     result = LoadResult()
-    async with serving.channel(address, tls) as channel:
+    async with contextlib.AsyncExitStack() as stack:
+        channel = await stack.enter_async_context(serving.channel(address, tls))
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
         request = request or await sample_request(stub, model, rows=rows)
+        if shared_memory_inputs:
+            request = await stack.enter_async_context(inputs_in_shared_memory(stub, request))
         stop_at = time.perf_counter() + seconds
 
         async def unary_client() -> None:
@@ -119,15 +163,19 @@ async def open_loop(
     max_outstanding: int = 10_000,
     rows: int = 1,
     tls: serving.TlsSettings = serving.PLAINTEXT,
+    shared_memory_inputs: bool = False,
 ) -> LoadResult:
     """Poisson arrivals at `rate`/s for `seconds`, each a unary request that does not wait for
     the previous ones (so a slow server sees its queue grow, as under real traffic). Arrivals
     beyond `max_outstanding` in flight count as a "CLIENT_OVERLOAD" error instead of piling up."""
     result = LoadResult()
     rng = np.random.default_rng(seed)
-    async with serving.channel(address, tls) as channel:
+    async with contextlib.AsyncExitStack() as stack:
+        channel = await stack.enter_async_context(serving.channel(address, tls))
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
         request = request or await sample_request(stub, model, seed, rows)
+        if shared_memory_inputs:
+            request = await stack.enter_async_context(inputs_in_shared_memory(stub, request))
         pending: set[asyncio.Task] = set()
 
         async def one() -> None:

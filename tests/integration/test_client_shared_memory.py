@@ -39,3 +39,32 @@ def test_tritonclient_inputs_and_outputs_in_system_shared_memory(
     ]
     assert seen["after_unregister"] == "StatusCode.NOT_FOUND"
     assert seen["status_after"] == {}
+
+
+def test_load_generator_sends_inputs_through_a_registered_region(cluster: Cluster) -> None:
+    """tideserve's own load generator (bench.gpu --client-shared-memory) registers a region,
+    gets answers from it, and leaves neither the registration nor the segment behind."""
+    import asyncio
+
+    import grpc
+
+    from tideserve.loadgen import closed_loop
+    from tideserve.v1 import inference_pb2 as pb
+    from tideserve.v1 import inference_pb2_grpc
+
+    before = set(Path("/dev/shm").glob("loadgen-*"))
+    result = asyncio.run(
+        closed_loop(
+            cluster.batcher, "tiny_cnn", concurrency=2, seconds=1.0, rows=3,
+            shared_memory_inputs=True,
+        )
+    )
+    assert result.errors == {}
+    assert result.ok > 0
+    assert set(Path("/dev/shm").glob("loadgen-*")) == before
+
+    with grpc.insecure_channel(cluster.batcher) as channel:
+        status = inference_pb2_grpc.GRPCInferenceServiceStub(channel).SystemSharedMemoryStatus(
+            pb.SystemSharedMemoryStatusRequest(), timeout=10
+        )
+    assert not [name for name in status.regions if name.startswith("loadgen-")]
