@@ -7,12 +7,13 @@ import asyncio
 import functools
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import grpc
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -22,6 +23,14 @@ from tideserve.grpc_options import CHANNEL_OPTIONS, SERVER_OPTIONS
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def run_service(main: Coroutine[Any, Any, None]) -> None:
+    """Run a service's main coroutine on uvloop's event loop. Each RPC of a grpc.aio server or
+    channel is several event-loop callbacks; uvloop runs the loop in C, and on the 2-core
+    machine the whole stack served 10-20% more requests per second with it (docs/benchmarks.md,
+    issue 3)."""
+    uvloop.run(main)
 
 
 class TlsConfigured(Protocol):
