@@ -34,7 +34,8 @@ class PendingRequest:
 
     request_id: str
     rows: int
-    inputs: list[bytes]
+    # Raw bytes per input; a view where the input lies in a client's shared-memory region.
+    inputs: list[bytes | memoryview]
     # Per-row dims of each input: only requests with equal dims can share a batch.
     shape_key: tuple[tuple[int, ...], ...]
     output_names: tuple[str, ...]

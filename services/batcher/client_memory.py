@@ -3,9 +3,9 @@ registers a byte range of a /dev/shm segment by name, then names it in an input'
 parameters instead of sending the bytes (perf_analyzer --shared-memory system,
 tritonclient.utils.shared_memory).
 
-The batcher copies a request's inputs out of the region when it accepts the request, so the
-client may reuse the region once it has the response, and writes each output into its region
-before answering.
+The batcher assembles a batch straight from the region's bytes (the client leaves them alone
+until it has the response, as with Triton), and writes each output into its region before
+answering.
 """
 
 from __future__ import annotations
@@ -98,10 +98,12 @@ class ClientRegions:
             return list(self.regions.values())
         return [self._get(name)]
 
-    def read(self, name: str, offset: int, size: int) -> bytes:
+    def view(self, name: str, offset: int, size: int) -> memoryview:
+        """`size` bytes of region `name` from `offset`, without copying. Unregistering the
+        region while a batch still holds the view leaves the unmapping to the view's release."""
         region = self._get(name)
         start = self._span(region, offset, size)
-        return region.buffer[start : start + size]
+        return memoryview(region.buffer)[start : start + size]
 
     def write(self, name: str, offset: int, data: bytes) -> None:
         region = self._get(name)
@@ -141,18 +143,24 @@ def _placement(parameters: object) -> tuple[str, int, int] | None:
     return region.string_param, offset, byte_size
 
 
-def inline_inputs(request: pb.ModelInferRequest, regions: ClientRegions) -> None:
-    """Copy the inputs that name a region into `raw_input_contents` (in input order, as
-    parse_request takes them), and check that the outputs' regions exist before any compute."""
+def region_inputs(
+    request: pb.ModelInferRequest, regions: ClientRegions
+) -> list[bytes | memoryview] | None:
+    """The request's raw inputs in input order (as parse_request takes them) when some of them
+    lie in regions, else None; and a check that the outputs' regions exist before any compute.
+
+    A region's input is a view, not a copy: the batch is assembled straight from the client's
+    memory, which the client leaves alone until its response arrives (Triton's contract too).
+    A 64-row cnn request is 3 MB; copying it out first cost the batcher a copy per request."""
     placements = [_placement(t.parameters) for t in request.inputs]
     for output in request.outputs:
         placed = _placement(output.parameters)
         if placed is not None:
             regions.status(placed[0])
     if not any(placements):
-        return
+        return None
     inline = iter(request.raw_input_contents)
-    raw = []
+    raw: list[bytes | memoryview] = []
     for tensor, placed in zip(request.inputs, placements, strict=True):
         if placed is None:
             chunk = next(inline, None)
@@ -161,9 +169,8 @@ def inline_inputs(request: pb.ModelInferRequest, regions: ClientRegions) -> None
             raw.append(chunk)
         else:
             name, offset, byte_size = placed
-            raw.append(regions.read(name, offset, byte_size))
-    del request.raw_input_contents[:]
-    request.raw_input_contents.extend(raw)
+            raw.append(regions.view(name, offset, byte_size))
+    return raw
 
 
 def outputs_to_regions(

@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -256,11 +256,8 @@ class ModelScheduler:
                 shape=[rows, *dims] if spec.batches else dims,
             )
             if segment is None:
-                added.raw = (
-                    first.inputs[index]
-                    if len(batch) == 1
-                    else b"".join(r.inputs[index] for r in batch)
-                )
+                # One request's bytes pass through uncopied (join returns a lone bytes as is).
+                added.raw = b"".join(r.inputs[index] for r in batch)
                 continue
             start = position
             for request in batch:
@@ -418,14 +415,20 @@ class BatcherCore:
         return scheduler
 
     def submit(
-        self, request: inference_pb2.ModelInferRequest, deadline: float | None
+        self,
+        request: inference_pb2.ModelInferRequest,
+        deadline: float | None,
+        raw_inputs: Sequence[bytes | memoryview] | None = None,
     ) -> asyncio.Future:
         """Validate and enqueue; the future resolves to the ModelInferResponse. Raises at once for
-        unknown models, malformed requests and full queues."""
+        unknown models, malformed requests and full queues. `raw_inputs`: the inputs' bytes when
+        they do not lie in the request (client shared-memory regions)."""
         now = self.clock()
         self.requests_total += 1
         entry = self.catalog.get(request.model_name, request.model_version)
-        return self._scheduler(entry).submit(parse_request(request, entry.spec, now, deadline))
+        return self._scheduler(entry).submit(
+            parse_request(request, entry.spec, now, deadline, raw_inputs)
+        )
 
     def record(self, latency: float | None) -> None:
         """A request finished: its latency, or None if it failed."""

@@ -3,6 +3,8 @@ an INVALID_ARGUMENT that names the problem, before it can reach a queue or a wor
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from services.batcher.batching import PendingRequest
 from tideserve import codec
 from tideserve.errors import InvalidArgument
@@ -44,10 +46,15 @@ def _check_dims(spec: ModelSpec, spec_dims: tuple[int, ...], shape: list[int], n
 
 
 def parse_request(
-    request: pb.ModelInferRequest, spec: ModelSpec, now: float, deadline: float | None
+    request: pb.ModelInferRequest,
+    spec: ModelSpec,
+    now: float,
+    deadline: float | None,
+    raw_inputs: Sequence[bytes | memoryview] | None = None,
 ) -> PendingRequest:
-    """Validate against the model's spec and return the request with raw inputs in model order."""
-    raw_contents = request.raw_input_contents
+    """Validate against the model's spec and return the request with raw inputs in model order.
+    `raw_inputs` stands in for `raw_input_contents` (inputs read from shared-memory regions)."""
+    raw_contents = request.raw_input_contents if raw_inputs is None else raw_inputs
     if raw_contents and len(raw_contents) != len(request.inputs):
         raise InvalidArgument(
             f"request has {len(request.inputs)} inputs but {len(raw_contents)} raw_input_contents"
@@ -64,7 +71,7 @@ def parse_request(
         by_name[tensor.name] = index
 
     rows = 1
-    inputs: list[bytes] = []
+    inputs: list[bytes | memoryview] = []
     shape_key: list[tuple[int, ...]] = []
     for input_spec in spec.inputs:
         index = by_name.get(input_spec.name)

@@ -16,7 +16,7 @@ import grpc
 
 import tideserve
 from services.batcher.catalog import ModelCatalog
-from services.batcher.client_memory import ClientRegions, inline_inputs, outputs_to_regions
+from services.batcher.client_memory import ClientRegions, outputs_to_regions, region_inputs
 from services.batcher.core import BatcherCore, SharedInputs
 from services.batcher.metrics import BatcherMetrics, collect
 from services.batcher.settings import BatcherSettings
@@ -178,8 +178,8 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         remaining = context.time_remaining()
         deadline = None if remaining is None else started + remaining
         try:
-            inline_inputs(request, self.regions)
-            response = await self.core.submit(request, deadline)
+            raw = region_inputs(request, self.regions)
+            response = await self.core.submit(request, deadline, raw)
             outputs_to_regions(request, response, self.regions)
         except TideserveError as error:
             self.core.record(None)
@@ -205,8 +205,8 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 async for request in requests:
                     started = self.core.clock()
                     try:
-                        inline_inputs(request, self.regions)
-                        future = self.core.submit(request, None)
+                        raw = region_inputs(request, self.regions)
+                        future = self.core.submit(request, None, raw)
                     except TideserveError as error:
                         future = loop.create_future()
                         future.set_exception(error)

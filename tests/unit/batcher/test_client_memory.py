@@ -1,5 +1,5 @@
 """Clients' shared-memory regions (Triton's system shared-memory extension) without a network:
-registration checks, inputs copied out of a region into the request, outputs written into one,
+registration checks, inputs read from a region (uncopied), outputs written into one,
 and the errors a client gets for each mistake."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from services.batcher.client_memory import (
     OFFSET,
     REGION,
     ClientRegions,
-    inline_inputs,
     outputs_to_regions,
+    region_inputs,
 )
 from tideserve.errors import AlreadyExists, InvalidArgument, NotFound, Unimplemented
 from tideserve.v1 import inference_pb2 as pb
@@ -59,7 +59,7 @@ def test_registration_is_checked(regions: ClientRegions) -> None:
     assert regions.status("") == []
 
 
-def test_inputs_in_a_region_become_raw_contents_in_input_order(regions: ClientRegions) -> None:
+def test_inputs_in_a_region_are_read_in_input_order(regions: ClientRegions) -> None:
     regions.register("r", "/data", offset=8, byte_size=16)
     request = pb.ModelInferRequest(model_name="m")
     request.inputs.add(name="a", datatype="UINT8", shape=[1, 4])
@@ -67,9 +67,26 @@ def test_inputs_in_a_region_become_raw_contents_in_input_order(regions: ClientRe
     place(placed.parameters, "r", byte_size=8, offset=4)
     request.raw_input_contents.append(b"AAAA")
 
-    inline_inputs(request, regions)
+    raw = region_inputs(request, regions)
 
-    assert list(request.raw_input_contents) == [b"AAAA", bytes(range(12, 20))]
+    assert raw is not None
+    assert [bytes(chunk) for chunk in raw] == [b"AAAA", bytes(range(12, 20))]
+
+
+def test_a_request_without_regions_keeps_its_own_raw_contents(regions: ClientRegions) -> None:
+    request = pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name="a", datatype="UINT8", shape=[1, 4])
+    request.raw_input_contents.append(b"AAAA")
+    assert region_inputs(request, regions) is None
+
+
+def test_unregistering_a_region_a_batch_still_views_leaves_the_view_readable(
+    regions: ClientRegions,
+) -> None:
+    regions.register("r", "/data", offset=0, byte_size=16)
+    view = regions.view("r", 2, 4)
+    regions.unregister("r")
+    assert bytes(view) == bytes(range(2, 6))
 
 
 def test_a_placement_outside_its_region_is_refused(regions: ClientRegions) -> None:
@@ -77,7 +94,7 @@ def test_a_placement_outside_its_region_is_refused(regions: ClientRegions) -> No
     request = pb.ModelInferRequest(model_name="m")
     place(request.inputs.add(name="b", datatype="UINT8", shape=[1, 8]).parameters, "r", 8, 12)
     with pytest.raises(InvalidArgument, match="do not fit shared-memory region"):
-        inline_inputs(request, regions)
+        region_inputs(request, regions)
 
 
 def test_unknown_output_region_is_refused_before_any_compute(regions: ClientRegions) -> None:
@@ -86,7 +103,7 @@ def test_unknown_output_region_is_refused_before_any_compute(regions: ClientRegi
     request.raw_input_contents.append(b"AAAA")
     place(request.outputs.add(name="y").parameters, "nowhere", 4)
     with pytest.raises(NotFound, match="'nowhere'"):
-        inline_inputs(request, regions)
+        region_inputs(request, regions)
 
 
 def test_outputs_go_to_their_regions_and_keep_the_others_in_place(
