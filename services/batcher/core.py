@@ -17,7 +17,7 @@ import numpy as np
 
 from services.batcher.batching import BatchQueue, PendingRequest
 from services.batcher.catalog import CatalogEntry, ModelCatalog
-from services.batcher.policies import ServiceCurve, create_policy
+from services.batcher.policies import ServiceCurve, create_policy, fit_affine
 from services.batcher.requests import parse_request
 from tideserve import shared_memory
 from tideserve.errors import (
@@ -134,6 +134,7 @@ class ModelScheduler:
         self.dispatcher = dispatcher
         self.capacity = capacity
         self.clock = clock
+        self.curve = curve
         self.inflight = 0
         # Smoothed round trip of a dispatched batch and its rows: the queue's drain rate.
         self._round_trip_s: float | None = None
@@ -157,15 +158,34 @@ class ModelScheduler:
 
     def expected_wait(self, rows_ahead: int) -> float:
         """Seconds until `rows_ahead` queued rows have left and a batch holding one more has come
-        back: batches ahead at the recent batch size, each taking the recent dispatch round trip,
-        spread over the dispatch slots. Measured round trips rather than the workers' compute
-        curve: the hops and the gaps between batches count too, and the compute-only estimate
-        let queues grow past 1 s deadlines until nearly every request expired in them (bench/
-        overload.py --timeout-s 1: 12% goodput). 0 until a batch has come back."""
+        back, spread over the dispatch slots. Measured round trips rather than the workers'
+        compute curve alone: the hops and the gaps between batches count too, and the
+        compute-only estimate let queues grow past 1 s deadlines until nearly every request
+        expired in them (bench/overload.py --timeout-s 1: 12% goodput). 0 until a batch has come
+        back.
+
+        A backlog leaves in batches as large as the policy allows, which cost more than the
+        recent (smaller) ones but less per row where the curve has a fixed part: with the
+        measured t(b) = a + c*b, each batch ahead costs t(its size) plus the recent round trip's
+        excess over t(recent size). Without a curve, every row costs the recent round trip's
+        share, which refused requests a growing backlog would have served in time (a lone
+        worker ramping from idle: tests/e2e/test_learned_scaling.py)."""
         if self._round_trip_s is None:
             return 0.0
-        batches = rows_ahead / max(self._batch_rows, 1.0) + 1.0
-        return batches * self._round_trip_s / max(self.capacity(), 1)
+        slots = max(self.capacity(), 1)
+        fit = fit_affine(self.curve())
+        if fit is None:
+            batches = rows_ahead / max(self._batch_rows, 1.0) + 1.0
+            return batches * self._round_trip_s / slots
+        fixed, per_row = fit
+        overhead = max(self._round_trip_s - (fixed + per_row * self._batch_rows), 0.0)
+        size, _ = self.queue.policy.target(rows_ahead + 1, self.clock())
+        size = max(min(size, self.queue.max_batch_size), 1)
+        full, rest = divmod(rows_ahead + 1, size)
+        seconds = full * (fixed + per_row * size + overhead)
+        if rest:
+            seconds += fixed + per_row * rest + overhead
+        return seconds / slots
 
     def _observe_round_trip(self, rows: int, seconds: float) -> None:
         if self._round_trip_s is None:

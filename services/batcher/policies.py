@@ -5,6 +5,8 @@ feed it what it learns. The queue (batching.py) applies the answer; dispatch cap
 
   fixed         Triton's rule: the max batch size, waiting at most max_queue_delay.
   queue_length  the seed's batch_size_fn(queue_length): take what is queued now, never wait.
+Both stop short of the max batch size where the measured curve shows a smaller batch serving
+rows clearly faster (`throughput_cap`).
   slo           never waits; from the measured service-time curve t(b) = a + c*b and the arrival
                 rate, batches no larger than the latency budget affords while that keeps up.
   aimd          Clipper's additive-increase / multiplicative-decrease on observed latency.
@@ -28,6 +30,10 @@ ServiceCurve = Callable[[], Mapping[int, float]]
 DEFAULT_HEADROOM = 0.5
 # Time constant of the arrival-rate estimate.
 RATE_TAU_S = 1.0
+# How much faster (rows per second) a smaller measured batch must serve than every larger
+# measured one before batches stop at it: noise in the curve must not cap a model whose rows get
+# cheaper with size.
+CAP_MARGIN = 1.1
 
 
 class BatchPolicy(Protocol):
@@ -75,18 +81,41 @@ def fit_affine(curve: Mapping[int, float]) -> tuple[float, float] | None:
     return max(float(intercept), 0.0), max(float(slope), 1e-9)
 
 
+def throughput_cap(curve: Mapping[int, float], max_batch_size: int) -> int:
+    """The largest batch worth forming: `max_batch_size`, unless the measured t(b) shows a
+    smaller size serving rows CAP_MARGIN times as fast as every larger measured size. Some
+    models' per-row cost grows past a size (caches, padding); there, a backlog taken in max-size
+    batches is served slower than it arrives and only grows (tests/e2e/test_learned_scaling.py:
+    one worker of the default profile serves 91 rows/s in batches of 24, 70 in batches of 64).
+    Triton users get this by listing preferred batch sizes; here the measurement picks it."""
+    rates = {b: b / t for b, t in curve.items() if t > 0 and 0 < b <= max_batch_size}
+    if not rates:
+        return max_batch_size
+    best = max(rates, key=rates.__getitem__)
+    larger = [rate for size, rate in rates.items() if size > best]
+    if not larger or rates[best] < CAP_MARGIN * max(larger):
+        return max_batch_size
+    return best
+
+
 class FixedPolicy:
     name = "fixed"
 
-    def __init__(self, max_batch_size: int, max_queue_delay_s: float) -> None:
+    def __init__(
+        self, max_batch_size: int, max_queue_delay_s: float, curve: ServiceCurve = dict
+    ) -> None:
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
+        self.curve = curve
 
     def arrived(self, rows: int, now: float) -> None:
         return None
 
+    def batch_limit(self) -> int:
+        return throughput_cap(self.curve(), self.max_batch_size)
+
     def target(self, queued_rows: int, now: float) -> tuple[int, float]:
-        return self.max_batch_size, self.max_queue_delay_s
+        return self.batch_limit(), self.max_queue_delay_s
 
     def observe(self, rows: int, queue_seconds: float, service_seconds: float) -> None:
         return None
@@ -95,11 +124,11 @@ class FixedPolicy:
 class QueueLengthPolicy(FixedPolicy):
     name = "queue_length"
 
-    def __init__(self, max_batch_size: int) -> None:
-        super().__init__(max_batch_size, 0.0)
+    def __init__(self, max_batch_size: int, curve: ServiceCurve = dict) -> None:
+        super().__init__(max_batch_size, 0.0, curve)
 
     def target(self, queued_rows: int, now: float) -> tuple[int, float]:
-        return min(max(queued_rows, 1), self.max_batch_size), 0.0
+        return min(max(queued_rows, 1), self.batch_limit()), 0.0
 
 
 class SloPolicy:
@@ -193,9 +222,9 @@ def create_policy(spec: ModelSpec, curve: ServiceCurve) -> BatchPolicy:
     name = spec.parameters.get("batching_policy") or ("slo" if slo_ms else "fixed")
     max_batch = max(spec.max_batch_size, 1)
     if name == "queue_length":
-        return QueueLengthPolicy(max_batch)
+        return QueueLengthPolicy(max_batch, curve)
     if name == "slo" and slo_ms:
         return SloPolicy(max_batch, slo_ms / 1000, curve)
     if name == "aimd" and slo_ms:
         return AimdPolicy(max_batch, slo_ms / 1000)
-    return FixedPolicy(max_batch, spec.batching.max_queue_delay_us / 1e6)
+    return FixedPolicy(max_batch, spec.batching.max_queue_delay_us / 1e6, curve)

@@ -12,6 +12,7 @@ from services.batcher.policies import (
     SloPolicy,
     create_policy,
     fit_affine,
+    throughput_cap,
 )
 from tideserve.errors import InvalidArgument
 from tideserve.modelconfig import ModelSpec
@@ -132,3 +133,27 @@ def test_bad_policy_parameters_are_refused_when_the_config_is_read(
 ) -> None:
     with pytest.raises(InvalidArgument, match=words):
         spec(**parameters)
+
+
+# The default profile's tiny_cnn on one CPU worker (services/scaler/sim/profiles/default.json):
+# rows per second peak at batches of 24 (91/s) and fall to 70/s at 64.
+SUPERLINEAR = {1: 0.103, 8: 0.183, 16: 0.223, 24: 0.262, 32: 0.422, 48: 0.612, 64: 0.920}
+
+
+def test_batches_stop_where_the_measured_curve_serves_rows_fastest() -> None:
+    assert throughput_cap(SUPERLINEAR, 64) == 24
+    assert FixedPolicy(64, 0.002, lambda: SUPERLINEAR).target(100, 0.0) == (24, 0.002)
+    assert QueueLengthPolicy(64, lambda: SUPERLINEAR).target(100, 0.0) == (24, 0.0)
+    assert QueueLengthPolicy(64, lambda: SUPERLINEAR).target(10, 0.0) == (10, 0.0)
+
+
+def test_no_cap_without_evidence_that_larger_batches_are_slower() -> None:
+    # Rows get cheaper with size (mlp, cnn): the max batch size stays.
+    assert throughput_cap({1: 0.001, 16: 0.004, 64: 0.010}, 64) == 64
+    # Nothing larger than the best size measured yet: it may still get better.
+    assert throughput_cap({1: 0.103, 24: 0.262}, 64) == 64
+    # Within the noise margin: no cap.
+    assert throughput_cap({32: 0.100, 64: 0.210}, 64) == 64
+    assert throughput_cap({}, 64) == 64
+    # Sizes above the model's maximum (another config's) do not count.
+    assert throughput_cap({8: 0.010, 128: 0.400}, 64) == 64
