@@ -8,7 +8,8 @@
 #
 # Steps (each skipped when already done, so the script is safe to re-run):
 #   1. install docker.io with apt-get if no dockerd is installed and no daemon answers;
-#   2. start dockerd (host networking only) in the background if no daemon answers;
+#   2. start dockerd (host networking only) in the background if no daemon answers; install
+#      docker-compose if missing;
 #   3. make the base image from a debootstrap rootfs unless it exists;
 #   4. pip-download the project's dependencies (torch==2.13.0 CPU from the local wheel dir that
 #      pip is configured with) into a cached wheelhouse, unless the requirement list is unchanged;
@@ -221,6 +222,8 @@ else
     step "install docker.io" install_docker
     step "start dockerd" start_dockerd
 fi
+# compose.yaml's test drives Debian's docker-compose, which a machine's own Docker may lack.
+command -v docker-compose >/dev/null 2>&1 || step "install docker-compose" apt_install docker-compose
 if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     log "base image $BASE_IMAGE exists"
 else
