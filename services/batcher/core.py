@@ -44,6 +44,10 @@ ROUND_TRIP_ALPHA = 0.2
 # every admitted request sits at the admission boundary, so without headroom the prediction's
 # error alone makes many of them expire in the queue.
 ADMISSION_HEADROOM = 0.8
+# Batches to measure before predicted waits refuse anyone: the first after a start are
+# unrepresentative (one-row batches, the model's first calls), and one such 0.5 s round trip
+# predicted 8 s of work behind 15 queued rows of a model that serves them in one batch.
+ADMISSION_MIN_BATCHES = 8
 
 
 class BatchDispatcher(Protocol):
@@ -139,6 +143,7 @@ class ModelScheduler:
         # Smoothed round trip of a dispatched batch and its rows: the queue's drain rate.
         self._round_trip_s: float | None = None
         self._batch_rows = 0.0
+        self._batches_measured = 0
         self._wake = asyncio.Event()
         self._batch_ids = itertools.count()
         self._prefix = f"{os.getpid()}-{spec.name}-"
@@ -161,16 +166,15 @@ class ModelScheduler:
         back, spread over the dispatch slots. Measured round trips rather than the workers'
         compute curve alone: the hops and the gaps between batches count too, and the
         compute-only estimate let queues grow past 1 s deadlines until nearly every request
-        expired in them (bench/overload.py --timeout-s 1: 12% goodput). 0 until a batch has come
-        back.
+        expired in them (bench/overload.py --timeout-s 1: 12% goodput). 0 until
+        ADMISSION_MIN_BATCHES batches have come back.
 
         A backlog leaves in batches as large as the policy allows, which cost more than the
         recent (smaller) ones but less per row where the curve has a fixed part: with the
         measured t(b) = a + c*b, each batch ahead costs t(its size) plus the recent round trip's
         excess over t(recent size). Without a curve, every row costs the recent round trip's
-        share, which refused requests a growing backlog would have served in time (a lone
-        worker ramping from idle: tests/e2e/test_learned_scaling.py)."""
-        if self._round_trip_s is None:
+        share: after one-row batches, that prices a backlog as one batch per row."""
+        if self._round_trip_s is None or self._batches_measured < ADMISSION_MIN_BATCHES:
             return 0.0
         slots = max(self.capacity(), 1)
         fit = fit_affine(self.curve())
@@ -188,6 +192,7 @@ class ModelScheduler:
         return seconds / slots
 
     def _observe_round_trip(self, rows: int, seconds: float) -> None:
+        self._batches_measured += 1
         if self._round_trip_s is None:
             self._round_trip_s, self._batch_rows = seconds, float(rows)
             return

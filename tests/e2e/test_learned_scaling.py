@@ -57,8 +57,12 @@ def test_learned_policy_scales_up_under_load_and_back_down(
         # Idle: no training trace goes quiet, so the HPA rule decides, and the status says so.
         time.sleep(1.5)
         assert "no arrivals" in stack.status().fallback_reason
-        # About 1.6 workers' worth of SLO capacity: one is not enough, two are.
-        rate = 1.6 * profile.rate_within_slo(SLO_MS / 1e3)
+        # 1.3 workers' worth of SLO capacity: one is not enough for the SLO, two are. It stays
+        # below one worker's peak throughput (77/s in batches of 64 on the profile's line), so
+        # the backlog of the seconds before a second worker serves stays within the batcher's
+        # queue bound: at 1.6x a slower machine's later scale-up filled its 256 rows, and that
+        # shedding is the overload tests' subject, not this one's.
+        rate = 1.3 * profile.rate_within_slo(SLO_MS / 1e3)
         most, failed = asyncio.run(_load_and_watch(stack, rate))
         assert most >= 2, "the learned policy did not scale up under load"
         assert failed == {}

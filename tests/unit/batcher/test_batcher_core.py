@@ -14,7 +14,7 @@ from google.protobuf import text_format
 
 from services.batcher.batching import PendingRequest
 from services.batcher.catalog import CatalogEntry, ModelCatalog
-from services.batcher.core import BatcherCore, ModelScheduler
+from services.batcher.core import ADMISSION_MIN_BATCHES, BatcherCore, ModelScheduler
 from tideserve.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -482,7 +482,9 @@ async def test_request_that_cannot_leave_before_its_deadline_is_refused_at_once(
     core = harness.start(model_config(max_batch_size=4, delay_us=0))
     try:
         # Measure: 4-row batches that take 50 ms each.
-        await gather([core.submit(infer_request(i, rows=4), deadline=None) for i in range(2)])
+        measured = ADMISSION_MIN_BATCHES
+        for i in range(measured):
+            await gather([core.submit(infer_request(i, rows=4), deadline=None)])
         dispatcher.gate.clear()
         futures = [core.submit(infer_request(10), deadline=None)]
         await settle()
@@ -498,7 +500,7 @@ async def test_request_that_cannot_leave_before_its_deadline_is_refused_at_once(
         dispatcher.gate.set()
         responses = await gather(futures)
         assert all(isinstance(r, pb.ModelInferResponse) for r in responses)
-        assert dispatcher.batch_rows[2:] == [1, 4, 4, 1], "everything admitted was served"
+        assert dispatcher.batch_rows[measured:] == [1, 4, 4, 1], "everything admitted was served"
     finally:
         core.close()
         await settle()
