@@ -17,7 +17,7 @@ import numpy as np
 
 from services.batcher.batching import BatchQueue, PendingRequest
 from services.batcher.catalog import CatalogEntry, ModelCatalog
-from services.batcher.policies import ServiceCurve, create_policy, fit_affine
+from services.batcher.policies import MeasuredCurve, ServiceCurve, create_policy
 from services.batcher.requests import parse_request
 from tideserve import shared_memory
 from tideserve.errors import (
@@ -138,7 +138,7 @@ class ModelScheduler:
         self.dispatcher = dispatcher
         self.capacity = capacity
         self.clock = clock
-        self.curve = curve
+        self.curve = MeasuredCurve(curve)
         self.inflight = 0
         # Smoothed round trip of a dispatched batch and its rows: the queue's drain rate.
         self._round_trip_s: float | None = None
@@ -177,7 +177,7 @@ class ModelScheduler:
         if self._round_trip_s is None or self._batches_measured < ADMISSION_MIN_BATCHES:
             return 0.0
         slots = max(self.capacity(), 1)
-        fit = fit_affine(self.curve())
+        fit = self.curve.fit()
         if fit is None:
             batches = rows_ahead / max(self._batch_rows, 1.0) + 1.0
             return batches * self._round_trip_s / slots

@@ -5,12 +5,12 @@ feed it what it learns. The queue (batching.py) applies the answer; dispatch cap
 
   fixed         Triton's rule: the max batch size, waiting at most max_queue_delay.
   queue_length  the seed's batch_size_fn(queue_length): take what is queued now, never wait.
-Both stop short of the max batch size where the measured curve shows a smaller batch serving
-rows clearly faster (`throughput_cap`).
   slo           never waits; from the measured service-time curve t(b) = a + c*b and the arrival
                 rate, batches no larger than the latency budget affords while that keeps up.
   aimd          Clipper's additive-increase / multiplicative-decrease on observed latency.
-Default: `slo` when the model config sets `slo_ms`, else `fixed`.
+Default: `slo` when the model config sets `slo_ms`, else `fixed`. `fixed` and `queue_length`
+stop short of the max batch size where the measured curve shows a smaller batch serving rows
+clearly faster (`throughput_cap`).
 """
 
 from __future__ import annotations
@@ -99,6 +99,36 @@ def throughput_cap(curve: Mapping[int, float], max_batch_size: int) -> int:
     return best
 
 
+class MeasuredCurve:
+    """The workers' measured t(b) and what batching derives from it (the affine fit, the
+    throughput cap), recomputed only when the catalog hands over a new curve (a new mapping at
+    each cluster snapshot, every 0.25 s): a fit costs tens of microseconds (np.polyfit), too
+    much for every request's admission check and every batch decision."""
+
+    def __init__(self, source: ServiceCurve) -> None:
+        self.source = source
+        self._curve: Mapping[int, float] | None = None
+        self._fit: tuple[float, float] | None = None
+        self._caps: dict[int, int] = {}
+
+    def _refresh(self) -> Mapping[int, float]:
+        curve = self.source()
+        if curve is not self._curve:
+            self._curve, self._fit, self._caps = curve, fit_affine(curve), {}
+        return curve
+
+    def fit(self) -> tuple[float, float] | None:
+        self._refresh()
+        return self._fit
+
+    def cap(self, max_batch_size: int) -> int:
+        curve = self._refresh()
+        cap = self._caps.get(max_batch_size)
+        if cap is None:
+            cap = self._caps[max_batch_size] = throughput_cap(curve, max_batch_size)
+        return cap
+
+
 class FixedPolicy:
     name = "fixed"
 
@@ -107,13 +137,13 @@ class FixedPolicy:
     ) -> None:
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
-        self.curve = curve
+        self.curve = MeasuredCurve(curve)
 
     def arrived(self, rows: int, now: float) -> None:
         return None
 
     def batch_limit(self) -> int:
-        return throughput_cap(self.curve(), self.max_batch_size)
+        return self.curve.cap(self.max_batch_size)
 
     def target(self, queued_rows: int, now: float) -> tuple[int, float]:
         return self.batch_limit(), self.max_queue_delay_s
@@ -160,7 +190,7 @@ class SloPolicy:
             raise ValueError("slo_s must be > 0")
         self.max_batch_size = max_batch_size
         self.budget_s = slo_s * headroom
-        self.curve = curve
+        self.curve = MeasuredCurve(curve)
         self.rate = ArrivalRate()
 
     def arrived(self, rows: int, now: float) -> None:
@@ -172,7 +202,7 @@ class SloPolicy:
     def batch_limit(self, now: float) -> int:
         """The largest batch the budget affords, or the model's maximum when that is too small
         for the arrival rate (or nothing is measured yet)."""
-        fit = fit_affine(self.curve())
+        fit = self.curve.fit()
         if fit is None:
             return self.max_batch_size
         fixed, per_row = fit

@@ -15,6 +15,7 @@ from google.protobuf import text_format
 from services.batcher.batching import PendingRequest
 from services.batcher.catalog import CatalogEntry, ModelCatalog
 from services.batcher.core import ADMISSION_MIN_BATCHES, BatcherCore, ModelScheduler
+from services.batcher.policies import MeasuredCurve
 from tideserve.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -535,7 +536,7 @@ async def test_a_backlog_is_priced_in_the_batches_it_will_leave_in(clock: FakeCl
         scheduler._observe_round_trip(4, 0.060)
         assert scheduler.expected_wait(40) == pytest.approx(3 * 0.040 + 0.041 + 3 * 0.016)
         # Without a curve every row costs its share of the round trip: 41 rows / 4 x 60 ms.
-        scheduler.curve = dict
+        scheduler.curve = MeasuredCurve(dict)
         assert scheduler.expected_wait(40) == pytest.approx((40 / 4 + 1) * 0.060)
     finally:
         scheduler.close()

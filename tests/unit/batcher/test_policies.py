@@ -8,6 +8,7 @@ from services.batcher.policies import (
     AimdPolicy,
     ArrivalRate,
     FixedPolicy,
+    MeasuredCurve,
     QueueLengthPolicy,
     SloPolicy,
     create_policy,
@@ -157,3 +158,13 @@ def test_no_cap_without_evidence_that_larger_batches_are_slower() -> None:
     assert throughput_cap({}, 64) == 64
     # Sizes above the model's maximum (another config's) do not count.
     assert throughput_cap({8: 0.010, 128: 0.400}, 64) == 64
+
+
+def test_a_measured_curve_is_refit_when_the_catalog_hands_over_a_new_one() -> None:
+    curves = [{1: 0.003, 9: 0.011}]
+    measured = MeasuredCurve(lambda: curves[-1])
+    assert measured.fit() == pytest.approx((0.002, 0.001))
+    assert measured.cap(64) == 64
+    curves.append(SUPERLINEAR)
+    assert measured.cap(64) == 24
+    assert measured.fit() == fit_affine(SUPERLINEAR)
