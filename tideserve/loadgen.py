@@ -69,9 +69,9 @@ async def inputs_in_shared_memory(
     del placed.raw_input_contents[:]
     offset = 0
     for tensor, raw in zip(placed.inputs, request.raw_input_contents, strict=True):
-        tensor.parameters["shared_memory_region"].string_param = name
-        tensor.parameters["shared_memory_offset"].int64_param = offset
-        tensor.parameters["shared_memory_byte_size"].int64_param = len(raw)
+        tensor.parameters[shared_memory.REGION_PARAMETER].string_param = name
+        tensor.parameters[shared_memory.OFFSET_PARAMETER].int64_param = offset
+        tensor.parameters[shared_memory.BYTE_SIZE_PARAMETER].int64_param = len(raw)
         offset += len(raw)
     try:
         await stub.SystemSharedMemoryRegister(

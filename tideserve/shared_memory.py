@@ -27,6 +27,11 @@ from tideserve.v1 import cluster_pb2
 
 SHM_DIR = Path("/dev/shm")
 PREFIX = "tideserve-"
+# Triton's system shared-memory extension: the tensor parameters that place a tensor's bytes in
+# a client's registered region instead of the message (read by the batcher, sent by clients).
+REGION_PARAMETER = "shared_memory_region"
+BYTE_SIZE_PARAMETER = "shared_memory_byte_size"
+OFFSET_PARAMETER = "shared_memory_offset"
 SEGMENT_NAME = re.compile(rf"^{PREFIX}(\d+)-(\d+)$")
 # Segments are sized in powers of two from here, so a few sizes serve every batch.
 MIN_SEGMENT_BYTES = 1 << 20

@@ -16,15 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.batcher.requests import parameter_int
+from tideserve import shared_memory
 from tideserve.errors import AlreadyExists, InvalidArgument, NotFound, Unimplemented
 from tideserve.shared_memory import PREFIX as INTERNAL_PREFIX
 from tideserve.shared_memory import SHM_DIR, unmap
 from tideserve.v1 import inference_pb2 as pb
 
 # Parameters of an input or requested output that place its bytes in a region.
-REGION = "shared_memory_region"
-BYTE_SIZE = "shared_memory_byte_size"
-OFFSET = "shared_memory_offset"
+REGION = shared_memory.REGION_PARAMETER
+BYTE_SIZE = shared_memory.BYTE_SIZE_PARAMETER
+OFFSET = shared_memory.OFFSET_PARAMETER
 
 
 @dataclass(eq=False)
