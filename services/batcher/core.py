@@ -17,6 +17,7 @@ import numpy as np
 
 from services.batcher.batching import BatchQueue, PendingRequest
 from services.batcher.catalog import CatalogEntry, ModelCatalog
+from services.batcher.pipelining import Booking, InstanceTimeline
 from services.batcher.policies import MeasuredCurve, ServiceCurve, create_policy
 from services.batcher.requests import parse_request
 from tideserve import shared_memory
@@ -38,7 +39,8 @@ LATENCY_WINDOW_S = 1.0
 # The arrival rate reported is over about this long, the simulator's step, which the learned
 # scaling policy was trained on.
 ARRIVAL_WINDOW_S = 1.0
-# Smoothing of the measured batch round trip that predicts a new request's queue wait.
+# Smoothing of the measured batch round trip that predicts a new request's queue wait, and of the
+# hops' share of it.
 ROUND_TRIP_ALPHA = 0.2
 # A request is admitted only if its predicted wait fits this share of its deadline: under overload
 # every admitted request sits at the admission boundary, so without headroom the prediction's
@@ -109,19 +111,23 @@ class SharedInputs:
 
 
 class ModelScheduler:
-    """Owns one model's queue. A batch leaves when the queue says it is ready *and* fewer than
-    `capacity()` batches are in flight, so batches grow while workers are busy, not by idling."""
+    """Owns one model's queue. A batch leaves when the queue says it is ready *and* a model
+    instance (`instances()`, over all ready workers) is free for it, so batches grow while
+    workers are busy, not by idling. With `depth` > 1, up to that many batches per instance
+    are in flight: those beyond the first leave just in time for their instance
+    (pipelining.py)."""
 
     def __init__(
         self,
         entry: CatalogEntry,
         dispatcher: BatchDispatcher,
-        capacity: Callable[[], int],
+        instances: Callable[[], int],
         clock: Callable[[], float],
         curve: ServiceCurve = dict,
         metrics: BatchMetrics | None = None,
         max_queue_rows_default: int = 0,
         shared: SharedInputs | None = None,
+        depth: int = 1,
     ) -> None:
         self.entry = entry
         self.metrics = metrics or NoMetrics()
@@ -136,10 +142,15 @@ class ModelScheduler:
             max_queue_rows_default,
         )
         self.dispatcher = dispatcher
-        self.capacity = capacity
+        self.instances = instances
+        self.depth = depth
         self.clock = clock
         self.curve = MeasuredCurve(curve)
         self.inflight = 0
+        self.timeline = InstanceTimeline()
+        # Smoothed time of the hops down to a worker (half the round trip beyond the worker's
+        # own queue and compute): how early a just-in-time batch leaves.
+        self._hop_down_s = 0.0
         # Smoothed round trip of a dispatched batch and its rows: the queue's drain rate.
         self._round_trip_s: float | None = None
         self._batch_rows = 0.0
@@ -176,7 +187,7 @@ class ModelScheduler:
         share: after one-row batches, that prices a backlog as one batch per row."""
         if self._round_trip_s is None or self._batches_measured < ADMISSION_MIN_BATCHES:
             return 0.0
-        slots = max(self.capacity(), 1)
+        slots = max(self.instances(), 1)
         fit = self.curve.fit()
         if fit is None:
             batches = rows_ahead / max(self._batch_rows, 1.0) + 1.0
@@ -191,13 +202,17 @@ class ModelScheduler:
             seconds += fixed + per_row * rest + overhead
         return seconds / slots
 
-    def _observe_round_trip(self, rows: int, seconds: float) -> None:
+    def _observe_round_trip(self, rows: int, seconds: float, hops_s: float = 0.0) -> None:
+        """A batch of `rows` came back `seconds` after it left, `hops_s` of them outside the
+        worker's queue and compute."""
         self._batches_measured += 1
         if self._round_trip_s is None:
             self._round_trip_s, self._batch_rows = seconds, float(rows)
+            self._hop_down_s = hops_s / 2
             return
         self._round_trip_s += ROUND_TRIP_ALPHA * (seconds - self._round_trip_s)
         self._batch_rows += ROUND_TRIP_ALPHA * (rows - self._batch_rows)
+        self._hop_down_s += ROUND_TRIP_ALPHA * (hops_s / 2 - self._hop_down_s)
 
     def _admit_before_deadline(self, request: PendingRequest) -> None:
         """Refuse at once a request that cannot leave the queue before its deadline or queue
@@ -214,11 +229,18 @@ class ModelScheduler:
                 "after a back-off, with a longer deadline, or add workers"
             )
 
+    def capacity(self) -> int:
+        """Batches that may be in flight at once."""
+        return self.instances() * self.depth
+
     async def _run(self) -> None:
         while True:
             batch = await self._next_batch()
             self.inflight += 1
-            task = asyncio.get_running_loop().create_task(self._execute(batch))
+            booking = self.timeline.book(
+                self.instances(), self.clock(), self._hop_down_s, self._compute_s(batch)
+            )
+            task = asyncio.get_running_loop().create_task(self._execute(batch, booking))
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
 
@@ -239,12 +261,44 @@ class ModelScheduler:
                 # Every slot is busy: wake for a freed slot, a new arrival or a queue timeout.
                 await self._wait(self.queue.next_expiry(now))
                 continue
+            if self.inflight >= self.instances():
+                # Every instance has a batch: the next leaves when one is about to free.
+                gate = self._just_in_time(now)
+                if gate is None or gate > 0:
+                    timeouts = [t for t in (gate, self.queue.next_expiry(now)) if t is not None]
+                    await self._wait(min(timeouts, default=None))
+                    continue
             if self.queue.ready(now):
                 batch = [r for r in self.queue.take(now) if self._still_wanted(r, now)]
                 if batch:
                     return batch
                 continue
             await self._wait(self.queue.next_wakeup(now))
+
+    def _compute_s(self, batch: list[PendingRequest]) -> float:
+        fit = self.curve.fit()
+        if fit is None:
+            return 0.0
+        fixed, per_row = fit
+        return fixed + per_row * sum(r.rows for r in batch)
+
+    def _just_in_time(self, now: float) -> float | None:
+        """Seconds until a batch beyond one per instance should leave: when the first instance
+        to free is that close to freeing that the batch, sent now, reaches it then.
+
+        None (it waits for a slot, as with depth 1) while nothing predicts when an instance
+        frees (no measured curve or round trip yet), and for a model whose batches compute for
+        less than the hops around them take: there the instance's idle gap is not what limits
+        throughput but the CPU every batch costs on the way, and early batches are small ones
+        (mlp c=64: 1,161-1,206 infer/s in batches of 5 against 1,364-1,433 in batches of 13)."""
+        fit = self.curve.fit()
+        if fit is None or self._round_trip_s is None:
+            return None
+        fixed, per_row = fit
+        if fixed + per_row * self._batch_rows < 2 * self._hop_down_s:
+            return None
+        opens = self.timeline.free_at(self.instances(), now) - self._hop_down_s
+        return max(opens - now, 0.0)
 
     @staticmethod
     def _still_wanted(request: PendingRequest, now: float) -> bool:
@@ -294,7 +348,7 @@ class ModelScheduler:
             message.output_names.extend(sorted({n for r in batch for n in r.output_names}))
         return message.SerializeToString()
 
-    async def _execute(self, batch: list[PendingRequest]) -> None:
+    async def _execute(self, batch: list[PendingRequest], booking: Booking) -> None:
         rows = sum(r.rows for r in batch)
         now = self.clock()
         deadlines = [r.deadline for r in batch]
@@ -312,9 +366,13 @@ class ModelScheduler:
             )
         try:
             raw = await self._send(batch, rows, batch_id, timeout)
-            self._complete(batch, rows, cluster_pb2.BatchResult.FromString(raw))
-            round_trip = self.clock() - now
-            self._observe_round_trip(rows, round_trip)
+            result = cluster_pb2.BatchResult.FromString(raw)
+            returned = self.clock()
+            self._complete(batch, rows, result)
+            round_trip = returned - now
+            hops = max(round_trip - result.queue_seconds - result.compute_seconds, 0.0)
+            self._observe_round_trip(rows, round_trip, hops)
+            self.timeline.returned(booking, returned - hops / 2)
             self.queue.policy.observe(rows, now - batch[0].arrival, round_trip)
         except TideserveError as error:
             for request in batch:
@@ -425,16 +483,17 @@ class BatcherCore:
             if scheduler is not None and len(scheduler.queue) == 0 and scheduler.inflight == 0:
                 scheduler.close()
             name = entry.spec.name
-            slots_per_worker = self.inflight_per_instance * entry.spec.instance_count
+            per_worker = entry.spec.instance_count
             scheduler = ModelScheduler(
                 entry,
                 self.dispatcher,
-                lambda: slots_per_worker * max(self.catalog.worker_counts.get(name, 0), 1),
+                lambda: per_worker * max(self.catalog.worker_counts.get(name, 0), 1),
                 self.clock,
                 lambda: self.catalog.service_curves.get(name, {}),
                 self.metrics,
                 self.max_queue_rows_default,
                 self.shared,
+                depth=self.inflight_per_instance,
             )
             self.schedulers[name] = scheduler
         return scheduler

@@ -15,10 +15,10 @@ class BatcherSettings(TlsFields):
     port: int = 8001
     balancers: tuple[str, ...] = ("127.0.0.1:8100",)
     batcher_id: str = ""
-    # Batches in flight per model instance (config `instance_count`) on each ready worker, as
-    # Triton hands a batch to a free instance. 1 measured best: a second batch in flight leaves
-    # before the first returns, so it is small, and small batches spend the CPU on per-batch
-    # hops that the requests need (bench: mlp c=64 2,448-2,509 vs 532-1,763 infer/s with 2).
+    # Batches in flight per model instance (config `instance_count`) on each ready worker. The
+    # first is computing (Triton hands a batch to a free instance); any more leave just in time,
+    # when the instance is predicted to free, so it need not idle through the hops between
+    # batches (services/batcher/pipelining.py).
     inflight_per_instance: int = 1
     # Rows a model's queue may hold when its config sets no max_queue_size; more are refused at
     # once with RESOURCE_EXHAUSTED. Shedding keeps the accepted requests fast under overload
