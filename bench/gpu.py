@@ -387,6 +387,7 @@ def serve_and_measure(
     gpus: int = 1,
     shared_memory_min_bytes: int | None = None,
     client_shared_memory: bool = False,
+    pin_shared_memory: bool = True,
 ) -> dict[str, Any]:
     """Saturate the served model with clients sending requests of each size in `client_rows`
     (1 = one sample a request, as most clients do); then, for each size, open-loop arrivals at
@@ -396,7 +397,7 @@ def serve_and_measure(
     cluster = Cluster(
         repository,
         out / f"logs_{model}",
-        worker_args=("--models", model),
+        worker_args=("--models", model, "--pin-shared-memory", str(pin_shared_memory).lower()),
         batcher_args=(
             "--processes",
             str(batchers),
@@ -548,6 +549,13 @@ def main(argv: list[str] | None = None) -> int:
         help="clients send inputs through registered system shared-memory regions",
     )
     parser.add_argument(
+        "--no-pin-shared-memory",
+        dest="pin_shared_memory",
+        action="store_false",
+        help="workers stage shared-memory inputs through pinned buffers instead of pinning "
+        "the segments (the worker's --pin-shared-memory false)",
+    )
+    parser.add_argument(
         "--make-models", type=Path, default=ROOT.parent / "shared" / "workloads" / "make_models.py"
     )
     args = parser.parse_args(argv)
@@ -583,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
             args.gpus,
             args.shared_memory_min_bytes,
             args.client_shared_memory,
+            args.pin_shared_memory,
         )
         for run in served["saturated"].values():
             # The limit is one GPU's: with several workers, compare with that many GPUs.

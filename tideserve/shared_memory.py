@@ -21,6 +21,9 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+
+import numpy as np
 
 from tideserve.errors import FailedPrecondition, InvalidArgument
 from tideserve.v1 import cluster_pb2
@@ -150,16 +153,37 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class HostPinning(Protocol):
+    """Page-locks host memory for a device's DMA engine (cudaHostRegister on a GPU worker)."""
+
+    def pin(self, address: int, size: int) -> bool:
+        """Pin [address, address + size); False if the device refused (then it stays pageable)."""
+        ...
+
+    def unpin(self, address: int) -> None: ...
+
+
 class SegmentReader:
     """The worker's side: the bytes a `SharedMemoryRef` names, as a read-only memoryview.
     Mappings are kept (a batcher reuses a handful of segments) up to READER_CACHE; opening the
-    file each time (a few microseconds) tells whether the mapping is still of that file."""
+    file each time (a few microseconds) tells whether the mapping is still of that file.
 
-    def __init__(self, shm_dir: Path = SHM_DIR) -> None:
+    With `pinning`, each mapping is pinned once when first mapped, so a GPU copies a batch
+    straight out of the segment instead of through a staging copy into pinned memory (3 MB a
+    64-row cnn batch, per batch, on the instance's thread). A pinned mapping is unpinned only
+    once no batch reads it: `view` counts a use, `done` ends it."""
+
+    def __init__(self, shm_dir: Path = SHM_DIR, pinning: HostPinning | None = None) -> None:
         self.shm_dir = shm_dir
+        self.pinning = pinning
         # What the worker reports at registration; "" when it has no usable /dev/shm.
         self.domain = domain(shm_dir)
         self._maps: OrderedDict[str, tuple[int, mmap.mmap]] = OrderedDict()
+        # Pinned mappings: their address, and how many batches are reading them.
+        self._pinned: dict[int, int] = {}
+        self._uses: dict[int, int] = {}
+        # Forgotten while in use: unpinned and unmapped when their last batch is done.
+        self._retired: dict[int, mmap.mmap] = {}
 
     def view(self, ref: cluster_pb2.SharedMemoryRef) -> memoryview:
         if not SEGMENT_NAME.match(ref.segment):
@@ -170,7 +194,18 @@ class SegmentReader:
                 f"shared-memory range {ref.offset}+{ref.size} lies outside segment "
                 f"{ref.segment} ({len(buffer)} bytes)"
             )
+        if id(buffer) in self._pinned:
+            self._uses[id(buffer)] += 1
         return memoryview(buffer)[ref.offset : ref.offset + ref.size].toreadonly()
+
+    def done(self, view: memoryview) -> None:
+        """A batch has finished reading `view` (from `view()`): its device copies are complete."""
+        key = id(view.obj)
+        if key not in self._uses:
+            return
+        self._uses[key] -= 1
+        if self._uses[key] == 0 and key in self._retired:
+            self._release(self._retired.pop(key))
 
     def _current(self, name: str) -> mmap.mmap:
         """Our mapping of `name`, remade when the file is another than the one mapped (a new
@@ -203,9 +238,20 @@ class SegmentReader:
         self._forget(name)
         self._drop_removed()
         self._maps[name] = (inode, buffer)
+        self._pin(buffer)
         while len(self._maps) > READER_CACHE:
             self._forget(next(iter(self._maps)))
         return buffer
+
+    def _pin(self, buffer: mmap.mmap) -> None:
+        if self.pinning is None:
+            return
+        probe = np.frombuffer(buffer, dtype=np.uint8)
+        address = probe.ctypes.data
+        del probe  # an export would keep the mapping from ever closing
+        if self.pinning.pin(address, len(buffer)):
+            self._pinned[id(buffer)] = address
+            self._uses[id(buffer)] = 0
 
     def _drop_removed(self) -> None:
         """Unmap segments their batcher has removed: nothing names them again, and our mapping
@@ -216,5 +262,17 @@ class SegmentReader:
 
     def _forget(self, name: str) -> None:
         cached = self._maps.pop(name, None)
-        if cached is not None:
-            unmap(cached[1])
+        if cached is None:
+            return
+        buffer = cached[1]
+        if self._uses.get(id(buffer), 0) > 0:
+            self._retired[id(buffer)] = buffer
+        else:
+            self._release(buffer)
+
+    def _release(self, buffer: mmap.mmap) -> None:
+        address = self._pinned.pop(id(buffer), None)
+        self._uses.pop(id(buffer), None)
+        if address is not None and self.pinning is not None:
+            self.pinning.unpin(address)
+        unmap(buffer)

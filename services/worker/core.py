@@ -51,7 +51,12 @@ class WorkerCore:
         runner = self.runners.get(batch.model_name)
         if runner is None:
             raise NotFound(f"worker {self.worker_id} does not serve model {batch.model_name!r}")
-        arrays = self._decode_inputs(runner, batch)
+        views: list[memoryview] = []
+        try:
+            arrays = self._decode_inputs(runner, batch, views)
+        except Exception:
+            self._done_reading(views)
+            raise
         submitted = time.perf_counter()
         started: list[float] = []
 
@@ -68,8 +73,15 @@ class WorkerCore:
 
         self.queued += 1
         self._idle.clear()
+        loop = asyncio.get_running_loop()
+        computing = runner.executor.submit(run)
+        # Views are released when the thread is done with them, even if this call is
+        # cancelled first: a pinned segment must not be unpinned under a running copy.
+        computing.add_done_callback(
+            lambda _: loop.is_closed() or loop.call_soon_threadsafe(self._done_reading, views)
+        )
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(runner.executor, run)
+            outputs = await asyncio.wrap_future(computing)
         except Exception:
             self.failed += 1
             raise
@@ -93,7 +105,15 @@ class WorkerCore:
             result.outputs.add(name=spec.name, datatype=datatype, shape=shape, raw=raw)
         return result
 
-    def _decode_inputs(self, runner: ModelRunner, batch: cluster_pb2.Batch) -> list:
+    def _done_reading(self, views: list[memoryview]) -> None:
+        if self.shared_inputs is not None:
+            for view in views:
+                self.shared_inputs.done(view)
+
+    def _decode_inputs(
+        self, runner: ModelRunner, batch: cluster_pb2.Batch, views: list[memoryview]
+    ) -> list:
+        """The batch's inputs as arrays; the shared-memory views they read go in `views`."""
         by_name = {t.name: t for t in batch.inputs}
         arrays = []
         for spec in runner.spec.inputs:
@@ -104,17 +124,17 @@ class WorkerCore:
                 raise InvalidArgument(
                     f"input {spec.name!r} is {tensor.datatype}, model expects {spec.datatype}"
                 )
-            arrays.append(codec.decode(tensor.datatype, tensor.shape, self._bytes_of(tensor)))
+            if not tensor.HasField("shared"):
+                data: bytes | memoryview = tensor.raw
+            elif self.shared_inputs is None:
+                raise FailedPrecondition(
+                    f"worker {self.worker_id} does not take inputs through shared memory"
+                )
+            else:
+                data = self.shared_inputs.view(tensor.shared)
+                views.append(data)
+            arrays.append(codec.decode(tensor.datatype, tensor.shape, data))
         return arrays
-
-    def _bytes_of(self, tensor: cluster_pb2.TensorData) -> bytes | memoryview:
-        if not tensor.HasField("shared"):
-            return tensor.raw
-        if self.shared_inputs is None:
-            raise FailedPrecondition(
-                f"worker {self.worker_id} does not take inputs through shared memory"
-            )
-        return self.shared_inputs.view(tensor.shared)
 
     def check_accepting(self) -> None:
         if self.draining:

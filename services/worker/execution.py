@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -25,6 +26,14 @@ from tideserve.modelconfig import ModelSpec
 logger = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# cudaHostRegister flags: every CUDA context may use the pinning; the mapping is read-only
+# (shared-memory segments are mapped PROT_READ, and the device only reads them).
+HOST_REGISTER_PORTABLE = 0x01
+HOST_REGISTER_READ_ONLY = 0x08
+
+# Inputs read in place from read-only shared memory become tensors the model never writes to
+# (they are copied to the device first); torch's warning about that would fire per batch.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
 class Instance(Protocol):
@@ -34,6 +43,27 @@ class Instance(Protocol):
 
 
 OutputPicker = Callable[[object], list[torch.Tensor]]
+
+
+class CudaHostPinning:
+    """Pins shared-memory segments with cudaHostRegister (tideserve.shared_memory.HostPinning),
+    so a CudaInstance copies a batch to the GPU straight from the segment."""
+
+    def pin(self, address: int, size: int) -> bool:
+        error = torch.cuda.cudart().cudaHostRegister(
+            address, size, HOST_REGISTER_PORTABLE | HOST_REGISTER_READ_ONLY
+        )
+        if int(error) != 0:
+            logger.warning(
+                "could not pin a shared-memory segment; its batches are staged through "
+                "pinned buffers",
+                extra={"bytes": size, "cuda_error": int(error)},
+            )
+            return False
+        return True
+
+    def unpin(self, address: int) -> None:
+        torch.cuda.cudart().cudaHostUnregister(address)
 
 
 class CpuInstance:
@@ -69,13 +99,17 @@ class CudaInstance:
         self._graph_sizes: list[int] = []
 
     def _staged(self, index: int, array: np.ndarray) -> torch.Tensor:
+        """The input in page-locked memory: as it is when it already lies there (a pinned
+        shared-memory segment), else copied into this instance's pinned buffer."""
+        source = torch.from_numpy(array)
+        if source.is_pinned():
+            return source
         key = (index, array.shape)
         buffer = self._pinned.get(key)
         if buffer is None:
-            buffer = torch.empty(array.shape, dtype=torch.from_numpy(array[:0]).dtype,
-                                 pin_memory=True)
+            buffer = torch.empty(array.shape, dtype=source.dtype, pin_memory=True)
             self._pinned[key] = buffer
-        buffer.numpy()[...] = array
+        buffer.copy_(source)
         return buffer
 
     def _host_output(self, index: int, tensor: torch.Tensor) -> torch.Tensor:

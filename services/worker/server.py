@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from services.worker.core import WorkerCore
+from services.worker.execution import CudaHostPinning
 from services.worker.metrics import WorkerMetrics, collect
 from services.worker.repository import scan
 from services.worker.runner import ModelRunner, configure_threads, resolve_device
@@ -124,7 +125,8 @@ async def serve(settings: WorkerSettings) -> None:
         ServiceTimeProfile.load(settings.service_profile) if settings.service_profile else None
     )
     runners: dict[str, ModelRunner] = {}
-    reader = shared_memory.SegmentReader() if settings.shared_memory else None
+    pinning = CudaHostPinning() if device.type == "cuda" and settings.pin_shared_memory else None
+    reader = shared_memory.SegmentReader(pinning=pinning) if settings.shared_memory else None
     shared_inputs = reader if reader is not None and reader.domain else None
     core = WorkerCore(settings.worker_id, runners, shared_inputs)
     registry = metrics.new_registry()

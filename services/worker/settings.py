@@ -33,6 +33,9 @@ class WorkerSettings(TlsFields):
     # Take batch inputs that a batcher on this host leaves in /dev/shm (tideserve/shared_memory.py)
     # instead of inline bytes: the tensors then skip both gRPC hops.
     shared_memory: bool = True
+    # On a GPU, pin those segments (cudaHostRegister) so batches are copied to the device
+    # straight from them, without a staging copy into pinned buffers.
+    pin_shared_memory: bool = True
     # Exit once every balancer has released this worker after a drain.
     exit_on_release: bool = True
     grace_s: float = 10.0

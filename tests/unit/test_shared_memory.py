@@ -148,3 +148,71 @@ def test_segments_of_dead_batchers_are_swept_and_live_ones_kept(tmp_path: Path) 
 def test_domain_is_empty_without_a_shm_directory(tmp_path: Path) -> None:
     assert shared_memory.domain(tmp_path / "missing") == ""
     assert shared_memory.domain(tmp_path) == shared_memory.domain(tmp_path) != ""
+
+
+class RecordingPinning:
+    """Stands in for cudaHostRegister (tests run without a GPU; bench/gpu.py runs the real one)."""
+
+    def __init__(self, accept: bool = True) -> None:
+        self.accept = accept
+        self.pinned: list[int] = []
+        self.unpinned: list[int] = []
+
+    def pin(self, address: int, size: int) -> bool:
+        if self.accept:
+            self.pinned.append(address)
+        return self.accept
+
+    def unpin(self, address: int) -> None:
+        self.unpinned.append(address)
+
+
+def test_a_mapping_is_pinned_once_and_unpinned_when_forgotten(tmp_path: Path) -> None:
+    pool = shared_memory.SegmentPool(tmp_path)
+    first, second = pool.acquire(1), pool.acquire(1)
+    pinning = RecordingPinning()
+    reader = shared_memory.SegmentReader(tmp_path, pinning)
+    for _ in range(3):
+        reader.done(reader.view(first.ref(0, 1)))
+    assert len(pinning.pinned) == 1, "one pin per mapping, not per batch"
+
+    (tmp_path / first.name).unlink()
+    reader.view(second.ref(0, 1))  # a new segment: removed ones are let go
+
+    assert pinning.unpinned == pinning.pinned[:1]
+    pool.close()
+
+
+def test_a_pinned_mapping_stays_pinned_while_a_batch_reads_it(tmp_path: Path) -> None:
+    """The batcher let the segment go while a worker's batch still copies from it: unpinning
+    then could pull the pages from under the GPU's copy; it waits for the batch."""
+    pool = shared_memory.SegmentPool(tmp_path)
+    first, second = pool.acquire(1), pool.acquire(1)
+    pinning = RecordingPinning()
+    reader = shared_memory.SegmentReader(tmp_path, pinning)
+    in_use = reader.view(first.ref(0, 1))
+    (tmp_path / first.name).unlink()
+
+    reader.view(second.ref(0, 1))
+    assert pinning.unpinned == [], "still read by a batch"
+
+    reader.done(in_use)
+    assert pinning.unpinned == pinning.pinned[:1]
+    pool.close()
+
+
+def test_a_segment_the_device_will_not_pin_is_read_as_before(tmp_path: Path) -> None:
+    pool = shared_memory.SegmentPool(tmp_path)
+    segment = pool.acquire(8)
+    segment.buffer[0:4] = b"data"
+    pinning = RecordingPinning(accept=False)
+    reader = shared_memory.SegmentReader(tmp_path, pinning)
+
+    view = reader.view(segment.ref(0, 4))
+    reader.done(view)
+
+    assert bytes(view) == b"data"
+    (tmp_path / segment.name).unlink()
+    reader.view(pool.acquire(1).ref(0, 1))
+    assert pinning.unpinned == [], "nothing was pinned, nothing to unpin"
+    pool.close()
