@@ -108,18 +108,26 @@ async def test_second_batch_leaves_when_the_first_is_predicted_done() -> None:
     assert [r.id for r in responses] == [f"req-{i}" for i in range(5)]
 
 
+async def two_arrive_long_after_a_held_batch(
+    scheduler: ModelScheduler, dispatcher: EchoDispatcher, clock: FakeClock
+) -> list:
+    """One request whose batch the worker holds, then two more a second later."""
+    dispatcher.gate.clear()
+    futures = [scheduler.submit(pending(0, clock))]
+    await settle()
+    clock.advance(1.0)
+    futures += [scheduler.submit(pending(i, clock)) for i in (1, 2)]
+    await settle()
+    return futures
+
+
 async def test_without_a_measured_curve_a_second_batch_waits_for_a_free_instance() -> None:
     clock = FakeClock()
     entry: CatalogEntry = catalog_with(model_config(max_batch_size=8, delay_us=0)).get(MODEL)
     dispatcher = EchoDispatcher()
     scheduler = ModelScheduler(entry, dispatcher, lambda: 1, clock, dict, depth=2)
     try:
-        dispatcher.gate.clear()
-        futures = [scheduler.submit(pending(0, clock))]
-        await settle()
-        clock.advance(1.0)
-        futures += [scheduler.submit(pending(i, clock)) for i in (1, 2)]
-        await settle()
+        futures = await two_arrive_long_after_a_held_batch(scheduler, dispatcher, clock)
         assert dispatcher.batch_rows == [1], "nothing predicts when the instance frees"
 
         dispatcher.gate.set()
@@ -141,12 +149,7 @@ async def test_a_model_that_computes_for_less_than_its_hops_is_not_pipelined() -
     scheduler = ModelScheduler(entry, dispatcher, lambda: 1, clock, lambda: curve, depth=2)
     try:
         await gather([scheduler.submit(pending(9, clock))])  # 3 ms round trip, all hops
-        dispatcher.gate.clear()
-        futures = [scheduler.submit(pending(0, clock))]
-        await settle()
-        clock.advance(1.0)
-        futures += [scheduler.submit(pending(i, clock)) for i in (1, 2)]
-        await settle()
+        futures = await two_arrive_long_after_a_held_batch(scheduler, dispatcher, clock)
         assert dispatcher.batch_rows == [1, 1]
 
         dispatcher.gate.set()
