@@ -50,14 +50,21 @@ class CudaHostPinning:
     so a CudaInstance copies a batch to the GPU straight from the segment."""
 
     def pin(self, address: int, size: int) -> bool:
-        error = torch.cuda.cudart().cudaHostRegister(
-            address, size, HOST_REGISTER_PORTABLE | HOST_REGISTER_READ_ONLY
-        )
-        if int(error) != 0:
+        try:
+            error = int(
+                torch.cuda.cudart().cudaHostRegister(
+                    address, size, HOST_REGISTER_PORTABLE | HOST_REGISTER_READ_ONLY
+                )
+            )
+        except (AssertionError, AttributeError, RuntimeError) as exc:  # no CUDA runtime here
+            error, detail = -1, str(exc)
+        else:
+            detail = ""
+        if error != 0:
             logger.warning(
                 "could not pin a shared-memory segment; its batches are staged through "
                 "pinned buffers",
-                extra={"bytes": size, "cuda_error": int(error)},
+                extra={"bytes": size, "cuda_error": error, "detail": detail},
             )
             return False
         return True
