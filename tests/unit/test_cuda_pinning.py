@@ -12,7 +12,7 @@ import torch
 from services.worker.execution import CudaHostPinning
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal path needs a machine without CUDA")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal needs a machine without CUDA")
 def test_pinning_without_cuda_is_refused_not_raised(caplog: pytest.LogCaptureFixture) -> None:
     buffer = mmap.mmap(-1, mmap.PAGESIZE)
     probe = np.frombuffer(buffer, dtype=np.uint8)
