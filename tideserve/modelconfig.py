@@ -4,7 +4,7 @@ protos/tideserve/v1/model_config.proto), read into a `ModelConfig` message and v
 
 tideserve-specific options live in `parameters`, as Triton keeps backend options there:
   instance_count      model instances (executor threads / CUDA streams) per worker, default 1
-  batching_policy     "fixed", "queue_length" or "slo" (default: "slo" when slo_ms is set)
+  batching_policy     "fixed", "queue_length", "slo" or "aimd" (default: "slo" when slo_ms is set)
   slo_ms              end-to-end latency target for the SLO-aware batching policy
   precision           "fp32" (default), "fp16" or "bf16" execution on GPU
 """

@@ -373,7 +373,7 @@ class ModelScheduler:
             hops = max(round_trip - result.queue_seconds - result.compute_seconds, 0.0)
             self._observe_round_trip(rows, round_trip, hops)
             self.timeline.returned(booking, returned - hops / 2)
-            self.queue.policy.observe(rows, now - batch[0].arrival, round_trip)
+            self.queue.policy.observe(rows, now - batch[0].arrival, result.compute_seconds)
         except TideserveError as error:
             for request in batch:
                 _fail(request, error)

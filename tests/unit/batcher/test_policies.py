@@ -97,12 +97,22 @@ def test_aimd_adds_one_while_within_budget_and_cuts_ten_percent_on_a_miss() -> N
     for _ in range(5):
         policy.observe(int(policy.size), queue_seconds=0.001, service_seconds=0.002)
     assert policy.target(0, 0.0)[0] == 6
-    policy.observe(6, queue_seconds=0.006, service_seconds=0.006)
+    policy.observe(6, queue_seconds=0.0, service_seconds=0.012)
     assert policy.size == pytest.approx(5.4)
-    assert policy.target(0, 0.0) == (5, pytest.approx(0.004))
+    policy.observe(5, queue_seconds=0.0, service_seconds=0.006)
+    assert policy.target(0, 0.0) == (6, pytest.approx(0.004))
     for _ in range(10):
         policy.observe(int(policy.size), queue_seconds=0.0, service_seconds=0.001)
     assert policy.target(0, 0.0)[0] == 8, "never beyond the max batch size"
+
+
+def test_aimd_does_not_shrink_batches_for_a_backlog() -> None:
+    """Requests that queued long behind a backlog are no reason for smaller batches: those
+    would serve fewer rows a second and the backlog would only grow."""
+    policy = AimdPolicy(8, slo_s=0.02)  # budget 10 ms
+    for _ in range(3):
+        policy.observe(int(policy.size), queue_seconds=0.050, service_seconds=0.004)
+    assert policy.size == 4.0
 
 
 def test_queue_length_takes_what_is_queued_without_waiting() -> None:
