@@ -3,7 +3,8 @@
 Writes <out>/<name>.zip (the stable-baselines3 policy), <out>/<name>.json (how it was trained: the
 command, simulator settings, hyperparameters, trace split, versions, wall time, and the range of
 every observation feature seen in training, which the live scaler uses to detect inputs the policy
-was never trained on) and <log-dir>/progress.csv (SB3's training log; no TensorBoard).
+was never trained on) and <log-dir>/progress.csv (SB3's training log; no TensorBoard). With
+--checkpoint-every, also the model every so many steps, to score prefixes of one run on validation.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import stable_baselines3
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecNormalize
@@ -61,6 +62,27 @@ class FeatureRange(BaseCallback):
         return True
 
 
+class ShapeWeightedReward(gymnasium.RewardWrapper):
+    """Scales each episode's rewards by its trace shape's weight. With weights of (uniform share)
+    / (share in training) a mix that oversamples one shape keeps the uniform mix's objective: more
+    episodes of it to learn from, without pricing its misses higher than evaluation does."""
+
+    def __init__(self, env: gymnasium.Env, weights: dict[str, float]) -> None:
+        super().__init__(env)
+        self.weights = weights
+
+    def reward(self, reward: float) -> float:
+        return reward * self.weights[self.env.unwrapped.trace.shape]
+
+
+def shape_weights(mmpp_repeat: int) -> dict[str, float]:
+    """Importance weights that undo `traces.train_set(mmpp_repeat)`'s oversampling of MMPP."""
+    n = len(traces.TRAIN_SHAPES)
+    listed = {s: mmpp_repeat if s == "mmpp" else 1 for s in traces.TRAIN_SHAPES}
+    total = sum(listed.values())
+    return {s: (1 / n) / (k / total) for s, k in listed.items()}
+
+
 def _jsonable(config: EnvConfig) -> dict[str, object]:
     return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()}
 
@@ -77,6 +99,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--slo-weight", type=float, default=EnvConfig.slo_weight)
     parser.add_argument("--cost-weight", type=float, default=EnvConfig.cost_weight)
     parser.add_argument("--churn-weight", type=float, default=EnvConfig.churn_weight)
+    parser.add_argument("--mmpp-repeat", type=int, default=1,
+                        help="list each MMPP training trace this many times (k: MMPP in "
+                             "k / (k + 2) of the episodes)")
+    parser.add_argument("--reweight-shapes", action="store_true",
+                        help="with --mmpp-repeat, scale each episode's rewards so the objective "
+                             "stays that of the uniform mix of shapes")
+    parser.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                        help="also save the model every STEPS steps (a multiple of n_steps x "
+                             "n_envs, 2048 by default) as <out>/checkpoints/<name>_<n>_steps.zip, "
+                             "to score prefixes of one run; each is the model --timesteps n gives")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -84,10 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)
     config = EnvConfig(slo_weight=args.slo_weight, cost_weight=args.cost_weight,
                        churn_weight=args.churn_weight)
-    train_keys = traces.train_set()
+    train_keys = traces.train_set(args.mmpp_repeat)
     venv = make_vec_env(
         ServingClusterEnv, n_envs=args.n_envs, seed=args.seed,
         env_kwargs={"config": config, "trace_keys": train_keys},
+        wrapper_class=ShapeWeightedReward if args.reweight_shapes else None,
+        wrapper_kwargs={"weights": shape_weights(args.mmpp_repeat)} if args.reweight_shapes
+        else None,
     )
     # Returns run to thousands per episode; normalising rewards (training only: observations are
     # already scaled, so the saved policy needs no statistics) keeps the value loss in range.
@@ -96,7 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     model.set_logger(configure(str(args.log_dir), ["csv"]))
     ranges = FeatureRange()
     started = time.monotonic()
-    model.learn(args.timesteps, callback=ranges, progress_bar=not args.no_progress)
+    callbacks: list[BaseCallback] = [ranges]
+    if args.checkpoint_every > 0:
+        callbacks.append(CheckpointCallback(max(args.checkpoint_every // args.n_envs, 1),
+                                            str(args.out / "checkpoints"), args.name))
+    model.learn(args.timesteps, callback=CallbackList(callbacks),
+                progress_bar=not args.no_progress)
     elapsed = time.monotonic() - started
     args.out.mkdir(parents=True, exist_ok=True)
     model.save(args.out / f"{args.name}.zip")
@@ -111,7 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train_traces": {"shapes": list(traces.TRAIN_SHAPES),
                          "seeds": [min(traces.TRAIN_SEEDS), max(traces.TRAIN_SEEDS)],
                          "validation_seeds": [min(traces.VALIDATION_SEEDS),
-                                              max(traces.VALIDATION_SEEDS)]},
+                                              max(traces.VALIDATION_SEEDS)],
+                         "mmpp_repeat": args.mmpp_repeat,
+                         "reward_weights": (shape_weights(args.mmpp_repeat)
+                                            if args.reweight_shapes else None)},
         "action": actions.ACTION_SCHEME,
         "features": list(observation.FEATURES),
         "feature_low": ranges.low.tolist(),

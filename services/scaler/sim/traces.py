@@ -114,9 +114,14 @@ def compress(trace: Trace, factor: int) -> Trace:
     return Trace(trace.shape, trace.seed, rates / rates.mean(), trace.cv)
 
 
-def train_set() -> list[tuple[str, int]]:
-    """(shape, seed) pairs the policy may be trained and tuned on."""
-    return [(shape, seed) for shape in TRAIN_SHAPES for seed in TRAIN_SEEDS]
+def train_set(mmpp_repeat: int = 1) -> list[tuple[str, int]]:
+    """(shape, seed) pairs the policy may be trained and tuned on. With `mmpp_repeat` k each MMPP
+    pair is listed k times, so an environment drawing uniformly from the list trains on MMPP in
+    k / (k + 2) of its episodes (1/3 at k = 1): MMPP is where the policy spends its misses."""
+    if mmpp_repeat < 1:
+        raise ValueError(f"mmpp_repeat must be >= 1, got {mmpp_repeat}")
+    return [(shape, seed) for shape in TRAIN_SHAPES
+            for seed in TRAIN_SEEDS * (mmpp_repeat if shape == "mmpp" else 1)]
 
 
 def validation_set() -> list[tuple[str, int]]:

@@ -13,7 +13,7 @@ from stable_baselines3 import PPO
 
 from services.scaler.learning import train
 from services.scaler.learning.policy import LearnedPolicy, ObservationOutOfRange
-from services.scaler.sim import actions, observation
+from services.scaler.sim import actions, observation, traces
 from services.scaler.sim.env import ServingClusterEnv
 
 
@@ -85,3 +85,15 @@ def test_shipped_default_policy_decides_in_the_simulator() -> None:
     env.reset(seed=1)
     ctx = env.scaling_context()
     assert 1 <= LearnedPolicy().decide(ctx) <= env.config.max_replicas
+
+
+def test_oversampled_mmpp_keeps_the_uniform_objective() -> None:
+    keys = traces.train_set(mmpp_repeat=2)
+    share = {s: sum(k[0] == s for k in keys) / len(keys) for s in traces.TRAIN_SHAPES}
+    assert share["mmpp"] == pytest.approx(0.5)
+    weights = train.shape_weights(2)
+    # Each shape's expected weight in training equals its share of the uniform mix.
+    for shape in traces.TRAIN_SHAPES:
+        assert share[shape] * weights[shape] == pytest.approx(1 / len(traces.TRAIN_SHAPES))
+    assert train.shape_weights(1) == dict.fromkeys(traces.TRAIN_SHAPES, 1.0)
+    assert traces.train_set() == traces.train_set(mmpp_repeat=1)
