@@ -1,8 +1,10 @@
 """End to end: the live scaler, driven by the shipped learned policy, scales the real local stack
 up under load and back down after it, and no request fails on the way (scale-down drains first).
 
-Workers run the default model slowed down as the shipped simulator profile was measured, so one
-worker cannot serve the load and the policy's decisions are about real capacity. Cooldowns are
+Workers run the default model padded to the shipped simulator profile's t(b)
+(`--worker-service-profile`), so one worker cannot serve the load, the policy's decisions are
+about real capacity, and that capacity is the profile's on any machine: with `--worker-slowdown`
+it scaled with the machine's own speed, and a slower CI machine shed requests. Cooldowns are
 short so the whole test takes about a minute."""
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def test_learned_policy_scales_up_under_load_and_back_down(
     args = ["--policy", "learned", "--profile", str(DEFAULT_PROFILE), "--slo-ms", str(SLO_MS),
             "--min-replicas", "1", "--max-replicas", "3", "--tick-s", "0.5",
             "--up-cooldown-s", "1", "--down-cooldown-s", "2", "--max-step-down", "1",
-            "--worker-threads", "1", "--worker-device", "cpu", "--worker-slowdown", "200",
+            "--worker-threads", "1", "--worker-device", "cpu",
+            "--worker-service-profile", str(DEFAULT_PROFILE),
             "--drain-timeout-s", "10"]
     stack = LocalStack(model_repository, tmp_path / "logs", args).start()
     try:
