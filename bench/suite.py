@@ -83,15 +83,9 @@ def write_repository(root: Path, slo_ms: float) -> Path:
         add_torchscript_model(
             repository, workload.name, MODELS / f"{workload.name}.pt", workload.input_dims
         )
-    for name, extra in (
-        ("mlp_fixed", None),
-        ("mlp_slo", f'parameters {{ key: "slo_ms" value {{ string_value: "{slo_ms:g}" }} }}\n'),
-        (
-            "mlp_aimd",
-            f'parameters {{ key: "slo_ms" value {{ string_value: "{slo_ms:g}" }} }}\n'
-            'parameters { key: "batching_policy" value { string_value: "aimd" } }\n',
-        ),
-    ):
+    slo = f'parameters {{ key: "slo_ms" value {{ string_value: "{slo_ms:g}" }} }}\n'
+    aimd = 'parameters { key: "batching_policy" value { string_value: "aimd" } }\n'
+    for name, extra in (("mlp_fixed", None), ("mlp_slo", slo), ("mlp_aimd", slo + aimd)):
         model_dir = add_torchscript_model(repository, name, MODELS / "mlp.pt", [256])
         if extra:
             config = model_dir / "config.pbtxt"

@@ -117,12 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = EnvConfig(slo_weight=args.slo_weight, cost_weight=args.cost_weight,
                        churn_weight=args.churn_weight)
     train_keys = traces.train_set(args.mmpp_repeat)
+    weights = shape_weights(args.mmpp_repeat) if args.reweight_shapes else None
     venv = make_vec_env(
         ServingClusterEnv, n_envs=args.n_envs, seed=args.seed,
         env_kwargs={"config": config, "trace_keys": train_keys},
-        wrapper_class=ShapeWeightedReward if args.reweight_shapes else None,
-        wrapper_kwargs={"weights": shape_weights(args.mmpp_repeat)} if args.reweight_shapes
-        else None,
+        wrapper_class=ShapeWeightedReward if weights else None,
+        wrapper_kwargs={"weights": weights} if weights else None,
     )
     # Returns run to thousands per episode; normalising rewards (training only: observations are
     # already scaled, so the saved policy needs no statistics) keeps the value loss in range.
@@ -153,8 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "validation_seeds": [min(traces.VALIDATION_SEEDS),
                                               max(traces.VALIDATION_SEEDS)],
                          "mmpp_repeat": args.mmpp_repeat,
-                         "reward_weights": (shape_weights(args.mmpp_repeat)
-                                            if args.reweight_shapes else None)},
+                         "reward_weights": weights},
         "action": actions.ACTION_SCHEME,
         "features": list(observation.FEATURES),
         "feature_low": ranges.low.tolist(),
