@@ -163,6 +163,14 @@ class HostPinning(Protocol):
     def unpin(self, address: int) -> None: ...
 
 
+@dataclass
+class _Pinned:
+    """A mapping pinned for the device: where it starts, and how many batches read it now."""
+
+    address: int
+    uses: int = 0
+
+
 class SegmentReader:
     """The worker's side: the bytes a `SharedMemoryRef` names, as a read-only memoryview.
     Mappings are kept (a batcher reuses a handful of segments) up to READER_CACHE; opening the
@@ -179,9 +187,8 @@ class SegmentReader:
         # What the worker reports at registration; "" when it has no usable /dev/shm.
         self.domain = domain(shm_dir)
         self._maps: OrderedDict[str, tuple[int, mmap.mmap]] = OrderedDict()
-        # Pinned mappings: their address, and how many batches are reading them.
-        self._pinned: dict[int, int] = {}
-        self._uses: dict[int, int] = {}
+        # Pinned mappings by id: their address, and how many batches are reading them.
+        self._pinned: dict[int, _Pinned] = {}
         # Forgotten while in use: unpinned and unmapped when their last batch is done.
         self._retired: dict[int, mmap.mmap] = {}
 
@@ -194,17 +201,19 @@ class SegmentReader:
                 f"shared-memory range {ref.offset}+{ref.size} lies outside segment "
                 f"{ref.segment} ({len(buffer)} bytes)"
             )
-        if id(buffer) in self._pinned:
-            self._uses[id(buffer)] += 1
+        pinned = self._pinned.get(id(buffer))
+        if pinned is not None:
+            pinned.uses += 1
         return memoryview(buffer)[ref.offset : ref.offset + ref.size].toreadonly()
 
     def done(self, view: memoryview) -> None:
         """A batch has finished reading `view` (from `view()`): its device copies are complete."""
         key = id(view.obj)
-        if key not in self._uses:
+        pinned = self._pinned.get(key)
+        if pinned is None:
             return
-        self._uses[key] -= 1
-        if self._uses[key] == 0 and key in self._retired:
+        pinned.uses -= 1
+        if pinned.uses == 0 and key in self._retired:
             self._release(self._retired.pop(key))
 
     def _current(self, name: str) -> mmap.mmap:
@@ -250,8 +259,7 @@ class SegmentReader:
         address = probe.ctypes.data
         del probe  # an export would keep the mapping from ever closing
         if self.pinning.pin(address, len(buffer)):
-            self._pinned[id(buffer)] = address
-            self._uses[id(buffer)] = 0
+            self._pinned[id(buffer)] = _Pinned(address)
 
     def _drop_removed(self) -> None:
         """Unmap segments their batcher has removed: nothing names them again, and our mapping
@@ -265,14 +273,14 @@ class SegmentReader:
         if cached is None:
             return
         buffer = cached[1]
-        if self._uses.get(id(buffer), 0) > 0:
+        pinned = self._pinned.get(id(buffer))
+        if pinned is not None and pinned.uses > 0:
             self._retired[id(buffer)] = buffer
         else:
             self._release(buffer)
 
     def _release(self, buffer: mmap.mmap) -> None:
-        address = self._pinned.pop(id(buffer), None)
-        self._uses.pop(id(buffer), None)
-        if address is not None and self.pinning is not None:
-            self.pinning.unpin(address)
+        pinned = self._pinned.pop(id(buffer), None)
+        if pinned is not None and self.pinning is not None:
+            self.pinning.unpin(pinned.address)
         unmap(buffer)
