@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,16 +24,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tideserve import serving
 from tideserve.loadgen import sample_request
-from tideserve.procs import child_env
+from tideserve.procs import child_env, free_port
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +17,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tideserve.grpc_options import CHANNEL_OPTIONS
+from tideserve.procs import free_port
 from tideserve.serving import PLAINTEXT, TlsSettings, channel_credentials
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2, inference_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def sync_channel(address: str, tls: TlsSettings = PLAINTEXT) -> grpc.Channel:
@@ -120,7 +114,7 @@ class Cluster:
             str(self.balancer_metrics_port),
             *self.balancer_args,
         )
-        wait_healthy(self.balancer, tls=self.tls)
+        self.wait_serving("balancer", self.balancer)
         for index, port in enumerate(self.extra_balancer_ports, start=1):
             self.spawn(
                 f"balancer-{index}",
@@ -131,7 +125,7 @@ class Cluster:
                 str(free_port()),
                 *self.balancer_args,
             )
-            wait_healthy(f"127.0.0.1:{port}", tls=self.tls)
+            self.wait_serving(f"balancer-{index}", f"127.0.0.1:{port}")
         for index in range(workers):
             self.add_worker(f"worker-{index}")
         self.spawn(
@@ -145,10 +139,14 @@ class Cluster:
             self.balancers,
             *self.batcher_args,
         )
-        wait_healthy(self.batcher, tls=self.tls)
+        self.wait_serving("batcher", self.batcher)
         if workers:
             self.wait_workers(workers)
         return self
+
+    def wait_serving(self, name: str, address: str) -> None:
+        wait_healthy(address, tls=self.tls, process=self.processes[name],
+                     log=self.log_dir / f"{name}.log")
 
     def registered(self) -> set[str]:
         """Worker ids the balancer has registered right now."""
@@ -208,14 +206,33 @@ class Cluster:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
 
 
-def wait_healthy(address: str, timeout_s: float = 30.0, tls: TlsSettings = PLAINTEXT) -> None:
+def wait_healthy(
+    address: str,
+    timeout_s: float = 30.0,
+    tls: TlsSettings = PLAINTEXT,
+    process: subprocess.Popen | None = None,
+    log: Path | None = None,
+) -> None:
+    """Until `address` answers SERVING. Given the `process` meant to serve there, fail as soon as
+    it exits; given its `log`, a failure carries the log's tail, which is why it failed."""
+
+    def serving() -> bool:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the process for {address} exited with {process.returncode}"
+                               f"{log_tail(log)}")
+        status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+        return status == health_pb2.HealthCheckResponse.SERVING
+
     with sync_channel(address, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        wait_for(
-            lambda: (
-                stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                == health_pb2.HealthCheckResponse.SERVING
-            ),
-            timeout_s,
-            f"{address} SERVING",
-        )
+        try:
+            wait_for(serving, timeout_s, f"{address} SERVING")
+        except TimeoutError as error:
+            raise TimeoutError(f"{error}{log_tail(log)}") from None
+
+
+def log_tail(log: Path | None, lines: int = 30) -> str:
+    if log is None or not log.exists():
+        return ""
+    tail = log.read_text(errors="replace").splitlines()[-lines:]
+    return f"; the end of {log}:\n" + "\n".join(tail)

@@ -20,7 +20,6 @@ import os
 import platform
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.worker.repository import scan
 from services.worker.runner import ModelRunner, configure_threads, resolve_device
 from tideserve.errors import InvalidArgument
+from tideserve.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,23 +78,17 @@ def measure_batches(
         runner.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def measure_cold_start(
     repository: Path, model: str, threads: int, slowdown: float, timeout_s: float = 120.0
 ) -> float:
     """Seconds from starting a worker process to its health service answering SERVING."""
-    port = _free_port()
+    port = free_port()
     # Nothing listens on the balancer port: the worker keeps retrying its heartbeat, which does
     # not delay SERVING, and no real cluster is disturbed.
     command = [
         sys.executable, "-m", "services.worker", "--worker-id", f"profile-{os.getpid()}",
         "--port", str(port), "--model-repository", str(repository), "--models", model,
-        "--balancers", f"127.0.0.1:{_free_port()}", "--threads", str(threads),
+        "--balancers", f"127.0.0.1:{free_port()}", "--threads", str(threads),
         "--device", "cpu", "--slowdown", str(slowdown),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -9,7 +9,6 @@ left behind.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from typing import Any
 
@@ -19,15 +18,9 @@ from docker.client import DockerClient
 
 from services.scaler.docker_runtime import DockerRuntime
 from tests.docker.conftest import API_TIMEOUT_S, IMAGE
+from tideserve.procs import free_port
 
 pytestmark = pytest.mark.docker
-
-
-def unused_port() -> int:
-    """A loopback port with nothing listening, so workers' heartbeats reach no real balancer."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_image_runs_a_service_entry_point(client: DockerClient) -> None:
@@ -55,7 +48,8 @@ async def test_runtime_starts_a_worker_container_and_stop_removes_it(
         client,
         image=IMAGE,
         owner_id=owner_id,
-        balancers=[f"127.0.0.1:{unused_port()}"],
+        # Nothing listens there: the heartbeats reach no real balancer.
+        balancers=[f"127.0.0.1:{free_port()}"],
         model_repository=readable_models,
         cpus=1.0,
         memory="1g",
