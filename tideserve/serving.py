@@ -112,10 +112,17 @@ def new_server(
 
 def bind(server: grpc.aio.Server, address: str, tls: TlsSettings = PLAINTEXT) -> int:
     """Listen on `address` with TLS when `tls` has a certificate, else in plaintext (a server
-    with a certificate never also listens in plaintext). Returns the bound port."""
-    if tls.cert:
-        return server.add_secure_port(address, server_credentials(tls))
-    return server.add_insecure_port(address)
+    with a certificate never also listens in plaintext). Returns the bound port; exits with a
+    message naming the address when it cannot listen there (gRPC's own says only "failed")."""
+    try:
+        if tls.cert:
+            return server.add_secure_port(address, server_credentials(tls))
+        return server.add_insecure_port(address)
+    except RuntimeError as error:
+        raise SystemExit(
+            f"cannot listen on {address}: another process holds the port, or the host is not "
+            "an address of this machine; pick another with --port / --host"
+        ) from error
 
 
 def channel(address: str, tls: TlsSettings = PLAINTEXT) -> grpc.aio.Channel:

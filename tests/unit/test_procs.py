@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from tideserve import procs
+from tideserve import procs, serving
 
 
 def test_ports_are_below_the_ephemeral_range_distinct_and_bindable() -> None:
@@ -27,3 +27,12 @@ def test_a_port_in_use_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
         # The walk would come round to `port` only after every other port: start it there.
         monkeypatch.setattr(procs, "_candidate_ports", iter([port, port + 1]))
         assert procs.free_port() == port + 1
+
+
+def test_a_server_on_a_taken_port_exits_naming_the_address() -> None:
+    with socket.socket() as taken:
+        # Bound without SO_REUSEPORT, as an outgoing connection's socket is.
+        taken.bind(("127.0.0.1", procs.free_port()))
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(SystemExit, match=f"cannot listen on {address}"):
+            serving.bind(serving.new_server(), address)
