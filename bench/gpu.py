@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import multiprocessing
 import os
@@ -83,15 +84,20 @@ def build_repository(
     return repository
 
 
-def inprocess_limit(repository: Path, model: str, seconds: float, device: str) -> dict[str, Any]:
+def inprocess_limit(
+    repository: Path, model: str, seconds: float, device: str, start_at: float | None = None
+) -> dict[str, Any]:
     """The worker's ModelRunner in a loop at batch 64 (one thread per instance), and the bare
-    module with inputs resident on the GPU."""
+    module with inputs resident on the GPU. From wall-clock `start_at` when given, so that
+    several processes measure at once."""
     from services.worker.repository import scan
     from services.worker.runner import ModelRunner
 
     (entry,) = scan(repository, [model])
     runner = ModelRunner(entry.config, entry.version, entry.model_path, torch.device(device))
     runner.warm_up()
+    if start_at is not None:
+        time.sleep(max(0.0, start_at - time.time()))
     spec = runner.spec
     from tideserve.codec import NUMPY_DTYPES
 
@@ -138,6 +144,34 @@ def inprocess_limit(repository: Path, model: str, seconds: float, device: str) -
         "bare_module_samples_per_s": bare_rate,
         "batch64_compute_s": batch_time,
         "instances": len(runner.instances),
+    }
+
+
+def inprocess_limit_of_processes(
+    repository: Path, model: str, seconds: float, device: str, processes: int
+) -> dict[str, Any]:
+    """The limit for `processes` workers sharing one GPU: as many processes running
+    `inprocess_limit` at the same moment, their rates summed. One process's threads share one
+    GIL, as one worker's instances do; this is the limit of the same layout."""
+    if processes == 1:
+        return inprocess_limit(repository, model, seconds, device)
+    # Time for every process to start, load the model and warm up (CUDA graphs) first.
+    start_at = time.time() + 30.0
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
+        runs = [
+            pool.submit(inprocess_limit, repository, model, seconds, device, start_at)
+            for _ in range(processes)
+        ]
+        limits = [run.result() for run in runs]
+    if time.time() > start_at + seconds + 5.0 * processes:
+        print("warning: the limit's processes did not all start in time", flush=True)
+    return {
+        "runner_samples_per_s": sum(lim["runner_samples_per_s"] for lim in limits),
+        "bare_module_samples_per_s": sum(lim["bare_module_samples_per_s"] for lim in limits),
+        "batch64_compute_s": limits[0]["batch64_compute_s"],
+        "instances": sum(lim["instances"] for lim in limits),
+        "processes": processes,
     }
 
 
@@ -365,11 +399,19 @@ def snapshot_sizes(cluster: Cluster) -> dict[int, int]:
     return dict(cluster.snapshot().batch_size_counts)
 
 
-def add_worker_on_gpu(cluster: Cluster, index: int, device: str) -> None:
-    """Worker `index` sees only GPU `index` (CUDA_VISIBLE_DEVICES), as the scaler starts one
-    worker per GPU: inside it the card is cuda:0, which an exported program may name."""
-    env = {"CUDA_VISIBLE_DEVICES": str(index)} if device.startswith("cuda") else None
-    cluster.add_worker(f"worker-{index}", "--device", device, env=env)
+def add_worker_on_gpu(cluster: Cluster, name: str, gpu: int, device: str) -> None:
+    """The worker sees only GPU `gpu` (CUDA_VISIBLE_DEVICES), as the scaler starts workers:
+    inside it the card is cuda:0, which an exported program may name."""
+    env = {"CUDA_VISIBLE_DEVICES": str(gpu)} if device.startswith("cuda") else None
+    cluster.add_worker(name, "--device", device, env=env)
+
+
+def worker_names(gpus: int, workers_per_gpu: int) -> list[tuple[str, int]]:
+    """(name, GPU) of each worker: worker-0, worker-1... one per GPU, or worker-0.0,
+    worker-0.1... with several on each."""
+    if workers_per_gpu == 1:
+        return [(f"worker-{gpu}", gpu) for gpu in range(gpus)]
+    return [(f"worker-{gpu}.{k}", gpu) for gpu in range(gpus) for k in range(workers_per_gpu)]
 
 
 def serve_and_measure(
@@ -388,12 +430,13 @@ def serve_and_measure(
     shared_memory_min_bytes: int | None = None,
     client_shared_memory: bool = False,
     pin_shared_memory: bool = True,
+    workers_per_gpu: int = 1,
 ) -> dict[str, Any]:
     """Saturate the served model with clients sending requests of each size in `client_rows`
     (1 = one sample a request, as most clients do); then, for each size, open-loop arrivals at
-    half its saturated rate for the tail latency. `gpus` workers, one per GPU
-    (CUDA_VISIBLE_DEVICES=0, 1, ...). With `client_shared_memory` the clients place their inputs
-    in registered /dev/shm regions (Triton's system shared-memory extension)."""
+    half its saturated rate for the tail latency. `workers_per_gpu` workers on each of `gpus`
+    GPUs (CUDA_VISIBLE_DEVICES=0, 1, ...). With `client_shared_memory` the clients place their
+    inputs in registered /dev/shm regions (Triton's system shared-memory extension)."""
     cluster = Cluster(
         repository,
         out / f"logs_{model}",
@@ -412,9 +455,10 @@ def serve_and_measure(
     )
     try:
         cluster.start(workers=0)
-        for index in range(gpus):
-            add_worker_on_gpu(cluster, index, device)
-        cluster.wait_workers(gpus)
+        workers = worker_names(gpus, workers_per_gpu)
+        for name, gpu in workers:
+            add_worker_on_gpu(cluster, name, gpu, device)
+        cluster.wait_workers(len(workers))
     except TimeoutError:
         for name in cluster.processes:  # why it did not come up
             print(f"--- {name} log ---\n{cluster.log(name)[-3000:]}", flush=True)
@@ -430,7 +474,7 @@ def serve_and_measure(
             sampler = GpuSampler()
             roles = process_roles(cluster)
             pids = {
-                "worker": cluster.processes["worker-0"].pid,
+                "worker": cluster.processes[workers[0][0]].pid,
                 "balancer": cluster.processes["balancer"].pid,
                 # One of the serving processes, or the only one (--batchers 1).
                 "batcher": next(
@@ -538,6 +582,13 @@ def main(argv: list[str] | None = None) -> int:
         "--gpus", type=int, default=1, help="workers, one per GPU; the limit is for one GPU"
     )
     parser.add_argument(
+        "--workers-per-gpu",
+        type=int,
+        default=1,
+        help="worker processes sharing each GPU, each with --instances instances; the limit is "
+        "then that many processes measuring at once",
+    )
+    parser.add_argument(
         "--shared-memory-min-bytes",
         type=int,
         default=None,
@@ -574,7 +625,9 @@ def main(argv: list[str] | None = None) -> int:
         "workloads": {},
     }
     for model in workloads:
-        limit = inprocess_limit(repository, model, args.seconds / 2, args.device)
+        limit = inprocess_limit_of_processes(
+            repository, model, args.seconds / 2, args.device, args.workers_per_gpu
+        )
         print(model, "in-process", json.dumps(limit), flush=True)
         served = serve_and_measure(
             repository,
@@ -592,6 +645,7 @@ def main(argv: list[str] | None = None) -> int:
             args.shared_memory_min_bytes,
             args.client_shared_memory,
             args.pin_shared_memory,
+            args.workers_per_gpu,
         )
         for run in served["saturated"].values():
             # The limit is one GPU's: with several workers, compare with that many GPUs.
