@@ -69,8 +69,12 @@ def measure(
     latencies: list[list[float]] = [[] for _ in range(threads)]
     start_barrier = threading.Barrier(threads + 1)
     stop_at = [0.0]
+    intra_op_threads = torch.get_num_threads()
 
     def loop(slot: list[float]) -> None:
+        # torch's thread count is per OS thread; a new thread would use every core (as the
+        # worker's executor threads would; services/worker/runner.py).
+        torch.set_num_threads(intra_op_threads)
         start_barrier.wait()
         with torch.inference_mode():
             while True:

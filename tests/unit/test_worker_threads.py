@@ -1,0 +1,53 @@
+"""A worker's `--threads` reaches the threads that run its models. torch's (OpenMP's) thread
+count is set per OS thread, so setting it in the main thread alone left the executor threads
+running every op on all cores, their idle OpenMP threads spinning."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from services.worker.repository import scan
+from services.worker.runner import ModelRunner, configure_threads
+
+LIBGOMP = Path(torch.__file__).parent / "lib" / "libgomp.so.1"
+
+
+class Double(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2.0
+
+
+def openmp_threads() -> int:
+    """What OpenMP (and MKL, which follows it) will use for an op in the calling thread."""
+    return int(ctypes.CDLL(str(LIBGOMP)).omp_get_max_threads())
+
+
+@pytest.mark.skipif(not LIBGOMP.exists(), reason="this torch build does not use GNU OpenMP")
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: one thread either way")
+def test_model_instances_run_with_the_workers_thread_count(tmp_path: Path) -> None:
+    model_dir = tmp_path / "double"
+    (model_dir / "1").mkdir(parents=True)
+    torch.jit.script(Double()).save(str(model_dir / "1" / "model.pt"))
+    (model_dir / "config.pbtxt").write_text(
+        "max_batch_size: 8\n"
+        'input [ { name: "x" data_type: TYPE_FP32 dims: [4] } ]\n'
+        'output [ { name: "y" data_type: TYPE_FP32 dims: [4] } ]\n'
+        'parameters { key: "instance_count" value { string_value: "2" } }\n'
+    )
+    (entry,) = scan(tmp_path)
+    default = torch.get_num_threads()
+    configure_threads(1)
+    try:
+        runner = ModelRunner(entry.config, entry.version, entry.model_path, torch.device("cpu"))
+        try:
+            seen = {runner.executor.submit(openmp_threads).result() for _ in range(4)}
+        finally:
+            runner.close()
+    finally:
+        torch.set_num_threads(default)
+    assert seen == {1}
