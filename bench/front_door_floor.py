@@ -1,0 +1,293 @@
+"""The throughput ceiling of tideserve's process layout on this machine, with no tideserve code:
+bare grpc.aio servers speaking the KServe v2 protocol, driven by the suite's perf_analyzer
+command at one concurrency, unary and streaming, beside tideserve and PyTriton in the same run.
+
+  bare     a front door answering every ModelInfer with zeros: no batching, no hops.
+  layout   the same front door, batching what is queued whenever the last batch came back
+           (Triton's rule with no delay, one batch in flight) and sending each batch as one
+           message through two bare hops, as tideserve's batcher -> balancer -> worker; the last
+           hop answers zeros. No model runs, nothing is routed, measured or checked.
+
+    python -m bench.front_door_floor [--concurrency 64] [--measurement-ms 4000]
+                                     [--skip-tideserve] [--skip-pytriton] [--out FILE]
+
+Issue 3 asks 1.6x PyTriton's unary throughput and 2x over the stream. Whatever `layout` cannot
+reach, no server in tideserve's layout reaches on this machine; what `bare` cannot reach, no
+Python gRPC front door does. Traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tideserve import serving
+from tideserve.modelconfig import ModelSpec, read_config
+from tideserve.procs import free_port
+from tideserve.v1 import inference_pb2 as pb
+from tideserve.v1 import inference_pb2_grpc
+
+HOP = "/floor.Hop/Forward"
+MODEL = "mlp"
+INPUT_DIMS = [256]
+OUTPUT_ROW_BYTES = 10 * 4  # mlp answers ten FP32 values a row
+INPUT_ROW_BYTES = 256 * 4
+MAX_BATCH_ROWS = 64
+Context = grpc.aio.ServicerContext
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def _hop_server(port: int, downstream: int | None, ready: Any) -> None:
+    """A bare hop: forward the bytes downstream, or (the last) answer a zero output per row."""
+
+    async def main() -> None:
+        if downstream is None:
+
+            async def handle(batch: bytes, context: grpc.aio.ServicerContext) -> bytes:
+                return bytes(len(batch) // INPUT_ROW_BYTES * OUTPUT_ROW_BYTES)
+        else:
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{downstream}")
+            forward = channel.unary_unary(
+                HOP, request_serializer=_identity, response_deserializer=_identity
+            )
+
+            async def handle(batch: bytes, context: grpc.aio.ServicerContext) -> bytes:
+                return await forward(batch)
+
+        server = grpc.aio.server()
+        handler = grpc.unary_unary_rpc_method_handler(handle, _identity, _identity)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("floor.Hop", {"Forward": handler}),)
+        )
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        ready.set()
+        await server.wait_for_termination()
+
+    serving.run_service(main())
+
+
+class FloorFrontDoor(inference_pb2_grpc.GRPCInferenceServiceServicer):
+    """The KServe v2 calls perf_analyzer makes, answered with the least work: zeros at once
+    (`downstream` None), or through a batch sent down the hops."""
+
+    def __init__(self, config: Any, downstream: int | None, inflight: int = 1) -> None:
+        self.config = config
+        spec = ModelSpec.from_config(config)
+        self.metadata = pb.ModelMetadataResponse(name=MODEL, platform=spec.platform)
+        for tensor, target in ((spec.inputs[0], self.metadata.inputs),
+                               (spec.outputs[0], self.metadata.outputs)):
+            target.add(name=tensor.name, datatype=tensor.datatype, shape=[-1, *tensor.dims])
+        self.output_name = spec.outputs[0].name
+        self.forward = None
+        if downstream is not None:
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{downstream}")
+            self.forward = channel.unary_unary(
+                HOP, request_serializer=_identity, response_deserializer=_identity
+            )
+        self.pending: list[tuple[int, bytes, asyncio.Future]] = []
+        self.max_inflight = inflight
+        self.inflight = 0
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: Context
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: Context
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=True)
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: Context
+    ) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=True)
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Context
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="floor")
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Context
+    ) -> pb.ModelMetadataResponse:
+        return self.metadata
+
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: Context
+    ) -> pb.ModelConfigResponse:
+        return pb.ModelConfigResponse(config=self.config)
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> pb.ModelInferResponse:
+        return await self._answer(request)
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Responses in request order, requests read while earlier ones are answered."""
+        answers: asyncio.Queue[asyncio.Future | None] = asyncio.Queue()
+
+        async def read() -> None:
+            async for request in requests:
+                answers.put_nowait(asyncio.ensure_future(self._answer(request)))
+            answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        while (answer := await answers.get()) is not None:
+            yield pb.ModelStreamInferResponse(infer_response=await answer)
+        await reader
+
+    async def _answer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        rows = request.inputs[0].shape[0]
+        if self.forward is None:
+            raw = bytes(rows * OUTPUT_ROW_BYTES)
+        else:
+            future = asyncio.get_running_loop().create_future()
+            self.pending.append((rows, request.raw_input_contents[0], future))
+            if self.inflight < self.max_inflight:
+                self.inflight += 1
+                asyncio.get_running_loop().create_task(self._dispatch())
+            raw = await future
+        response = pb.ModelInferResponse(model_name=MODEL, id=request.id)
+        response.outputs.add(name=self.output_name, datatype="FP32", shape=[rows, 10])
+        response.raw_output_contents.append(raw)
+        return response
+
+    async def _dispatch(self) -> None:
+        """One of `inflight` dispatch loops: a batch leaves with what is queued (up to the max
+        batch) when this loop's last one came back, as one message with the inputs
+        concatenated; the answer is split by row."""
+        while self.pending:
+            batch, rows = [], 0
+            while self.pending and rows + self.pending[0][0] <= MAX_BATCH_ROWS:
+                item = self.pending.pop(0)
+                batch.append(item)
+                rows += item[0]
+            answer = await self.forward(b"".join(item[1] for item in batch))
+            offset = 0
+            for item_rows, _, future in batch:
+                end = offset + item_rows * OUTPUT_ROW_BYTES
+                future.set_result(answer[offset:end])
+                offset = end
+        self.inflight -= 1
+
+
+def _front_door(
+    port: int, config_path: Path, downstream: int | None, inflight: int, ready: Any
+) -> None:
+    async def main() -> None:
+        server = serving.new_server()
+        config = read_config(config_path, MODEL)
+        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            FloorFrontDoor(config, downstream, inflight), server
+        )
+        serving.bind(server, f"127.0.0.1:{port}")
+        await server.start()
+        ready.set()
+        await server.wait_for_termination()
+
+    serving.run_service(main())
+
+
+@contextmanager
+def floor_server(config_path: Path, hops: int, inflight: int = 1) -> Iterator[str]:
+    """A front door on a free port with `hops` bare hops behind it (0: it answers itself),
+    keeping up to `inflight` batches down them at once."""
+    context = mp.get_context("spawn")
+    processes = []
+    downstream = None
+    try:
+        for _ in range(hops):
+            port, ready = free_port(), context.Event()
+            process = context.Process(target=_hop_server, args=(port, downstream, ready))
+            process.start()
+            processes.append(process)
+            if not ready.wait(60):
+                raise TimeoutError("a hop server did not start")
+            downstream = port
+        port, ready = free_port(), context.Event()
+        process = context.Process(
+            target=_front_door, args=(port, config_path, downstream, inflight, ready)
+        )
+        process.start()
+        processes.append(process)
+        if not ready.wait(60):
+            raise TimeoutError("the floor front door did not start")
+        yield f"127.0.0.1:{port}"
+    finally:
+        for process in processes:
+            process.terminate()
+            process.join(10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench import baseline, suite
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--measurement-ms", type=int, default=4000)
+    parser.add_argument(
+        "--inflight", type=int, default=1,
+        help="batches the layout floor keeps in flight (tideserve's default: 1 per instance)",
+    )
+    parser.add_argument("--skip-tideserve", action="store_true")
+    parser.add_argument("--skip-pytriton", action="store_true")
+    parser.add_argument("--out", type=Path, help="write the figures here as JSON")
+    args = parser.parse_args(argv)
+    baseline.ensure_models()
+    work = Path(tempfile.mkdtemp(prefix="tideserve-floor-"))
+    repository = suite.write_repository(work, slo_ms=25.0)
+    config_path = repository / MODEL / "config.pbtxt"
+
+    def both_modes(url: str) -> dict[str, float]:
+        return {
+            mode: suite.pa(url, MODEL, args.concurrency, args.measurement_ms,
+                           streaming=mode == "stream").get("throughput_infer_per_s", 0.0)
+            for mode in ("unary", "stream")
+        }
+
+    figures: dict[str, dict[str, float]] = {}
+    if not args.skip_pytriton:
+        print("PyTriton", flush=True)
+        with baseline.pytriton(suite.MODELS / "mlp.pt", MODEL, grpc_port=free_port(),
+                               log_path=work / "pytriton.log") as url:
+            figures["pytriton"] = {
+                "unary": suite.pa(url, MODEL, args.concurrency, args.measurement_ms).get(
+                    "throughput_infer_per_s", 0.0)
+            }
+    for name, hops in (("bare", 0), ("layout", 2)):
+        print(f"floor: {name}", flush=True)
+        with floor_server(config_path, hops, args.inflight) as url:
+            figures[name] = both_modes(url)
+    if not args.skip_tideserve:
+        print("tideserve", flush=True)
+        with suite.tideserve(repository, 1, work / "logs", MODEL) as config:
+            figures["tideserve"] = both_modes(config.batcher)
+    print(json.dumps(figures, indent=2))
+    if "pytriton" in figures:
+        reference = figures["pytriton"]["unary"]
+        for name, modes in figures.items():
+            ratios = ", ".join(f"{mode} {value / reference:.2f}x" for mode, value in modes.items())
+            print(f"{name}: {ratios} PyTriton's unary (targets: unary 1.6x, stream 2x)")
+    if args.out:
+        args.out.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
