@@ -3,6 +3,7 @@ connections draw from between our check and the child's bind."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import pytest
@@ -30,9 +31,12 @@ def test_a_port_in_use_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_server_on_a_taken_port_exits_naming_the_address() -> None:
+    async def bind(address: str) -> None:
+        serving.bind(serving.new_server(), address)  # a grpc.aio server needs a running loop
+
     with socket.socket() as taken:
         # Bound without SO_REUSEPORT, as an outgoing connection's socket is.
         taken.bind(("127.0.0.1", procs.free_port()))
         address = f"127.0.0.1:{taken.getsockname()[1]}"
         with pytest.raises(SystemExit, match=f"cannot listen on {address}"):
-            serving.bind(serving.new_server(), address)
+            asyncio.run(bind(address))
