@@ -31,6 +31,7 @@ import os
 import socket
 import sys
 import sysconfig
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +114,16 @@ def make_infer_fn(model_path: Path, torch_threads: int) -> Any:
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
     module = torch.jit.load(str(model_path), map_location="cpu").eval()
+    # torch's thread count is per OS thread and PyTriton calls `infer` from threads of its own:
+    # set it there too, or each op runs on every core with spinning OpenMP threads (as
+    # tideserve's worker did before services/worker/runner.py set it per executor thread).
+    threads_set = threading.local()
 
     @batch
     def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
+        if torch_threads > 0 and not getattr(threads_set, "done", False):
+            torch.set_num_threads(torch_threads)
+            threads_set.done = True
         x = torch.from_numpy(inputs["INPUT__0"])
         with torch.inference_mode():
             y = module(x)
