@@ -7,8 +7,9 @@ command at one concurrency, unary and streaming, beside tideserve and PyTriton i
            (Triton's rule with no delay, one batch in flight) and sending each batch as one
            message through two bare hops, as tideserve's batcher -> balancer -> worker; the last
            hop answers zeros. No model runs, nothing is routed, measured or checked.
+  layout + model   the same, the last hop running mlp.pt on each batch (one torch thread).
 
-    python -m bench.front_door_floor [--concurrency 64] [--measurement-ms 4000]
+    python -m bench.front_door_floor [--rounds 3] [--concurrency 64] [--measurement-ms 4000]
                                      [--skip-tideserve] [--skip-pytriton] [--out FILE]
 
 Issue 3 asks 1.6x PyTriton's unary throughput and 2x over the stream. Whatever `layout` cannot
@@ -22,8 +23,9 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import statistics
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -49,11 +51,23 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-def _hop_server(port: int, downstream: int | None, ready: Any) -> None:
-    """A bare hop: forward the bytes downstream, or (the last) answer a zero output per row."""
+def _hop_server(port: int, downstream: int | None, model: Path | None, ready: Any) -> None:
+    """A bare hop: forward the bytes downstream; the last answers a zero output per row, or
+    runs `model` (TorchScript, one thread, on the event loop) on the batch."""
 
     async def main() -> None:
-        if downstream is None:
+        if downstream is None and model is not None:
+            import numpy as np
+            import torch
+
+            torch.set_num_threads(1)
+            module = torch.jit.load(str(model), map_location="cpu").eval()
+
+            async def handle(batch: bytes, context: grpc.aio.ServicerContext) -> bytes:
+                rows = np.frombuffer(batch, dtype=np.float32).reshape(-1, *INPUT_DIMS)
+                with torch.inference_mode():
+                    return module(torch.from_numpy(rows.copy())).numpy().tobytes()
+        elif downstream is None:
 
             async def handle(batch: bytes, context: grpc.aio.ServicerContext) -> bytes:
                 return bytes(len(batch) // INPUT_ROW_BYTES * OUTPUT_ROW_BYTES)
@@ -205,16 +219,21 @@ def _front_door(
 
 
 @contextmanager
-def floor_server(config_path: Path, hops: int, inflight: int = 1) -> Iterator[str]:
+def floor_server(
+    config_path: Path, hops: int, inflight: int = 1, model: Path | None = None
+) -> Iterator[str]:
     """A front door on a free port with `hops` bare hops behind it (0: it answers itself),
-    keeping up to `inflight` batches down them at once."""
+    keeping up to `inflight` batches down them at once; the last hop runs `model` if given."""
     context = mp.get_context("spawn")
     processes = []
     downstream = None
     try:
         for _ in range(hops):
             port, ready = free_port(), context.Event()
-            process = context.Process(target=_hop_server, args=(port, downstream, ready))
+            last = downstream is None
+            process = context.Process(
+                target=_hop_server, args=(port, downstream, model if last else None, ready)
+            )
             process.start()
             processes.append(process)
             if not ready.wait(60):
@@ -242,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--measurement-ms", type=int, default=4000)
     parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="measure every system this many times, in a rotated order each round; the table "
+        "gives medians (figures on a shared 2-core machine move 15-25%% from run to run)",
+    )
+    parser.add_argument(
         "--inflight", type=int, default=1,
         help="batches the layout floor keeps in flight (tideserve's default: 1 per instance)",
     )
@@ -254,38 +278,59 @@ def main(argv: list[str] | None = None) -> int:
     repository = suite.write_repository(work, slo_ms=25.0)
     config_path = repository / MODEL / "config.pbtxt"
 
-    def both_modes(url: str) -> dict[str, float]:
+    def measure(url: str, modes: tuple[str, ...] = ("unary", "stream")) -> dict[str, float]:
         return {
             mode: suite.pa(url, MODEL, args.concurrency, args.measurement_ms,
                            streaming=mode == "stream").get("throughput_infer_per_s", 0.0)
-            for mode in ("unary", "stream")
+            for mode in modes
         }
 
-    figures: dict[str, dict[str, float]] = {}
-    if not args.skip_pytriton:
-        print("PyTriton", flush=True)
+    def pytriton() -> dict[str, float]:
         with baseline.pytriton(suite.MODELS / "mlp.pt", MODEL, grpc_port=free_port(),
                                log_path=work / "pytriton.log") as url:
-            figures["pytriton"] = {
-                "unary": suite.pa(url, MODEL, args.concurrency, args.measurement_ms).get(
-                    "throughput_infer_per_s", 0.0)
-            }
-    for name, hops in (("bare", 0), ("layout", 2)):
-        print(f"floor: {name}", flush=True)
-        with floor_server(config_path, hops, args.inflight) as url:
-            figures[name] = both_modes(url)
-    if not args.skip_tideserve:
-        print("tideserve", flush=True)
+            return measure(url, ("unary",))
+
+    def floor(hops: int, model: Path | None = None) -> Callable[[], dict[str, float]]:
+        def run() -> dict[str, float]:
+            with floor_server(config_path, hops, args.inflight, model) as url:
+                return measure(url)
+        return run
+
+    def tideserve() -> dict[str, float]:
         with suite.tideserve(repository, 1, work / "logs", MODEL) as config:
-            figures["tideserve"] = both_modes(config.batcher)
-    print(json.dumps(figures, indent=2))
-    if "pytriton" in figures:
-        reference = figures["pytriton"]["unary"]
-        for name, modes in figures.items():
-            ratios = ", ".join(f"{mode} {value / reference:.2f}x" for mode, value in modes.items())
-            print(f"{name}: {ratios} PyTriton's unary (targets: unary 1.6x, stream 2x)")
+            return measure(config.batcher)
+
+    systems: dict[str, Callable[[], dict[str, float]]] = {}
+    if not args.skip_pytriton:
+        systems["pytriton"] = pytriton
+    systems |= {"bare": floor(0), "layout": floor(2),
+                "layout + model": floor(2, suite.MODELS / "mlp.pt")}
+    if not args.skip_tideserve:
+        systems["tideserve"] = tideserve
+    rounds: list[dict[str, dict[str, float]]] = []
+    for index in range(args.rounds):
+        names = list(systems)
+        names = names[index % len(names):] + names[: index % len(names)]
+        figures = {}
+        for name in names:
+            print(f"round {index + 1}: {name}", flush=True)
+            figures[name] = systems[name]()
+        rounds.append(figures)
+    summary = {
+        name: {mode: statistics.median(r[name][mode] for r in rounds) for mode in rounds[0][name]}
+        for name in systems
+    }
+    print(json.dumps(summary, indent=2))
+    if "pytriton" in systems:
+        def ratio(name: str, mode: str) -> float:
+            return statistics.median(r[name][mode] / r["pytriton"]["unary"] for r in rounds)
+
+        for name in systems:
+            ratios = ", ".join(f"{mode} {ratio(name, mode):.2f}x" for mode in rounds[0][name])
+            print(f"{name}: {ratios} PyTriton's unary, median of {len(rounds)} round(s) "
+                  "(targets: unary 1.6x, stream 2x)")
     if args.out:
-        args.out.write_text(json.dumps(figures, indent=2))
+        args.out.write_text(json.dumps({"rounds": rounds, "median": summary}, indent=2))
     return 0
 
 
