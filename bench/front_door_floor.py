@@ -32,23 +32,19 @@ from typing import Any
 
 import grpc
 
+from bench.hop_floor import forwarding_to, hop_stub, serve_hop
 from tideserve import serving
 from tideserve.modelconfig import ModelSpec, read_config
 from tideserve.procs import free_port
 from tideserve.v1 import inference_pb2 as pb
 from tideserve.v1 import inference_pb2_grpc
 
-HOP = "/floor.Hop/Forward"
 MODEL = "mlp"
 INPUT_DIMS = [256]
 OUTPUT_ROW_BYTES = 10 * 4  # mlp answers ten FP32 values a row
 INPUT_ROW_BYTES = 256 * 4
 MAX_BATCH_ROWS = 64
 Context = grpc.aio.ServicerContext
-
-
-def _identity(data: bytes) -> bytes:
-    return data
 
 
 def _hop_server(port: int, downstream: int | None, model: Path | None, ready: Any) -> None:
@@ -72,23 +68,8 @@ def _hop_server(port: int, downstream: int | None, model: Path | None, ready: An
             async def handle(batch: bytes, context: grpc.aio.ServicerContext) -> bytes:
                 return bytes(len(batch) // INPUT_ROW_BYTES * OUTPUT_ROW_BYTES)
         else:
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{downstream}")
-            forward = channel.unary_unary(
-                HOP, request_serializer=_identity, response_deserializer=_identity
-            )
-
-            async def handle(batch: bytes, context: grpc.aio.ServicerContext) -> bytes:
-                return await forward(batch)
-
-        server = grpc.aio.server()
-        handler = grpc.unary_unary_rpc_method_handler(handle, _identity, _identity)
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("floor.Hop", {"Forward": handler}),)
-        )
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        ready.set()
-        await server.wait_for_termination()
+            handle = forwarding_to(downstream)
+        await serve_hop(port, handle, ready)
 
     serving.run_service(main())
 
@@ -105,12 +86,7 @@ class FloorFrontDoor(inference_pb2_grpc.GRPCInferenceServiceServicer):
                                (spec.outputs[0], self.metadata.outputs)):
             target.add(name=tensor.name, datatype=tensor.datatype, shape=[-1, *tensor.dims])
         self.output_name = spec.outputs[0].name
-        self.forward = None
-        if downstream is not None:
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{downstream}")
-            self.forward = channel.unary_unary(
-                HOP, request_serializer=_identity, response_deserializer=_identity
-            )
+        self.forward = None if downstream is None else hop_stub(downstream)
         self.pending: list[tuple[int, bytes, asyncio.Future]] = []
         self.max_inflight = inflight
         self.inflight = 0

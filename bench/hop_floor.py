@@ -17,16 +17,52 @@ import asyncio
 import multiprocessing as mp
 import statistics
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 
-from bench.stack import free_port
+from tideserve.procs import free_port
 
 METHOD = "/floor.Hop/Forward"
 
 
+Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+
+
 def _identity(data: bytes) -> bytes:
     return data
+
+
+def hop_stub(port: int) -> grpc.aio.UnaryUnaryMultiCallable:
+    """A bytes-in, bytes-out call to the hop on `port` (made inside the event loop)."""
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    return channel.unary_unary(
+        METHOD, request_serializer=_identity, response_deserializer=_identity
+    )
+
+
+def forwarding_to(port: int) -> Handler:
+    """A hop's handler passing the bytes on to the hop on `port`, untouched."""
+    forward = hop_stub(port)
+
+    async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return await forward(request)
+
+    return handle
+
+
+async def serve_hop(port: int, handle: Handler, ready: Any) -> None:
+    """Serve `handle` as the hop's one method on `port`; set `ready` once listening."""
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(handle, _identity, _identity)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("floor.Hop", {"Forward": handler}),)
+    )
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    ready.set()
+    await server.wait_for_termination()
 
 
 def _serve(port: int, downstream: int | None, ready: mp.Event) -> None:
@@ -35,23 +71,8 @@ def _serve(port: int, downstream: int | None, ready: mp.Event) -> None:
             async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
                 return request[:16]
         else:
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{downstream}")
-            forward = channel.unary_unary(
-                METHOD, request_serializer=_identity, response_deserializer=_identity
-            )
-
-            async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-                return await forward(request)
-
-        server = grpc.aio.server()
-        handler = grpc.unary_unary_rpc_method_handler(handle, _identity, _identity)
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("floor.Hop", {"Forward": handler}),)
-        )
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        ready.set()
-        await server.wait_for_termination()
+            handle = forwarding_to(downstream)
+        await serve_hop(port, handle, ready)
 
     asyncio.run(main())
 
