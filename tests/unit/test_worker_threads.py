@@ -11,15 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from services.worker.models import write_default_model
 from services.worker.repository import scan
 from services.worker.runner import ModelRunner, configure_threads
 
 LIBGOMP = Path(torch.__file__).parent / "lib" / "libgomp.so.1"
-
-
-class Double(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * 2.0
 
 
 def openmp_threads() -> int:
@@ -30,14 +26,9 @@ def openmp_threads() -> int:
 @pytest.mark.skipif(not LIBGOMP.exists(), reason="this torch build does not use GNU OpenMP")
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: one thread either way")
 def test_model_instances_run_with_the_workers_thread_count(tmp_path: Path) -> None:
-    model_dir = tmp_path / "double"
-    (model_dir / "1").mkdir(parents=True)
-    torch.jit.script(Double()).save(str(model_dir / "1" / "model.pt"))
-    (model_dir / "config.pbtxt").write_text(
-        "max_batch_size: 8\n"
-        'input [ { name: "x" data_type: TYPE_FP32 dims: [4] } ]\n'
-        'output [ { name: "y" data_type: TYPE_FP32 dims: [4] } ]\n'
-        'parameters { key: "instance_count" value { string_value: "2" } }\n'
+    config = write_default_model(tmp_path) / "config.pbtxt"
+    config.write_text(
+        config.read_text() + 'parameters { key: "instance_count" value { string_value: "2" } }\n'
     )
     (entry,) = scan(tmp_path)
     default = torch.get_num_threads()
