@@ -492,11 +492,14 @@ def serve_and_measure(
                     cluster.processes["batcher"].pid,
                 ),
             }
-            # CPU by role, measured while the load runs (the client processes end with it).
+            # CPU by role, measured while the load runs (the client processes end with it),
+            # from a moment past the clients' start-up to just before their end.
             meters: list[CpuMeter] = []
             cores: dict[str, float] = {}
             timers = [
-                threading.Timer(2.0, lambda m=meters: m.append(CpuMeter(cluster))),
+                threading.Timer(
+                    min(2.0, seconds / 3), lambda m=meters: m.append(CpuMeter(cluster))
+                ),
                 threading.Timer(seconds - 0.5, lambda m=meters, c=cores: c.update(m[0].cores())),
             ]
             if rows == 1:
