@@ -156,9 +156,11 @@ def inprocess_limit_of_processes(
 ) -> dict[str, Any]:
     """The limit for `processes` workers sharing one GPU: as many processes running
     `inprocess_limit` at the same moment, their rates summed. One process's threads share one
-    GIL, as one worker's instances do; this is the limit of the same layout."""
+    GIL, as one worker's instances do; this is the limit of the same layout. A batch's compute
+    time is taken from one process alone: processes sharing the GPU stretch each other's."""
+    alone = inprocess_limit(repository, model, seconds, device)
     if processes == 1:
-        return inprocess_limit(repository, model, seconds, device)
+        return alone
     # Time for every process to start, load the model and warm up (CUDA graphs) first.
     start_at = time.time() + 30.0
     context = multiprocessing.get_context("spawn")
@@ -174,7 +176,8 @@ def inprocess_limit_of_processes(
     return {
         "runner_samples_per_s": sum(lim["runner_samples_per_s"] for lim in limits),
         "bare_module_samples_per_s": sum(lim["bare_module_samples_per_s"] for lim in limits),
-        "batch64_compute_s": limits[0]["batch64_compute_s"],
+        "batch64_compute_s": alone["batch64_compute_s"],
+        "one_process_samples_per_s": alone["runner_samples_per_s"],
         "instances": sum(lim["instances"] for lim in limits),
         "processes": processes,
         "late_start_s": late_s,
@@ -359,32 +362,37 @@ def find_py_spy() -> str | None:
     return next((str(c) for c in candidates if c.is_file()), None)
 
 
-def profile(pids: dict[str, int], seconds: int = 4) -> dict[str, list[str]]:
-    """py-spy samples of each process (if py-spy is installed): the functions where its CPU
-    time goes, as 'share% function (file:line)', most first."""
+def profile(pids: dict[str, int], seconds: float = 4) -> dict[str, list[str]]:
+    """py-spy samples of each process, all at once (if py-spy is installed): the functions where
+    its CPU time goes, as 'share% function (file:line)', most first."""
     spy = find_py_spy()
     if spy is None:
         return {"note": ["py-spy not installed"]}
-    tops: dict[str, list[str]] = {}
-    for name, pid in pids.items():
-        raw = Path(f"/tmp/pyspy-{name}.txt")
-        subprocess.run(
+    raws = {name: Path(f"/tmp/pyspy-{name}.txt") for name in pids}
+    recorders = [
+        subprocess.Popen(
             [
                 spy,
                 "record",
                 "--pid",
                 str(pid),
                 "--duration",
-                str(seconds),
+                str(max(1, round(seconds))),
                 "--format",
                 "raw",
                 "--output",
-                str(raw),
+                str(raws[name]),
                 "--nonblocking",
             ],
-            capture_output=True,
-            timeout=seconds + 30,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
+        for name, pid in pids.items()
+    ]
+    for recorder in recorders:
+        recorder.wait(timeout=seconds + 30)
+    tops: dict[str, list[str]] = {}
+    for name, raw in raws.items():
         own: dict[str, int] = {}
         total = 0
         for line in raw.read_text().splitlines() if raw.exists() else []:
@@ -502,8 +510,12 @@ def serve_and_measure(
                 ),
                 threading.Timer(seconds - 0.5, lambda m=meters, c=cores: c.update(m[0].cores())),
             ]
-            if rows == 1:
-                timers.append(threading.Timer(seconds / 3, lambda p=pids: spy.update(profile(p))))
+            timers.append(
+                threading.Timer(
+                    seconds / 4,
+                    lambda p=pids, r=rows: spy.update({f"rows{r}": profile(p, seconds / 2)}),
+                )
+            )
             for timer in timers:
                 timer.start()
             saturated = drive(
