@@ -364,16 +364,20 @@ class ModelScheduler:
                     "request_ids": [r.request_id for r in batch],
                 },
             )
+        released = False
+        returned: float | None = None
         try:
             raw = await self._send(batch, rows, batch_id, timeout)
-            result = cluster_pb2.BatchResult.FromString(raw)
             returned = self.clock()
-            self._complete(batch, rows, result)
+            result = cluster_pb2.BatchResult.FromString(raw)
             round_trip = returned - now
             hops = max(round_trip - result.queue_seconds - result.compute_seconds, 0.0)
             self._observe_round_trip(rows, round_trip, hops)
             self.timeline.returned(booking, returned - hops / 2)
             self.queue.policy.observe(rows, now - batch[0].arrival, result.compute_seconds)
+            released = True
+            await self._release_before_answering(rows)
+            self._complete(batch, rows, result)
         except TideserveError as error:
             for request in batch:
                 _fail(request, error)
@@ -382,11 +386,29 @@ class ModelScheduler:
             for request in batch:
                 _fail(request, TideserveError(f"internal error while serving the batch: {error}"))
         finally:
-            self.inflight -= 1
-            self._wake.set()
-            self.metrics.batch_done(
-                self.entry.spec.name, rows, now - batch[0].arrival, self.clock() - now
-            )
+            if not released:
+                self.inflight -= 1
+                self._wake.set()
+            dispatch_s = (self.clock() if returned is None else returned) - now
+            self.metrics.batch_done(self.entry.spec.name, rows, now - batch[0].arrival, dispatch_s)
+
+    async def _release_before_answering(self, rows: int) -> None:
+        """Free a returned batch's slot, and when the queue already holds a batch as large, let
+        it leave before this one's responses are written. Writing a batch's responses is the
+        batcher's largest piece of work per batch (32 took ~3 ms of its loop on the 2-core
+        machine); done first, it held back a next batch that was ready and kept the worker idle
+        that long (mlp c=64 over streams, alternating runs: 3,186 against 2,616 infer/s,
+        medians of 3). A smaller queue waits behind the responses and gathers the requests that
+        arrive meanwhile: leaving at once whatever the queue held made unary clients' batches
+        smaller, and in that CPU-bound regime cost throughput (1,525 against 1,797 infer/s;
+        with this rule 1,812 against 1,735)."""
+        self.inflight -= 1
+        self._wake.set()
+        if self.queue.rows >= rows:
+            # One turn of the event loop for the scheduler to form the batch, one for its task
+            # to start the call: the send is then queued ahead of the responses.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
 
     async def _send(
         self, batch: list[PendingRequest], rows: int, batch_id: str, timeout: float | None

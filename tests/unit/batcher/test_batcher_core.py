@@ -271,6 +271,29 @@ async def test_batches_grow_while_dispatch_capacity_is_busy(
         np.testing.assert_array_equal(output(response, "y"), rows_of(index, 1))
 
 
+async def test_next_batch_leaves_before_the_returned_batch_is_answered(
+    harness: Harness, dispatcher: EchoDispatcher
+) -> None:
+    """Writing a batch's responses is the batcher's largest piece of work per batch; done before
+    the queued batch leaves, it keeps the worker idle that long."""
+    core = harness.start(model_config(max_batch_size=8, delay_us=0), inflight_per_instance=1)
+    dispatcher.gate.clear()
+    first = core.submit(infer_request(0), deadline=None)
+    await settle()
+    queued = [core.submit(infer_request(i), deadline=None) for i in range(1, 4)]
+    await settle()
+    assert dispatcher.batch_rows == [1]
+    dispatched_when_answered: list[list[int]] = []
+    first.add_done_callback(lambda _: dispatched_when_answered.append(dispatcher.batch_rows))
+
+    dispatcher.gate.set()
+    responses = await gather([first, *queued])
+
+    assert dispatched_when_answered == [[1, 3]]
+    assert [r.id for r in responses] == [f"req-{i}" for i in range(4)]
+    assert core.schedulers[MODEL].inflight == 0, "each batch frees its slot once"
+
+
 async def test_capacity_scales_with_ready_workers(
     harness: Harness, dispatcher: EchoDispatcher
 ) -> None:
