@@ -285,15 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 "layout + model": floor(2, suite.MODELS / "mlp.pt")}
     if not args.skip_tideserve:
         systems["tideserve"] = tideserve
-    rounds: list[dict[str, dict[str, float]]] = []
-    for index in range(args.rounds):
-        names = list(systems)
-        names = names[index % len(names):] + names[: index % len(names)]
-        figures = {}
-        for name in names:
-            print(f"round {index + 1}: {name}", flush=True)
-            figures[name] = systems[name]()
-        rounds.append(figures)
+    rounds = suite.rotated_rounds(systems, args.rounds)
     summary = {
         name: {mode: statistics.median(r[name][mode] for r in rounds) for mode in rounds[0][name]}
         for name in systems

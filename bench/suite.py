@@ -221,6 +221,23 @@ def slo_experiment(
     return out
 
 
+def rotated_rounds(
+    systems: dict[str, Callable[[], Any]], rounds: int, label: str = ""
+) -> list[dict[str, Any]]:
+    """Each system measured `rounds` times, the order rotated every round so that no system
+    always runs first or right after the same neighbour: each round's figures by name."""
+    order = list(systems)
+    results = []
+    for index in range(rounds):
+        shift = index % len(order)
+        figures = {}
+        for name in order[shift:] + order[:shift]:
+            print(f"round {index + 1}: {name}{label}", flush=True)
+            figures[name] = systems[name]()
+        results.append(figures)
+    return results
+
+
 def median_run(runs: list[dict[str, Any]], key: str = "throughput_infer_per_s") -> dict[str, Any]:
     """The run with the median `key` (the lower middle for an even count), with every run's
     figure beside it."""
@@ -529,15 +546,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         if not args.skip_pytriton:
             systems["PyTriton"] = lambda w=w: measure_pytriton(w, out / "logs", measurement_ms)
-        runs: dict[str, list[Any]] = {name: [] for name in systems}
-        order = list(systems)
-        for round_index in range(args.rounds):
-            shift = round_index % len(order)
-            for name in order[shift:] + order[:shift]:
-                print(f"{name}, {w.name} (round {round_index + 1})", flush=True)
-                runs[name].append(systems[name]())
-        limits, ours = runs["in-process limit"], runs["tideserve, 1 batcher process"]
-        triton = runs.get("PyTriton")
+        rounds = rotated_rounds(systems, args.rounds, f", {w.name}")
+        limits = [r["in-process limit"] for r in rounds]
+        ours = [r["tideserve, 1 batcher process"] for r in rounds]
+        triton = [r["PyTriton"] for r in rounds if "PyTriton" in r]
         results["inprocess"][w.name] = median_inprocess(limits)
         if triton:
             results["pytriton"][w.name] = {

@@ -1,9 +1,12 @@
-"""`tideserve bench` reports, for each figure, the run with the median throughput of its rounds:
-a whole run (its latencies belong to it), with every round's figure beside it."""
+"""`tideserve bench` measures its systems in rotated rounds and reports, for each figure, the run
+with the median throughput of its rounds: a whole run (its latencies belong to it), with every
+round's figure beside it."""
 
 from __future__ import annotations
 
-from bench.suite import median_inprocess, median_run
+from collections.abc import Callable
+
+from bench.suite import median_inprocess, median_run, rotated_rounds
 
 
 def test_median_run_keeps_the_middle_run_whole() -> None:
@@ -53,3 +56,21 @@ def test_median_inprocess_takes_each_batch_size_from_its_own_rounds() -> None:
     ]
     assert merged["best_samples_per_s"] == 800.0
     assert merged["model"] == "mlp.pt"
+
+
+def test_rounds_rotate_the_order_and_keep_each_rounds_figures() -> None:
+    ran: list[str] = []
+
+    def system(name: str, figure: int) -> Callable[[], int]:
+        def measure() -> int:
+            ran.append(name)
+            return figure + len(ran)
+
+        return measure
+
+    rounds = rotated_rounds(
+        {"a": system("a", 100), "b": system("b", 200), "c": system("c", 300)}, 3
+    )
+
+    assert ran == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert rounds[1] == {"b": 204, "c": 305, "a": 106}
