@@ -413,7 +413,7 @@ def _met(target: str, measured: float | None) -> str:
     return ""
 
 
-def _rounds(run: dict[str, Any], key: str = "throughput_infer_per_s") -> str:
+def _rounds(run: dict[str, Any]) -> str:
     """Every round's figure, in the order run: how far one window moves here."""
     return " / ".join("failed" if x is None else f"{x:,.0f}" for x in run.get("rounds", []))
 
@@ -448,7 +448,7 @@ def table(results: dict[str, Any]) -> str:
             lines.append(
                 f"| in-process | {model} | batch {row['batch_size']} | "
                 f"{row['samples_per_s']:,.0f} | {row['call_ms']['p50']:.2f} | | | "
-                f"{_rounds(row, 'samples_per_s')} |"
+                f"{_rounds(row)} |"
             )
     lines += ["", "| target | goal | measured | met |", "|---|---|---|---|"]
     lines += [
