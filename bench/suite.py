@@ -43,6 +43,8 @@ from tideserve.procs import free_port
 
 HERE = Path(__file__).resolve().parent
 MODELS = baseline.MODELS
+# mlp's coalescing window (model config parameter coalesce_window_us).
+MLP_COALESCE_WINDOW_US = 8000
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,13 @@ def write_repository(root: Path, slo_ms: float) -> Path:
     for workload in WORKLOADS:
         add_torchscript_model(
             repository, workload.name, MODELS / f"{workload.name}.pt", workload.input_dims
+        )
+    # mlp's batches cost the front door more CPU than its compute; hold them while requests
+    # stream in (services/batcher/batching.py, Coalescing).
+    with (repository / "mlp" / "config.pbtxt").open("a") as config:
+        config.write(
+            'parameters { key: "coalesce_window_us" '
+            f'value {{ string_value: "{MLP_COALESCE_WINDOW_US}" }} }}\n'
         )
     slo = f'parameters {{ key: "slo_ms" value {{ string_value: "{slo_ms:g}" }} }}\n'
     aimd = 'parameters { key: "batching_policy" value { string_value: "aimd" } }\n'

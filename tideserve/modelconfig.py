@@ -6,6 +6,8 @@ tideserve-specific options live in `parameters`, as Triton keeps backend options
   instance_count      model instances (executor threads / CUDA streams) per worker, default 1
   batching_policy     "fixed", "queue_length", "slo" or "aimd" (default: "slo" when slo_ms is set)
   slo_ms              end-to-end latency target for the SLO-aware batching policy
+  coalesce_window_us  how long a batch may stay for requests still arriving close together,
+                      once it could leave (default 0: off; services/batcher/batching.py)
   precision           "fp32" (default), "fp16" or "bf16" execution on GPU
 """
 
@@ -95,6 +97,10 @@ class ModelSpec:
         raw = self.parameters.get("slo_ms")
         return float(raw) if raw else None
 
+    @property
+    def coalesce_window_s(self) -> float:
+        return float(self.parameters.get("coalesce_window_us", "0")) / 1e6
+
     def input_named(self, name: str) -> TensorSpec | None:
         return next((t for t in self.inputs if t.name == name), None)
 
@@ -166,14 +172,19 @@ def _check_parameters(model: str, parameters: dict[str, str]) -> None:
             f"model {model}: unknown batching_policy {policy!r}; choose one of "
             f"{list(BATCHING_POLICIES)}"
         )
-    for name in ("slo_ms", "instance_count"):
+    for name, zero_allowed in (
+        ("slo_ms", False),
+        ("instance_count", False),
+        ("coalesce_window_us", True),
+    ):
         value = parameters.get(name)
         try:
-            valid = value is None or float(value) > 0
+            valid = value is None or float(value) > 0 or (zero_allowed and float(value) == 0)
         except ValueError:
             valid = False
         if not valid:
-            raise InvalidArgument(f"model {model}: parameter {name} must be a number > 0")
+            bound = ">= 0" if zero_allowed else "> 0"
+            raise InvalidArgument(f"model {model}: parameter {name} must be a number {bound}")
     if policy in ("slo", "aimd") and "slo_ms" not in parameters:
         raise InvalidArgument(f"model {model}: batching_policy {policy} needs parameters.slo_ms")
 

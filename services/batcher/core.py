@@ -140,6 +140,7 @@ class ModelScheduler:
             create_policy(spec, curve),
             clock,
             max_queue_rows_default,
+            spec.coalesce_window_s,
         )
         self.dispatcher = dispatcher
         self.instances = instances

@@ -296,3 +296,71 @@ def test_policy_target_is_capped_by_max_batch_size(clock: FakeClock) -> None:
 
     assert queue.ready(clock())
     assert len(queue.take(clock())) == 2
+
+
+def coalescing_queue(clock: FakeClock, window_s: float = 0.008) -> BatchQueue:
+    """No queue delay (Triton's rule sends at once), coalescing on."""
+    spec = BatchingSpec(enabled=True)
+    return BatchQueue(8, spec, FixedPolicy(8, 0.0), clock, coalesce_window_s=window_s)
+
+
+def arrive_every(queue: BatchQueue, clock: FakeClock, gap_s: float, count: int) -> None:
+    for _ in range(count):
+        clock.advance(gap_s)
+        queue.put(request(clock))
+
+
+def drain(queue: BatchQueue, clock: FakeClock) -> None:
+    while queue.take(clock()):
+        pass
+
+
+def test_coalescing_holds_a_batch_while_dense_arrivals_continue(clock: FakeClock) -> None:
+    queue = coalescing_queue(clock)
+    arrive_every(queue, clock, 0.0005, 60)  # 0.5 ms apart; dense means under 1 ms (window / 8)
+    drain(queue, clock)
+    arrive_every(queue, clock, 0.0005, 3)
+
+    assert not queue.ready(clock())
+    hold = queue.next_wakeup(clock())
+    assert hold == pytest.approx(2 * queue.coalescing.mean_gap_s)
+    arrive_every(queue, clock, 0.0005, 2)
+    assert not queue.ready(clock())
+    clock.advance(2 * queue.coalescing.mean_gap_s)  # no arrival for two mean gaps: a pause
+    assert queue.ready(clock())
+    assert len(queue.take(clock())) == 5
+
+
+def test_coalescing_never_holds_longer_than_the_window(clock: FakeClock) -> None:
+    queue = coalescing_queue(clock, window_s=0.008)
+    arrive_every(queue, clock, 0.0005, 60)
+    drain(queue, clock)
+    clock.advance(0.0005)
+    queue.put(request(clock, dims=(5,)))  # a shape of its own: its batch never fills up
+    first = clock()
+    for _ in range(100):  # 50 ms of arrivals at most
+        if queue.ready(clock()):
+            break
+        arrive_every(queue, clock, 0.0005, 1)
+
+    assert clock() - first == pytest.approx(0.008)
+    assert [r.shape_key for r in queue.take(clock())] == [((5,),)]
+
+
+def test_coalescing_lets_a_lone_request_leave_at_once(clock: FakeClock) -> None:
+    queue = coalescing_queue(clock)
+    arrive_every(queue, clock, 0.004, 60)  # one client, a round trip (4 ms) apart
+    drain(queue, clock)
+    clock.advance(0.004)
+    queue.put(request(clock))
+
+    assert queue.ready(clock())
+
+
+def test_without_a_window_a_batch_leaves_at_once_however_dense(clock: FakeClock) -> None:
+    queue = coalescing_queue(clock, window_s=0.0)
+    arrive_every(queue, clock, 0.0001, 60)
+    drain(queue, clock)
+    arrive_every(queue, clock, 0.0001, 3)
+
+    assert queue.ready(clock())

@@ -137,6 +137,7 @@ def test_model_config_selects_the_policy() -> None:
         ({"batching_policy": "slo"}, "needs parameters.slo_ms"),
         ({"slo_ms": "-5"}, "slo_ms must be a number > 0"),
         ({"instance_count": "two"}, "instance_count must be a number > 0"),
+        ({"coalesce_window_us": "-1"}, "coalesce_window_us must be a number >= 0"),
     ],
 )
 def test_bad_policy_parameters_are_refused_when_the_config_is_read(
@@ -149,6 +150,12 @@ def test_bad_policy_parameters_are_refused_when_the_config_is_read(
 # The default profile's tiny_cnn on one CPU worker (services/scaler/sim/profiles/default.json):
 # rows per second peak at batches of 24 (91/s) and fall to 70/s at 64.
 SUPERLINEAR = {1: 0.103, 8: 0.183, 16: 0.223, 24: 0.262, 32: 0.422, 48: 0.612, 64: 0.920}
+
+
+def test_coalescing_window_comes_from_the_model_config() -> None:
+    assert spec(coalesce_window_us="8000").coalesce_window_s == pytest.approx(0.008)
+    assert spec(coalesce_window_us="0").coalesce_window_s == 0.0
+    assert spec().coalesce_window_s == 0.0
 
 
 def test_batches_stop_where_the_measured_curve_serves_rows_fastest() -> None:
