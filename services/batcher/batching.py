@@ -72,6 +72,12 @@ class Coalescing:
     QUIET_GAPS = 2.0
     # Weight of the newest gap in the mean.
     GAP_ALPHA = 0.1
+    # A batch this share of its target size or more leaves without company: it amortises the
+    # per-batch cost well enough, and holding it keeps a free worker idle. On a stream (mlp
+    # c=64: batches of 32 of 64) the batch queued when one returns then leaves before that
+    # one's responses are written (core.py, _release_before_answering) instead of after them:
+    # holding every batch cut the stream to 2,117-2,400 infer/s in the bench from 2,519-2,817.
+    FULL_ENOUGH = 0.5
 
     def __init__(self, window_s: float) -> None:
         if window_s < 0:
@@ -88,10 +94,10 @@ class Coalescing:
             self.mean_gap_s += self.GAP_ALPHA * (gap - self.mean_gap_s)
         self.last_arrival = now
 
-    def hold_until(self, oldest_arrival: float, now: float) -> float | None:
-        """When a batch whose oldest request arrived at `oldest_arrival` may leave, if it should
-        stay now; None if it need not wait."""
-        if not self.window_s or self.last_arrival is None:
+    def hold_until(self, oldest_arrival: float, now: float, rows: int, target: int) -> float | None:
+        """When a batch of `rows` (of `target`) whose oldest request arrived at `oldest_arrival`
+        may leave, if it should stay now; None if it need not wait."""
+        if not self.window_s or self.last_arrival is None or rows >= self.FULL_ENOUGH * target:
             return None
         if self.mean_gap_s > self.DENSE_SHARE * self.window_s:
             return None
@@ -224,15 +230,14 @@ class BatchQueue:
         if oldest is None:
             return False
         target, max_wait = self.policy.target(self.rows, now)
-        available = self._batch_rows(min(target, self.max_batch_size))
+        goal = min(target, self.max_batch_size)
+        available = self._batch_rows(goal)
         preferred = self.batching.preferred_batch_sizes
-        if available >= min(target, self.max_batch_size) or (
-            preferred and available >= preferred[0]
-        ):
+        if available >= goal or (preferred and available >= preferred[0]):
             return True
         if now - oldest.arrival < max_wait:
             return False
-        return self.coalescing.hold_until(oldest.arrival, now) is None
+        return self.coalescing.hold_until(oldest.arrival, now, available, goal) is None
 
     def next_expiry(self, now: float) -> float | None:
         """Seconds until the earliest queue timeout, or None if no queued request has one."""
@@ -244,10 +249,12 @@ class BatchQueue:
         oldest = self._oldest()
         if oldest is None:
             return None
-        _, max_wait = self.policy.target(self.rows, now)
+        target, max_wait = self.policy.target(self.rows, now)
         expiry = self.next_expiry(now)
         leaves = oldest.arrival + max_wait
-        hold = self.coalescing.hold_until(oldest.arrival, max(leaves, now))
+        goal = min(target, self.max_batch_size)
+        available = self._batch_rows(goal)
+        hold = self.coalescing.hold_until(oldest.arrival, max(leaves, now), available, goal)
         wait = max((leaves if hold is None else hold) - now, 0.0)
         return wait if expiry is None else min(wait, expiry)
 

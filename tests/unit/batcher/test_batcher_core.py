@@ -294,6 +294,32 @@ async def test_next_batch_leaves_before_the_returned_batch_is_answered(
     assert core.schedulers[MODEL].inflight == 0, "each batch frees its slot once"
 
 
+async def test_a_half_full_batch_leaves_before_the_returned_batch_is_answered(
+    harness: Harness, dispatcher: EchoDispatcher, clock: FakeClock
+) -> None:
+    """Coalescing must not undo the rule above: on a stream the queue holds a large batch when
+    one returns, and holding it for more company would put the responses first again."""
+    coalesce = 'parameters { key: "coalesce_window_us" value { string_value: "1000000" } }'
+    core = harness.start(model_config(max_batch_size=40, delay_us=0) + coalesce)
+    dispatcher.gate.clear()
+    first = core.submit(infer_request(0), deadline=None)
+    await settle()
+    queued = []
+    for index in range(1, 26):  # 1 ms apart: dense once the mean gap forgets its start
+        clock.advance(0.001)
+        queued.append(core.submit(infer_request(index), deadline=None))
+    await settle()
+    coalescing = core.schedulers[MODEL].queue.coalescing
+    assert coalescing.hold_until(clock(), clock(), 1, 40) is not None, "a small batch would stay"
+    dispatched_when_answered: list[list[int]] = []
+    first.add_done_callback(lambda _: dispatched_when_answered.append(dispatcher.batch_rows))
+
+    dispatcher.gate.set()
+    await gather([first, *queued])
+
+    assert dispatched_when_answered == [[1, 25]]
+
+
 async def test_capacity_scales_with_ready_workers(
     harness: Harness, dispatcher: EchoDispatcher
 ) -> None:

@@ -301,7 +301,7 @@ def test_policy_target_is_capped_by_max_batch_size(clock: FakeClock) -> None:
 def coalescing_queue(clock: FakeClock, window_s: float = 0.008) -> BatchQueue:
     """No queue delay (Triton's rule sends at once), coalescing on."""
     spec = BatchingSpec(enabled=True)
-    return BatchQueue(8, spec, FixedPolicy(8, 0.0), clock, coalesce_window_s=window_s)
+    return BatchQueue(16, spec, FixedPolicy(16, 0.0), clock, coalesce_window_s=window_s)
 
 
 def arrive_every(queue: BatchQueue, clock: FakeClock, gap_s: float, count: int) -> None:
@@ -329,6 +329,17 @@ def test_coalescing_holds_a_batch_while_dense_arrivals_continue(clock: FakeClock
     clock.advance(2 * queue.coalescing.mean_gap_s)  # no arrival for two mean gaps: a pause
     assert queue.ready(clock())
     assert len(queue.take(clock())) == 5
+
+
+def test_coalescing_lets_a_half_full_batch_leave(clock: FakeClock) -> None:
+    queue = coalescing_queue(clock)
+    arrive_every(queue, clock, 0.0005, 60)
+    drain(queue, clock)
+    arrive_every(queue, clock, 0.0005, 7)
+    assert not queue.ready(clock())
+
+    arrive_every(queue, clock, 0.0005, 1)  # 8 of 16
+    assert queue.ready(clock())
 
 
 def test_coalescing_never_holds_longer_than_the_window(clock: FakeClock) -> None:
