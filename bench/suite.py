@@ -540,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds,
             "perf_analyzer": "-i grpc -b 1",
             "workloads": [w.__dict__ for w in WORKLOADS],
+            "tideserve_mlp_coalesce_window_us": MLP_COALESCE_WINDOW_US,
         },
         "inprocess": {},
         "tideserve": {},

@@ -57,14 +57,17 @@ class Coalescing:
 
     When the front door's CPU is the bottleneck (mlp at concurrency 64: the batcher's event loop
     busy, the machine 88% busy), every batch costs CPU the requests need (the batcher's call
-    down, the balancer's and the worker's per-batch work, about 1 ms in all for mlp), and a batch
-    sent the moment a slot frees holds what happened to be parsed by then (10 rows). Waiting
-    for a dense stream of arrivals to pause made batches of 15 and served a median 7.5% more
-    requests a second over 12 alternating pairs (-8% to +35%), p99 no worse
-    (docs/benchmarks.md). The gate on density is
-    what keeps a lone request from waiting: at concurrency 1 requests come a round trip
-    apart, far sparser than the gate, and leave at once; a fixed max_queue_delay would make
-    every one of them wait it out."""
+    down, the balancer's and the worker's per-batch work: about 2 ms beyond mlp's compute), and
+    a batch sent the moment a slot frees holds what happened to be parsed by then (10 rows).
+    Waiting for a dense stream of arrivals to pause made batches of 15 and served 1.06-1.28x
+    the requests a second (alternating pairs), p99 no worse (docs/benchmarks.md).
+
+    The gate on density is what keeps a lone request from waiting: at concurrency 1 requests
+    come a round trip apart, far sparser than the gate, and leave at once; a fixed
+    max_queue_delay would make every one of them wait it out. The gate cannot tell a saturated
+    front door from a merely busy one: at concurrency 16 (requests 0.8 ms apart, the loop not
+    yet the bottleneck) each wave waited for company that did not come, for 17% less
+    throughput; hence off by default."""
 
     # Arrivals are dense when they come on average at most this share of the window apart.
     DENSE_SHARE = 1 / 8
