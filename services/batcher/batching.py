@@ -255,10 +255,12 @@ class BatchQueue:
         target, max_wait = self.policy.target(self.rows, now)
         expiry = self.next_expiry(now)
         leaves = oldest.arrival + max_wait
-        goal = min(target, self.max_batch_size)
-        available = self._batch_rows(goal)
-        hold = self.coalescing.hold_until(oldest.arrival, max(leaves, now), available, goal)
-        wait = max((leaves if hold is None else hold) - now, 0.0)
+        if self.coalescing.window_s:
+            goal = min(target, self.max_batch_size)
+            available = self._batch_rows(goal)
+            hold = self.coalescing.hold_until(oldest.arrival, max(leaves, now), available, goal)
+            leaves = leaves if hold is None else hold
+        wait = max(leaves - now, 0.0)
         return wait if expiry is None else min(wait, expiry)
 
     def take(self, now: float) -> list[PendingRequest]:
