@@ -49,10 +49,15 @@ def request(
 
 
 def make_queue(
-    clock: FakeClock, max_batch_size: int = 8, delay_s: float = DELAY_S, **batching: object
+    clock: FakeClock,
+    max_batch_size: int = 8,
+    delay_s: float = DELAY_S,
+    coalesce_window_s: float = 0.0,
+    **batching: object,
 ) -> BatchQueue:
     spec = BatchingSpec(enabled=True, max_queue_delay_us=int(delay_s * 1e6), **batching)
-    return BatchQueue(max_batch_size, spec, FixedPolicy(max_batch_size, delay_s), clock)
+    policy = FixedPolicy(max_batch_size, delay_s)
+    return BatchQueue(max_batch_size, spec, policy, clock, coalesce_window_s=coalesce_window_s)
 
 
 def ids(batch: list[PendingRequest]) -> list[str]:
@@ -300,8 +305,7 @@ def test_policy_target_is_capped_by_max_batch_size(clock: FakeClock) -> None:
 
 def coalescing_queue(clock: FakeClock, window_s: float = 0.008) -> BatchQueue:
     """No queue delay (Triton's rule sends at once), coalescing on."""
-    spec = BatchingSpec(enabled=True)
-    return BatchQueue(16, spec, FixedPolicy(16, 0.0), clock, coalesce_window_s=window_s)
+    return make_queue(clock, max_batch_size=16, delay_s=0.0, coalesce_window_s=window_s)
 
 
 def arrive_every(queue: BatchQueue, clock: FakeClock, gap_s: float, count: int) -> None:
