@@ -227,41 +227,28 @@ class BatchQueue:
         index = bisect.bisect_right(self.batching.preferred_batch_sizes, available)
         return self.batching.preferred_batch_sizes[index - 1] if index else target
 
-    def ready(self, now: float) -> bool:
-        """Should a batch leave now (given free capacity)?"""
+    def next_batch_in(self, now: float) -> float | None:
+        """Seconds until a batch should leave (given free capacity): 0.0 for now, else until that
+        may change without a new arrival; None if the queue is empty. Queue timeouts are
+        `next_expiry`'s. One method answers both, so a scheduler wake computes the policy target
+        and the batch's rows once."""
         oldest = self._oldest()
         if oldest is None:
-            return False
+            return None
         target, max_wait = self.policy.target(self.rows, now)
         goal = min(target, self.max_batch_size)
         available = self._batch_rows(goal)
         preferred = self.batching.preferred_batch_sizes
         if available >= goal or (preferred and available >= preferred[0]):
-            return True
-        if now - oldest.arrival < max_wait:
-            return False
-        return self.coalescing.hold_until(oldest.arrival, now, available, goal) is None
+            return 0.0
+        leaves = oldest.arrival + max_wait
+        hold = self.coalescing.hold_until(oldest.arrival, max(leaves, now), available, goal)
+        return max((leaves if hold is None else hold) - now, 0.0)
 
     def next_expiry(self, now: float) -> float | None:
         """Seconds until the earliest queue timeout, or None if no queued request has one."""
         expiries = [r.expires for lvl in self._levels for r in lvl if r.expires is not None]
         return max(min(expiries) - now, 0.0) if expiries else None
-
-    def next_wakeup(self, now: float) -> float | None:
-        """Seconds until `ready` may change without a new arrival, or None if the queue is empty."""
-        oldest = self._oldest()
-        if oldest is None:
-            return None
-        target, max_wait = self.policy.target(self.rows, now)
-        expiry = self.next_expiry(now)
-        leaves = oldest.arrival + max_wait
-        if self.coalescing.window_s:
-            goal = min(target, self.max_batch_size)
-            available = self._batch_rows(goal)
-            hold = self.coalescing.hold_until(oldest.arrival, max(leaves, now), available, goal)
-            leaves = leaves if hold is None else hold
-        wait = max(leaves - now, 0.0)
-        return wait if expiry is None else min(wait, expiry)
 
     def take(self, now: float) -> list[PendingRequest]:
         """Remove and return the next batch: highest priority first, in arrival order, requests of

@@ -266,15 +266,15 @@ class ModelScheduler:
                 # Every instance has a batch: the next leaves when one is about to free.
                 gate = self._just_in_time(now)
                 if gate is None or gate > 0:
-                    timeouts = [t for t in (gate, self.queue.next_expiry(now)) if t is not None]
-                    await self._wait(min(timeouts, default=None))
+                    await self._wait(_earliest(gate, self.queue.next_expiry(now)))
                     continue
-            if self.queue.ready(now):
+            wait = self.queue.next_batch_in(now)
+            if wait == 0.0:
                 batch = [r for r in self.queue.take(now) if self._still_wanted(r, now)]
                 if batch:
                     return batch
                 continue
-            await self._wait(self.queue.next_wakeup(now))
+            await self._wait(_earliest(wait, self.queue.next_expiry(now)))
 
     def _compute_s(self, batch: list[PendingRequest]) -> float:
         fit = self.curve.fit()
@@ -468,6 +468,11 @@ class ModelScheduler:
             offset += request.rows
             if request.future is not None and not request.future.done():
                 request.future.set_result(response)
+
+
+def _earliest(*waits: float | None) -> float | None:
+    """The shortest of the known waits; None (until woken) when none is known."""
+    return min((w for w in waits if w is not None), default=None)
 
 
 def _fail(request: PendingRequest, error: TideserveError) -> None:

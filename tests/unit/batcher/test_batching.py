@@ -60,6 +60,11 @@ def make_queue(
     return BatchQueue(max_batch_size, spec, policy, clock, coalesce_window_s=coalesce_window_s)
 
 
+def ready(queue: BatchQueue, clock: FakeClock) -> bool:
+    """Would a batch leave now, given free capacity?"""
+    return queue.next_batch_in(clock()) == 0.0
+
+
 def ids(batch: list[PendingRequest]) -> list[str]:
     return [r.request_id for r in batch]
 
@@ -72,8 +77,8 @@ def clock() -> FakeClock:
 def test_empty_queue_is_never_ready(clock: FakeClock) -> None:
     queue = make_queue(clock)
 
-    assert not queue.ready(clock())
-    assert queue.next_wakeup(clock()) is None
+    assert not ready(queue, clock)
+    assert queue.next_batch_in(clock()) is None
     assert queue.take(clock()) == []
 
 
@@ -83,10 +88,10 @@ def test_batch_waits_for_company_until_the_delay_expires(clock: FakeClock) -> No
     clock.advance(0.004)
     queue.put(request(clock, name="b"))
 
-    assert not queue.ready(clock())
-    assert queue.next_wakeup(clock()) == pytest.approx(0.006)
+    assert not ready(queue, clock)
+    assert queue.next_batch_in(clock()) == pytest.approx(0.006)
     clock.advance(0.006)
-    assert queue.ready(clock())
+    assert ready(queue, clock)
     assert ids(queue.take(clock())) == ["a", "b"]
     assert len(queue) == 0
     assert queue.rows == 0
@@ -97,11 +102,11 @@ def test_full_batch_leaves_at_once_and_the_rest_waits(clock: FakeClock) -> None:
     for index in range(6):
         queue.put(request(clock, name=f"r{index}"))
 
-    assert queue.ready(clock())
+    assert ready(queue, clock)
     assert ids(queue.take(clock())) == ["r0", "r1", "r2", "r3"]
     assert len(queue) == 2
     assert queue.rows == 2
-    assert not queue.ready(clock())
+    assert not ready(queue, clock)
 
 
 def test_rows_not_requests_count_toward_the_max(clock: FakeClock) -> None:
@@ -110,7 +115,7 @@ def test_rows_not_requests_count_toward_the_max(clock: FakeClock) -> None:
     queue.put(request(clock, rows=3, name="b"))
     queue.put(request(clock, rows=3, name="c"))
 
-    assert not queue.ready(clock()), "6 rows fit, a 9th would overflow: not full yet"
+    assert not ready(queue, clock), "6 rows fit, a 9th would overflow: not full yet"
     clock.advance(DELAY_S)
     assert ids(queue.take(clock())) == ["a", "b"]
     assert queue.rows == 3
@@ -120,7 +125,7 @@ def test_zero_delay_sends_a_lone_request_at_once(clock: FakeClock) -> None:
     queue = make_queue(clock, delay_s=0.0)
     queue.put(request(clock, name="alone"))
 
-    assert queue.ready(clock())
+    assert ready(queue, clock)
     assert ids(queue.take(clock())) == ["alone"]
 
 
@@ -140,12 +145,12 @@ def test_preferred_size_leaves_without_waiting(clock: FakeClock) -> None:
     queue = make_queue(clock, max_batch_size=16, preferred_batch_sizes=(4, 8))
     for index in range(3):
         queue.put(request(clock, name=f"r{index}"))
-    assert not queue.ready(clock())
+    assert not ready(queue, clock)
 
     for index in range(3, 6):
         queue.put(request(clock, name=f"r{index}"))
 
-    assert queue.ready(clock())
+    assert ready(queue, clock)
     assert ids(queue.take(clock())) == ["r0", "r1", "r2", "r3"], "largest preferred size <= 6"
     assert len(queue) == 2
 
@@ -162,11 +167,11 @@ def test_below_every_preferred_size_the_delay_sends_everything(clock: FakeClock)
     queue = make_queue(clock, max_batch_size=16, preferred_batch_sizes=(4,))
     queue.put(request(clock))
     queue.put(request(clock))
-    assert not queue.ready(clock())
+    assert not ready(queue, clock)
 
     clock.advance(DELAY_S)
 
-    assert queue.ready(clock())
+    assert ready(queue, clock)
     assert len(queue.take(clock())) == 2
 
 
@@ -230,7 +235,8 @@ def test_timed_out_requests_are_rejected(clock: FakeClock) -> None:
     queue.put(request(clock, timeout_s=0.005, name="short"))
     queue.put(request(clock, rows=2, name="patient"))
 
-    assert queue.next_wakeup(clock()) == pytest.approx(0.005)
+    assert queue.next_expiry(clock()) == pytest.approx(0.005)
+    assert queue.next_batch_in(clock()) == pytest.approx(1.0)
     assert queue.pop_expired(clock() + 0.004) == []
     clock.advance(0.005)
     assert ids(queue.pop_expired(clock())) == ["short"]
@@ -289,7 +295,7 @@ def test_queue_follows_its_policy_target(clock: FakeClock) -> None:
     for _ in range(5):
         queue.put(request(clock))
 
-    assert queue.ready(clock())
+    assert ready(queue, clock)
     assert [len(queue.take(clock())) for _ in range(3)] == [2, 2, 1]
 
 
@@ -299,7 +305,7 @@ def test_policy_target_is_capped_by_max_batch_size(clock: FakeClock) -> None:
     for _ in range(3):
         queue.put(request(clock))
 
-    assert queue.ready(clock())
+    assert ready(queue, clock)
     assert len(queue.take(clock())) == 2
 
 
@@ -325,13 +331,13 @@ def test_coalescing_holds_a_batch_while_dense_arrivals_continue(clock: FakeClock
     drain(queue, clock)
     arrive_every(queue, clock, 0.0005, 3)
 
-    assert not queue.ready(clock())
-    hold = queue.next_wakeup(clock())
+    assert not ready(queue, clock)
+    hold = queue.next_batch_in(clock())
     assert hold == pytest.approx(2 * queue.coalescing.mean_gap_s)
     arrive_every(queue, clock, 0.0005, 2)
-    assert not queue.ready(clock())
+    assert not ready(queue, clock)
     clock.advance(2 * queue.coalescing.mean_gap_s)  # no arrival for two mean gaps: a pause
-    assert queue.ready(clock())
+    assert ready(queue, clock)
     assert len(queue.take(clock())) == 5
 
 
@@ -340,10 +346,10 @@ def test_coalescing_lets_a_half_full_batch_leave(clock: FakeClock) -> None:
     arrive_every(queue, clock, 0.0005, 60)
     drain(queue, clock)
     arrive_every(queue, clock, 0.0005, 7)
-    assert not queue.ready(clock())
+    assert not ready(queue, clock)
 
     arrive_every(queue, clock, 0.0005, 1)  # 8 of 16
-    assert queue.ready(clock())
+    assert ready(queue, clock)
 
 
 def test_coalescing_never_holds_longer_than_the_window(clock: FakeClock) -> None:
@@ -354,7 +360,7 @@ def test_coalescing_never_holds_longer_than_the_window(clock: FakeClock) -> None
     queue.put(request(clock, dims=(5,)))  # a shape of its own: its batch never fills up
     first = clock()
     for _ in range(100):  # 50 ms of arrivals at most
-        if queue.ready(clock()):
+        if ready(queue, clock):
             break
         arrive_every(queue, clock, 0.0005, 1)
 
@@ -369,7 +375,7 @@ def test_coalescing_lets_a_lone_request_leave_at_once(clock: FakeClock) -> None:
     clock.advance(0.004)
     queue.put(request(clock))
 
-    assert queue.ready(clock())
+    assert ready(queue, clock)
 
 
 def test_without_a_window_a_batch_leaves_at_once_however_dense(clock: FakeClock) -> None:
@@ -378,4 +384,4 @@ def test_without_a_window_a_batch_leaves_at_once_however_dense(clock: FakeClock)
     drain(queue, clock)
     arrive_every(queue, clock, 0.0001, 3)
 
-    assert queue.ready(clock())
+    assert ready(queue, clock)
