@@ -44,3 +44,7 @@ class AlreadyExists(TideserveError):
 
 class Unimplemented(TideserveError):
     code = "UNIMPLEMENTED"
+
+
+class PermissionDenied(TideserveError):
+    code = "PERMISSION_DENIED"

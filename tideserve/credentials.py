@@ -1,0 +1,71 @@
+"""Secrets on disk: the per-role tokens of the internal plane and the files that hold keys.
+
+A secret file must be a regular file readable by its owner alone, as ssh asks of its keys: a
+token or private key that group or others can read is refused at start, with the command that
+fixes it, instead of being used silently. `create_credentials` writes a fresh random token per
+role, so a suite started by `tideserve up` (or compose's credentials step) is protected without
+any setting.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from pathlib import Path
+
+# Who may call what on the internal plane: workers heartbeat, batchers dispatch and watch, the
+# scaler (and an operator) drain workers and change routing, operators steer the scaler.
+ROLES = ("worker", "batcher", "scaler", "operator")
+
+
+def token_path(directory: str | Path, role: str) -> Path:
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+    return Path(directory) / f"{role}.token"
+
+
+def check_private(path: str | Path, what: str = "secret file") -> None:
+    """Refuse a secret that is not a regular file or that group or others may read."""
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        raise ValueError(f"{what} {str(path)!r} cannot be read: {error.strerror}") from error
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{what} {str(path)!r} is not a regular file")
+    if info.st_mode & 0o077:
+        raise ValueError(
+            f"{what} {str(path)!r} is readable by group or others (mode "
+            f"{stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`"
+        )
+
+
+def read_secret(path: str | Path, what: str = "token file") -> str:
+    """The first line of a private secret file; empty files are refused."""
+    check_private(path, what)
+    lines = Path(path).read_text().strip().splitlines()
+    if not lines or not lines[0].strip():
+        raise ValueError(f"{what} {str(path)!r} is empty")
+    return lines[0].strip()
+
+
+def write_secret(path: str | Path, value: str) -> Path:
+    """Write `value` to `path`, owner-only from the first byte (no window with a wider mode)."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return path
+
+
+def create_credentials(directory: str | Path) -> dict[str, Path]:
+    """A fresh random token for every role in `directory` (made owner-only); returns each role's
+    token file. Called once per run, so tokens from an earlier run stop working."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    return {
+        role: write_secret(token_path(directory, role), secrets.token_urlsafe(32))
+        for role in ROLES
+    }
