@@ -21,7 +21,7 @@ from collections import deque
 
 import numpy as np
 
-from services.scaler.policies import ScalingContext
+from services.scaler.context import ScalingContext
 
 FEATURES = (
     "rate_1s",  # arrival rate over the last window / (max replicas x per-replica rate)
