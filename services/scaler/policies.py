@@ -109,6 +109,10 @@ class HpaPolicy:
         current, ready = ctx.current_replicas, ctx.ready_replicas
         if ready == 0:
             return max(current, 1)
+        if not math.isfinite(ctx.utilisation):
+            # As the HPA skips a metric it cannot compute: a NaN or infinite reading is no reason
+            # to move (and ceil() of it would raise, stalling every decision after it).
+            return current
         ratio = ctx.utilisation / self.target
         if abs(ratio - 1.0) <= self.tolerance:
             return current

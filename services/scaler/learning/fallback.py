@@ -5,8 +5,9 @@ The trained policy is only trusted where it was trained. `LearnedWithFallback` l
 decide instead, and says why in `fallback_reason`, when
   * the policy file is missing or unusable (wrong features or action, its actor not exported and
     stable-baselines3 absent): for as long as this policy object lives, and
-  * one observation is outside the range the policy saw in training, or the cluster has no
-    traffic at all (no training trace goes quiet): for that decision only.
+  * one observation is not a finite number (a NaN or infinite input), or outside the range the
+    policy saw in training, or the cluster has no traffic at all (no training trace goes quiet):
+    for that decision only.
 The rule sees every context even while the learned policy decides, so its windows are warm at the
 moment it has to take over.
 
@@ -21,7 +22,11 @@ from pathlib import Path
 
 from services.scaler.context import ScalingContext, ScalingPolicy
 from services.scaler.learning import DEFAULT_POLICY
-from services.scaler.learning.policy import LearnedPolicy, ObservationOutOfRange
+from services.scaler.learning.policy import (
+    LearnedPolicy,
+    NonFiniteObservation,
+    ObservationOutOfRange,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +63,9 @@ class LearnedWithFallback:
             return rule
         try:
             proposed = self.learned.decide(ctx)
+        except NonFiniteObservation as error:
+            self.fallback_reason = f"{error}, {self.fallback.name} decided"
+            return rule
         except ObservationOutOfRange as error:
             self.fallback_reason = (
                 f"observation outside the trained range, {self.fallback.name} decided: {error}"

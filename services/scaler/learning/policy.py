@@ -12,15 +12,17 @@ another .zip, and only where stable-baselines3 is installed: the actor is then e
 `tideserve policy export` does (and written beside the .zip when that directory is writable).
 Without stable-baselines3 such a policy file is refused with the command that fixes it.
 
-It decides only on observations like those it was trained on: a feature outside the range seen in
-training raises ObservationOutOfRange. The scaler then falls back to a rule policy for that
-decision and says so (`services.scaler.learning.fallback`).
+It decides only on observations like those it was trained on. A feature that is not a finite
+number raises NonFiniteObservation; one outside the range seen in training raises
+ObservationOutOfRange (NonFiniteObservation is one). The scaler then falls back to a rule policy
+for that decision and says so (`services.scaler.learning.fallback`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,16 @@ class ObservationOutOfRange(ValueError):
         super().__init__(
             f"observation {feature}={value:.3f} outside the trained range [{low:.3f}, {high:.3f}]"
         )
+        self.feature = feature
+        self.value = value
+
+
+class NonFiniteObservation(ObservationOutOfRange):
+    """A feature is NaN or infinite (a range check cannot catch NaN: every comparison is
+    false)."""
+
+    def __init__(self, feature: str, value: float) -> None:
+        ValueError.__init__(self, f"observation {feature}={value} is not a finite number")
         self.feature = feature
         self.value = value
 
@@ -120,13 +132,24 @@ class LearnedPolicy:
         """Propose a count for `ctx`; raises ObservationOutOfRange (and records it in
         `last_out_of_range`) when the policy has not seen inputs like these."""
         features = self._observer.update(ctx)
-        self.last_out_of_range = self._untrusted(features)
+        self.last_out_of_range = self._untrusted(ctx, features)
         if self.last_out_of_range is not None:
             raise self.last_out_of_range
         action = self.actor.act(observation.clip(features))
         return actions.replicas_for(int(action), ctx)
 
-    def _untrusted(self, features: np.ndarray) -> ObservationOutOfRange | None:
+    def _untrusted(
+        self, ctx: ScalingContext, features: np.ndarray
+    ) -> ObservationOutOfRange | None:
+        # An infinite input can still give finite features (a rate over an infinite service
+        # rate is 0), so the inputs are checked as well as the features.
+        for name, value in vars(ctx).items():
+            if not math.isfinite(value):
+                return NonFiniteObservation(name, value)
+        non_finite = np.flatnonzero(~np.isfinite(features))
+        if non_finite.size:
+            i = int(non_finite[0])
+            return NonFiniteObservation(observation.FEATURES[i], float(features[i]))
         outside = np.flatnonzero((features < self._low) | (features > self._high))
         if outside.size:
             i = int(outside[0])
