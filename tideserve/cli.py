@@ -168,7 +168,8 @@ def _up(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tideserve", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--log-level", default=None,
+                        help="default: INFO for `policy` (its progress), WARNING otherwise")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_up(commands)
     commands.add_parser("plan", help="replicas for a rate and SLO (M/M/m)", add_help=False)
@@ -183,7 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bench", help="batching benchmark vs Triton and the in-process limit", add_help=False
     )
     args, rest = parser.parse_known_args(argv)
-    configure_logging("cli", args.log_level)
+    # Configured here, once, before any command runs: `policy` reports its progress in INFO
+    # lines, which a WARNING default would drop (the commands do not configure logging).
+    configure_logging("cli", args.log_level or ("INFO" if args.command == "policy" else "WARNING"))
     if args.command == "up":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
