@@ -10,7 +10,8 @@ stable-baselines3 2.x is
     -> FlattenExtractor (identity on a 1-D observation)
     -> mlp_extractor.policy_net: Linear, activation, ..., Linear, activation (net_arch pi)
     -> action_net: Linear to one logit per action
-    -> CategoricalDistribution.mode(): argmax of the logits (the first on a tie, as torch).
+    -> CategoricalDistribution.mode(): argmax of softmax(logits), i.e. of the logits (the
+       first on a tie, as torch.argmax).
 
 There is no observation normalisation to carry: training wraps its environments in
 VecNormalize(norm_obs=False), normalising rewards only, and the ObservationBuilder already scales
@@ -46,8 +47,10 @@ class NumpyActor:
     """An MLP actor: hidden layers with one activation, then a linear layer of action logits.
 
     Weights have torch's Linear layout, (out features, in features). They are applied in
-    float64: the float32 network's logits differ from these by rounding only, far below the gaps
-    between logits that decide an argmax."""
+    float64, so the logits differ from the float32 network's by its rounding (up to 6e-6 on the
+    shipped policy): an action can differ from stable-baselines3's only where its two largest
+    logits are that close (tests/unit/scaler/test_numpy_policy.py compares the actions on the
+    simulator's observations of every trace shape and at the bounds of the observation space)."""
 
     hidden: tuple[tuple[np.ndarray, np.ndarray], ...]
     activation: str
