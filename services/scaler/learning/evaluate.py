@@ -5,9 +5,10 @@ trace is reset with its own seed). The rule policies are first tuned to the SLO:
 parameter is swept on training traces (10 seeds per training shape; HPA's target in steps of 0.05)
 and the cheapest setting that keeps >= 99% of requests within the SLO is kept, so the comparison is
 at the same SLO and not against a straw man. The learned policy falls back to the tuned HPA
-whenever its observation leaves the trained range, as the live scaler does; the table counts those
-fallbacks. `--split validation` runs the same comparison on the validation seeds of the training
-shapes instead, for choosing among trained policies without looking at the test traces.
+whenever its observation leaves the trained range or is not a finite number, as the live scaler
+does; the table counts those fallbacks. `--split validation` runs the same comparison on the
+validation seeds of the training shapes instead, for choosing among trained policies without
+looking at the test traces.
 
 Prints a table (SLO attainment, pooled p99, worker-seconds, scaling actions) and writes one PNG
 per trace shape (load, replicas and p99 latency over time, one column per policy). With
@@ -31,7 +32,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from services.scaler.guards import GuardConfig, Guards
 from services.scaler.learning import DEFAULT_POLICY
-from services.scaler.learning.policy import LearnedPolicy, ObservationOutOfRange
+from services.scaler.learning.policy import LearnedPolicy, UntrustedObservation
 from services.scaler.planner import MEAN_OVER_TAU, batch_latency_cdf
 from services.scaler.policies import ScalingContext, ScalingPolicy, create_policy
 from services.scaler.sim import traces
@@ -132,7 +133,7 @@ def evaluate_learned(
             rule = hpa.decide(ctx)
             try:
                 return learned.decide(ctx)
-            except ObservationOutOfRange:
+            except UntrustedObservation:
                 result.fallbacks += 1
                 return rule
 

@@ -14,7 +14,7 @@ Without stable-baselines3 such a policy file is refused with the command that fi
 
 It decides only on observations like those it was trained on. A feature that is not a finite
 number raises NonFiniteObservation; one outside the range seen in training raises
-ObservationOutOfRange (NonFiniteObservation is one). The scaler then falls back to a rule policy
+ObservationOutOfRange (both are UntrustedObservation). The scaler then falls back to a rule policy
 for that decision and says so (`services.scaler.learning.fallback`).
 """
 
@@ -42,25 +42,31 @@ class PolicyFileError(ValueError):
     """The policy file cannot be run here (stale or missing actor, other features or action)."""
 
 
-class ObservationOutOfRange(ValueError):
-    """The live observation is outside what the policy was trained on; use a fallback policy."""
+class UntrustedObservation(ValueError):
+    """The live observation is unlike what the policy was trained on; use a fallback policy."""
+
+    def __init__(self, message: str, feature: str, value: float) -> None:
+        super().__init__(message)
+        self.feature = feature
+        self.value = value
+
+
+class ObservationOutOfRange(UntrustedObservation):
+    """A feature is outside the range seen in training."""
 
     def __init__(self, feature: str, value: float, low: float, high: float) -> None:
         super().__init__(
-            f"observation {feature}={value:.3f} outside the trained range [{low:.3f}, {high:.3f}]"
+            f"observation {feature}={value:.3f} outside the trained range [{low:.3f}, {high:.3f}]",
+            feature, value,
         )
-        self.feature = feature
-        self.value = value
 
 
-class NonFiniteObservation(ObservationOutOfRange):
-    """A feature is NaN or infinite (a range check cannot catch NaN: every comparison is
-    false)."""
+class NonFiniteObservation(UntrustedObservation):
+    """An input or feature is NaN or infinite (a range check cannot catch NaN: every comparison
+    with it is false)."""
 
     def __init__(self, feature: str, value: float) -> None:
-        ValueError.__init__(self, f"observation {feature}={value} is not a finite number")
-        self.feature = feature
-        self.value = value
+        super().__init__(f"observation {feature}={value} is not a finite number", feature, value)
 
 
 def load_actor(path: Path) -> NumpyActor:
@@ -126,21 +132,21 @@ class LearnedPolicy:
                 f"{path}'s actor maps {self.actor.observation_size} features to "
                 f"{self.actor.n_actions} actions, not {len(observation.FEATURES)} to "
                 f"{actions.N_ACTIONS}")
-        self.last_out_of_range: ObservationOutOfRange | None = None
+        self.last_untrusted: UntrustedObservation | None = None
 
     def decide(self, ctx: ScalingContext) -> int:
-        """Propose a count for `ctx`; raises ObservationOutOfRange (and records it in
-        `last_out_of_range`) when the policy has not seen inputs like these."""
+        """Propose a count for `ctx`; raises UntrustedObservation (and records it in
+        `last_untrusted`) when the policy has not seen inputs like these."""
         features = self._observer.update(ctx)
-        self.last_out_of_range = self._untrusted(ctx, features)
-        if self.last_out_of_range is not None:
-            raise self.last_out_of_range
+        self.last_untrusted = self._untrusted(ctx, features)
+        if self.last_untrusted is not None:
+            raise self.last_untrusted
         action = self.actor.act(observation.clip(features))
         return actions.replicas_for(int(action), ctx)
 
     def _untrusted(
         self, ctx: ScalingContext, features: np.ndarray
-    ) -> ObservationOutOfRange | None:
+    ) -> UntrustedObservation | None:
         # An infinite input can still give finite features (a rate over an infinite service
         # rate is 0), so the inputs are checked as well as the features.
         for name, value in vars(ctx).items():

@@ -56,7 +56,7 @@ def test_a_non_finite_input_is_decided_by_the_fallback(name: str, bad: float) ->
     assert policy.decide(bad_ctx) == twin.decide(bad_ctx)
     assert f"{name}={bad} is not a finite number" in policy.fallback_reason
     assert "hpa decided" in policy.fallback_reason
-    assert isinstance(policy.learned.last_out_of_range, NonFiniteObservation)
+    assert isinstance(policy.learned.last_untrusted, NonFiniteObservation)
 
     policy.decide(context(6.0))
     assert policy.fallback_reason == "", "the next finite observation is the policy's again"

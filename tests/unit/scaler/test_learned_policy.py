@@ -84,7 +84,7 @@ def test_out_of_range_observation_raises(trained: Path) -> None:
     overload = dataclasses.replace(env.scaling_context(), arrival_rate=1e7)
     with pytest.raises(ObservationOutOfRange, match="rate_1s"):
         policy.decide(overload)
-    assert policy.last_out_of_range is not None
+    assert policy.last_untrusted is not None
 
 
 def test_missing_policy_file(tmp_path: Path) -> None:
