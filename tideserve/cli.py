@@ -3,6 +3,7 @@
 tideserve up [--demo]        run the whole suite locally (no Docker), optionally with a demo load
 tideserve plan ...           replicas needed for a rate and an SLO (M/M/m, Erlang C)
 tideserve policy train|eval  train / evaluate the learned autoscaling policy
+tideserve policy export      a policy file's actor for the scaler (POLICY.npz from POLICY.zip)
 tideserve top [--once]       live view of workers, load, batch sizes, replicas and policy
 tideserve profile MODEL      measure a model's batch service times and a worker's cold start
 tideserve report RUN.json    PNG plots of a run: load vs replicas, latency, batch sizes
@@ -167,12 +168,13 @@ def _up(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tideserve", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--log-level", default=None,
+                        help="default: INFO for `policy` (its progress), WARNING otherwise")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_up(commands)
     commands.add_parser("plan", help="replicas for a rate and SLO (M/M/m)", add_help=False)
     policy = commands.add_parser("policy", help="learned autoscaling policy")
-    policy.add_argument("action", choices=["train", "eval"])
+    policy.add_argument("action", choices=["train", "eval", "export"])
     commands.add_parser("top", help="live view of the cluster", add_help=False)
     commands.add_parser("report", help="PNG plots of a run (or --record one)", add_help=False)
     commands.add_parser(
@@ -182,7 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bench", help="batching benchmark vs Triton and the in-process limit", add_help=False
     )
     args, rest = parser.parse_known_args(argv)
-    configure_logging("cli", args.log_level)
+    # Configured here, once, before any command runs: `policy` reports its progress in INFO
+    # lines, which a WARNING default would drop (the commands do not configure logging).
+    configure_logging("cli", args.log_level or ("INFO" if args.command == "policy" else "WARNING"))
     if args.command == "up":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -213,6 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from services.scaler.learning.train import main as train_main
 
         return train_main(rest) or 0
+    if args.action == "export":
+        from services.scaler.learning.export import main as export_main
+
+        return export_main(rest) or 0
     from services.scaler.learning.evaluate import main as eval_main
 
     return eval_main(rest) or 0

@@ -10,8 +10,8 @@ same policy runs unchanged in the live scaler and in the simulator.
   kpa              Knative Pod Autoscaler on concurrency, stable and panic windows
   target_tracking  Ray Serve's default policy on ongoing requests per replica
   learned          the trained policy, with the HPA rule as its fallback
-                   (services.scaler.learning.fallback; imported on first use, so this module and
-                   the rule policies never load stable-baselines3 or torch)
+                   (services.scaler.learning.fallback; its actor runs in numpy, so the scaler
+                   never loads stable-baselines3 or torch)
 
 Time base: the production defaults (HPA 300 s stabilisation, Knative 60 s stable window, Ray
 Serve 30 s/600 s delays) are sized for pods that take a minute to start and traffic that moves over
@@ -25,34 +25,12 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
+
+from services.scaler.context import ScalingContext, ScalingPolicy
+from services.scaler.learning.fallback import LearnedWithFallback
 
 DEFAULT_TIME_SCALE = 0.1
-
-
-@dataclass(frozen=True)
-class ScalingContext:
-    """One snapshot of the cluster as the scaler sees it (from the balancer's stream)."""
-
-    now: float  # monotonic seconds
-    current_replicas: int  # ready + starting
-    ready_replicas: int
-    arrival_rate: float  # requests/s over the most recent window
-    queued_requests: int
-    ongoing_requests: float  # queued + in service, cluster-wide
-    latency_p99_s: float
-    slo_s: float
-    utilisation: float  # busy fraction of ready workers, 0..1
-    service_rate_per_replica: float  # requests/s one replica sustains within the SLO
-
-
-class ScalingPolicy(Protocol):
-    name: str
-
-    def decide(self, ctx: ScalingContext) -> int:
-        """Propose a replica count for `ctx`. Deterministic given the contexts seen so far."""
-        ...
 
 
 def _positive(name: str, value: float) -> float:
@@ -131,6 +109,10 @@ class HpaPolicy:
         current, ready = ctx.current_replicas, ctx.ready_replicas
         if ready == 0:
             return max(current, 1)
+        if not math.isfinite(ctx.utilisation):
+            # As the HPA skips a metric it cannot compute: a NaN or infinite reading is no reason
+            # to move (and ceil() of it would raise, stalling every decision after it).
+            return current
         ratio = ctx.utilisation / self.target
         if abs(ratio - 1.0) <= self.tolerance:
             return current
@@ -239,10 +221,9 @@ class TargetTrackingPolicy:
         return desired
 
 
-def _learned(**params: Any) -> ScalingPolicy:
-    from services.scaler.learning.fallback import LearnedWithFallback
-
-    return LearnedWithFallback(**params)
+def _learned(policy_file: str = "", **hpa_parameters: float) -> ScalingPolicy:
+    """The trained policy with the HPA rule (built from the other parameters) as its fallback."""
+    return LearnedWithFallback(HpaPolicy(**hpa_parameters), policy_file)
 
 
 POLICIES: dict[str, Callable[..., ScalingPolicy]] = {

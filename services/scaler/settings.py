@@ -25,7 +25,7 @@ class ScalerSettings(TlsFields):
     policy: str = "learned"
     # Policy parameters as name=value pairs, e.g. "target=0.6,tolerance=0.1".
     policy_parameters: tuple[str, ...] = ()
-    # The learned policy's .zip ("" = the shipped default_policy.zip).
+    # The learned policy: its .zip, with the .npz and .json beside it ("" = the shipped one).
     policy_file: str = ""
     # Measured service profile of the served model (`tideserve profile`); "" = fit the service
     # times the workers report. Sets the utilisation and per-replica rate the policies see.

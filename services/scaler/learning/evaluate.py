@@ -5,9 +5,10 @@ trace is reset with its own seed). The rule policies are first tuned to the SLO:
 parameter is swept on training traces (10 seeds per training shape; HPA's target in steps of 0.05)
 and the cheapest setting that keeps >= 99% of requests within the SLO is kept, so the comparison is
 at the same SLO and not against a straw man. The learned policy falls back to the tuned HPA
-whenever its observation leaves the trained range, as the live scaler does; the table counts those
-fallbacks. `--split validation` runs the same comparison on the validation seeds of the training
-shapes instead, for choosing among trained policies without looking at the test traces.
+whenever its observation leaves the trained range or is not a finite number, as the live scaler
+does; the table counts those fallbacks. `--split validation` runs the same comparison on the
+validation seeds of the training shapes instead, for choosing among trained policies without
+looking at the test traces.
 
 Prints a table (SLO attainment, pooled p99, worker-seconds, scaling actions) and writes one PNG
 per trace shape (load, replicas and p99 latency over time, one column per policy). With
@@ -21,18 +22,22 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from services.scaler.guards import GuardConfig, Guards
-from services.scaler.learning.policy import DEFAULT_POLICY, LearnedPolicy, ObservationOutOfRange
+from services.scaler.learning import DEFAULT_POLICY
+from services.scaler.learning.policy import LearnedPolicy, UntrustedObservation
 from services.scaler.planner import MEAN_OVER_TAU, batch_latency_cdf
 from services.scaler.policies import ScalingContext, ScalingPolicy, create_policy
 from services.scaler.sim import traces
 from services.scaler.sim.env import EnvConfig, EpisodeLog, ServingClusterEnv
+from tideserve.logs import configure_logging
 from tideserve.report import Run, Sample
 
 logger = logging.getLogger(__name__)
@@ -91,12 +96,21 @@ def _rule_grid(env: ServingClusterEnv) -> dict[str, list[dict[str, float]]]:
     }
 
 
+def _counted(keys: Iterable[tuple[str, int]], progress: tqdm | None) -> Iterator[tuple[str, int]]:
+    """`keys`, advancing `progress` by one episode as each one's episode has run."""
+    for key in keys:
+        yield key
+        if progress is not None:
+            progress.update()
+
+
 def tune(name: str, grid: list[dict[str, float]], keys: list[tuple[str, int]],
-         config: EnvConfig) -> dict[str, float]:
+         config: EnvConfig, progress: tqdm | None = None) -> dict[str, float]:
     """The cheapest setting meeting SLO_GOAL on `keys` (or the best attainment if none does)."""
     scored = []
     for params in grid:
-        logs = {k: run_episode(k, create_policy(name, **params).decide, config) for k in keys}
+        logs = {k: run_episode(k, create_policy(name, **params).decide, config)
+                for k in _counted(keys, progress)}
         pooled = Result(name, "", logs).pooled()
         scored.append((pooled.slo_attainment(), pooled.worker_seconds, params))
     meeting = [s for s in scored if s[0] >= SLO_GOAL]
@@ -106,10 +120,11 @@ def tune(name: str, grid: list[dict[str, float]], keys: list[tuple[str, int]],
 
 
 def evaluate_learned(
-    path: Path, fallback: dict[str, float], keys: list[tuple[str, int]], config: EnvConfig
+    path: Path, fallback: dict[str, float], keys: list[tuple[str, int]], config: EnvConfig,
+    progress: tqdm | None = None,
 ) -> Result:
     result = Result("learned", path.name, {})
-    for key in keys:
+    for key in _counted(keys, progress):
         learned, hpa = LearnedPolicy(path), create_policy("hpa", **fallback)
 
         def decide(ctx: ScalingContext, learned: LearnedPolicy = learned,
@@ -118,7 +133,7 @@ def evaluate_learned(
             rule = hpa.decide(ctx)
             try:
                 return learned.decide(ctx)
-            except ObservationOutOfRange:
+            except UntrustedObservation:
                 result.fallbacks += 1
                 return rule
 
@@ -229,19 +244,34 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "seeds of the training shapes (for choosing among trained policies)")
     parser.add_argument("--run-json", type=Path, metavar="DIR",
                         help="also write each plotted episode as DIR/<shape>_<policy>.json")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = EnvConfig()
     stride = max(len(traces.TRAIN_SEEDS) // args.tune_seeds, 1)
     tune_seeds = traces.TRAIN_SEEDS[::stride][: args.tune_seeds]
     tune_keys = [(shape, seed) for shape in traces.TRAIN_SHAPES for seed in tune_seeds]
     test_keys = traces.test_set() if args.split == "test" else traces.validation_set()
-    tuned = {name: tune(name, grid, tune_keys, config)
-             for name, grid in _rule_grid(ServingClusterEnv(config)).items()}
-    results = [evaluate_learned(args.policy, tuned["hpa"], test_keys, config)]
-    for name, params in tuned.items():
-        logs = {k: run_episode(k, create_policy(name, **params).decide, config) for k in test_keys}
-        results.append(Result(name, _describe(params), logs))
+    grids = _rule_grid(ServingClusterEnv(config))
+    episodes = (sum(len(grid) for grid in grids.values()) * len(tune_keys)
+                + (1 + len(grids)) * len(test_keys))
+    logger.info("tuning %s on %d training traces, then scoring them and the learned policy on "
+                "%d %s traces: %d episodes", ", ".join(grids), len(tune_keys), len(test_keys),
+                args.split, episodes)
+    with logging_redirect_tqdm(), tqdm(total=episodes, unit="episode", mininterval=1.0,
+                                       disable=args.no_progress) as progress:
+        tuned = {}
+        for name, grid in grids.items():
+            progress.set_description(f"tuning {name}")
+            tuned[name] = tune(name, grid, tune_keys, config, progress)
+        progress.set_description(f"{args.split}: learned")
+        results = [evaluate_learned(args.policy, tuned["hpa"], test_keys, config, progress)]
+        logger.info("learned on %s traces: %.2f%% within SLO, %d fallbacks", args.split,
+                    100 * results[0].pooled().slo_attainment(), results[0].fallbacks)
+        for name, params in tuned.items():
+            progress.set_description(f"{args.split}: {name}")
+            logs = {k: run_episode(k, create_policy(name, **params).decide, config)
+                    for k in _counted(test_keys, progress)}
+            results.append(Result(name, _describe(params), logs))
     print_table(results, config.slo_s, "held-out" if args.split == "test" else "validation")
     args.out.mkdir(parents=True, exist_ok=True)
     for shape in sorted({shape for shape, _ in test_keys}, key=traces.SHAPES.index):
@@ -257,4 +287,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    configure_logging("policy", "INFO")
     sys.exit(main())

@@ -1,78 +1,164 @@
 """The learned scaling policy, as the live scaler runs it.
 
-`LearnedPolicy` loads a policy file written by `tideserve policy train` (the .zip and the .json
-beside it), turns each ScalingContext into the observation the policy was trained on (the same
-ObservationBuilder the simulator uses) and proposes what its action means in the simulator (hold,
-or a count sized for the demand at a target load: `services.scaler.sim.actions`). When a feature
-lies outside the range seen in training it raises ObservationOutOfRange instead of guessing: the
-scaler then falls back to the HPA rule for that decision and says so
-(`services.scaler.learning.fallback`).
+`LearnedPolicy` loads a policy written by `tideserve policy train`: the actor (<name>.npz, run in
+numpy by `services.scaler.learning.inference`) and the record beside it (<name>.json: features,
+action scheme, the range of every feature seen in training). It turns each ScalingContext into the
+observation the policy was trained on (the ObservationBuilder the simulator uses) and proposes what
+its action means in the simulator (hold, or a count sized for the demand at a target load:
+`services.scaler.learning.actions`).
+
+The stable-baselines3 file (<name>.zip) is read only when the .npz is missing or was exported from
+another .zip, and only where stable-baselines3 is installed: the actor is then exported as
+`tideserve policy export` does (and written beside the .zip when that directory is writable).
+Without stable-baselines3 such a policy file is refused with the command that fixes it.
+
+It decides only on observations like those it was trained on. A feature that is not a finite
+number raises NonFiniteObservation; one outside the range seen in training raises
+ObservationOutOfRange (both are UntrustedObservation). The scaler then falls back to a rule policy
+for that decision and says so (`services.scaler.learning.fallback`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 from pathlib import Path
 
 import numpy as np
-from stable_baselines3 import PPO
 
-from services.scaler.policies import ScalingContext
-from services.scaler.sim import actions, observation
+from services.scaler.context import ScalingContext
+from services.scaler.learning import DEFAULT_POLICY, actions, observation
+from services.scaler.learning.inference import NumpyActor, file_sha256
 
-DEFAULT_POLICY = Path(__file__).parent / "default_policy.zip"
+logger = logging.getLogger(__name__)
+
 # Slack around the trained range, in units of each feature's observation-space span: noise at
 # the edges of the training distribution is not a reason to abandon the policy.
 RANGE_SLACK = 0.05
 
 
-class ObservationOutOfRange(ValueError):
-    """The live observation is outside what the policy was trained on; use a fallback policy."""
+class PolicyFileError(ValueError):
+    """The policy file cannot be run here (stale or missing actor, other features or action)."""
 
-    def __init__(self, feature: str, value: float, low: float, high: float) -> None:
-        super().__init__(
-            f"observation {feature}={value:.3f} outside the trained range [{low:.3f}, {high:.3f}]"
-        )
+
+class UntrustedObservation(ValueError):
+    """The live observation is unlike what the policy was trained on; use a fallback policy."""
+
+    def __init__(self, message: str, feature: str, value: float) -> None:
+        super().__init__(message)
         self.feature = feature
         self.value = value
 
 
+class ObservationOutOfRange(UntrustedObservation):
+    """A feature is outside the range seen in training."""
+
+    def __init__(self, feature: str, value: float, low: float, high: float) -> None:
+        super().__init__(
+            f"observation {feature}={value:.3f} outside the trained range [{low:.3f}, {high:.3f}]",
+            feature, value,
+        )
+
+
+class NonFiniteObservation(UntrustedObservation):
+    """An input or feature is NaN or infinite (a range check cannot catch NaN: every comparison
+    with it is false)."""
+
+    def __init__(self, feature: str, value: float) -> None:
+        super().__init__(f"observation {feature}={value} is not a finite number", feature, value)
+
+
+def load_actor(path: Path) -> NumpyActor:
+    """The actor of the policy file `path` (.zip, .npz or the name without suffix): its .npz,
+    exported again from its .zip when the .npz is missing or was exported from another .zip."""
+    npz, zip_file = path.with_suffix(".npz"), path.with_suffix(".zip")
+    if npz.exists():
+        actor = NumpyActor.load(npz)
+        if not zip_file.exists() or actor.source_sha256 == file_sha256(zip_file):
+            return actor
+        why = f"{npz.name} was exported from another {zip_file.name}"
+    elif zip_file.exists():
+        why = f"{npz.name} is missing"
+    else:
+        raise FileNotFoundError(f"policy file {npz} (or {zip_file.name} to export it from) "
+                                "is missing")
+    try:
+        # stable-baselines3 and torch: loaded only for a policy file that was never exported.
+        from services.scaler.learning.export import export
+    except ImportError as error:
+        raise PolicyFileError(
+            f"{why}, and it cannot be exported here ({error}): run `tideserve policy export "
+            f"{zip_file}` where stable-baselines3 is installed"
+        ) from error
+    logger.warning("exporting the policy's actor from its stable-baselines3 file",
+                   extra={"policy_file": str(zip_file), "why": why})
+    actor = export(zip_file)
+    try:
+        actor.save(npz)
+    except OSError as error:
+        logger.warning("cannot write the exported actor; it is used from memory",
+                       extra={"path": str(npz), "error": str(error)})
+    return actor
+
+
 class LearnedPolicy:
-    """A trained PPO policy behind the ScalingPolicy interface. Decides deterministically."""
+    """A trained policy behind the ScalingPolicy interface. Decides deterministically."""
 
     name = "learned"
 
     def __init__(self, path: str | Path = DEFAULT_POLICY) -> None:
         path = Path(path)
         metadata_path = path.with_suffix(".json")
-        if not path.exists() or not metadata_path.exists():
-            raise FileNotFoundError(f"policy file {path} or its {metadata_path.name} is missing")
+        if not metadata_path.exists():
+            raise FileNotFoundError(f"policy record {metadata_path} is missing")
         self.path = path
         self.metadata = json.loads(metadata_path.read_text())
         if self.metadata["features"] != list(observation.FEATURES):
-            raise ValueError(f"{path} was trained on other features: {self.metadata['features']}")
+            raise PolicyFileError(
+                f"{path} was trained on other features: {self.metadata['features']}")
         if self.metadata.get("action") != actions.ACTION_SCHEME:
-            raise ValueError(f"{path} was trained with another action: "
-                             f"{self.metadata.get('action', 'down/hold/up')}")
+            raise PolicyFileError(f"{path} was trained with another action: "
+                                  f"{self.metadata.get('action', 'down/hold/up')}")
         span = observation.HIGH - observation.LOW
         self._low = np.asarray(self.metadata["feature_low"]) - RANGE_SLACK * span
         self._high = np.asarray(self.metadata["feature_high"]) + RANGE_SLACK * span
         self._observer = observation.ObservationBuilder(int(self.metadata["max_replicas"]))
-        self._model = PPO.load(path, device="cpu")
-        self.last_out_of_range: ObservationOutOfRange | None = None
+        self.actor = load_actor(path)
+        if (self.actor.observation_size, self.actor.n_actions) != (
+            len(observation.FEATURES), actions.N_ACTIONS
+        ):
+            raise PolicyFileError(
+                f"{path}'s actor maps {self.actor.observation_size} features to "
+                f"{self.actor.n_actions} actions, not {len(observation.FEATURES)} to "
+                f"{actions.N_ACTIONS}")
+        self.last_untrusted: UntrustedObservation | None = None
 
     def decide(self, ctx: ScalingContext) -> int:
-        """Propose a count for `ctx`; raises ObservationOutOfRange (and records it in
-        `last_out_of_range`) when the policy has not seen inputs like these."""
+        """Propose a count for `ctx`; raises UntrustedObservation (and records it in
+        `last_untrusted`) when the policy has not seen inputs like these."""
         features = self._observer.update(ctx)
+        self.last_untrusted = self._untrusted(ctx, features)
+        if self.last_untrusted is not None:
+            raise self.last_untrusted
+        action = self.actor.act(observation.clip(features))
+        return actions.replicas_for(int(action), ctx)
+
+    def _untrusted(
+        self, ctx: ScalingContext, features: np.ndarray
+    ) -> UntrustedObservation | None:
+        # An infinite input can still give finite features (a rate over an infinite service
+        # rate is 0), so the inputs are checked as well as the features.
+        for name, value in vars(ctx).items():
+            if not math.isfinite(value):
+                return NonFiniteObservation(name, value)
+        non_finite = np.flatnonzero(~np.isfinite(features))
+        if non_finite.size:
+            i = int(non_finite[0])
+            return NonFiniteObservation(observation.FEATURES[i], float(features[i]))
         outside = np.flatnonzero((features < self._low) | (features > self._high))
         if outside.size:
             i = int(outside[0])
-            self.last_out_of_range = ObservationOutOfRange(
-                observation.FEATURES[i], float(features[i]), float(self._low[i]),
-                float(self._high[i]),
-            )
-            raise self.last_out_of_range
-        self.last_out_of_range = None
-        action, _ = self._model.predict(observation.clip(features), deterministic=True)
-        return actions.replicas_for(int(action), ctx)
+            return ObservationOutOfRange(observation.FEATURES[i], float(features[i]),
+                                         float(self._low[i]), float(self._high[i]))
+        return None

@@ -1,6 +1,7 @@
 """`tideserve policy train`: PPO on the serving-cluster simulator over the training traces.
 
-Writes <out>/<name>.zip (the stable-baselines3 policy), <out>/<name>.json (how it was trained: the
+Writes <out>/<name>.zip (the stable-baselines3 policy), <out>/<name>.npz (its actor for the live
+scaler, as `tideserve policy export` writes it), <out>/<name>.json (how it was trained: the
 command, simulator settings, hyperparameters, trace split, versions, wall time, and the range of
 every observation feature seen in training, which the live scaler uses to detect inputs the policy
 was never trained on) and <log-dir>/progress.csv (SB3's training log; no TensorBoard). With
@@ -29,8 +30,12 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecNormalize
 
-from services.scaler.sim import actions, observation, traces
+from services.scaler.learning import actions, observation
+from services.scaler.learning.export import actor_from_policy
+from services.scaler.learning.inference import file_sha256
+from services.scaler.sim import traces
 from services.scaler.sim.env import EnvConfig, ServingClusterEnv
+from tideserve.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +116,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "to score prefixes of one run; each is the model --timesteps n gives")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # A 64x64 MLP gains nothing from intra-op threads; one thread avoids oversubscription.
     torch.set_num_threads(1)
     config = EnvConfig(slo_weight=args.slo_weight, cost_weight=args.cost_weight,
@@ -129,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=GAMMA)
     model = PPO("MlpPolicy", venv, seed=args.seed, device="cpu", verbose=0, **PPO_PARAMS)
     model.set_logger(configure(str(args.log_dir), ["csv"]))
+    logger.info("training PPO for %d steps on %d traces with %d environments -> %s",
+                args.timesteps, len(train_keys), args.n_envs, args.out / f"{args.name}.zip")
     ranges = FeatureRange()
     started = time.monotonic()
     callbacks: list[BaseCallback] = [ranges]
@@ -139,7 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress_bar=not args.no_progress)
     elapsed = time.monotonic() - started
     args.out.mkdir(parents=True, exist_ok=True)
-    model.save(args.out / f"{args.name}.zip")
+    policy_path = args.out / f"{args.name}.zip"
+    model.save(policy_path)
+    actor_from_policy(model.policy, file_sha256(policy_path)).save(policy_path.with_suffix(".npz"))
     record = {
         "command": "tideserve policy train " + shlex.join(sys.argv[1:] if argv is None else argv),
         "algorithm": "PPO",
@@ -164,10 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "gymnasium": gymnasium.__version__, "torch": torch.__version__},
     }
     (args.out / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
-    logger.info("trained %d steps in %.0f s -> %s", args.timesteps, elapsed,
-                args.out / f"{args.name}.zip")
+    logger.info("trained %d steps in %.0f s -> %s (.npz, .json)", args.timesteps, elapsed,
+                policy_path)
     return 0
 
 
 if __name__ == "__main__":
+    configure_logging("policy", "INFO")
     sys.exit(main())

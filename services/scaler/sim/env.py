@@ -44,10 +44,10 @@ within a cold start) and keeps smooth load near 99.7%. A change costs half a wor
 (churn_weight 0.05): enough to make HOLD the better answer to noise, too little to delay a needed
 scale-up.
 
-Actions are `services.scaler.sim.actions`: HOLD, or a count sized for the observed demand at one of
-a few target loads (`step`); `step_to` sets a count directly, for the rule policies.
+Actions are `services.scaler.learning.actions`: HOLD, or a count sized for the observed demand at
+one of a few target loads (`step`); `step_to` sets a count directly, for the rule policies.
 
-The observation is `services.scaler.sim.observation` applied to `scaling_context()`, the same
+The observation is `services.scaler.learning.observation` applied to `scaling_context()`, the same
 ScalingContext the rule policies get, so learned and rule policies run in the same simulator.
 """
 
@@ -63,9 +63,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from services.scaler.learning import actions, observation
 from services.scaler.planner import MEAN_OVER_TAU, P99_OVER_TAU, ServiceProfile, batch_latency_cdf
 from services.scaler.policies import ScalingContext
-from services.scaler.sim import actions, observation, traces
+from services.scaler.sim import traces
 
 DEFAULT_PROFILE = Path(__file__).parent / "profiles" / "default.json"
 

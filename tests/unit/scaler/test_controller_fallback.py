@@ -143,3 +143,22 @@ async def test_set_policy_can_select_learned_and_leave_it() -> None:
     c.set_policy("learned", {})
     assert c.status("fake").policy == "learned"
     assert c.fallback_reason == ""
+
+
+async def test_nan_arrival_rate_hands_one_decision_to_hpa_and_scaling_goes_on() -> None:
+    c = controller()
+    await two_ready(c, rate=60.0, utilisation=0.9)
+    rows = round(0.9 * 2 * PROFILE.peak_throughput)
+    c.observe(snapshot(c, 12.0, 2 * rows, float("nan")))
+    await tick(c)
+
+    status = c.status("fake")
+    assert "arrival_rate=nan is not a finite number" in status.fallback_reason
+    decision = c.decisions[-1]
+    assert decision.proposed_replicas == 3, "HPA: ceil(2 ready x 0.9 / 0.6)"
+    assert "fallback" in decision.reason
+
+    # The NaN is not kept in the policy's 30 s windows: the next finite snapshot is the policy's.
+    c.observe(snapshot(c, 13.0, 3 * rows, 60.0))
+    await tick(c)
+    assert c.status("fake").fallback_reason == ""

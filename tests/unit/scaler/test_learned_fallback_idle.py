@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.scaler.learning.fallback import LearnedWithFallback
-from services.scaler.policies import ScalingContext
+from services.scaler.policies import HpaPolicy, ScalingContext
 
 
 def context(now: float, rate: float, replicas: int) -> ScalingContext:
@@ -15,7 +15,7 @@ def context(now: float, rate: float, replicas: int) -> ScalingContext:
 
 
 def test_no_arrivals_hands_the_decision_to_hpa_and_says_so() -> None:
-    policy = LearnedWithFallback()
+    policy = LearnedWithFallback(HpaPolicy())
     assert policy.learned is not None, "the shipped policy loads"
     policy.decide(context(0.0, 60.0, 2))
     assert "no arrivals" not in policy.fallback_reason
@@ -25,7 +25,7 @@ def test_no_arrivals_hands_the_decision_to_hpa_and_says_so() -> None:
 
 
 def test_an_idle_cluster_is_scaled_down_once_hpa_stabilisation_passes() -> None:
-    policy = LearnedWithFallback(stabilisation_s=5.0)
+    policy = LearnedWithFallback(HpaPolicy(stabilisation_s=5.0))
     for second in range(10):
         policy.decide(context(float(second), 120.0, 3))
     decisions = [policy.decide(context(10.0 + second, 0.0, 3)) for second in range(8)]

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from stable_baselines3 import PPO
 
-from services.scaler.learning import train
+from services.scaler.learning import actions, observation, train
+from services.scaler.learning.inference import NumpyActor, file_sha256
 from services.scaler.learning.policy import LearnedPolicy, ObservationOutOfRange
-from services.scaler.sim import actions, observation, traces
+from services.scaler.sim import traces
 from services.scaler.sim.env import ServingClusterEnv
 
 
@@ -35,6 +36,16 @@ def test_training_writes_policy_metadata_and_csv_log(trained: Path) -> None:
     assert "time/total_timesteps" in (trained.parent / "log" / "progress.csv").read_text()
 
 
+def test_training_exports_the_actor_beside_the_policy(trained: Path) -> None:
+    actor = NumpyActor.load(trained.with_suffix(".npz"))
+    assert actor.source_sha256 == file_sha256(trained)
+    env = ServingClusterEnv()
+    env.reset(seed=2)
+    observations = np.stack([env.step(int(a))[0] for a in np.arange(300) % actions.N_ACTIONS])
+    expected, _ = PPO.load(trained, device="cpu").predict(observations, deterministic=True)
+    assert np.array_equal(actor.act(observations), expected)
+
+
 def test_save_load_keeps_deterministic_actions(tmp_path: Path) -> None:
     env = ServingClusterEnv()
     model = PPO("MlpPolicy", env, n_steps=64, batch_size=32, n_epochs=1, seed=0, device="cpu")
@@ -51,6 +62,7 @@ def test_live_policy_matches_the_simulator(trained: Path, tmp_path: Path) -> Non
     # A 512-step policy has seen too little to trust its recorded range; this test is about the
     # live features and actions matching the simulator's, so it trusts the whole space.
     shutil.copy(trained, tmp_path / "p.zip")
+    shutil.copy(trained.with_suffix(".npz"), tmp_path / "p.npz")
     metadata = json.loads(trained.with_suffix(".json").read_text())
     metadata["feature_low"] = observation.LOW.tolist()
     metadata["feature_high"] = observation.HIGH.tolist()
@@ -72,7 +84,7 @@ def test_out_of_range_observation_raises(trained: Path) -> None:
     overload = dataclasses.replace(env.scaling_context(), arrival_rate=1e7)
     with pytest.raises(ObservationOutOfRange, match="rate_1s"):
         policy.decide(overload)
-    assert policy.last_out_of_range is not None
+    assert policy.last_untrusted is not None
 
 
 def test_missing_policy_file(tmp_path: Path) -> None:

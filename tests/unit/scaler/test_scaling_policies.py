@@ -127,3 +127,10 @@ def test_target_tracking_downscale_delay_and_reset() -> None:
 def test_invalid_parameters_raise(params: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must be"):
         create_policy("hpa", **params)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_hpa_holds_on_a_utilisation_that_is_not_a_number(bad: float) -> None:
+    policy = HpaPolicy(target=0.5)
+    assert policy.decide(ctx(now=0.0, utilisation=bad)) == BASE.current_replicas
+    assert policy.decide(ctx(now=1.0, utilisation=1.0)) == 8, "and decides on the next reading"

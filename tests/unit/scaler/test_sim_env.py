@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
+from services.scaler.learning import actions, observation
 from services.scaler.policies import ScalingContext, create_policy
-from services.scaler.sim import actions, observation, traces
+from services.scaler.sim import traces
 from services.scaler.sim.env import EnvConfig, ServingClusterEnv
 
 

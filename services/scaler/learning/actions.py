@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from services.scaler.policies import ScalingContext
+from services.scaler.context import ScalingContext
 
 HOLD = 0
 # Load per replica as a share of the rate one replica serves within the SLO.

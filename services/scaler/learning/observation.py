@@ -17,11 +17,12 @@ start and the count has to be right for the next few seconds, not this one:
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import numpy as np
 
-from services.scaler.policies import ScalingContext
+from services.scaler.context import ScalingContext
 
 FEATURES = (
     "rate_1s",  # arrival rate over the last window / (max replicas x per-replica rate)
@@ -54,16 +55,22 @@ class ObservationBuilder:
         self._rates.clear()
 
     def update(self, ctx: ScalingContext) -> np.ndarray:
-        """Add `ctx` to the rate history and return its unclipped features (for range checks)."""
-        self._rates.append((ctx.now, ctx.arrival_rate))
-        while self._rates[0][0] <= ctx.now - _WINDOWS_S[-1]:
+        """Add `ctx` to the rate history and return its unclipped features (for range checks).
+
+        A NaN or infinite arrival rate is not kept: it makes this observation's rate features
+        non-finite, so the caller falls back for this decision, but would otherwise poison every
+        30 s window and the decisions of the next 30 s with it."""
+        if math.isfinite(ctx.arrival_rate):
+            self._rates.append((ctx.now, ctx.arrival_rate))
+        while self._rates and self._rates[0][0] <= ctx.now - _WINDOWS_S[-1]:
             self._rates.popleft()
         mu = max(ctx.service_rate_per_replica, 1e-9)
         capacity = mu * self.max_replicas
         windows = [
-            np.mean([r for t, r in self._rates if t > ctx.now - w]) for w in _WINDOWS_S
+            np.mean([r for t, r in self._rates if t > ctx.now - w] or [ctx.arrival_rate])
+            for w in _WINDOWS_S
         ]
-        recent = np.array([r for _, r in self._rates])
+        recent = np.array([r for _, r in self._rates] or [ctx.arrival_rate])
         spread = float(recent.std() / recent.mean()) if recent.mean() > 0 else 0.0
         serving = mu * max(ctx.current_replicas, 1)
         return np.array(
