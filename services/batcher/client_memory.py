@@ -32,6 +32,7 @@ from tideserve.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unimplemented,
 )
 from tideserve.shared_memory import PREFIX as INTERNAL_PREFIX
@@ -45,6 +46,11 @@ OFFSET = shared_memory.OFFSET_PARAMETER
 # Names in /dev/shm that are not clients' tensors: tideserve's own batch segments (other
 # clients' inputs) and glibc's named semaphores (sem_open), which a write would corrupt.
 RESERVED_PREFIXES = (INTERNAL_PREFIX, "sem.")
+# Regions registered at a time: each holds a descriptor of the batcher's, which its gRPC
+# connections need too; Triton clients register a few.
+MAX_REGIONS = 256
+# Longest region name: names are kept, logged and quoted back.
+MAX_REGION_NAME_BYTES = 256
 _OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -112,11 +118,19 @@ class ClientRegions:
                 "system shared memory is turned off on this batcher (client_shared_memory); "
                 "send tensors in the request"
             )
-        if not name:
-            raise InvalidArgument("a shared-memory region needs a name")
+        if not name or len(name.encode()) > MAX_REGION_NAME_BYTES:
+            raise InvalidArgument(
+                f"a shared-memory region needs a name of 1..{MAX_REGION_NAME_BYTES} bytes, "
+                f"got {quoted(name)}"
+            )
         if name in self.regions:
             raise AlreadyExists(
                 f"shared-memory region {quoted(name)} is already registered; unregister it first"
+            )
+        if len(self.regions) >= MAX_REGIONS:
+            raise ResourceExhausted(
+                f"{MAX_REGIONS} shared-memory regions are registered, the most this batcher "
+                "keeps; unregister some first"
             )
         segment = key.removeprefix("/")
         if not segment or "/" in segment or segment in (".", "..") or "\0" in segment:

@@ -501,6 +501,9 @@ async def test_submit_refuses_unknown_model_and_bad_input_at_once(harness: Harne
 
     with pytest.raises(NotFound, match="unknown model 'nope'"):
         core.submit(pb.ModelInferRequest(model_name="nope"), deadline=None)
+    with pytest.raises(InvalidArgument, match="65536 bytes; names are at most 256") as refused:
+        core.submit(pb.ModelInferRequest(model_name="n" * 65536), deadline=None)
+    assert len(str(refused.value)) < 200, "the name is not echoed whole"
     bad = infer_request(0)
     bad.inputs[0].datatype = "INT32"
     with pytest.raises(InvalidArgument, match="datatype INT32"):

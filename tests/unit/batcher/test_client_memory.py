@@ -13,6 +13,7 @@ import pytest
 
 from services.batcher.client_memory import (
     BYTE_SIZE,
+    MAX_REGIONS,
     OFFSET,
     REGION,
     ClientRegions,
@@ -26,6 +27,7 @@ from tideserve.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unimplemented,
 )
 from tideserve.v1 import inference_pb2 as pb
@@ -214,6 +216,17 @@ def test_an_output_larger_than_its_placement_is_refused(regions: ClientRegions) 
     response.raw_output_contents.append(b"12345678")
     with pytest.raises(InvalidArgument, match="holds 4"):
         outputs_to_regions(request, response, regions)
+
+
+def test_region_names_and_the_number_of_regions_are_bounded(regions: ClientRegions) -> None:
+    with pytest.raises(InvalidArgument, match=r"1..256 bytes, got 'nnn.*\(300 characters\)"):
+        regions.register("n" * 300, "/data", 0, 8)
+    for index in range(MAX_REGIONS):
+        regions.register(f"r{index}", "/data", 0, 8)
+    with pytest.raises(ResourceExhausted, match="unregister some first"):
+        regions.register("one-more", "/data", 0, 8)
+    regions.unregister("r0")
+    regions.register("one-more", "/data", 0, 8)
 
 
 def test_turned_off_it_refuses_registration(tmp_path: Path) -> None:
