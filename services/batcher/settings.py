@@ -34,8 +34,9 @@ class BatcherSettings(TlsFields):
     # cheaper inline. 0 = never.
     shared_memory_min_bytes: int = 65536
     # Serve Triton's system shared-memory extension: local clients register /dev/shm regions that
-    # this batcher then reads and writes. Any client that reaches the port can name any segment
-    # this batcher's user may open, as with Triton; turn it off where clients are not trusted.
+    # this batcher then reads and writes. Any client that reaches the port can name any plain
+    # segment of this batcher's user (services/batcher/client_memory.py says which are
+    # refused); turn it off where clients are not trusted.
     client_shared_memory: bool = True
     # Requests of one ModelStreamInfer stream that may be unanswered at a time; with that many,
     # the batcher stops reading the stream until one is answered (HTTP/2 flow control then
