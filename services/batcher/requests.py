@@ -34,8 +34,7 @@ def check_model_name(name: str) -> None:
     size = len(name.encode())
     if size > MAX_MODEL_NAME_BYTES:
         raise InvalidArgument(
-            f"model name {quoted(name)} has {size} bytes; names are at most "
-            f"{MAX_MODEL_NAME_BYTES}"
+            f"model name {quoted(name)} has {size} bytes; names are at most {MAX_MODEL_NAME_BYTES}"
         )
 
 
