@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
+# Caps on what one server holds for its clients, so that a client opening connections, calls or
+# streams without end runs into a refusal instead of the server's memory. Calls beyond
+# MAX_CONCURRENT_RPCS are answered RESOURCE_EXHAUSTED (grpc.aio.server's
+# maximum_concurrent_rpcs); streams beyond MAX_STREAMS_PER_CONNECTION wait in the client for one
+# to end (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); connections beyond MAX_CONNECTIONS are closed
+# as they are accepted (gRPC core's connection quota). Each is far above what the benchmarks use
+# (perf_analyzer at concurrency 64 is 64 streams on one connection).
+MAX_CONCURRENT_RPCS = 4096
+MAX_STREAMS_PER_CONNECTION = 1024
+MAX_CONNECTIONS = 1024
+# A connection that has not finished its HTTP/2 (and TLS) handshake by then is dropped, so idle
+# sockets cannot hold the connection quota (gRPC's default waits 120 s).
+HANDSHAKE_TIMEOUT_MS = 10_000
+
 # Batches of images are large: allow 256 MiB messages in both directions (gRPC's default is 4 MiB).
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
@@ -19,6 +33,9 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.http2.max_ping_strikes", 0),
     # Reuse the port right after a restart, and let several batcher processes share one port.
     ("grpc.so_reuseport", 1),
+    ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+    ("grpc.max_allowed_incoming_connections", MAX_CONNECTIONS),
+    ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
 ]
 
 CHANNEL_OPTIONS: list[tuple[str, int]] = [

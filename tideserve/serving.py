@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tideserve.errors import TideserveError
-from tideserve.grpc_options import CHANNEL_OPTIONS, SERVER_OPTIONS
+from tideserve.grpc_options import CHANNEL_OPTIONS, MAX_CONCURRENT_RPCS, SERVER_OPTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,11 @@ def channel_credentials(tls: TlsSettings) -> grpc.ChannelCredentials:
 def new_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> grpc.aio.Server:
-    return grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
+    return grpc.aio.server(
+        options=SERVER_OPTIONS,
+        interceptors=interceptors,
+        maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+    )
 
 
 def bind(server: grpc.aio.Server, address: str, tls: TlsSettings = PLAINTEXT) -> int:

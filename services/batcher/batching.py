@@ -25,10 +25,30 @@ import bisect
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from services.batcher.policies import BatchPolicy
 from tideserve.errors import ResourceExhausted
 from tideserve.modelconfig import BatchingSpec, QueuePolicy
+
+
+class DeferredInput(Protocol):
+    """An input's bytes left where the client put them (a shared-memory region) until the
+    batch is assembled, and read then straight into the batch."""
+
+    def __len__(self) -> int: ...
+
+    def read(self) -> bytes:
+        """The bytes; a TideserveError when they can no longer be read."""
+        ...
+
+    def read_into(self, target: memoryview) -> None:
+        """Fill `target`, exactly len(self) bytes; a TideserveError when they can no longer
+        be read."""
+        ...
+
+
+RawInput = bytes | DeferredInput
 
 
 @dataclass(eq=False)
@@ -37,8 +57,8 @@ class PendingRequest:
 
     request_id: str
     rows: int
-    # Raw bytes per input; a view where the input lies in a client's shared-memory region.
-    inputs: list[bytes | memoryview]
+    # Raw bytes per input; deferred where the input lies in a client's shared-memory region.
+    inputs: list[RawInput]
     # Per-row dims of each input: only requests with equal dims can share a batch.
     shape_key: tuple[tuple[int, ...], ...]
     output_names: tuple[str, ...]

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from services.batcher.requests import check_model_name, quoted
 from tideserve.errors import NotFound, Unavailable
 from tideserve.modelconfig import ModelSpec
 from tideserve.v1 import cluster_pb2, inference_pb2
@@ -107,6 +108,7 @@ class ModelCatalog:
         }
 
     def get(self, name: str, version: str = "") -> CatalogEntry:
+        check_model_name(name)
         entry = self.entries.get(name)
         if entry is None and not self.synced:
             raise Unavailable(
@@ -115,11 +117,13 @@ class ModelCatalog:
             )
         if entry is None:
             raise NotFound(
-                f"unknown model {name!r}; served models are {sorted(self.entries) or 'none yet'}"
+                f"unknown model {quoted(name)}; served models are "
+                f"{sorted(self.entries) or 'none yet'}"
             )
         if version and version not in entry.versions:
             raise NotFound(
-                f"model {name!r} has no version {version!r}; versions {list(entry.versions)}"
+                f"model {quoted(name)} has no version {quoted(version)}; versions "
+                f"{list(entry.versions)}"
             )
         return entry
 

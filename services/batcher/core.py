@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from services.batcher.batching import BatchQueue, PendingRequest
+from services.batcher.batching import BatchQueue, PendingRequest, RawInput
 from services.batcher.catalog import CatalogEntry, ModelCatalog
 from services.batcher.pipelining import Booking, InstanceTimeline
 from services.batcher.policies import MeasuredCurve, ServiceCurve, create_policy
@@ -337,13 +337,14 @@ class ModelScheduler:
             )
             if segment is None:
                 # One request's bytes pass through uncopied (join returns a lone bytes as is).
-                added.raw = b"".join(r.inputs[index] for r in batch)
+                added.raw = b"".join(_read(r, index) for r in batch)
                 continue
             start = position
-            for request in batch:
-                data = request.inputs[index]
-                segment.buffer[position : position + len(data)] = data
-                position += len(data)
+            with memoryview(segment.buffer) as target:
+                for request in batch:
+                    size = len(request.inputs[index])
+                    _read_into(request, index, target[position : position + size])
+                    position += size
             added.shared.CopyFrom(segment.ref(start, position - start))
         if all(r.output_names for r in batch):
             message.output_names.extend(sorted({n for r in batch for n in r.output_names}))
@@ -475,6 +476,33 @@ def _earliest(*waits: float | None) -> float | None:
     return min((w for w in waits if w is not None), default=None)
 
 
+def _read(request: PendingRequest, index: int) -> bytes:
+    """Input `index` of `request` as bytes. A deferred input that can no longer be read (its
+    client cut its region short) fails that request alone: its rows travel as zeros and its
+    result is dropped, while the rest of the batch is answered."""
+    data = request.inputs[index]
+    if isinstance(data, bytes):
+        return data
+    try:
+        return data.read()
+    except TideserveError as error:
+        _fail(request, error)
+        return bytes(len(data))
+
+
+def _read_into(request: PendingRequest, index: int, target: memoryview) -> None:
+    """Input `index` of `request` into `target`; as `_read` when it can no longer be read."""
+    data = request.inputs[index]
+    if isinstance(data, bytes):
+        target[:] = data
+        return
+    try:
+        data.read_into(target)
+    except TideserveError as error:
+        _fail(request, error)
+        target[:] = bytes(len(target))
+
+
 def _fail(request: PendingRequest, error: TideserveError) -> None:
     if request.future is not None and not request.future.done():
         request.future.set_exception(error)
@@ -532,7 +560,7 @@ class BatcherCore:
         self,
         request: inference_pb2.ModelInferRequest,
         deadline: float | None,
-        raw_inputs: Sequence[bytes | memoryview] | None = None,
+        raw_inputs: Sequence[RawInput] | None = None,
     ) -> asyncio.Future:
         """Validate and enqueue; the future resolves to the ModelInferResponse. Raises at once for
         unknown models, malformed requests and full queues. `raw_inputs`: the inputs' bytes when

@@ -4,6 +4,8 @@ the schedulers when Prometheus scrapes (`collect`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -17,7 +19,12 @@ UNKNOWN_MODEL = "(unknown)"
 
 
 class BatcherMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    """`served(name)` says whether a model is one the batcher serves: only those get a label of
+    their own, whatever status code the request was answered with (a name too long, a version
+    that does not exist, a catalog not yet synced)."""
+
+    def __init__(self, registry: CollectorRegistry, served: Callable[[str], bool]) -> None:
+        self.served = served
         self.requests = requests_counter(
             registry,
             "tideserve_batcher_requests",
@@ -53,7 +60,7 @@ class BatcherMetrics:
 
     def request_done(self, model: str, code: str, latency_s: float | None) -> None:
         """One request answered with `code`; `latency_s` is given for successful ones."""
-        if code == "NOT_FOUND":
+        if not self.served(model):
             model = UNKNOWN_MODEL
         child = self._requests.get((model, code))
         if child is None:

@@ -19,6 +19,7 @@ from services.batcher.catalog import ModelCatalog
 from services.batcher.client_memory import ClientRegions, outputs_to_regions, region_inputs
 from services.batcher.core import BatcherCore, SharedInputs
 from services.batcher.metrics import BatcherMetrics, collect
+from services.batcher.requests import quoted
 from services.batcher.settings import BatcherSettings
 from tideserve import metrics, serving, shared_memory
 from tideserve.errors import TideserveError, Unavailable
@@ -73,9 +74,14 @@ class BalancerPool:
 
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(
-        self, core: BatcherCore, metrics: BatcherMetrics, regions: ClientRegions
+        self,
+        core: BatcherCore,
+        metrics: BatcherMetrics,
+        regions: ClientRegions,
+        stream_inflight: int,
     ) -> None:
         self.core = core
+        self.stream_inflight = stream_inflight
         self.catalog = core.catalog
         self.metrics = metrics
         self.regions = regions
@@ -148,7 +154,11 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         self.regions.register(request.name, request.key, request.offset, request.byte_size)
         logger.info(
             "shared-memory region registered",
-            extra={"region": request.name, "key": request.key, "bytes": request.byte_size},
+            extra={
+                "region": quoted(request.name),
+                "key": quoted(request.key),
+                "bytes": request.byte_size,
+            },
         )
         return pb.SystemSharedMemoryRegisterResponse()
 
@@ -194,15 +204,23 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         self, requests: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Responses leave in request order; a failed request yields `error_message` and the
-        stream stays open."""
+        stream stays open. At most `stream_inflight` requests are unanswered (or answered and
+        not yet taken by gRPC) at a time: the next is read only when one leaves."""
         pending: asyncio.Queue[tuple[float, pb.ModelInferRequest, asyncio.Future] | None] = (
             asyncio.Queue()
         )
+        slots = asyncio.Semaphore(self.stream_inflight)
         loop = asyncio.get_running_loop()
 
         async def read() -> None:
             try:
-                async for request in requests:
+                incoming = aiter(requests)
+                while True:
+                    await slots.acquire()
+                    try:
+                        request = await anext(incoming)
+                    except StopAsyncIteration:
+                        return
                     started = self.core.clock()
                     try:
                         raw = region_inputs(request, self.regions)
@@ -217,20 +235,8 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         reader = asyncio.create_task(read())
         try:
             while (item := await pending.get()) is not None:
-                started, request, future = item
-                model = request.model_name
-                try:
-                    response = await future
-                    outputs_to_regions(request, response, self.regions)
-                except TideserveError as error:
-                    self.core.record(None)
-                    self.metrics.request_done(model, error.code, None)
-                    yield pb.ModelStreamInferResponse(error_message=str(error))
-                    continue
-                latency = self.core.clock() - started
-                self.core.record(latency)
-                self.metrics.request_done(model, "OK", latency)
-                yield pb.ModelStreamInferResponse(infer_response=response)
+                yield await self._stream_answer(*item)
+                slots.release()
             # The requests ended: cleanly (the client closed its side), or because one could not
             # be read, which the client must hear about rather than see a quiet end.
             (outcome,) = await asyncio.gather(reader, return_exceptions=True)
@@ -241,6 +247,27 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 )
         finally:
             reader.cancel()
+            # A cancelled stream's queued requests are not computed (the scheduler skips done
+            # futures) and their memory goes now.
+            while not pending.empty():
+                if (item := pending.get_nowait()) is not None:
+                    item[2].cancel()
+
+    async def _stream_answer(
+        self, started: float, request: pb.ModelInferRequest, future: asyncio.Future
+    ) -> pb.ModelStreamInferResponse:
+        model = request.model_name
+        try:
+            response = await future
+            outputs_to_regions(request, response, self.regions)
+        except TideserveError as error:
+            self.core.record(None)
+            self.metrics.request_done(model, error.code, None)
+            return pb.ModelStreamInferResponse(error_message=str(error))
+        latency = self.core.clock() - started
+        self.core.record(latency)
+        self.metrics.request_done(model, "OK", latency)
+        return pb.ModelStreamInferResponse(infer_response=response)
 
 
 async def _watch_catalog(
@@ -300,7 +327,7 @@ async def serve(settings: BatcherSettings) -> None:
         else None
     )
     registry = metrics.new_registry()
-    batcher_metrics = BatcherMetrics(registry)
+    batcher_metrics = BatcherMetrics(registry, lambda model: model in catalog.entries)
     core = BatcherCore(
         catalog,
         pool,
@@ -313,7 +340,7 @@ async def serve(settings: BatcherSettings) -> None:
     metrics_server = metrics.start_metrics_server(settings.host, settings.metrics_port, registry)
     server = serving.new_server()
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(core, batcher_metrics, regions), server
+        InferenceServicer(core, batcher_metrics, regions, settings.stream_inflight), server
     )
     health = await serving.add_health_and_reflection(server, [SERVICE_NAME])
     port = serving.bind(server, f"{settings.host}:{settings.port}", tls)

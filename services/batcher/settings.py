@@ -34,9 +34,15 @@ class BatcherSettings(TlsFields):
     # cheaper inline. 0 = never.
     shared_memory_min_bytes: int = 65536
     # Serve Triton's system shared-memory extension: local clients register /dev/shm regions that
-    # this batcher then reads and writes. Any client that reaches the port can name any segment
-    # this batcher's user may open, as with Triton; turn it off where clients are not trusted.
+    # this batcher then reads and writes. Any client that reaches the port can name any plain
+    # segment of this batcher's user (services/batcher/client_memory.py says which are
+    # refused); turn it off where clients are not trusted.
     client_shared_memory: bool = True
+    # Requests of one ModelStreamInfer stream that may be unanswered at a time; with that many,
+    # the batcher stops reading the stream until one is answered (HTTP/2 flow control then
+    # holds the client's sends), so a client that never reads its responses cannot grow the
+    # batcher's memory. As many as a model's queue holds by default: more gain nothing.
+    stream_inflight: int = 256
     report_interval_s: float = 0.5
     grace_s: float = 5.0
     # Prometheus /metrics: Triton's metrics port, next to its gRPC port.
@@ -53,6 +59,8 @@ class BatcherSettings(TlsFields):
             raise ValueError("max_queue_rows_default must be >= 0 (0 = unbounded)")
         if self.shared_memory_min_bytes < 0:
             raise ValueError("shared_memory_min_bytes must be >= 0 (0 = never)")
+        if self.stream_inflight < 1:
+            raise ValueError("stream_inflight must be >= 1")
         if self.inflight_per_instance < 1:
             raise ValueError("inflight_per_instance must be >= 1")
         if not self.balancers:

@@ -36,7 +36,7 @@ SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), 
 def exported_names() -> set[str]:
     """Every series name the four services can export, labelled families without samples too."""
     registry = CollectorRegistry()
-    BatcherMetrics(registry)
+    BatcherMetrics(registry, lambda model: True)
     BalancerMetrics(registry)
     WorkerMetrics(registry)
     families = list(registry.collect())

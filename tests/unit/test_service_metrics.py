@@ -50,7 +50,7 @@ async def settle() -> None:
 async def test_batcher_counts_requests_and_batches_and_reads_queue_depth() -> None:
     dispatcher = EchoDispatcher()
     registry = metrics.new_registry()
-    batcher_metrics = BatcherMetrics(registry)
+    batcher_metrics = BatcherMetrics(registry, lambda model: model == MODEL)
     core = BatcherCore(
         catalog_with(batcher_model_config(max_batch_size=8)),
         dispatcher,
@@ -74,12 +74,19 @@ async def test_batcher_counts_requests_and_batches_and_reads_queue_depth() -> No
     for _ in futures:
         batcher_metrics.request_done(MODEL, "OK", 0.002)
     batcher_metrics.request_done("no-such-model", "NOT_FOUND", None)
+    batcher_metrics.request_done("x" * 1000, "INVALID_ARGUMENT", None)
 
     assert value(registry, "tideserve_batcher_requests_total", model=MODEL, code="OK") == 5
     assert (
         value(registry, "tideserve_batcher_requests_total", model="(unknown)", code="NOT_FOUND")
         == 1
     )
+    assert (
+        value(
+            registry, "tideserve_batcher_requests_total", model="(unknown)", code="INVALID_ARGUMENT"
+        )
+        == 1
+    ), "a model the batcher does not serve gets no series of its own, whatever the code"
     assert value(registry, "tideserve_batcher_request_duration_seconds_count", model=MODEL) == 5
     assert value(registry, "tideserve_batcher_batch_size_rows_count", model=MODEL) == 2
     assert value(registry, "tideserve_batcher_batch_size_rows_sum", model=MODEL) == 5

@@ -18,6 +18,7 @@ from services.batcher.core import ADMISSION_MIN_BATCHES, BatcherCore, ModelSched
 from services.batcher.policies import MeasuredCurve
 from tideserve.errors import (
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -446,6 +447,44 @@ async def test_dispatch_error_fails_every_request_of_the_batch(
     assert isinstance(response, pb.ModelInferResponse), "the scheduler keeps serving"
 
 
+class CutShortInput:
+    """A deferred input (a client's shared-memory region) whose bytes are gone by the time the
+    batch is assembled, as when its client truncates the segment."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self) -> bytes:
+        raise FailedPrecondition("region 'r' was truncated")
+
+    def read_into(self, target: memoryview) -> None:
+        raise FailedPrecondition("region 'r' was truncated")
+
+
+async def test_an_input_that_cannot_be_read_fails_its_request_alone(
+    harness: Harness, dispatcher: EchoDispatcher
+) -> None:
+    core = harness.start(model_config(max_batch_size=3, delay_us=10_000_000))
+    cut = infer_request(1)
+    futures = [
+        core.submit(infer_request(0), deadline=None),
+        core.submit(cut, deadline=None, raw_inputs=[CutShortInput(len(cut.raw_input_contents[0]))]),
+        core.submit(infer_request(2), deadline=None),
+    ]
+
+    first, failed, last = await gather(futures)
+
+    assert isinstance(failed, FailedPrecondition)
+    assert dispatcher.batch_rows == [3]
+    sent = np.frombuffer(dispatcher.batches[0].inputs[0].raw, dtype="<f4").reshape(3, WIDTH)
+    np.testing.assert_array_equal(sent[1], np.zeros(WIDTH), "its rows travel as zeros")
+    np.testing.assert_array_equal(output(first, "y"), rows_of(0, 1))
+    np.testing.assert_array_equal(output(last, "y"), rows_of(2, 1))
+
+
 async def test_unexpected_dispatch_error_becomes_internal(
     harness: Harness, dispatcher: EchoDispatcher
 ) -> None:
@@ -462,6 +501,9 @@ async def test_submit_refuses_unknown_model_and_bad_input_at_once(harness: Harne
 
     with pytest.raises(NotFound, match="unknown model 'nope'"):
         core.submit(pb.ModelInferRequest(model_name="nope"), deadline=None)
+    with pytest.raises(InvalidArgument, match="65536 bytes; names are at most 256") as refused:
+        core.submit(pb.ModelInferRequest(model_name="n" * 65536), deadline=None)
+    assert len(str(refused.value)) < 200, "the name is not echoed whole"
     bad = infer_request(0)
     bad.inputs[0].datatype = "INT32"
     with pytest.raises(InvalidArgument, match="datatype INT32"):

@@ -1,9 +1,11 @@
 """Clients' shared-memory regions (Triton's system shared-memory extension) without a network:
-registration checks, inputs read from a region (uncopied), outputs written into one,
-and the errors a client gets for each mistake."""
+registration checks (links, non-files, other users' and reserved segments refused), inputs read
+from a region when the batch is assembled, outputs written into one, a segment truncated after
+registration, and the errors a client gets for each mistake."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +13,23 @@ import pytest
 
 from services.batcher.client_memory import (
     BYTE_SIZE,
+    MAX_REGIONS,
     OFFSET,
     REGION,
     ClientRegions,
+    RegionSlice,
     outputs_to_regions,
     region_inputs,
 )
-from tideserve.errors import AlreadyExists, InvalidArgument, NotFound, Unimplemented
+from tideserve.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unimplemented,
+)
 from tideserve.v1 import inference_pb2 as pb
 
 
@@ -47,6 +59,8 @@ def test_registration_is_checked(regions: ClientRegions) -> None:
         regions.register("s", "/missing", 0, 4)
     with pytest.raises(InvalidArgument, match="does not fit"):
         regions.register("s", "/data", 60, 8)
+    with pytest.raises(InvalidArgument, match="does not fit"):
+        regions.register("s", "/data", 2**64 - 4, 8)
     for key in ("/", "/../etc/passwd", "/a/b", ".."):
         with pytest.raises(InvalidArgument, match="not a POSIX shm name"):
             regions.register("s", key, 0, 4)
@@ -70,7 +84,13 @@ def test_inputs_in_a_region_are_read_in_input_order(regions: ClientRegions) -> N
     raw = region_inputs(request, regions)
 
     assert raw is not None
-    assert [bytes(chunk) for chunk in raw] == [b"AAAA", bytes(range(12, 20))]
+    assert raw[0] == b"AAAA"
+    assert isinstance(raw[1], RegionSlice)
+    assert len(raw[1]) == 8
+    assert raw[1].read() == bytes(range(12, 20))
+    target = bytearray(10)
+    raw[1].read_into(memoryview(target)[1:9])
+    assert target == b"\0" + bytes(range(12, 20)) + b"\0"
 
 
 def test_a_request_without_regions_keeps_its_own_raw_contents(regions: ClientRegions) -> None:
@@ -80,13 +100,73 @@ def test_a_request_without_regions_keeps_its_own_raw_contents(regions: ClientReg
     assert region_inputs(request, regions) is None
 
 
-def test_unregistering_a_region_a_batch_still_views_leaves_the_view_readable(
-    regions: ClientRegions,
+def test_unregistering_a_region_a_batch_still_holds_leaves_its_slice_readable(
+    regions: ClientRegions, tmp_path: Path
 ) -> None:
     regions.register("r", "/data", offset=0, byte_size=16)
-    view = regions.view("r", 2, 4)
+    held = regions.slice("r", 2, 4)
     regions.unregister("r")
-    assert bytes(view) == bytes(range(2, 6))
+    # A descriptor opened now must not take the number the slice reads from.
+    (tmp_path / "other").write_bytes(b"x" * 64)
+    other = os.open(tmp_path / "other", os.O_RDONLY)
+    try:
+        assert held.read() == bytes(range(2, 6))
+    finally:
+        os.close(other)
+
+
+def test_links_other_files_and_reserved_names_are_refused(
+    regions: ClientRegions, tmp_path: Path
+) -> None:
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.write_bytes(bytes(64))
+    (tmp_path / "link").symlink_to(outside)
+    with pytest.raises(InvalidArgument, match="symbolic link"):
+        regions.register("s", "/link", 0, 8)
+    assert outside.read_bytes() == bytes(64)
+    os.link(tmp_path / "data", tmp_path / "second-name")
+    with pytest.raises(InvalidArgument, match="2 names"):
+        regions.register("s", "/second-name", 0, 8)
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(InvalidArgument, match="not a regular file"):
+        regions.register("s", "/dir", 0, 8)
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(InvalidArgument, match="not a regular file"):
+        regions.register("s", "/fifo", 0, 8)
+    for key in ("/sem.lock", "/tideserve-abcdef"):
+        with pytest.raises(InvalidArgument, match="reserved"):
+            regions.register("s", key, 0, 8)
+    with pytest.raises(InvalidArgument, match="not a POSIX shm name"):
+        regions.register("s", "/a\0b", 0, 8)
+    assert regions.status("") == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_segment_of_another_user_is_refused(regions: ClientRegions, tmp_path: Path) -> None:
+    (tmp_path / "theirs").write_bytes(bytes(64))
+    os.chown(tmp_path / "theirs", 65534, 65534)
+    with pytest.raises(PermissionDenied, match="belongs to uid 65534"):
+        regions.register("s", "/theirs", 0, 8)
+
+
+def test_a_segment_truncated_after_registration_fails_reads_and_writes_clearly(
+    regions: ClientRegions, tmp_path: Path
+) -> None:
+    regions.register("r", "/data", offset=8, byte_size=32)
+    held = regions.slice("r", 0, 16)
+    os.truncate(tmp_path / "data", 12)
+
+    for attempt in (held.read, lambda: held.read_into(memoryview(bytearray(16)))):
+        with pytest.raises(FailedPrecondition, match=r"'r' covers bytes 8..40 .* now has 12"):
+            attempt()
+    with pytest.raises(FailedPrecondition, match="truncated"):
+        regions.slice("r", 0, 16)
+    with pytest.raises(FailedPrecondition, match="truncated"):
+        regions.write("r", 0, b"abcd")
+    assert (tmp_path / "data").stat().st_size == 12
+
+    os.truncate(tmp_path / "data", 64)
+    assert regions.slice("r", 0, 8).read() == bytes(range(8, 12)) + bytes(4), "grown back"
 
 
 def test_a_placement_outside_its_region_is_refused(regions: ClientRegions) -> None:
@@ -136,6 +216,17 @@ def test_an_output_larger_than_its_placement_is_refused(regions: ClientRegions) 
     response.raw_output_contents.append(b"12345678")
     with pytest.raises(InvalidArgument, match="holds 4"):
         outputs_to_regions(request, response, regions)
+
+
+def test_region_names_and_the_number_of_regions_are_bounded(regions: ClientRegions) -> None:
+    with pytest.raises(InvalidArgument, match=r"1..256 bytes, got 'nnn.*\(300 characters\)"):
+        regions.register("n" * 300, "/data", 0, 8)
+    for index in range(MAX_REGIONS):
+        regions.register(f"r{index}", "/data", 0, 8)
+    with pytest.raises(ResourceExhausted, match="unregister some first"):
+        regions.register("one-more", "/data", 0, 8)
+    regions.unregister("r0")
+    regions.register("one-more", "/data", 0, 8)
 
 
 def test_turned_off_it_refuses_registration(tmp_path: Path) -> None:
