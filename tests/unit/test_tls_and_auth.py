@@ -202,3 +202,20 @@ def test_a_token_given_as_a_value_is_refused_with_the_file_form(
 def test_admin_identities_require_mutual_tls() -> None:
     with pytest.raises(ValueError, match="mutual TLS"):
         ScalerSettings(admin_identities=("operator",))
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o666])
+async def test_a_private_key_others_can_read_is_refused(
+    tmp_path: Path, certs: Certificates, mode: int
+) -> None:
+    key = tmp_path / "node.key"
+    key.write_bytes(Path(certs.path("node.key")).read_bytes())
+    key.chmod(mode)
+    loose = serving.TlsSettings(certs.path("node.crt"), str(key), certs.path("ca.crt"))
+    fix = rf"tls_key '{key}' is readable by group or others.*chmod 600 {key}"
+    with pytest.raises(ValueError, match=fix):
+        serving.bind(serving.new_server(), "127.0.0.1:0", loose)
+    with pytest.raises(ValueError, match=fix):
+        serving.channel_credentials(loose)
+    key.chmod(0o600)
+    assert serving.channel_credentials(loose) is not None
