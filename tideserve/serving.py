@@ -17,7 +17,7 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tideserve.credentials import check_private
+from tideserve.credentials import SecretRefused, check_private
 from tideserve.errors import TideserveError
 from tideserve.grpc_options import CHANNEL_OPTIONS, SERVER_OPTIONS
 
@@ -30,8 +30,15 @@ def run_service(main: Coroutine[Any, Any, None]) -> None:
     """Run a service's main coroutine on uvloop's event loop. Each RPC of a grpc.aio server or
     channel is several event-loop callbacks; uvloop runs the loop in C, and on the 2-core
     machine the whole stack served 10-20% more requests per second with it (docs/benchmarks.md,
-    issue 3)."""
-    uvloop.run(main)
+    issue 3).
+
+    A secret refused at start (a key or token file others can read) ends the process with the
+    refusal alone on stderr, which says which file and how to fix it: there is nothing a
+    traceback would add."""
+    try:
+        uvloop.run(main)
+    except SecretRefused as refusal:
+        raise SystemExit(f"refusing to start: {refusal}") from None
 
 
 class TlsConfigured(Protocol):

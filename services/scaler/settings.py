@@ -96,7 +96,7 @@ class ScalerSettings(TlsFields):
         if self.admin_identities and not self.tls_ca:
             raise ValueError(
                 "admin_identities need mutual TLS: set tls_cert, tls_key and tls_ca, "
-                "or use admin_token"
+                "or use admin_token_file"
             )
 
     def _check_replicas(self) -> None:
