@@ -138,7 +138,9 @@ class ScalerController:
         self._check_count("min_replicas", min_replicas)
         self._check_count("max_replicas", max_replicas)
         if max_replicas < 1:
-            raise InvalidArgument("max_replicas must be >= 1; Pause or ScaleTo stop scaling")
+            raise InvalidArgument(
+                "max_replicas must be >= 1; to run no workers, set min_replicas 0 and ScaleTo 0"
+            )
         if min_replicas > max_replicas:
             raise InvalidArgument(
                 f"min_replicas {min_replicas} is above max_replicas {max_replicas}"
