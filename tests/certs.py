@@ -1,6 +1,7 @@
 """Throw-away X.509 certificates for TLS tests, made with the openssl command line (argument
 lists, no shell): a CA, a node certificate valid for 127.0.0.1/localhost (every service presents
-it as server and client), and an operator client certificate; plus a second, untrusted CA."""
+it as server and client), and an operator client certificate; plus a second, untrusted CA.
+Private keys are made owner-only, as the services require of a key they load."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def _issue(directory: Path, name: str, cn: str, ca: tuple[Path, Path], san: str 
     key, csr, cert = (directory / f"{name}.{ext}" for ext in ("key", "csr", "crt"))
     _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
              "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn}")
+    key.chmod(0o600)
     extensions = directory / f"{name}.ext"
     lines = ["basicConstraints=CA:FALSE", "keyUsage=digitalSignature,keyEncipherment",
              "extendedKeyUsage=serverAuth,clientAuth"]
@@ -35,6 +37,7 @@ def _ca(directory: Path, name: str) -> tuple[Path, Path]:
     _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
              "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
              "-subj", f"/CN={name}")
+    key.chmod(0o600)
     return cert, key
 
 

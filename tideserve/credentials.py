@@ -19,6 +19,11 @@ from pathlib import Path
 ROLES = ("worker", "batcher", "scaler", "operator")
 
 
+class SecretRefused(ValueError):
+    """A secret file that must not be used as it is; the message names the file and the fix.
+    A service meeting one at start exits with that message (`tideserve.serving.run_service`)."""
+
+
 def token_path(directory: str | Path, role: str) -> Path:
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
@@ -30,11 +35,11 @@ def check_private(path: str | Path, what: str = "secret file") -> None:
     try:
         info = os.stat(path)
     except OSError as error:
-        raise ValueError(f"{what} {str(path)!r} cannot be read: {error.strerror}") from error
+        raise SecretRefused(f"{what} {str(path)!r} cannot be read: {error.strerror}") from error
     if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"{what} {str(path)!r} is not a regular file")
+        raise SecretRefused(f"{what} {str(path)!r} is not a regular file")
     if info.st_mode & 0o077:
-        raise ValueError(
+        raise SecretRefused(
             f"{what} {str(path)!r} is readable by group or others (mode "
             f"{stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`"
         )
@@ -45,7 +50,7 @@ def read_secret(path: str | Path, what: str = "token file") -> str:
     check_private(path, what)
     lines = Path(path).read_text().strip().splitlines()
     if not lines or not lines[0].strip():
-        raise ValueError(f"{what} {str(path)!r} is empty")
+        raise SecretRefused(f"{what} {str(path)!r} is empty")
     return lines[0].strip()
 
 

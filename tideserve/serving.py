@@ -17,6 +17,7 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from tideserve.credentials import SecretRefused, check_private
 from tideserve.errors import TideserveError
 from tideserve.grpc_options import CHANNEL_OPTIONS, MAX_CONCURRENT_RPCS, SERVER_OPTIONS
 
@@ -29,8 +30,15 @@ def run_service(main: Coroutine[Any, Any, None]) -> None:
     """Run a service's main coroutine on uvloop's event loop. Each RPC of a grpc.aio server or
     channel is several event-loop callbacks; uvloop runs the loop in C, and on the 2-core
     machine the whole stack served 10-20% more requests per second with it (docs/benchmarks.md,
-    issue 3)."""
-    uvloop.run(main)
+    issue 3).
+
+    A secret refused at start (a key or token file others can read) ends the process with the
+    refusal alone on stderr, which says which file and how to fix it: there is nothing a
+    traceback would add."""
+    try:
+        uvloop.run(main)
+    except SecretRefused as refusal:
+        raise SystemExit(f"refusing to start: {refusal}") from None
 
 
 class TlsConfigured(Protocol):
@@ -85,11 +93,18 @@ def _read(path: str, setting: str) -> bytes:
         raise ValueError(f"{setting} {path!r} cannot be read: {error.strerror}") from None
 
 
+def _read_key(path: str) -> bytes:
+    """A private key, refused (with the chmod that fixes it) when group or others can read it:
+    a key others can read is as good as published, and using it silently hides that."""
+    check_private(path, "tls_key")
+    return _read(path, "tls_key")
+
+
 def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
     if not tls.cert:
         raise ValueError("a TLS server needs tls_cert and tls_key")
     return grpc.ssl_server_credentials(
-        [(_read(tls.key, "tls_key"), _read(tls.cert, "tls_cert"))],
+        [(_read_key(tls.key), _read(tls.cert, "tls_cert"))],
         root_certificates=_read(tls.ca, "tls_ca") if tls.ca else None,
         require_client_auth=tls.mutual,
     )
@@ -99,7 +114,7 @@ def channel_credentials(tls: TlsSettings) -> grpc.ChannelCredentials:
     """Credentials for sync or aio secure channels (tests and tools use the sync API)."""
     return grpc.ssl_channel_credentials(
         root_certificates=_read(tls.ca, "tls_ca") if tls.ca else None,
-        private_key=_read(tls.key, "tls_key") if tls.cert else None,
+        private_key=_read_key(tls.key) if tls.cert else None,
         certificate_chain=_read(tls.cert, "tls_cert") if tls.cert else None,
     )
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Iterable, Mapping
-from pathlib import Path
+
+from tideserve.credentials import read_secret
 
 logger = logging.getLogger(__name__)
 
@@ -27,15 +28,11 @@ class AdminAuth:
         self.identities = frozenset(identities)
 
     @classmethod
-    def from_settings(cls, token: str, token_file: str, identities: Iterable[str]) -> AdminAuth:
-        """The token comes from `token`, or from the first line of `token_file` (so it need not
-        appear in a process listing or a compose file); setting both is refused as ambiguous."""
-        if token and token_file:
-            raise ValueError("set admin_token or admin_token_file, not both")
-        if token_file:
-            token = Path(token_file).read_text().strip()
-            if not token:
-                raise ValueError(f"admin_token_file {token_file!r} is empty")
+    def from_settings(cls, token_file: str, identities: Iterable[str]) -> AdminAuth:
+        """The token is the first line of `token_file`, never a value in the environment or on
+        the command line, where every child process and process listing would see it. A file
+        that group or others can read is refused, as ssh refuses such a key."""
+        token = read_secret(token_file, "admin_token_file") if token_file else ""
         return cls(token, identities)
 
     @property

@@ -4,6 +4,12 @@ with the count that the policy proposes and the guards allow, honouring operator
 Scale-down never drops a request: a worker leaving is first drained through the balancer (it
 gets no new batches and finishes what it holds), and only then stopped by its runtime.
 
+Whatever asks for a count (the policy, an operator's pin, the count held while paused), the
+guards decide how far to move towards it each tick, so an operator's request is approached through
+the same cooldowns and steps as the policy's. No operator action can go above the replica ceiling,
+which only the scaler's settings set: a stolen admin token cannot make it start thousands of
+workers.
+
 A policy with a fallback (the learned one) reports why it is not deciding itself in
 `fallback_reason`; the controller logs each change of it, puts it in the recorded decision and in
 the admin status."""
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 from collections import Counter, deque
@@ -30,6 +37,9 @@ from tideserve.v1 import cluster_pb2
 logger = logging.getLogger(__name__)
 
 DECISIONS_KEPT = 50
+DEFAULT_REPLICA_CEILING = 64
+# Where an operator raises the ceiling: named in every refusal so the fix is one step away.
+CEILING_SETTING = "replica_ceiling (--replica-ceiling, TIDESERVE_SCALER_REPLICA_CEILING)"
 
 
 class Drainer(Protocol):
@@ -52,8 +62,14 @@ class ScalerController:
         profile: ServiceProfile | None = None,
         drain_timeout_s: float = 30.0,
         stop_grace_s: float = 10.0,
+        replica_ceiling: int = DEFAULT_REPLICA_CEILING,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if guards.max_replicas > replica_ceiling:
+            raise ValueError(
+                f"max_replicas {guards.max_replicas} is above the replica ceiling {replica_ceiling}"
+            )
+        self.replica_ceiling = replica_ceiling
         self.runtime = runtime
         self.drainer = drainer
         self.guard_config = guards
@@ -66,6 +82,8 @@ class ScalerController:
         self.drain_timeout_s = drain_timeout_s
         self.stop_grace_s = stop_grace_s
         self.clock = clock
+        # The count being steered to (the proposal, pin or held count within the bounds); the
+        # guards move the running count towards it a step at a time.
         self.desired = guards.min_replicas
         self.paused = False
         self.pinned: int | None = None
@@ -83,6 +101,11 @@ class ScalerController:
     # -- operator actions -------------------------------------------------------------------
 
     def set_policy(self, name: str, parameters: dict[str, float]) -> None:
+        for key, value in parameters.items():
+            if not math.isfinite(value):
+                raise InvalidArgument(
+                    f"policy parameter {key!r} must be a finite number, got {value}"
+                )
         try:
             self.policy = self._create_policy(name, parameters)
         except (TypeError, ValueError) as error:
@@ -93,14 +116,16 @@ class ScalerController:
         logger.info("policy set", extra={"policy": name, "parameters": parameters})
 
     def scale_to(self, replicas: int | None) -> None:
-        """Pin the count (None releases the pin back to the policy)."""
-        if replicas is not None and not (
-            self.guard_config.min_replicas <= replicas <= self.guard_config.max_replicas
-        ):
-            raise InvalidArgument(
-                f"replicas {replicas} outside bounds {self.guard_config.min_replicas}.."
-                f"{self.guard_config.max_replicas}; change them with SetBounds first"
-            )
+        """Pin the count (None releases the pin back to the policy). The count is reached step
+        by step through the guards, not started at once."""
+        if replicas is not None:
+            self._check_count("replicas", replicas)
+            low, high = self.guard_config.min_replicas, self.guard_config.max_replicas
+            if not low <= replicas <= high:
+                raise InvalidArgument(
+                    f"replicas {replicas} outside bounds {low}..{high}; change them with "
+                    "SetBounds first"
+                )
         self.pinned = replicas
         logger.info(
             "replicas pinned" if replicas is not None else "pin released",
@@ -108,16 +133,34 @@ class ScalerController:
         )
 
     def set_bounds(self, min_replicas: int, max_replicas: int) -> None:
-        try:
-            config = replace(
-                self.guard_config, min_replicas=min_replicas, max_replicas=max_replicas
+        """New bounds for the policy and the pin; a count outside them is brought back step by
+        step through the guards."""
+        self._check_count("min_replicas", min_replicas)
+        self._check_count("max_replicas", max_replicas)
+        if max_replicas < 1:
+            raise InvalidArgument(
+                "max_replicas must be >= 1; to run no workers, set min_replicas 0 and ScaleTo 0"
             )
-        except ValueError as error:
-            raise InvalidArgument(str(error)) from error
+        if min_replicas > max_replicas:
+            raise InvalidArgument(
+                f"min_replicas {min_replicas} is above max_replicas {max_replicas}"
+            )
+        config = replace(self.guard_config, min_replicas=min_replicas, max_replicas=max_replicas)
         self.guard_config = config
         self.guards.config = config
         if self.pinned is not None:
             self.pinned = min(max(self.pinned, min_replicas), max_replicas)
+
+    def _check_count(self, name: str, value: int) -> None:
+        """A replica count from an operator: a whole number from 0 to the ceiling. A protobuf
+        uint32 cannot be negative, but a client's -1 arrives as 4294967295, which this refuses."""
+        if value < 0:
+            raise InvalidArgument(f"{name} must be >= 0, got {value}")
+        if value > self.replica_ceiling:
+            raise InvalidArgument(
+                f"{name} {value} is above the replica ceiling {self.replica_ceiling}, which no "
+                f"admin call can raise; it is the scaler's setting {CEILING_SETTING}"
+            )
 
     async def drain_worker(self, worker_id: str) -> cluster_pb2.DrainWorkerResponse:
         """Drain and stop one worker; the next tick replaces it if the count falls short."""
@@ -161,17 +204,20 @@ class ScalerController:
         now = self.clock()
         context = self.observer.context(self.snapshot, now, current, ready)
         if self.pinned is not None:
-            proposed, applied, reason = self.pinned, self.pinned, "pinned by operator"
+            proposed, override = self.pinned, "pinned by operator"
         elif self.paused:
-            proposed, applied, reason = self.desired, self.desired, "paused"
+            proposed, override = self.desired, "paused"
         else:
-            proposed = self.policy.decide(context)
-            applied, reason = self.guards.apply(current, proposed, now)
-            if self._note_fallback():
-                reason = f"{reason}; fallback: {self.fallback_reason}"
-        if applied != self.desired or applied != current:
+            proposed, override = self.policy.decide(context), ""
+        applied, reason = self.guards.apply(current, proposed, now)
+        if override:
+            reason = f"{override}; {reason}"
+        elif self._note_fallback():
+            reason = f"{reason}; fallback: {self.fallback_reason}"
+        target = self.guards.bounded(proposed)
+        if target != self.desired or applied != current:
             self._record(current, proposed, applied, reason, context)
-        self.desired = applied
+        self.desired = target
         for _ in range(applied - current):
             await self._start()
         if applied < current:

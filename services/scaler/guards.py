@@ -3,7 +3,9 @@
 The policy proposes; these deterministic rules decide, whatever the policy (rule-based or learned)
 asked for: bounds (min/max replicas), cooldowns and a maximum step per decision. Keeping them
 outside the policies means an operator's limits hold even for a misbehaving learned policy, and
-the same guards wrap every policy in the simulator and in the live scaler. Time is injected.
+the same guards wrap every policy in the simulator and in the live scaler. An operator's pin or
+new bounds pass through the same cooldowns and steps, so no single request, however large,
+starts or stops many workers at once. Time is injected.
 """
 
 from __future__ import annotations
@@ -52,14 +54,17 @@ class Guards:
         self._last_up = -math.inf
         self._last_change = -math.inf
 
+    def bounded(self, proposed: int) -> int:
+        """The proposal clamped to the bounds: the count the guards steer towards."""
+        return min(max(proposed, self.config.min_replicas), self.config.max_replicas)
+
     def apply(self, current: int, proposed: int, now: float) -> tuple[int, str]:
-        """Return (replicas to run, why). Bounds always hold, even against a cooldown, so that
-        an operator's new bounds take effect at the next decision."""
+        """Return (replicas to run, why): one step from `current` towards the proposal clamped
+        to the bounds. A count outside new bounds is brought back the same way, through the
+        cooldowns and at most one step per decision, rather than all at once."""
         cfg = self.config
-        bounded = min(max(proposed, cfg.min_replicas), cfg.max_replicas)
+        bounded = self.bounded(proposed)
         clamped = " (clamped to bounds)" if bounded != proposed else ""
-        if current < cfg.min_replicas or current > cfg.max_replicas:
-            return self._record(current, bounded, now), "bounds: current count outside bounds"
         if bounded == current:
             return current, "hold" + clamped
         if bounded > current:

@@ -25,7 +25,8 @@ def collect(controller: ScalerController, runtime: str) -> list[Metric]:
         replicas.add_metric([state], states.count(state))
     desired = GaugeMetricFamily(
         "tideserve_scaler_desired_replicas",
-        "Replicas the scaler is steering to (after guards and operator overrides).",
+        "Replicas the scaler is steering to: the policy's proposal, the operator's pin or the "
+        "count held while paused, within the bounds; the guards reach it a step at a time.",
         value=controller.desired,
     )
     bounds = GaugeMetricFamily(

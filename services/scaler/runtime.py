@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -53,15 +53,29 @@ class WorkerRuntime(Protocol):
     async def close(self) -> None: ...
 
 
+def without_secrets(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` less every TIDESERVE_*TOKEN* variable. Workers run model code, so they inherit
+    no token of the scaler's, nor where its token files are: the scaler reads its own secrets
+    from files and never passes them on by environment."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if not (name.startswith("TIDESERVE_") and "TOKEN" in name)
+    }
+
+
 class ProcessRuntime:
     """Workers as child processes of the scaler (`python -m services.worker`). They die with the
-    scaler, so there is nothing to adopt after a restart."""
+    scaler, so there is nothing to adopt after a restart.
+
+    A worker gets the scaler's environment without its secrets (`without_secrets`), plus `env`,
+    which the scaler sets on purpose and is passed as given."""
 
     name = "process"
 
     def __init__(self, worker_args: Sequence[str], env: dict[str, str] | None = None) -> None:
         self.worker_args = list(worker_args)
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**without_secrets(os.environ), **(env or {})}
         self._procs: dict[str, tuple[ManagedWorker, asyncio.subprocess.Process]] = {}
 
     async def start(self, worker_id: str) -> ManagedWorker:

@@ -164,12 +164,10 @@ async def _tick_loop(controller: ScalerController, period_s: float) -> None:
 
 
 async def serve(settings: ScalerSettings) -> None:
-    auth = AdminAuth.from_settings(
-        settings.admin_token, settings.admin_token_file, settings.admin_identities
-    )
+    auth = AdminAuth.from_settings(settings.admin_token_file, settings.admin_identities)
     if auth.open and not is_loopback(settings.host):
         logger.warning(
-            "admin RPCs are open to anyone who can reach this address; set admin_token",
+            "admin RPCs are open to anyone who can reach this address; set admin_token_file",
             extra={"host": settings.host},
         )
     tls = serving.TlsSettings.of(settings)
@@ -193,6 +191,7 @@ async def serve(settings: ScalerSettings) -> None:
         profile=ServiceProfile.load(settings.profile) if settings.profile else None,
         drain_timeout_s=settings.drain_timeout_s,
         stop_grace_s=settings.stop_grace_s,
+        replica_ceiling=settings.replica_ceiling,
     )
     await controller.adopt()
     registry = metrics.new_registry()
@@ -216,6 +215,7 @@ async def serve(settings: ScalerSettings) -> None:
             "policy": settings.policy,
             "min_replicas": settings.min_replicas,
             "max_replicas": settings.max_replicas,
+            "replica_ceiling": settings.replica_ceiling,
             "admin_auth": "open" if auth.open else "required",
         },
     )

@@ -20,6 +20,11 @@ class ScalerSettings(TlsFields):
     runtime: str = "process"
     min_replicas: int = 1
     max_replicas: int = 4
+    # The most replicas this scaler will ever run: no admin RPC (SetBounds, ScaleTo) can go above
+    # it, only a restart with a new setting. With the process runtime every replica is a worker
+    # process on this host, each loading its own copy of the model: lower it to what the host
+    # holds. With containers, to what the cluster's quota allows.
+    replica_ceiling: int = 64
     # "learned" runs the trained policy with the HPA rule as fallback (policy_parameters then
     # configure that HPA); see services/scaler/learning/fallback.py.
     policy: str = "learned"
@@ -60,11 +65,14 @@ class ScalerSettings(TlsFields):
     worker_pod_template: str = ""
     kubernetes_namespace: str = ""
     grace_s: float = 5.0
-    # Admin RPCs need `authorization: Bearer <token>` (token given here, by
-    # TIDESERVE_SCALER_ADMIN_TOKEN, or as the file's first line) or, with mutual TLS, a client
-    # certificate whose CN or SAN is one of admin_identities. None set: admin is open (loopback).
-    admin_token: str = ""
+    # Admin RPCs need `authorization: Bearer <token>`, the token being the first line of
+    # admin_token_file (readable by its owner only), or, with mutual TLS, a client certificate
+    # whose CN or SAN is one of admin_identities. None set: admin is open (loopback).
     admin_token_file: str = ""
+    # Refused when set, with a pointer to admin_token_file: a token given as a value sits in the
+    # environment of every process the scaler starts (workers run model code) and in process
+    # listings. Kept as a setting so an old deployment fails loudly instead of running open.
+    admin_token: str = ""
     admin_identities: tuple[str, ...] = ()
     # Prometheus /metrics.
     metrics_port: int = 8202
@@ -77,10 +85,32 @@ class ScalerSettings(TlsFields):
         if self.runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {self.runtime!r}; choose one of {list(RUNTIMES)}")
         self.parsed_policy_parameters()
+        self._check_replicas()
+        if self.admin_token:
+            raise ValueError(
+                "admin_token (TIDESERVE_SCALER_ADMIN_TOKEN, --admin-token) is not accepted: a "
+                "token in the environment or on the command line reaches every worker process "
+                "and process listing. Write it to a file only you can read (chmod 600) and pass "
+                "--admin-token-file FILE (or TIDESERVE_SCALER_ADMIN_TOKEN_FILE=FILE)"
+            )
         if self.admin_identities and not self.tls_ca:
             raise ValueError(
                 "admin_identities need mutual TLS: set tls_cert, tls_key and tls_ca, "
-                "or use admin_token"
+                "or use admin_token_file"
+            )
+
+    def _check_replicas(self) -> None:
+        if self.replica_ceiling < 1:
+            raise ValueError(f"replica_ceiling must be >= 1, got {self.replica_ceiling}")
+        if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
+            raise ValueError(
+                "need 0 <= min_replicas <= max_replicas and max_replicas >= 1, got "
+                f"min_replicas {self.min_replicas}, max_replicas {self.max_replicas}"
+            )
+        if self.max_replicas > self.replica_ceiling:
+            raise ValueError(
+                f"max_replicas {self.max_replicas} is above replica_ceiling "
+                f"{self.replica_ceiling}; lower --max-replicas or raise --replica-ceiling"
             )
 
     def worker_settings_env(self) -> dict[str, str]:

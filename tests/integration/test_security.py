@@ -17,6 +17,7 @@ import pytest
 from tests.accounting import record
 from tests.certs import Certificates, make_certificates
 from tests.cluster import ROOT, Cluster, free_port, sync_channel, wait_healthy
+from tideserve.credentials import write_secret
 from tideserve.loadgen import closed_loop
 from tideserve.serving import PLAINTEXT
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2, inference_pb2_grpc
@@ -82,8 +83,7 @@ def guarded_scaler(
     model_repository: Path, tmp_path: Path
 ) -> Iterator[tuple[Cluster, str]]:
     cluster = Cluster(model_repository, tmp_path).start(workers=0)
-    token_file = tmp_path / "admin-token"
-    token_file.write_text(TOKEN + "\n")
+    token_file = write_secret(tmp_path / "admin-token", TOKEN)
     address = f"127.0.0.1:{free_port()}"
     cluster.spawn(
         "scaler", "services.scaler", "--port", address.rsplit(":", 1)[1],

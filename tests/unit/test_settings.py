@@ -113,3 +113,23 @@ def test_service_settings_validate_after_loading() -> None:
             description="batcher",
             environ={},
         )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--max-replicas", "65"], "max_replicas 65 is above replica_ceiling 64"),
+        (["--max-replicas", "8", "--replica-ceiling", "4"], "raise --replica-ceiling"),
+        (["--replica-ceiling", "0"], "replica_ceiling must be >= 1"),
+        (["--min-replicas", "5", "--max-replicas", "3"], "min_replicas <= max_replicas"),
+        (["--min-replicas", "-1"], "0 <= min_replicas"),
+    ],
+)
+def test_scaler_replica_settings_stay_under_the_ceiling(argv: list[str], message: str) -> None:
+    from services.scaler.settings import ScalerSettings
+
+    with pytest.raises(ValueError, match=message):
+        load_settings(ScalerSettings, argv, env_prefix="X_", description="scaler", environ={})
+    raised = load_settings(ScalerSettings, ["--max-replicas", "100", "--replica-ceiling", "100"],
+                           env_prefix="X_", description="scaler", environ={})
+    assert (raised.max_replicas, raised.replica_ceiling) == (100, 100)

@@ -17,6 +17,7 @@ from services.scaler.settings import ScalerSettings
 from services.worker.settings import WorkerSettings
 from tests.certs import Certificates, make_certificates
 from tideserve import serving
+from tideserve.credentials import write_secret
 from tideserve.settings import TlsFields, load_settings
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
@@ -173,14 +174,48 @@ def test_admin_auth_rules(header: str, identities: frozenset[str], allowed: bool
 def test_admin_auth_is_open_only_when_nothing_is_configured(tmp_path: Path) -> None:
     assert AdminAuth().allows({}, frozenset())
     assert not AdminAuth(identities=["operator"]).allows({}, frozenset())
-    token_file = tmp_path / "token"
-    token_file.write_text(f"{TOKEN}\n")
-    from_file = AdminAuth.from_settings("", str(token_file), ())
+    token_file = write_secret(tmp_path / "token", TOKEN)
+    from_file = AdminAuth.from_settings(str(token_file), ())
     assert from_file.allows({"authorization": f"Bearer {TOKEN}"}, frozenset())
-    with pytest.raises(ValueError, match="not both"):
-        AdminAuth.from_settings(TOKEN, str(token_file), ())
+    assert not from_file.allows({}, frozenset())
+
+
+def test_a_token_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    token_file = write_secret(tmp_path / "token", TOKEN)
+    token_file.chmod(0o644)
+    with pytest.raises(ValueError, match=r"readable by group or others.*chmod 600"):
+        AdminAuth.from_settings(str(token_file), ())
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ"),
+    [([], {"TIDESERVE_SCALER_ADMIN_TOKEN": TOKEN}), (["--admin-token", TOKEN], {})],
+)
+def test_a_token_given_as_a_value_is_refused_with_the_file_form(
+    argv: list[str], environ: dict[str, str]
+) -> None:
+    with pytest.raises(ValueError, match="--admin-token-file FILE"):
+        load_settings(ScalerSettings, argv, env_prefix="TIDESERVE_SCALER_", description="",
+                      environ=environ)
 
 
 def test_admin_identities_require_mutual_tls() -> None:
     with pytest.raises(ValueError, match="mutual TLS"):
         ScalerSettings(admin_identities=("operator",))
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o666])
+async def test_a_private_key_others_can_read_is_refused(
+    tmp_path: Path, certs: Certificates, mode: int
+) -> None:
+    key = tmp_path / "node.key"
+    key.write_bytes(Path(certs.path("node.key")).read_bytes())
+    key.chmod(mode)
+    loose = serving.TlsSettings(certs.path("node.crt"), str(key), certs.path("ca.crt"))
+    fix = rf"tls_key '{key}' is readable by group or others.*chmod 600 {key}"
+    with pytest.raises(ValueError, match=fix):
+        serving.bind(serving.new_server(), "127.0.0.1:0", loose)
+    with pytest.raises(ValueError, match=fix):
+        serving.channel_credentials(loose)
+    key.chmod(0o600)
+    assert serving.channel_credentials(loose) is not None

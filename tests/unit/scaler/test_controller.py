@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 
 import pytest
 
-from services.scaler.controller import ScalerController
+from services.scaler.controller import DEFAULT_REPLICA_CEILING, ScalerController
 from services.scaler.guards import GuardConfig
 from services.scaler.runtime import ManagedWorker
 from tideserve.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -80,19 +81,26 @@ class FakeDrainer:
 
 
 class Rig:
-    def __init__(self, replicas: int = MIN) -> None:
+    def __init__(
+        self,
+        replicas: int = MIN,
+        guards: GuardConfig | None = None,
+        replica_ceiling: int = DEFAULT_REPLICA_CEILING,
+    ) -> None:
         self.events: list[tuple[str, str]] = []
         self.runtime = FakeRuntime(self.events)
         self.drainer = FakeDrainer(self.events)
+        self.clock = FakeClock()
         self.controller = ScalerController(
             self.runtime,
             self.drainer,
-            GuardConfig(min_replicas=MIN, max_replicas=MAX),
+            guards or GuardConfig(min_replicas=MIN, max_replicas=MAX),
             policy="static",
             policy_parameters={"replicas": replicas},
             drain_timeout_s=7.0,
             stop_grace_s=3.0,
-            clock=FakeClock(),
+            replica_ceiling=replica_ceiling,
+            clock=self.clock,
         )
 
     async def tick(self) -> None:
@@ -181,7 +189,7 @@ async def test_scale_to_pins_the_count_and_release_returns_to_policy(rig: Rig) -
     rig.controller.scale_to(4)
     await rig.tick()
     assert len(rig.runtime.running) == 4
-    assert rig.controller.decisions[-1].reason == "pinned by operator"
+    assert rig.controller.decisions[-1].reason == "pinned by operator; up by 2"
 
     rig.mark_ready()
     rig.controller.scale_to(None)
@@ -383,3 +391,124 @@ async def test_close_without_stop_leaves_workers_running(rig: Rig) -> None:
 
     assert len(rig.runtime.running) == MIN
     assert rig.runtime.closed
+
+
+# The live scaler's defaults: +2 / -1 per decision, 2 s / 10 s cooldowns.
+LIVE_GUARDS = GuardConfig(min_replicas=1, max_replicas=16, up_cooldown_s=2.0,
+                          down_cooldown_s=10.0, max_step_up=2, max_step_down=1)
+CEILING = 16
+
+
+async def run_ticks(rig: Rig, seconds: int) -> list[int]:
+    """Tick once a second for `seconds`, marking workers ready; the running count after each."""
+    counts = []
+    for _ in range(seconds):
+        await rig.tick()
+        rig.mark_ready()
+        counts.append(len(rig.runtime.running))
+        rig.clock.now += 1.0
+    return counts
+
+
+def steps(counts: list[int]) -> list[int]:
+    return [after - before for before, after in itertools.pairwise(counts)]
+
+
+@pytest.mark.parametrize("value", [CEILING + 1, 10_000, 2**32 - 1])
+async def test_nothing_an_operator_sends_goes_above_the_ceiling(value: int) -> None:
+    rig = Rig(replicas=1, guards=LIVE_GUARDS, replica_ceiling=CEILING)
+    for call in (lambda: rig.controller.set_bounds(1, value),
+                 lambda: rig.controller.set_bounds(value, value),
+                 lambda: rig.controller.scale_to(value)):
+        with pytest.raises(InvalidArgument, match=rf"{value} is above the replica ceiling 16.*"
+                                                  "replica_ceiling"):
+            call()
+    assert (rig.controller.guard_config.min_replicas,
+            rig.controller.guard_config.max_replicas) == (1, 16)
+    assert rig.controller.pinned is None
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "message"),
+    [(-1, 4, "min_replicas must be >= 0"), (1, -1, "max_replicas must be >= 0"),
+     (0, 0, "max_replicas must be >= 1"), (5, 3, "min_replicas 5 is above max_replicas 3")],
+)
+async def test_set_bounds_refuses_bad_pairs_and_keeps_the_old_ones(
+    low: int, high: int, message: str
+) -> None:
+    rig = Rig()
+    with pytest.raises(InvalidArgument, match=message):
+        rig.controller.set_bounds(low, high)
+    assert (rig.controller.guard_config.min_replicas,
+            rig.controller.guard_config.max_replicas) == (MIN, MAX)
+
+
+async def test_scale_to_refuses_a_negative_count(rig: Rig) -> None:
+    with pytest.raises(InvalidArgument, match="replicas must be >= 0"):
+        rig.controller.scale_to(-1)
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+async def test_set_policy_refuses_parameters_that_are_not_finite(rig: Rig, value: float) -> None:
+    with pytest.raises(InvalidArgument, match="'replicas' must be a finite number"):
+        rig.controller.set_policy("static", {"replicas": value})
+    assert rig.controller.policy_parameters == {"replicas": MIN}
+
+
+def test_bounds_above_the_ceiling_are_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="above the replica ceiling 4"):
+        Rig(guards=GuardConfig(min_replicas=1, max_replicas=5), replica_ceiling=4)
+
+
+async def test_a_pin_is_approached_through_the_step_and_cooldown() -> None:
+    rig = Rig(replicas=1, guards=LIVE_GUARDS, replica_ceiling=CEILING)
+    await run_ticks(rig, 1)
+    rig.controller.scale_to(CEILING)
+
+    counts = await run_ticks(rig, 20)
+
+    # At most +2 per decision and one decision per 2 s up cooldown (the first tick after the pin
+    # is still within the cooldown of the worker started before it).
+    assert counts[:16] == [1, 3, 3, 5, 5, 7, 7, 9, 9, 11, 11, 13, 13, 15, 15, 16]
+    assert counts[16:] == [CEILING] * 4
+    assert rig.controller.decisions[-1].reason == "pinned by operator; up by 1"
+    assert rig.controller.status("fake").desired_replicas == CEILING
+
+
+async def test_raised_bounds_are_approached_a_step_at_a_time() -> None:
+    rig = Rig(replicas=1, guards=LIVE_GUARDS, replica_ceiling=CEILING)
+    await run_ticks(rig, 1)
+
+    rig.controller.set_bounds(CEILING, CEILING)
+    counts = await run_ticks(rig, 20)
+
+    assert counts[-1] == CEILING
+    assert max(steps([1, *counts])) == 2
+
+
+async def test_narrowed_bounds_come_down_one_step_per_down_cooldown() -> None:
+    rig = Rig(replicas=6, guards=LIVE_GUARDS, replica_ceiling=CEILING)
+    await run_ticks(rig, 10)
+    assert len(rig.runtime.running) == 6
+
+    rig.controller.set_bounds(1, 3)
+    counts = await run_ticks(rig, 40)
+
+    assert counts[-1] == 3
+    assert min(steps([6, *counts])) == -1
+    assert rig.controller.stopped_total == 3
+
+
+async def test_pause_keeps_its_count_while_the_guards_hold_a_replacement() -> None:
+    rig = Rig(replicas=4, guards=LIVE_GUARDS, replica_ceiling=CEILING)
+    await run_ticks(rig, 6)
+    rig.controller.paused = True
+    victims = list(rig.runtime.running)[:3]
+    for victim in victims:
+        rig.runtime.kill(victim)
+
+    counts = await run_ticks(rig, 6)
+
+    assert counts[0] == 3, "one replacement step of +2"
+    assert counts[-1] == 4
+    assert rig.controller.status("fake").desired_replicas == 4

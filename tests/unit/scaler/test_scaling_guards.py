@@ -37,11 +37,35 @@ def test_max_step_limits_each_decision() -> None:
     assert guards.apply(6, 1, now=1.0) == (5, "down by max step 1 of 5")
 
 
-def test_new_bounds_override_cooldown() -> None:
-    guards = Guards(GuardConfig(max_replicas=10, down_cooldown_s=60.0))
-    guards.apply(2, 9, now=0.0)
-    narrowed = Guards(GuardConfig(max_replicas=4, down_cooldown_s=60.0))
-    assert narrowed.apply(9, 9, now=1.0) == (4, "bounds: current count outside bounds")
+def test_a_count_outside_new_bounds_returns_through_cooldown_and_steps() -> None:
+    guards = Guards(GuardConfig(max_replicas=10, down_cooldown_s=60.0, max_step_down=2))
+    assert guards.apply(2, 9, now=0.0)[0] == 9
+    guards.config = GuardConfig(max_replicas=4, down_cooldown_s=60.0, max_step_down=2)
+    assert guards.apply(9, 9, now=1.0) == (9, "down cooldown until t=60.0")
+    assert guards.apply(9, 9, now=60.0) == (7, "down by max step 2 of 5")
+    assert guards.apply(7, 9, now=119.0)[0] == 7
+    assert guards.apply(7, 9, now=120.0)[0] == 5
+
+
+def test_a_raised_minimum_is_reached_a_step_per_up_cooldown() -> None:
+    guards = Guards(GuardConfig(min_replicas=1, max_replicas=50, up_cooldown_s=2.0,
+                                max_step_up=2))
+    guards.config = GuardConfig(min_replicas=50, max_replicas=50, up_cooldown_s=2.0,
+                                max_step_up=2)
+    counts, current, now = [], 1, 0.0
+    while current < 50:
+        applied, _ = guards.apply(current, 0, now)
+        assert applied - current <= 2
+        if applied != current:
+            counts.append((now, applied))
+        current, now = applied, now + 1.0
+    assert counts[:3] == [(0.0, 3), (2.0, 5), (4.0, 7)]
+    assert len(counts) == 25
+
+
+def test_bounded_is_the_proposal_within_the_bounds() -> None:
+    guards = Guards(GuardConfig(min_replicas=2, max_replicas=5))
+    assert [guards.bounded(n) for n in (0, 3, 2**32 - 1)] == [2, 3, 5]
 
 
 @pytest.mark.parametrize(
