@@ -273,7 +273,11 @@ async def _watch_catalog(
             except grpc.aio.AioRpcError as error:
                 logger.warning(
                     "cluster watch failed; retrying",
-                    extra={"balancer": address, "code": error.code().name},
+                    extra={
+                        "balancer": address,
+                        "code": error.code().name,
+                        "details": error.details(),
+                    },
                 )
             await asyncio.sleep(0.5)
 

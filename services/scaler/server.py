@@ -167,7 +167,11 @@ async def _watch(
         except grpc.aio.AioRpcError as error:
             logger.warning(
                 "cluster watch failed; retrying",
-                extra={"balancer": address, "code": error.code().name},
+                extra={
+                    "balancer": address,
+                    "code": error.code().name,
+                    "details": error.details(),
+                },
             )
         await asyncio.sleep(0.5)
 

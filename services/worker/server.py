@@ -100,6 +100,8 @@ class HeartbeatClient:
                         extra={
                             "balancer": self.balancer,
                             "code": error.code().name,
+                            # A refused credential says here which flag to fix.
+                            "details": error.details(),
                             "backoff_s": backoff,
                         },
                     )

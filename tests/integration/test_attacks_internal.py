@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.accounting import record
-from tests.cluster import Cluster, sync_channel
+from tests.cluster import Cluster, sync_channel, wait_for
 from tests.integration.test_request_path import reference
 from tideserve import serving, shared_memory
 from tideserve.metadata import MODEL_KEY, ROWS_KEY
@@ -283,3 +283,17 @@ def test_admin_rpcs_need_the_scaler_or_operator_role(
     the_real_worker_serves(suite, real)
     assert suite.snapshot().routing_policy == "least_load"
     assert "draining" not in suite.log("worker-0")
+
+
+def test_a_real_worker_with_another_roles_token_is_kept_out_and_says_why(suite: Cluster) -> None:
+    real = suite.snapshot().workers[0].address
+    stray = suite.add_worker(
+        "stray", "--balancer-token-file", suite.token_file("batcher"), "--metrics-port", "0"
+    )
+    try:
+        wait_for(lambda: "PERMISSION_DENIED" in suite.log("stray"), 60, "the stray's refusal")
+    finally:
+        stray.terminate()
+        stray.wait(15)
+    assert "may not call Balancer/Heartbeat" in suite.log("stray")
+    the_real_worker_serves(suite, real)

@@ -27,7 +27,8 @@ def test_twenty_scale_down_events_under_load_lose_nothing(
     cluster = Cluster(model_repository, tmp_path).start(workers=0)
     port = free_port()
     cluster.spawn(
-        "scaler", "services.scaler", "--port", str(port), "--balancers", cluster.balancer,
+        "scaler", "services.scaler", "--port", str(port), "--metrics-port", str(free_port()),
+        "--balancers", cluster.balancer,
         "--runtime", "process", "--model-repository", str(model_repository),
         "--worker-threads", "1", "--policy", "static", "--min-replicas", "1",
         "--max-replicas", str(HIGH), "--tick-s", "0.2", "--up-cooldown-s", "0",
