@@ -91,13 +91,14 @@ class Run:
         }
 
 
-def batch_bytes(model: str) -> tuple[bytes, tuple]:
-    """One serialized batch-1 Batch and its Dispatch metadata, as the batcher would send them."""
+def batch_bytes(model: str, auth: tuple = ()) -> tuple[bytes, tuple]:
+    """One serialized batch-1 Batch and its Dispatch metadata, as the batcher would send them
+    (`auth`: the batcher role's credentials)."""
     shape = [1, *INPUT_DIMS[model]]
     data = np.random.default_rng(0).random(shape, dtype=np.float32)
     batch = cluster_pb2.Batch(batch_id="bench", model_name=model)
     batch.inputs.add(name="INPUT__0", datatype="FP32", shape=shape, raw=data.tobytes())
-    return batch.SerializeToString(), ((MODEL_KEY, model), (ROWS_KEY, "1"))
+    return batch.SerializeToString(), ((MODEL_KEY, model), (ROWS_KEY, "1"), *auth)
 
 
 def model_repository(root: Path, model: str) -> Path:
@@ -168,24 +169,14 @@ async def closed_loop(
     return run
 
 
-def snapshot(address: str) -> cluster_pb2.ClusterSnapshot:
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-        call = cluster_pb2_grpc.BalancerStub(channel).WatchCluster(
-            cluster_pb2.WatchClusterRequest(), timeout=5
-        )
-        first = next(call)
-        call.cancel()
-        return first
+def idle(cluster: Cluster) -> bool:
+    return all(w.outstanding_batches == 0 for w in cluster.snapshot().workers)
 
 
-def idle(address: str) -> bool:
-    return all(w.outstanding_batches == 0 for w in snapshot(address).workers)
-
-
-def set_policy(address: str, name: str) -> None:
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+def set_policy(cluster: Cluster, name: str) -> None:
+    with grpc.insecure_channel(cluster.balancer, options=CHANNEL_OPTIONS) as channel:
         cluster_pb2_grpc.BalancerStub(channel).SetRoutingPolicy(
-            cluster_pb2.SetRoutingPolicyRequest(name=name), timeout=5
+            cluster_pb2.SetRoutingPolicyRequest(name=name), timeout=5, metadata=cluster.auth()
         )
 
 
@@ -195,7 +186,7 @@ def worker_shares(before: cluster_pb2.ClusterSnapshot, after: cluster_pb2.Cluste
 
 
 async def policies(cluster: Cluster, args: argparse.Namespace) -> dict:
-    payload = batch_bytes(args.model)
+    payload = batch_bytes(args.model, cluster.auth("batcher"))
     async with grpc.aio.insecure_channel(cluster.balancer, options=CHANNEL_OPTIONS) as channel:
         call = channel.unary_unary(DISPATCH)
         await closed_loop(call, payload, concurrency=8, seconds=args.warmup)
@@ -204,7 +195,7 @@ async def policies(cluster: Cluster, args: argparse.Namespace) -> dict:
         # What each worker says one batch costs it (compute and slowdown, no overhead).
         measured = {
             w.worker_id: 1.0 / t.seconds
-            for w in snapshot(cluster.balancer).workers
+            for w in cluster.snapshot().workers
             for t in w.service_times
             if t.batch_size == 1
         }
@@ -214,14 +205,14 @@ async def policies(cluster: Cluster, args: argparse.Namespace) -> dict:
         )
         results = {}
         for name in POLICIES:
-            await asyncio.to_thread(wait_for, lambda: idle(cluster.balancer), 60, "idle workers")
-            await asyncio.to_thread(set_policy, cluster.balancer, name)
+            await asyncio.to_thread(wait_for, lambda: idle(cluster), 60, "idle workers")
+            await asyncio.to_thread(set_policy, cluster, name)
             # Unmeasured lead-in at the same rate: each policy starts from its own steady state,
             # not from whatever the previous phase left in the balancer's estimates.
             await open_loop(call, payload, rate, args.lead_in, seed=args.seed + 1)
-            before = await asyncio.to_thread(snapshot, cluster.balancer)
+            before = await asyncio.to_thread(cluster.snapshot)
             run = await open_loop(call, payload, rate, args.seconds, seed=args.seed)
-            after = await asyncio.to_thread(snapshot, cluster.balancer)
+            after = await asyncio.to_thread(cluster.snapshot)
             results[name] = {**run.summary(), "batches_per_worker": worker_shares(before, after)}
             print(
                 f"  {name:<24} p50 {results[name]['p50_ms']:8.1f} ms  "
@@ -237,8 +228,8 @@ async def policies(cluster: Cluster, args: argparse.Namespace) -> dict:
 
 async def hop(cluster: Cluster, requests: int) -> dict:
     """Alternate direct and balanced batch-1 requests to one idle worker; p50 of each."""
-    payload = batch_bytes(DEFAULT_MODEL)
-    address = snapshot(cluster.balancer).workers[0].address
+    payload = batch_bytes(DEFAULT_MODEL, cluster.auth("batcher"))
+    address = cluster.snapshot().workers[0].address
     direct, balanced = Run(), Run()
     async with (
         grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as to_worker,

@@ -51,6 +51,7 @@ def measure(runtime: str, rounds: int, repository: Path, work: Path) -> list[flo
         "--runtime", runtime, "--model-repository", str(repository), "--policy", "static",
         "--min-replicas", "1", "--max-replicas", "2", "--tick-s", "0.1",
         "--up-cooldown-s", "0", "--down-cooldown-s", "0", "--worker-threads", "1", *extra,
+        *cluster.scaler_flags(),
     )
     wait_healthy(f"127.0.0.1:{scaler_port}")
     cluster.wait_workers(1, timeout_s=120)

@@ -265,7 +265,7 @@ class Watcher:
         self._service: dict[tuple[str, int], float] = {}
         self._channel = grpc.insecure_channel(stack.address("balancer"))
         self._call = cluster_pb2_grpc.BalancerStub(self._channel).WatchCluster(
-            cluster_pb2.WatchClusterRequest())
+            cluster_pb2.WatchClusterRequest(), metadata=stack.operator_auth())
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -306,7 +306,7 @@ def batch_size_counts(stack: LocalStack) -> dict[int, int]:
     """The balancer's cumulative batches per size (one WatchCluster snapshot)."""
     with grpc.insecure_channel(stack.address("balancer")) as channel:
         call = cluster_pb2_grpc.BalancerStub(channel).WatchCluster(
-            cluster_pb2.WatchClusterRequest(), timeout=10)
+            cluster_pb2.WatchClusterRequest(), timeout=10, metadata=stack.operator_auth())
         snapshot = next(call)
         call.cancel()
     return dict(snapshot.batch_size_counts)

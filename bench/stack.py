@@ -23,6 +23,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tideserve import serving
+from tideserve.credentials import create_credentials, read_secret, token_path
 from tideserve.loadgen import sample_request
 from tideserve.procs import child_env, free_port
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2_grpc
@@ -44,6 +45,14 @@ class LocalStack:
     def address(self, name: str) -> str:
         return f"127.0.0.1:{self.ports[name]}"
 
+    def token_file(self, role: str) -> str:
+        """`role`'s balancer token, made fresh by `start` as `tideserve up` makes them."""
+        return str(token_path(self.log_dir / "credentials", role))
+
+    def operator_auth(self) -> tuple[tuple[str, str], ...]:
+        """Call metadata for this stack's balancer, as an operator."""
+        return serving.bearer(read_secret(self.token_file("operator")))
+
     def _spawn(self, name: str, *args: str) -> None:
         log = (self.log_dir / f"{name}.log").open("ab")
         # Metrics ports are picked free too, so two stacks never collide.
@@ -57,11 +66,15 @@ class LocalStack:
 
     def start(self) -> LocalStack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        credentials = create_credentials(self.log_dir / "credentials")
         balancer = self.address("balancer")
-        self._spawn("balancer")
-        self._spawn("batcher", "--balancers", balancer)
+        self._spawn("balancer", "--credentials-dir", str(self.log_dir / "credentials"))
+        self._spawn("batcher", "--balancers", balancer,
+                    "--balancer-token-file", str(credentials["batcher"]))
         self._spawn("scaler", "--balancers", balancer, "--runtime", "process",
-                    "--model-repository", str(self.model_repository), *self.scaler_args)
+                    "--model-repository", str(self.model_repository),
+                    "--balancer-token-file", str(credentials["scaler"]),
+                    "--worker-token-file", str(credentials["worker"]), *self.scaler_args)
         for name in ("balancer", "batcher", "scaler"):
             self._wait_serving(name)
         return self

@@ -63,14 +63,18 @@ WORKLOADS = (
 )
 
 
-def snapshot_batch_sizes(balancer: str) -> dict[int, int]:
+def snapshot_batch_sizes(config: SuiteConfig) -> dict[int, int]:
     import grpc
 
+    from tideserve.credentials import read_secret
+    from tideserve.serving import bearer
     from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
-    with grpc.insecure_channel(balancer) as channel:
+    with grpc.insecure_channel(config.balancer) as channel:
         call = cluster_pb2_grpc.BalancerStub(channel).WatchCluster(
-            cluster_pb2.WatchClusterRequest(), timeout=10
+            cluster_pb2.WatchClusterRequest(),
+            timeout=10,
+            metadata=bearer(read_secret(config.token_file("operator"))),
         )
         snapshot = next(call)
         call.cancel()
@@ -169,11 +173,11 @@ def measure_tideserve(
     with tideserve(repository, workload.threads, logs, workload.name, processes) as config:
         for concurrency in workload.concurrencies:
             for streaming in (False, True) if concurrency in streaming_levels else (False,):
-                before = snapshot_batch_sizes(config.balancer)
+                before = snapshot_batch_sizes(config)
                 record = pa(
                     config.batcher, workload.name, concurrency, measurement_ms, streaming=streaming
                 )
-                record["batch_sizes"] = delta(before, snapshot_batch_sizes(config.balancer))
+                record["batch_sizes"] = delta(before, snapshot_batch_sizes(config))
                 runs[f"c{concurrency}{'_stream' if streaming else ''}"] = record
     return runs
 
@@ -215,11 +219,11 @@ def slo_experiment(
     out["fixed_best_delay_us"] = best_delay
     for model in ("mlp_fixed", "mlp_slo", "mlp_aimd"):
         with tideserve(repository, 1, logs, model) as config:
-            before = snapshot_batch_sizes(config.balancer)
+            before = snapshot_batch_sizes(config)
             record = perf.run_loadgen(
                 config.batcher, model, mode="open", rate=rate, seconds=seconds, shape=(256,)
             )
-            record["batch_sizes"] = delta(before, snapshot_batch_sizes(config.balancer))
+            record["batch_sizes"] = delta(before, snapshot_batch_sizes(config))
         record["meets_slo"] = record.get("p99_ms", float("inf")) <= slo_ms
         out[model] = record
         print(

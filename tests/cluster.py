@@ -16,9 +16,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tideserve.credentials import create_credentials, read_secret, token_path
 from tideserve.grpc_options import CHANNEL_OPTIONS
 from tideserve.procs import free_port
-from tideserve.serving import PLAINTEXT, TlsSettings, channel_credentials
+from tideserve.serving import PLAINTEXT, TlsSettings, bearer, channel_credentials
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2, inference_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +72,27 @@ class Cluster:
         return f"127.0.0.1:{self.balancer_port}"
 
     @property
+    def credentials_dir(self) -> Path:
+        """The per-role balancer tokens of this cluster, made fresh by `start` as `tideserve up`
+        makes them, so every test runs the authenticated path."""
+        return self.log_dir / "credentials"
+
+    def token_file(self, role: str) -> str:
+        return str(token_path(self.credentials_dir, role))
+
+    def auth(self, role: str = "operator") -> tuple[tuple[str, str], ...]:
+        """Call metadata carrying `role`'s token, for calls to the balancer."""
+        return bearer(read_secret(self.token_file(role)))
+
+    def balancer_flags(self) -> tuple[str, ...]:
+        return ("--credentials-dir", str(self.credentials_dir))
+
+    def scaler_flags(self) -> tuple[str, ...]:
+        """What a scaler started against this cluster needs to reach its balancers."""
+        return ("--balancer-token-file", self.token_file("scaler"),
+                "--worker-token-file", self.token_file("worker"))
+
+    @property
     def balancers(self) -> str:
         """Every balancer, comma-separated as the --balancers flag takes them."""
         ports = (self.balancer_port, *self.extra_balancer_ports)
@@ -105,6 +127,7 @@ class Cluster:
 
     def start(self, workers: int = 1) -> Cluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        create_credentials(self.credentials_dir)
         self.spawn(
             "balancer",
             "services.balancer",
@@ -112,6 +135,7 @@ class Cluster:
             str(self.balancer_port),
             "--metrics-port",
             str(self.balancer_metrics_port),
+            *self.balancer_flags(),
             *self.balancer_args,
         )
         self.wait_serving("balancer", self.balancer)
@@ -123,6 +147,7 @@ class Cluster:
                 str(port),
                 "--metrics-port",
                 str(free_port()),
+                *self.balancer_flags(),
                 *self.balancer_args,
             )
             self.wait_serving(f"balancer-{index}", f"127.0.0.1:{port}")
@@ -137,6 +162,8 @@ class Cluster:
             str(self.batcher_metrics_port),
             "--balancers",
             self.balancers,
+            "--balancer-token-file",
+            self.token_file("batcher"),
             *self.batcher_args,
         )
         self.wait_serving("batcher", self.batcher)
@@ -166,15 +193,18 @@ class Cluster:
             self.balancers,
             "--threads",
             "1",
+            "--balancer-token-file",
+            self.token_file("worker"),
             *self.worker_args,
             *extra,
             env=env,
         )
 
-    def snapshot(self) -> cluster_pb2.ClusterSnapshot:
-        with sync_channel(self.balancer, self.tls) as channel:
+    def snapshot(self, address: str = "") -> cluster_pb2.ClusterSnapshot:
+        """One cluster snapshot from the balancer at `address` (the first one by default)."""
+        with sync_channel(address or self.balancer, self.tls) as channel:
             call = cluster_pb2_grpc.BalancerStub(channel).WatchCluster(
-                cluster_pb2.WatchClusterRequest(), timeout=5
+                cluster_pb2.WatchClusterRequest(), timeout=5, metadata=self.auth()
             )
             snapshot = next(call)
             call.cancel()

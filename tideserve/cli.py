@@ -43,6 +43,12 @@ def _add_up(commands: argparse._SubParsersAction) -> None:
     up.add_argument("--batcher-processes", type=int, default=1,
                     help="batcher processes sharing the port (SO_REUSEPORT)")
     up.add_argument("--log-dir", type=Path, default=Path(".tideserve/logs"))
+    up.add_argument(
+        "--credentials-dir",
+        type=Path,
+        help="where this run's balancer tokens are written (default: beside --log-dir, "
+        ".tideserve/credentials)",
+    )
     up.add_argument("--demo", action="store_true", help="drive a short load and print figures")
     up.add_argument("--exit-after-demo", action="store_true", help="stop the suite after the demo")
     up.add_argument(
@@ -53,22 +59,28 @@ def _add_up(commands: argparse._SubParsersAction) -> None:
     up.add_argument("--demo-stream", action="store_true", help="use ModelStreamInfer for the demo")
 
 
-async def _batch_sizes(balancer: str) -> dict[int, int]:
+async def _batch_sizes(balancer: str, token_file: str) -> dict[int, int]:
     from tideserve import serving
+    from tideserve.credentials import read_token_file
     from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
     async with serving.channel(balancer) as channel:
         stub = cluster_pb2_grpc.BalancerStub(channel)
-        call = stub.WatchCluster(cluster_pb2.WatchClusterRequest())
+        call = stub.WatchCluster(
+            cluster_pb2.WatchClusterRequest(),
+            metadata=serving.bearer(read_token_file(token_file)),
+        )
         snapshot = await call.read()
         call.cancel()
     return dict(snapshot.batch_size_counts)
 
 
-async def _demo(args: argparse.Namespace, batcher: str, balancer: str, model: str) -> None:
+async def _demo(
+    args: argparse.Namespace, batcher: str, balancer: str, token_file: str, model: str
+) -> None:
     from tideserve.loadgen import closed_loop
 
-    before = await _batch_sizes(balancer)
+    before = await _batch_sizes(balancer, token_file)
     mode = "stream" if args.demo_stream else "unary"
     print(
         f"demo: {args.demo_concurrency} concurrent {mode} clients on {model} for "
@@ -82,7 +94,7 @@ async def _demo(args: argparse.Namespace, batcher: str, balancer: str, model: st
         seconds=args.demo_seconds,
         stream=args.demo_stream,
     )
-    after = await _batch_sizes(balancer)
+    after = await _batch_sizes(balancer, token_file)
     sizes = {size: after.get(size, 0) - before.get(size, 0) for size in after}
     sizes = {s: n for s, n in sorted(sizes.items()) if n > 0}
     batches = sum(sizes.values())
@@ -121,6 +133,7 @@ def _up(args: argparse.Namespace) -> int:
         worker_threads=args.worker_threads,
         batcher_processes=args.batcher_processes,
         log_dir=args.log_dir,
+        credentials_dir=args.credentials_dir,
     )
     suite = Suite(config)
     stop_requested = False
@@ -140,6 +153,7 @@ def _up(args: argparse.Namespace) -> int:
         print(f"tideserve is up (logs in {config.log_dir}/)")
         print(f"  inference (KServe v2 / Triton gRPC)  {config.batcher}")
         print(f"  balancer                             {config.balancer}")
+        print(f"  balancer operator token              {config.token_file('operator')}")
         print(f"  scaler admin                         {config.scaler}")
         print(
             "  Prometheus /metrics                  "
@@ -151,7 +165,13 @@ def _up(args: argparse.Namespace) -> int:
             from services.worker.models import DEFAULT_MODEL
 
             asyncio.run(
-                _demo(args, config.batcher, config.balancer, args.demo_model or DEFAULT_MODEL)
+                _demo(
+                    args,
+                    config.batcher,
+                    config.balancer,
+                    config.token_file("operator"),
+                    args.demo_model or DEFAULT_MODEL,
+                )
             )
         if not (args.demo and args.exit_after_demo):
             print("Ctrl-C stops everything.", flush=True)

@@ -14,6 +14,9 @@ import secrets
 import stat
 from pathlib import Path
 
+# Where `tideserve up` writes a run's tokens by default; operator tools look there first.
+DEFAULT_DIRECTORY = Path(".tideserve/credentials")
+
 # Who may call what on the internal plane: workers heartbeat, batchers dispatch and watch, the
 # scaler (and an operator) drain workers and change routing, operators steer the scaler.
 ROLES = ("worker", "batcher", "scaler", "operator")
@@ -52,6 +55,26 @@ def read_secret(path: str | Path, what: str = "token file") -> str:
     if not lines or not lines[0].strip():
         raise SecretRefused(f"{what} {str(path)!r} is empty")
     return lines[0].strip()
+
+
+def read_token_file(path: str, setting: str = "balancer_token_file") -> str:
+    """The token a setting names, or "" when the setting is empty (no token to send)."""
+    return read_secret(path, setting) if path else ""
+
+
+OPERATOR_TOKEN_HELP = (
+    "the balancer's operator token file (default: .tideserve/credentials/operator.token, "
+    "which `tideserve up` writes, when present)"
+)
+
+
+def operator_token_file(given: str | None) -> str:
+    """The operator token file a tool uses: `given` if set ("" for none), else the one
+    `tideserve up` wrote in this directory, when there is one."""
+    if given is not None:
+        return given
+    default = token_path(DEFAULT_DIRECTORY, "operator")
+    return str(default) if default.exists() else ""
 
 
 def write_secret(path: str | Path, value: str) -> Path:

@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tideserve import serving
+from tideserve.credentials import create_credentials, token_path
 from tideserve.procs import child_env
 from tideserve.v1 import inference_pb2, inference_pb2_grpc
 
@@ -46,7 +47,17 @@ class SuiteConfig:
     worker_threads: int = 0
     batcher_processes: int = 1
     log_dir: Path = Path(".tideserve/logs")
+    # The per-role balancer tokens, made afresh by every `start` (tokens of an earlier run stop
+    # working); None = beside the logs, in the suite's state directory (.tideserve/credentials).
+    credentials_dir: Path | None = None
     ready_timeout_s: float = 90.0
+
+    @property
+    def credentials(self) -> Path:
+        return self.credentials_dir or self.log_dir.parent / "credentials"
+
+    def token_file(self, role: str) -> str:
+        return str(token_path(self.credentials, role))
 
     @property
     def batcher(self) -> str:
@@ -73,6 +84,8 @@ def service_commands(config: SuiteConfig) -> dict[str, list[str]]:
             str(config.balancer_port),
             "--metrics-port",
             str(config.balancer_metrics_port),
+            "--credentials-dir",
+            str(config.credentials),
         ],
         "batcher": [
             *python,
@@ -87,6 +100,8 @@ def service_commands(config: SuiteConfig) -> dict[str, list[str]]:
             config.balancer,
             "--processes",
             str(config.batcher_processes),
+            "--balancer-token-file",
+            config.token_file("batcher"),
         ],
         "scaler": [
             *python,
@@ -111,6 +126,10 @@ def service_commands(config: SuiteConfig) -> dict[str, list[str]]:
             config.scaler_policy,
             "--worker-threads",
             str(config.worker_threads),
+            "--balancer-token-file",
+            config.token_file("scaler"),
+            "--worker-token-file",
+            config.token_file("worker"),
         ],
     }
 
@@ -122,6 +141,7 @@ class Suite:
 
     def start(self) -> None:
         self.config.log_dir.mkdir(parents=True, exist_ok=True)
+        create_credentials(self.config.credentials)
         for name, command in service_commands(self.config).items():
             log = (self.config.log_dir / f"{name}.log").open("ab")
             self.processes[name] = subprocess.Popen(

@@ -51,6 +51,7 @@ async def record(
     interval_s: float = 0.5,
     scaler: str | None = None,
     slo_ms: float | None = None,
+    token: str = "",
 ) -> Run:
     """Sample the cluster every `interval_s` for `seconds` (by the balancer's clock, so samples
     line up with its snapshot timestamps). Raises grpc.aio.AioRpcError if the balancer (or the
@@ -71,6 +72,7 @@ async def record(
             call = cluster_pb2_grpc.BalancerStub(channel).WatchCluster(
                 cluster_pb2.WatchClusterRequest(interval_seconds=interval_s),
                 timeout=seconds + max(10.0, 4 * interval_s),
+                metadata=serving.bearer(token),
             )
             async for snapshot in call:
                 first = first or snapshot

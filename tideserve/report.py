@@ -46,6 +46,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tideserve.credentials import OPERATOR_TOKEN_HELP
+
 VERSION = 1
 PLOTS = ("load_vs_replicas.png", "latency.png", "batch_sizes.png")
 
@@ -286,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="--record: seconds between samples")
     parser.add_argument("--scaler", help="--record: scaler address, for desired replicas")
     parser.add_argument("--slo-ms", type=float, help="--record: SLO to store with each sample")
+    parser.add_argument("--token-file", help=f"--record: {OPERATOR_TOKEN_HELP}")
     args = parser.parse_args(argv)
     if (args.run is None) == (args.record is None):
         parser.error("give either RUN.json to plot or --record BALANCER")
@@ -308,11 +311,13 @@ def _record(args: argparse.Namespace) -> int:
 
     import grpc
 
+    from tideserve.credentials import operator_token_file, read_token_file
     from tideserve.record import record
 
     try:
+        token = read_token_file(operator_token_file(args.token_file), "--token-file")
         run = asyncio.run(record(args.record, args.seconds, interval_s=args.interval,
-                                 scaler=args.scaler, slo_ms=args.slo_ms))
+                                 scaler=args.scaler, slo_ms=args.slo_ms, token=token))
     except grpc.aio.AioRpcError as error:
         print(f"tideserve report: balancer {args.record}: {error.code().name}", file=sys.stderr)
         return 1

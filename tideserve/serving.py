@@ -211,6 +211,88 @@ class RequireAuth(grpc.aio.ServerInterceptor):
         )
 
 
+class RoleCheck(Protocol):
+    def check(self, method: str, metadata: Mapping[str, str], identities: Iterable[str]) -> object:
+        """Raise a TideserveError (UNAUTHENTICATED, PERMISSION_DENIED) unless a call of `method`
+        with these request headers, from a peer whose verified certificate names `identities`,
+        may proceed."""
+        ...
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying `token` as a bearer credential; none for an empty token."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+class RoleGuard(grpc.aio.ServerInterceptor):
+    """Runs `guard.check` before every method of `service`, of any of the four call shapes, and
+    answers its error's status before the handler runs, so a refused call changes nothing.
+    Other services on the server (health, reflection) stay open. The check runs inside the
+    handler because only the servicer context carries the peer's verified certificate."""
+
+    def __init__(self, service: str, guard: RoleCheck) -> None:
+        self.prefix = f"/{service}/"
+        self.guard = guard
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        path: str = handler_call_details.method  # type: ignore[attr-defined]
+        if handler is None or not path.startswith(self.prefix):
+            return handler
+        method = path[len(self.prefix) :]
+        guard = self.guard
+
+        async def admit(context: grpc.aio.ServicerContext) -> None:
+            metadata = {
+                key: value
+                for key, value in context.invocation_metadata() or ()
+                if isinstance(value, str)
+            }
+            try:
+                guard.check(method, metadata, peer_identities(context))
+            except TideserveError as error:
+                logger.warning(
+                    "call refused",
+                    extra={"method": method, "code": error.code, "peer": context.peer()},
+                )
+                await context.abort(status_code(error), str(error))
+
+        args = (handler.request_deserializer, handler.response_serializer)
+        if handler.unary_unary is not None:
+            unary_unary = handler.unary_unary
+
+            async def checked_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await admit(context)
+                return await unary_unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(checked_unary, *args)
+        if handler.stream_unary is not None:
+            stream_unary = handler.stream_unary
+
+            async def checked_stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                await admit(context)
+                return await stream_unary(requests, context)
+
+            return grpc.stream_unary_rpc_method_handler(checked_stream_unary, *args)
+        streaming = handler.unary_stream or handler.stream_stream
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream is not None
+            else grpc.stream_stream_rpc_method_handler
+        )
+
+        async def checked_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await admit(context)
+            async for response in streaming(request, context):
+                yield response
+
+        return make(checked_stream, *args)
+
+
 async def add_health_and_reflection(
     server: grpc.aio.Server, service_names: Iterable[str], *, serving: bool = True
 ) -> health.aio.HealthServicer:

@@ -72,11 +72,14 @@ def load_settings(
     )
     for field in fields:
         default = field.default if field.default is not dataclasses.MISSING else None
+        # A boolean flag given alone (`--allow-unauthenticated`) means true.
+        switch = {"nargs": "?", "const": "true"} if hints[field.name] is bool else {}
         parser.add_argument(
             f"--{field.name.replace('_', '-')}",
             dest=field.name,
             default=None,
             help=f"(env {env_prefix}{field.name.upper()}; default {default!r})",
+            **switch,
         )
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}

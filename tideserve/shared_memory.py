@@ -9,15 +9,23 @@ Segments are plain files under /dev/shm mapped with mmap, not `multiprocessing.s
 that class's resource tracker unlinks a segment when any process that merely attached exits.
 A batcher owns its segments (named after its pid), reuses them batch after batch, and removes
 them when it stops; those of a batcher that died are swept by the next one to start.
+
+A segment's name is no secret (anyone on the host can list /dev/shm), so a reference also
+carries a key: fresh random bytes the batcher writes into the segment's last `KEY_BYTES` when it
+puts a batch there, and zeroes when the batch is done. The worker reads a range only while the
+segment holds the reference's key, so a Batch naming a segment, forged or replayed, reads
+nothing: not the batch in it now, nor what an earlier batch left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import itertools
 import mmap
 import os
 import re
+import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +33,7 @@ from typing import Protocol
 
 import numpy as np
 
-from tideserve.errors import FailedPrecondition, InvalidArgument
+from tideserve.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from tideserve.v1 import cluster_pb2
 
 SHM_DIR = Path("/dev/shm")
@@ -42,6 +50,9 @@ MIN_SEGMENT_BYTES = 1 << 20
 KEEP_FREE = 8
 # Segments a reader keeps mapped; a batcher reuses few, so this is rarely reached.
 READER_CACHE = 64
+# The batch key at each segment's end (see the module docstring): 128 random bits.
+KEY_BYTES = 16
+NO_KEY = bytes(KEY_BYTES)
 # Segment numbers, unique in this process even across pools.
 _SERIALS = itertools.count(1)
 
@@ -65,14 +76,35 @@ class Segment:
     name: str
     size: int
     buffer: mmap.mmap
+    # The key of the batch in the segment now; NO_KEY while it holds none.
+    key: bytes = NO_KEY
+
+    @property
+    def capacity(self) -> int:
+        """Bytes a batch may use: all but the key at the end."""
+        return self.size - KEY_BYTES
+
+    def seal(self) -> None:
+        """A new batch goes in: a fresh key, so references to earlier batches stop reading."""
+        self._set_key(secrets.token_bytes(KEY_BYTES))
+
+    def unseal(self) -> None:
+        """The batch is done: no reference reads the segment until the next `seal`."""
+        self._set_key(NO_KEY)
+
+    def _set_key(self, key: bytes) -> None:
+        self.key = key
+        self.buffer[self.capacity : self.size] = key
 
     def ref(self, offset: int, size: int) -> cluster_pb2.SharedMemoryRef:
-        return cluster_pb2.SharedMemoryRef(segment=self.name, offset=offset, size=size)
+        return cluster_pb2.SharedMemoryRef(
+            segment=self.name, offset=offset, size=size, key=self.key
+        )
 
 
 class SegmentPool:
-    """The batcher's segments: `acquire` one at least `nbytes` long, `release` it once the
-    batch's result is back (the worker reads it until then)."""
+    """The batcher's segments: `acquire` one with room for `nbytes`, sealed with a new key;
+    `release` it once the batch's result is back (the worker reads it until then)."""
 
     def __init__(self, shm_dir: Path = SHM_DIR) -> None:
         self.shm_dir = shm_dir
@@ -81,16 +113,19 @@ class SegmentPool:
         sweep_orphans(shm_dir)
 
     def acquire(self, nbytes: int) -> Segment:
-        fitting = [s for s in self._free if s.size >= nbytes]
+        fitting = [s for s in self._free if s.capacity >= nbytes]
         if fitting:
             segment = min(fitting, key=lambda s: s.size)
             self._free.remove(segment)
-            return segment
-        return self._create(nbytes)
+        else:
+            segment = self._create(nbytes + KEY_BYTES)
+        segment.seal()
+        return segment
 
     def release(self, segment: Segment) -> None:
         if segment.name not in self._all:
             return
+        segment.unseal()
         self._free.append(segment)
         if len(self._free) > KEEP_FREE:
             self._destroy(min(self._free, key=lambda s: s.size))
@@ -196,10 +231,19 @@ class SegmentReader:
         if not SEGMENT_NAME.match(ref.segment):
             raise InvalidArgument(f"{ref.segment!r} is not a tideserve shared-memory segment")
         buffer = self._current(ref.segment)
-        if ref.offset + ref.size > len(buffer):
+        capacity = len(buffer) - KEY_BYTES
+        if ref.offset + ref.size > capacity:
             raise InvalidArgument(
                 f"shared-memory range {ref.offset}+{ref.size} lies outside segment "
-                f"{ref.segment} ({len(buffer)} bytes)"
+                f"{ref.segment} ({max(capacity, 0)} bytes)"
+            )
+        # Constant time: how long a refusal takes tells nothing about the key in the segment.
+        held = buffer[capacity:]
+        if len(ref.key) != KEY_BYTES or ref.key == NO_KEY or not hmac.compare_digest(held, ref.key):
+            raise PermissionDenied(
+                f"shared-memory segment {ref.segment} does not hold this batch (its key does "
+                "not match): a batch's inputs are readable only with the key its batcher sent, "
+                "and only until the batch is done"
             )
         pinned = self._pinned.get(id(buffer))
         if pinned is not None:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import grpc
 
 from tideserve import serving
+from tideserve.credentials import OPERATOR_TOKEN_HELP, operator_token_file, read_token_file
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
 PHASES = {
@@ -98,12 +99,15 @@ async def _status(scaler: str | None) -> cluster_pb2.ScalerStatus | None:
         return None
 
 
-async def run(balancer: str, scaler: str | None, interval_s: float, once: bool) -> None:
+async def run(
+    balancer: str, scaler: str | None, interval_s: float, once: bool, token: str = ""
+) -> None:
     async with serving.channel(balancer) as channel:
         stub = cluster_pb2_grpc.BalancerStub(channel)
         previous: cluster_pb2.ClusterSnapshot | None = None
         async for snapshot in stub.WatchCluster(
-            cluster_pb2.WatchClusterRequest(interval_seconds=interval_s)
+            cluster_pb2.WatchClusterRequest(interval_seconds=interval_s),
+            metadata=serving.bearer(token),
         ):
             frame = render(snapshot, await _status(scaler), previous)
             if once:
@@ -119,9 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scaler", default="127.0.0.1:8200", help="'' to leave the scaler out")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between frames")
     parser.add_argument("--once", action="store_true", help="print one frame and exit")
+    parser.add_argument("--token-file", help=OPERATOR_TOKEN_HELP)
     args = parser.parse_args(argv)
     try:
-        asyncio.run(run(args.balancer, args.scaler or None, args.interval, args.once))
+        token = read_token_file(operator_token_file(args.token_file), "--token-file")
+        asyncio.run(run(args.balancer, args.scaler or None, args.interval, args.once, token))
+    except ValueError as error:
+        print(f"tideserve top: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
     except grpc.aio.AioRpcError as error:

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from services.balancer.registry import Clock, WorkerRecord, WorkerTable
 from services.balancer.routing import RoutingPolicy, create_policy
-from tideserve.errors import DeadlineExceeded, TideserveError, Unavailable
+from tideserve.errors import AlreadyExists, DeadlineExceeded, TideserveError, Unavailable
 from tideserve.v1 import cluster_pb2
 
 logger = logging.getLogger(__name__)
@@ -95,9 +95,24 @@ class BalancerCore:
     # -- worker sessions ------------------------------------------------------------------------
 
     async def connect(self, registration: cluster_pb2.WorkerRegistration) -> WorkerSession:
+        """Register a worker's heartbeat stream. While a worker of that id still heartbeats, a
+        second registration is refused and the first stays as it is: whoever else claims a live
+        worker's id (a stray copy, a confused deployment, an impostor) must not evict it. A
+        session that went silent is replaced, so a worker whose stream broke unseen gets back in
+        once its old session is stale."""
         previous = self.sessions.get(registration.worker_id)
         if previous is not None:
-            self.transport.forget(previous.record.address)
+            if previous.record not in self.table.stale():
+                logger.warning(
+                    "refused a second registration of a live worker",
+                    extra={"worker_id": registration.worker_id, "address": registration.address},
+                )
+                raise AlreadyExists(
+                    f"worker {registration.worker_id!r} is registered and heartbeating; a worker "
+                    "id must be unique (pick another --worker-id), or wait until the worker "
+                    "holding it stops"
+                )
+            await self.disconnect(previous, "replaced by a new registration after going silent")
         session = WorkerSession(self.table.register(registration))
         self.sessions[registration.worker_id] = session
         logger.info(

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from services.balancer.auth import BalancerAuth
 from services.balancer.core import BalancerCore, WorkerLost, WorkerSession
 from services.balancer.metrics import BalancerMetrics, collect, worker_targets
 from services.balancer.registry import WorkerTable
@@ -85,7 +86,10 @@ class BalancerServicer:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "the first heartbeat message must be a registration",
             )
-        session = await self.core.connect(first.registration)
+        try:
+            session = await self.core.connect(first.registration)
+        except TideserveError as error:
+            await context.abort(serving.status_code(error), str(error))
         reader = asyncio.create_task(self._read_reports(reports, session))
         try:
             while True:
@@ -211,6 +215,12 @@ async def _expire_loop(core: BalancerCore, period_s: float) -> None:
 
 async def serve(settings: BalancerSettings) -> None:
     tls = serving.TlsSettings.of(settings)
+    try:
+        auth = BalancerAuth.from_settings(
+            settings.credentials_dir, tls.mutual, settings.allow_unauthenticated
+        )
+    except ValueError as error:
+        raise SystemExit(f"balancer: {error}") from None
     transport = GrpcWorkerTransport(tls)
     table = WorkerTable(
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
@@ -238,7 +248,7 @@ async def serve(settings: BalancerSettings) -> None:
         registry,
         {"/sd/workers": lambda: metrics.on_loop(loop, lambda: worker_targets(core.snapshot()))},
     )
-    server = serving.new_server()
+    server = serving.new_server([serving.RoleGuard(SERVICE_NAME, auth)])
     server.add_generic_rpc_handlers(
         (BalancerServicer(core, settings.snapshot_interval_s, balancer_metrics).handler(),)
     )

@@ -34,6 +34,12 @@ class BalancerSettings(TlsFields):
     grace_s: float = 5.0
     # Prometheus /metrics, and the live workers for Prometheus' HTTP discovery at /sd/workers.
     metrics_port: int = 8102
+    # Directory of the per-role bearer tokens (worker.token, batcher.token, scaler.token,
+    # operator.token; tideserve.credentials.create_credentials writes them). With mutual TLS
+    # (tls_ca) a client certificate naming its role serves too. The balancer refuses to start
+    # with neither, unless allow_unauthenticated is set for development.
+    credentials_dir: str = ""
+    allow_unauthenticated: bool = False
     log_level: str = "INFO"
     json_logs: bool = False
 

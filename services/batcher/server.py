@@ -22,6 +22,7 @@ from services.batcher.metrics import BatcherMetrics, collect
 from services.batcher.requests import quoted
 from services.batcher.settings import BatcherSettings
 from tideserve import metrics, serving, shared_memory
+from tideserve.credentials import read_token_file
 from tideserve.errors import TideserveError, Unavailable
 from tideserve.metadata import BATCH_ID_KEY, MODEL_KEY, ROWS_KEY
 from tideserve.procs import child_env
@@ -41,8 +42,12 @@ class BalancerPool:
     when one is unreachable, so no single balancer is a point of failure."""
 
     def __init__(
-        self, addresses: tuple[str, ...], tls: serving.TlsSettings = serving.PLAINTEXT
+        self,
+        addresses: tuple[str, ...],
+        tls: serving.TlsSettings = serving.PLAINTEXT,
+        token: str = "",
     ) -> None:
+        self.auth = serving.bearer(token)
         self.channels = [serving.channel(a, tls) for a in addresses]
         self.addresses = addresses
         self._calls = [c.unary_unary(BALANCER_DISPATCH) for c in self.channels]
@@ -51,7 +56,9 @@ class BalancerPool:
     async def dispatch(
         self, model: str, rows: int, payload: bytes, timeout: float | None, batch_id: str = ""
     ) -> bytes:
-        metadata = ((MODEL_KEY, model), (ROWS_KEY, str(rows)), (BATCH_ID_KEY, batch_id))
+        metadata = (
+            (MODEL_KEY, model), (ROWS_KEY, str(rows)), (BATCH_ID_KEY, batch_id), *self.auth
+        )
         start = next(self._next)
         last: grpc.aio.AioRpcError | None = None
         for offset in range(len(self._calls)):
@@ -271,7 +278,10 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 async def _watch_catalog(
-    catalog: ModelCatalog, address: str, tls: serving.TlsSettings
+    catalog: ModelCatalog,
+    address: str,
+    tls: serving.TlsSettings,
+    auth: tuple[tuple[str, str], ...],
 ) -> None:
     """Keep the catalog in step with the balancer's cluster snapshots; reconnect when it drops."""
     async with serving.channel(address, tls) as channel:
@@ -279,7 +289,7 @@ async def _watch_catalog(
         while True:
             try:
                 async for snapshot in stub.WatchCluster(
-                    cluster_pb2.WatchClusterRequest(interval_seconds=0.25)
+                    cluster_pb2.WatchClusterRequest(interval_seconds=0.25), metadata=auth
                 ):
                     changed = catalog.update(list(snapshot.models))
                     catalog.update_workers(snapshot)
@@ -290,7 +300,11 @@ async def _watch_catalog(
             except grpc.aio.AioRpcError as error:
                 logger.warning(
                     "cluster watch failed; retrying",
-                    extra={"balancer": address, "code": error.code().name},
+                    extra={
+                        "balancer": address,
+                        "code": error.code().name,
+                        "details": error.details(),
+                    },
                 )
             await asyncio.sleep(0.5)
 
@@ -312,12 +326,12 @@ async def _report_loop(core: BatcherCore, settings: BatcherSettings, pool: Balan
         report = core.frontend_report(settings.batcher_id)
         for stub in stubs:
             with contextlib.suppress(grpc.aio.AioRpcError):
-                await stub.ReportFrontend(report, timeout=1.0)
+                await stub.ReportFrontend(report, timeout=1.0, metadata=pool.auth)
 
 
 async def serve(settings: BatcherSettings) -> None:
     tls = serving.TlsSettings.of(settings)
-    pool = BalancerPool(settings.balancers, tls)
+    pool = BalancerPool(settings.balancers, tls, read_token_file(settings.balancer_token_file))
     catalog = ModelCatalog()
     regions = ClientRegions(enabled=settings.client_shared_memory)
     domain = shared_memory.domain()
@@ -344,7 +358,9 @@ async def serve(settings: BatcherSettings) -> None:
     )
     health = await serving.add_health_and_reflection(server, [SERVICE_NAME])
     port = serving.bind(server, f"{settings.host}:{settings.port}", tls)
-    tasks = [asyncio.create_task(_watch_catalog(catalog, a, tls)) for a in settings.balancers]
+    tasks = [
+        asyncio.create_task(_watch_catalog(catalog, a, tls, pool.auth)) for a in settings.balancers
+    ]
     tasks.append(asyncio.create_task(_report_loop(core, settings, pool)))
     # Learn what is served before answering: with several processes on one port, a client
     # connection may land on a process that started a moment ago.

@@ -15,6 +15,10 @@ class BatcherSettings(TlsFields):
     port: int = 8001
     balancers: tuple[str, ...] = ("127.0.0.1:8100",)
     batcher_id: str = ""
+    # This process's role token for the balancers (`authorization: Bearer` on every call), a
+    # file readable by its owner alone; "" sends none (a balancer on mutual TLS, or one started
+    # with --allow-unauthenticated).
+    balancer_token_file: str = ""
     # Batches in flight per model instance (config `instance_count`) on each ready worker. The
     # first is computing (Triton hands a batch to a free instance); any more leave just in time,
     # when the instance is predicted to free, so it need not idle through the hops between

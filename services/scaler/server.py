@@ -17,6 +17,7 @@ from services.scaler.planner import ServiceProfile
 from services.scaler.runtime import ProcessRuntime, WorkerRuntime
 from services.scaler.settings import ScalerSettings
 from tideserve import metrics, serving
+from tideserve.credentials import read_token_file
 from tideserve.v1 import cluster_pb2 as pb
 from tideserve.v1 import cluster_pb2_grpc
 
@@ -28,13 +29,19 @@ SERVICE_NAME = "tideserve.v1.ScalerAdmin"
 class BalancerDrainer:
     """Drains a worker on every balancer at once: it is drained when none holds a batch on it."""
 
-    def __init__(self, channels: list[grpc.aio.Channel]) -> None:
+    def __init__(
+        self, channels: list[grpc.aio.Channel], auth: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         self.stubs = [cluster_pb2_grpc.BalancerStub(c) for c in channels]
+        self.auth = auth
 
     async def drain(self, worker_id: str, wait_s: float) -> bool:
         request = pb.DrainWorkerRequest(worker_id=worker_id, wait=True)
         results = await asyncio.gather(
-            *(stub.DrainWorker(request, timeout=wait_s + 1.0) for stub in self.stubs),
+            *(
+                stub.DrainWorker(request, timeout=wait_s + 1.0, metadata=self.auth)
+                for stub in self.stubs
+            ),
             return_exceptions=True,
         )
         return all(isinstance(r, pb.DrainWorkerResponse) and r.drained for r in results)
@@ -136,20 +143,35 @@ def build_runtime(settings: ScalerSettings) -> WorkerRuntime:
             str(settings.worker_slowdown),
             "--service-profile",
             settings.worker_service_profile,
+            # The path, not the token: the worker reads its own token from the file.
+            *(
+                ("--balancer-token-file", settings.worker_token_file)
+                if settings.worker_token_file
+                else ()
+            ),
         ]
     )
 
 
-async def _watch(controller: ScalerController, channel: grpc.aio.Channel, address: str) -> None:
+async def _watch(
+    controller: ScalerController,
+    channel: grpc.aio.Channel,
+    address: str,
+    auth: tuple[tuple[str, str], ...],
+) -> None:
     stub = cluster_pb2_grpc.BalancerStub(channel)
     while True:
         try:
-            async for snapshot in stub.WatchCluster(pb.WatchClusterRequest()):
+            async for snapshot in stub.WatchCluster(pb.WatchClusterRequest(), metadata=auth):
                 controller.observe(snapshot)
         except grpc.aio.AioRpcError as error:
             logger.warning(
                 "cluster watch failed; retrying",
-                extra={"balancer": address, "code": error.code().name},
+                extra={
+                    "balancer": address,
+                    "code": error.code().name,
+                    "details": error.details(),
+                },
             )
         await asyncio.sleep(0.5)
 
@@ -172,10 +194,11 @@ async def serve(settings: ScalerSettings) -> None:
         )
     tls = serving.TlsSettings.of(settings)
     channels = [serving.channel(a, tls) for a in settings.balancers]
+    balancer_auth = serving.bearer(read_token_file(settings.balancer_token_file))
     runtime = build_runtime(settings)
     controller = ScalerController(
         runtime,
-        BalancerDrainer(channels),
+        BalancerDrainer(channels, balancer_auth),
         GuardConfig(
             min_replicas=settings.min_replicas,
             max_replicas=settings.max_replicas,
@@ -220,7 +243,7 @@ async def serve(settings: ScalerSettings) -> None:
         },
     )
     tasks = [
-        asyncio.create_task(_watch(controller, channels[0], settings.balancers[0])),
+        asyncio.create_task(_watch(controller, channels[0], settings.balancers[0], balancer_auth)),
         asyncio.create_task(_tick_loop(controller, settings.tick_s)),
     ]
 

@@ -17,6 +17,13 @@ class ScalerSettings(TlsFields):
     balancers: tuple[str, ...] = ("127.0.0.1:8100",)
     # Marks this scaler's containers; a restarted scaler with the same id adopts them.
     scaler_id: str = ""
+    # This process's role token for the balancers (`authorization: Bearer` on every call), a
+    # file readable by its owner alone; "" sends none (a balancer on mutual TLS, or one started
+    # with --allow-unauthenticated).
+    balancer_token_file: str = ""
+    # The workers' token file, handed by path to the workers this scaler starts (as their
+    # balancer_token_file); container runtimes must mount it at the same path.
+    worker_token_file: str = ""
     runtime: str = "process"
     min_replicas: int = 1
     max_replicas: int = 4
@@ -115,12 +122,16 @@ class ScalerSettings(TlsFields):
 
     def worker_settings_env(self) -> dict[str, str]:
         """The worker settings this scaler passes on, as a container worker's environment."""
-        return {
+        env = {
             "TIDESERVE_WORKER_THREADS": str(self.worker_threads),
             "TIDESERVE_WORKER_DEVICE": self.worker_device,
             "TIDESERVE_WORKER_SLOWDOWN": str(self.worker_slowdown),
             "TIDESERVE_WORKER_SERVICE_PROFILE": self.worker_service_profile,
         }
+        if self.worker_token_file:
+            # The path only: the token stays in its file (mounted there), out of the environment.
+            env["TIDESERVE_WORKER_BALANCER_TOKEN_FILE"] = self.worker_token_file
+        return env
 
     def parsed_policy_parameters(self) -> dict[str, float]:
         parameters = {}

@@ -18,6 +18,7 @@ from services.worker.repository import scan
 from services.worker.runner import ModelRunner, configure_threads, resolve_device
 from services.worker.settings import WorkerSettings
 from tideserve import metrics, serving, shared_memory
+from tideserve.credentials import read_token_file
 from tideserve.errors import TideserveError
 from tideserve.profiles import ServiceTimeProfile
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
@@ -66,8 +67,10 @@ class HeartbeatClient:
         interval_s: float,
         released: asyncio.Event,
         tls: serving.TlsSettings = serving.PLAINTEXT,
+        token: str = "",
     ) -> None:
         self.tls = tls
+        self.metadata = serving.bearer(token)
         self.core = core
         self.balancer = balancer
         self.registration = registration
@@ -86,7 +89,7 @@ class HeartbeatClient:
             stub = cluster_pb2_grpc.BalancerStub(channel)
             while True:
                 try:
-                    call = stub.Heartbeat(self._reports())
+                    call = stub.Heartbeat(self._reports(), metadata=self.metadata)
                     async for command in call:
                         backoff = 0.1
                         self._handle(command)
@@ -97,6 +100,8 @@ class HeartbeatClient:
                         extra={
                             "balancer": self.balancer,
                             "code": error.code().name,
+                            # A refused credential says here which flag to fix.
+                            "details": error.details(),
                             "backoff_s": backoff,
                         },
                     )
@@ -117,6 +122,7 @@ async def serve(settings: WorkerSettings) -> None:
     device = resolve_device(settings.device)
     entries = scan(Path(settings.model_repository), settings.models)
     tls = serving.TlsSettings.of(settings)
+    token = read_token_file(settings.balancer_token_file)
     server = serving.new_server()
     port = serving.bind(server, f"{settings.host}:{settings.port}", tls)
     address = f"{settings.host}:{port}"
@@ -159,7 +165,7 @@ async def serve(settings: WorkerSettings) -> None:
     heartbeats = [
         asyncio.create_task(
             HeartbeatClient(
-                core, b, registration, settings.heartbeat_interval_s, released, tls
+                core, b, registration, settings.heartbeat_interval_s, released, tls, token
             ).run()
         )
         for b in settings.balancers

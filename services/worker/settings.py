@@ -20,6 +20,10 @@ class WorkerSettings(TlsFields):
     models: tuple[str, ...] = ()
     balancers: tuple[str, ...] = ("127.0.0.1:8100",)
     heartbeat_interval_s: float = 0.1
+    # This process's role token for the balancers (`authorization: Bearer` on every call), a
+    # file readable by its owner alone; "" sends none (a balancer on mutual TLS, or one started
+    # with --allow-unauthenticated).
+    balancer_token_file: str = ""
     # "auto" takes cuda when present, else cpu; or "cpu", "cuda", "cuda:1".
     device: str = "auto"
     # torch intra-op threads; 0 keeps torch's default.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -86,6 +87,12 @@ def test_up_creates_default_model_runs_demo_and_exits(tmp_path: Path) -> None:
     assert float(re.search(r"throughput\s+([\d,.]+)", out).group(1).replace(",", "")) > 0
     assert re.search(r"latency ms\s+p50 [\d.]+\s+p90 [\d.]+\s+p99 [\d.]+", out)
     assert "stopped." in out
+    # Protected by default: the run's tokens beside its logs, owner-only, the operator's printed.
+    credentials = tmp_path / "credentials"
+    assert f"balancer operator token              {credentials / 'operator.token'}" in out
+    assert stat.S_IMODE(credentials.stat().st_mode) == 0o700
+    for role in ("worker", "batcher", "scaler", "operator"):
+        assert stat.S_IMODE((credentials / f"{role}.token").stat().st_mode) == 0o600
 
 
 def test_up_stops_everything_on_sigint_leaving_no_orphan(tmp_path: Path) -> None:

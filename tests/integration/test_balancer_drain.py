@@ -35,7 +35,9 @@ def test_drain_under_load_loses_nothing_and_the_worker_exits(three_workers: Clus
         await asyncio.sleep(1.0)
         async with grpc.aio.insecure_channel(cluster.balancer) as channel:
             response = await cluster_pb2_grpc.BalancerStub(channel).DrainWorker(
-                cluster_pb2.DrainWorkerRequest(worker_id="worker-0", wait=True), timeout=10
+                cluster_pb2.DrainWorkerRequest(worker_id="worker-0", wait=True),
+                timeout=10,
+                metadata=cluster.auth(),
             )
         exit_code = await asyncio.to_thread(drained.wait, 10)
         return await load, response, exit_code
@@ -64,10 +66,14 @@ def switch_policies(cluster: Cluster) -> None:
     with grpc.insecure_channel(cluster.balancer) as channel:
         stub = cluster_pb2_grpc.BalancerStub(channel)
         for name in ("weighted_round_robin", "round_robin", "shortest_expected_delay"):
-            answer = stub.SetRoutingPolicy(cluster_pb2.SetRoutingPolicyRequest(name=name))
+            answer = stub.SetRoutingPolicy(
+                cluster_pb2.SetRoutingPolicyRequest(name=name), metadata=cluster.auth()
+            )
             assert answer.name == name
             assert cluster.snapshot().routing_policy == name
         with pytest.raises(grpc.RpcError) as failure:
-            stub.SetRoutingPolicy(cluster_pb2.SetRoutingPolicyRequest(name="fastest"))
+            stub.SetRoutingPolicy(
+                cluster_pb2.SetRoutingPolicyRequest(name="fastest"), metadata=cluster.auth()
+            )
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "weighted_round_robin" in (failure.value.details() or "")

@@ -9,13 +9,10 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from tests.cluster import Cluster, free_port
-from tideserve.grpc_options import CHANNEL_OPTIONS
 from tideserve.loadgen import closed_loop
-from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -28,13 +25,8 @@ def two_balancers(model_repository: Path, tmp_path: Path) -> Iterator[Cluster]:
     cluster.stop()
 
 
-def dispatched(address: str) -> int:
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-        call = cluster_pb2_grpc.BalancerStub(channel).WatchCluster(
-            cluster_pb2.WatchClusterRequest(), timeout=5
-        )
-        snapshot = next(call)
-        call.cancel()
+def dispatched(cluster: Cluster, address: str) -> int:
+    snapshot = cluster.snapshot(address)
     assert len(snapshot.workers) == 2, "every worker heartbeats to every balancer"
     return snapshot.dispatched_batches
 
@@ -49,8 +41,8 @@ def test_sigkill_one_balancer_under_load_every_request_succeeds(two_balancers: C
         )
         await asyncio.sleep(1.5)
         shares = (
-            await asyncio.to_thread(dispatched, cluster.balancer),
-            await asyncio.to_thread(dispatched, second),
+            await asyncio.to_thread(dispatched, cluster, cluster.balancer),
+            await asyncio.to_thread(dispatched, cluster, second),
         )
         os.kill(cluster.processes["balancer-1"].pid, signal.SIGKILL)
         return await load, shares
@@ -61,5 +53,5 @@ def test_sigkill_one_balancer_under_load_every_request_succeeds(two_balancers: C
     assert result.errors == {}, result.errors
     assert result.ok == result.sent
     assert result.ok > 100
-    after = dispatched(cluster.balancer)
+    after = dispatched(cluster, cluster.balancer)
     assert after > shares[0], "the surviving balancer carried the load on"

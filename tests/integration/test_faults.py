@@ -101,7 +101,7 @@ def test_balancer_sigkill_and_restart_on_the_same_port(cluster: Cluster) -> None
         await asyncio.sleep(0.5)
         spawned = time.monotonic()
         cluster.spawn("balancer", "services.balancer", "--port", str(cluster.balancer_port),
-                      "--metrics-port", str(free_port()))
+                      "--metrics-port", str(free_port()), *cluster.balancer_flags())
         await asyncio.to_thread(wait_healthy, cluster.balancer)
         healthy = time.monotonic()
         await asyncio.to_thread(
@@ -160,7 +160,8 @@ def test_batcher_sigkill_stream_clients_see_unavailable_and_reconnect(cluster: C
         os.kill(cluster.processes["batcher"].pid, signal.SIGKILL)
         cluster.processes["batcher"].wait()
         cluster.spawn("batcher", "services.batcher", "--port", str(cluster.batcher_port),
-                      "--metrics-port", str(free_port()), "--balancers", cluster.balancers)
+                      "--metrics-port", str(free_port()), "--balancers", cluster.balancers,
+                      "--balancer-token-file", cluster.token_file("batcher"))
         await asyncio.to_thread(wait_healthy, cluster.batcher)
         restarted.set()
         await asyncio.gather(*clients)

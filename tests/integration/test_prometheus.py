@@ -69,6 +69,7 @@ def stack(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         str(scaler_metrics_port),
         "--balancers",
         cluster.balancer,
+        *cluster.scaler_flags(),
         "--runtime",
         "process",
         "--model-repository",

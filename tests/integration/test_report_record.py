@@ -33,6 +33,7 @@ async def _record_under_load(cluster: Cluster, out: Path) -> tuple[int, str, str
     recorder = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tideserve.cli", "report", "--record", cluster.balancer,
         "--seconds", "2", "--interval", "0.25", "--slo-ms", "100", "--out", str(out),
+        "--token-file", cluster.token_file("operator"),
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     load = await closed_loop(cluster.batcher, DEFAULT_MODEL, concurrency=4, seconds=3.0)

@@ -27,12 +27,13 @@ def test_twenty_scale_down_events_under_load_lose_nothing(
     cluster = Cluster(model_repository, tmp_path).start(workers=0)
     port = free_port()
     cluster.spawn(
-        "scaler", "services.scaler", "--port", str(port), "--balancers", cluster.balancer,
+        "scaler", "services.scaler", "--port", str(port), "--metrics-port", str(free_port()),
+        "--balancers", cluster.balancer,
         "--runtime", "process", "--model-repository", str(model_repository),
         "--worker-threads", "1", "--policy", "static", "--min-replicas", "1",
         "--max-replicas", str(HIGH), "--tick-s", "0.2", "--up-cooldown-s", "0",
         "--down-cooldown-s", "0", "--max-step-up", "4", "--max-step-down", "4",
-        "--drain-timeout-s", "20",
+        "--drain-timeout-s", "20", *cluster.scaler_flags(),
     )
     try:
         wait_healthy(f"127.0.0.1:{port}")

@@ -22,10 +22,10 @@ def scaler(model_repository: Path, tmp_path: Path) -> Iterator[tuple[Cluster, st
     address = f"127.0.0.1:{free_port()}"
     cluster.spawn(
         "scaler", "services.scaler", "--port", address.rsplit(":", 1)[1],
-        "--balancers", cluster.balancer, "--runtime", "process",
+        "--metrics-port", str(free_port()), "--balancers", cluster.balancer, "--runtime", "process",
         "--model-repository", str(model_repository), "--worker-threads", "1",
         "--min-replicas", "1", "--max-replicas", "3", "--policy", "static", "--tick-s", "0.2",
-        "--up-cooldown-s", "0", "--down-cooldown-s", "0",
+        "--up-cooldown-s", "0", "--down-cooldown-s", "0", *cluster.scaler_flags(),
     )
     wait_healthy(address)
     yield cluster, address

@@ -90,7 +90,7 @@ def guarded_scaler(
         "--metrics-port", str(free_port()), "--balancers", cluster.balancer,
         "--runtime", "process", "--model-repository", str(model_repository),
         "--worker-threads", "1", "--min-replicas", "0", "--max-replicas", "2",
-        "--policy", "static", "--admin-token-file", str(token_file),
+        "--policy", "static", "--admin-token-file", str(token_file), *cluster.scaler_flags(),
     )
     wait_healthy(address)
     yield cluster, address

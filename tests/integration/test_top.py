@@ -15,7 +15,8 @@ pytestmark = pytest.mark.integration
 def test_top_once_prints_the_workers(cluster: Cluster) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "tideserve.cli", "top", "--once"]
-        + ["--balancer", cluster.balancer, "--scaler", ""],
+        + ["--balancer", cluster.balancer, "--scaler", ""]
+        + ["--token-file", cluster.token_file("operator")],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -48,6 +48,11 @@ def test_flags_are_typed() -> None:
     assert settings.balancers == ("x:1", "y:2")
 
 
+def test_a_boolean_flag_alone_means_true() -> None:
+    assert load(["--json-logs", "--port", "9000"]) == Example(port=9000, json_logs=True)
+    assert load(["--json-logs", "false"]).json_logs is False
+
+
 def test_environment_is_typed() -> None:
     settings = load([], {"TEST_PORT": "7000", "TEST_JSON_LOGS": "off", "TEST_BALANCERS": "z:3"})
 

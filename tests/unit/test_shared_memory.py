@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tideserve import shared_memory
-from tideserve.errors import FailedPrecondition, InvalidArgument
+from tideserve.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from tideserve.v1 import cluster_pb2
 
 
@@ -102,16 +102,61 @@ def test_segment_of_another_user_is_a_failed_precondition(
 
 def test_reader_remaps_a_name_that_now_names_another_file(tmp_path: Path) -> None:
     """A batcher that got a dead batcher's pid makes segments of the same names."""
-    name = "tideserve-4242-1"
-    (tmp_path / name).write_bytes(b"old!" * 16)
+    name, key = "tideserve-4242-1", b"k" * shared_memory.KEY_BYTES
+    (tmp_path / name).write_bytes(b"old!" * 16 + key)
     reader = shared_memory.SegmentReader(tmp_path)
-    ref = cluster_pb2.SharedMemoryRef(segment=name, size=4)
+    ref = cluster_pb2.SharedMemoryRef(segment=name, size=4, key=key)
     assert bytes(reader.view(ref)) == b"old!"
 
     (tmp_path / name).unlink()
-    (tmp_path / name).write_bytes(b"new!" * 16)
+    (tmp_path / name).write_bytes(b"new!" * 16 + key)
 
     assert bytes(reader.view(ref)) == b"new!"
+
+
+def test_a_batch_is_readable_only_with_its_key_and_only_until_it_is_done(tmp_path: Path) -> None:
+    """Naming a segment is not enough: a forged reference (no key, a guessed key, the key of an
+    earlier batch in the same segment) reads nothing, and neither does the real one once the
+    batcher has released the segment, though its bytes are still there."""
+    pool = shared_memory.SegmentPool(tmp_path)
+    reader = shared_memory.SegmentReader(tmp_path)
+    segment = pool.acquire(8)
+    segment.buffer[0:8] = b"secret-1"
+    first = segment.ref(0, 8)
+    assert bytes(reader.view(first)) == b"secret-1"
+
+    forged = [
+        cluster_pb2.SharedMemoryRef(segment=segment.name, size=8),
+        cluster_pb2.SharedMemoryRef(segment=segment.name, size=8, key=shared_memory.NO_KEY),
+        cluster_pb2.SharedMemoryRef(segment=segment.name, size=8, key=b"x" * 16),
+        cluster_pb2.SharedMemoryRef(segment=segment.name, size=8, key=first.key[:8]),
+    ]
+    for ref in forged:
+        with pytest.raises(PermissionDenied, match="does not hold this batch"):
+            reader.view(ref)
+
+    pool.release(segment)
+    with pytest.raises(PermissionDenied):
+        reader.view(first)
+    assert bytes(segment.buffer[0:8]) == b"secret-1", "released, the bytes stay but are sealed"
+
+    again = pool.acquire(8)
+    assert again is segment, "the segment is reused for the next batch ..."
+    segment.buffer[0:8] = b"secret-2"
+    with pytest.raises(PermissionDenied):
+        reader.view(first)  # ... under a new key: the old reference reads nothing
+    assert bytes(reader.view(again.ref(0, 8))) == b"secret-2"
+    pool.close()
+
+
+def test_the_key_is_not_part_of_the_batch_room(tmp_path: Path) -> None:
+    pool = shared_memory.SegmentPool(tmp_path)
+    segment = pool.acquire(shared_memory.MIN_SEGMENT_BYTES)
+    assert segment.size == 2 * shared_memory.MIN_SEGMENT_BYTES, "room for the key too"
+    reader = shared_memory.SegmentReader(tmp_path)
+    with pytest.raises(InvalidArgument, match="outside segment"):
+        reader.view(segment.ref(segment.capacity - 1, 2))
+    pool.close()
 
 
 def test_reader_lets_go_of_segments_their_batcher_removed(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from services.balancer.core import BalancerCore, WorkerLost, WorkerSession
 from services.balancer.registry import WorkerTable
-from tideserve.errors import InvalidArgument, TideserveError, Unavailable
+from tideserve.errors import AlreadyExists, InvalidArgument, TideserveError, Unavailable
 from tideserve.v1 import cluster_pb2
 
 MODEL = "m"
@@ -340,11 +340,31 @@ async def test_stale_workers_are_expired(
     assert transport.forgotten == ["w1:1"]
 
 
-async def test_reconnect_replaces_the_session(core: BalancerCore, transport: FakeTransport) -> None:
+async def test_second_registration_of_a_live_worker_is_refused(
+    core: BalancerCore, transport: FakeTransport
+) -> None:
+    live = await core.connect(registration("w1"))
+
+    impostor = registration("w1")
+    impostor.address = "impostor:1"
+    with pytest.raises(AlreadyExists, match="w1"):
+        await core.connect(impostor)
+
+    assert core.sessions["w1"] is live
+    assert core.table.workers["w1"].address == "w1:1"
+    assert transport.forgotten == []
+    assert live.commands.empty(), "the live worker's stream must not be ended"
+
+
+async def test_silent_session_is_replaced_by_a_new_registration(
+    core: BalancerCore, transport: FakeTransport, clock: FakeClock
+) -> None:
     old = await core.connect(registration("w1"))
+    clock.advance(1.5)
     new = await core.connect(registration("w1"))
 
     assert transport.forgotten == ["w1:1"]
+    assert old.commands.get_nowait() is None, "the silent session's stream is ended"
     await core.disconnect(old, "old stream closed")
     assert core.sessions["w1"] is new, "a stale session's close must not remove its successor"
     await core.disconnect(new, "stream closed")
