@@ -185,16 +185,17 @@ def inprocess_limit_of_processes(
     }
 
 
-# Seconds a client process gets to start (spawn, imports, metadata, shared-memory
-# registration) before the warm-up that precedes the measured window.
-CLIENT_START_S = 8.0
+# Seconds a client process takes, once started, to connect, read the model's metadata and
+# register its shared memory; the warm-up starts after it.
+CLIENT_CONNECT_S = 1.0
 # Client processes busier than this share of one core while measuring are the limit themselves:
 # each runs one event loop, so past it the figure measures the client, not the server.
 CLIENT_BOUND_SHARE = 0.85
 
 
-def _client(args: tuple[str, str, str, float, float, int, int, bool]) -> dict[str, Any]:
+def _client(args: tuple[str, str, str, tuple[float, float], float, int, int, bool]) -> dict:
     mode, address, model, (start, end), level, seed, rows, shared = args
+    began = time.time()
     window = Window(start, end)
     common = {"timeout_s": 30, "rows": rows, "shared_memory_inputs": shared, "window": window}
     if mode == "closed":
@@ -210,26 +211,16 @@ def _client(args: tuple[str, str, str, float, float, int, int, bool]) -> dict[st
         "seconds": result.seconds,
         "latencies": result.latencies,
         "client_cores": result.client_cpu_s / window.seconds,
-        # A client still starting when the window opened skews the figure; reported, not hidden.
-        "ready_late_s": max(0.0, _ready_at - start) if (_ready_at := _READY.get("at")) else 0.0,
+        # A client that began after the window opened missed its warm-up and part of the window.
+        "late_s": max(0.0, began - start),
     }
 
 
-# When this client process was ready to send (set by the pool's initializer).
-_READY: dict[str, float] = {}
+def _client_started(barrier: Any) -> None:
+    """Pool initializer: a client's imports are paid here, before the window is fixed."""
+    import tideserve.loadgen  # noqa: F401
 
-
-def _mark_ready() -> None:
-    import tideserve.loadgen  # noqa: F401  (the client's imports, paid before the window)
-
-    _READY["at"] = time.time()
-
-
-def measurement_window(seconds: float, warmup_s: float) -> Window:
-    """The window every client process measures in: after all of them have had time to start
-    and to warm the server up, `seconds` long."""
-    start = time.time() + CLIENT_START_S + warmup_s
-    return Window(start, start + seconds)
+    barrier.wait(timeout=600)
 
 
 def drive(
@@ -242,17 +233,25 @@ def drive(
     rows: int = 1,
     shared_memory_inputs: bool = False,
     warmup_s: float = 3.0,
-    window: Window | None = None,
+    on_window: Callable[[Window], object] | None = None,
 ) -> dict[str, Any]:
     """Load from `processes` client processes: closed loop with `level` clients each, or open
     loop at `level`/processes requests per second each; every request carries `rows` rows, in
-    the request or (`shared_memory_inputs`) in a region each client process registers. The
-    clients start and warm up outside the measured window (`window`, or `seconds` long after
-    `warmup_s` of warm-up), which all of them share."""
-    window = window or measurement_window(seconds, warmup_s)
+    the request or (`shared_memory_inputs`) in a region each client process registers.
+
+    Every client process starts first (spawned, imports done); only then is the measured
+    window fixed, `seconds` long after `warmup_s` of load, and shared by all of them, so the
+    figure is the server's steady state rather than the clients' start-up. `on_window` hears
+    the window before the load begins (to measure CPU or GPU over exactly it)."""
     per_process = level if mode == "closed" else level / processes
     context = multiprocessing.get_context("spawn")
-    with context.Pool(processes, initializer=_mark_ready) as pool:
+    barrier = context.Barrier(processes + 1)
+    with context.Pool(processes, initializer=_client_started, initargs=(barrier,)) as pool:
+        barrier.wait(timeout=600)
+        start = time.time() + CLIENT_CONNECT_S + warmup_s
+        window = Window(start, start + seconds)
+        if on_window is not None:
+            on_window(window)
         parts = pool.map(
             _client,
             [
@@ -268,6 +267,7 @@ def drive(
                 )
                 for seed in range(processes)
             ],
+            chunksize=1,
         )
     merged = LoadResult(seconds=window.seconds)
     for part in parts:
@@ -290,7 +290,7 @@ def drive(
         "client_cores": round(sum(client_cores), 2),
         "busiest_client_cores": round(max(client_cores), 2),
         "client_bound": max(client_cores) >= CLIENT_BOUND_SHARE,
-        "clients_ready_late_s": round(max(part["ready_late_s"] for part in parts), 2),
+        "clients_late_s": round(max(part["late_s"] for part in parts), 2),
     }
 
 
@@ -563,7 +563,7 @@ def serve_and_measure(
     }
 
 
-def _at(wall_time: float, action: Callable[[], object]) -> threading.Timer:
+def at_wall_time(wall_time: float, action: Callable[[], object]) -> threading.Timer:
     timer = threading.Timer(max(0.0, wall_time - time.time()), action)
     timer.start()
     return timer
@@ -584,7 +584,6 @@ def saturate(
     """One closed-loop saturation run: throughput in the shared window, CPU by role over exactly
     that window, GPU utilisation, batch sizes formed, and (with `spy`) py-spy profiles taken in
     its middle."""
-    window = measurement_window(seconds, warmup_s)
     roles = process_roles(cluster)
     pids = {
         "worker": cluster.processes[first_worker].pid,
@@ -603,24 +602,24 @@ def saturate(
     cores: dict[str, float] = {}
     before: dict[int, int] = {}
     samplers: list[GpuSampler] = []
-    timers = [
-        _at(
-            window.start,
-            lambda: (
-                meters.append(CpuMeter(cluster)),
-                before.update(snapshot_sizes(cluster)),
-                samplers.append(GpuSampler()),
-            ),
-        ),
-        _at(window.end - 0.1, lambda: cores.update(meters[0].cores())),
-    ]
-    if spy is not None:
-        timers.append(
-            _at(
-                window.start + seconds / 4,
-                lambda: spy.update({f"rows{rows}": profile(pids, seconds / 2)}),
+    timers: list[threading.Timer] = []
+
+    def measure_over(window: Window) -> None:
+        def begin() -> None:
+            meters.append(CpuMeter(cluster))
+            before.update(snapshot_sizes(cluster))
+            samplers.append(GpuSampler())
+
+        timers.append(at_wall_time(window.start, begin))
+        timers.append(at_wall_time(window.end - 0.1, lambda: cores.update(meters[0].cores())))
+        if spy is not None:
+            timers.append(
+                at_wall_time(
+                    window.start + seconds / 4,
+                    lambda: spy.update({f"rows{rows}": profile(pids, seconds / 2)}),
+                )
             )
-        )
+
     saturated = drive(
         "closed",
         cluster.batcher,
@@ -630,7 +629,8 @@ def saturate(
         clients_per_process,
         rows,
         client_shared_memory,
-        window=window,
+        warmup_s,
+        on_window=measure_over,
     )
     for timer in timers:
         timer.join()
