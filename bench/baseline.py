@@ -42,7 +42,9 @@ def ensure_models() -> None:
     """Write mlp.pt and cnn.pt once with the shared generator (fixed seeds: same bytes for all)."""
     if (MODELS / "mlp.pt").exists() and (MODELS / "cnn.pt").exists():
         return
-    subprocess.run(["timeout", "300", sys.executable, str(MAKE_MODELS), str(MODELS)], check=True)
+    subprocess.run(
+        ["timeout", "300", sys.executable, str(MAKE_MODELS), str(MODELS)], check=True
+    )
 
 
 def _wait_ready(url: str, model: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
@@ -83,24 +85,10 @@ def pytriton(
     the group this function created is signalled.
     """
     cmd = [
-        "timeout",
-        "3600",
-        str(VENV_PY),
-        str(HERE / "pytriton_server.py"),
-        "--model",
-        str(model_path),
-        "--name",
-        name,
-        "--grpc-port",
-        str(grpc_port),
-        "--queue-delay-us",
-        str(queue_delay_us),
-        "--instances",
-        str(instances),
-        "--torch-threads",
-        str(torch_threads),
-        "--max-batch",
-        str(max_batch),
+        "timeout", "3600", str(VENV_PY), str(HERE / "pytriton_server.py"),
+        "--model", str(model_path), "--name", name, "--grpc-port", str(grpc_port),
+        "--queue-delay-us", str(queue_delay_us), "--instances", str(instances),
+        "--torch-threads", str(torch_threads), "--max-batch", str(max_batch),
     ]
     if log_path is None:
         log_path = RESULTS / "logs" / f"pytriton_{name}_d{queue_delay_us}_i{instances}.log"
@@ -163,22 +151,15 @@ def sweep(measurement_ms: int) -> dict[str, Any]:
     info = machine_info()
     runs: list[dict[str, Any]] = []
     for instances, delay, tthreads in (
-        (1, 0, 0),
-        (1, 500, 0),
-        (1, 2000, 0),
-        (1, 0, 1),
-        (2, 0, 1),
-        (2, 1000, 1),
+        (1, 0, 0), (1, 500, 0), (1, 2000, 0), (1, 0, 1), (2, 0, 1), (2, 1000, 1),
     ):
         cfg = {"instances": instances, "queue_delay_us": delay, "torch_threads": tthreads}
         with pytriton(MODELS / "mlp.pt", "mlp", **cfg) as url:
             for c in (64, 1):
                 r = perf.run_perf_analyzer(url, "mlp", c, measurement_ms=measurement_ms)
-                row = {
-                    **cfg,
-                    "concurrency": c,
-                    **{k: r.get(k) for k in ("ok", "throughput_infer_per_s", "p50_ms", "p99_ms")},
-                }
+                row = {**cfg, "concurrency": c, **{
+                    k: r.get(k) for k in ("ok", "throughput_infer_per_s", "p50_ms", "p99_ms")
+                }}
                 print(json.dumps(row), flush=True)
                 runs.append({**cfg, **r})
                 # Saved after every run: a sweep that dies midway still leaves its figures.
@@ -197,19 +178,11 @@ def baseline(measurement_ms: int, pytriton_cfg: dict[str, Any]) -> dict[str, Any
             for c in levels:
                 r = perf.run_perf_analyzer(url, model, c, measurement_ms=measurement_ms)
                 out[f"pytriton_{model}_c{c}"] = r
-                print(
-                    model,
-                    c,
-                    r.get("throughput_infer_per_s"),
-                    r.get("p50_ms"),
-                    r.get("p99_ms"),
-                    r.get("ok"),
-                    flush=True,
-                )
+                print(model, c, r.get("throughput_infer_per_s"), r.get("p50_ms"),
+                      r.get("p99_ms"), r.get("ok"), flush=True)
     for model, threads in (("mlp", 1), ("cnn", 1)):
-        rec = inprocess.run(
-            MODELS / f"{model}.pt", [1, 8, 16, 32, 64], threads=threads, seconds=3.0
-        )
+        rec = inprocess.run(MODELS / f"{model}.pt", [1, 8, 16, 32, 64], threads=threads,
+                            seconds=3.0)
         out[f"inprocess_{model}"] = rec
         print(model, "in-process best", rec["best_samples_per_s"], flush=True)
     return out
@@ -227,11 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.sweep:
         path = save("pytriton_sweep", sweep(args.measurement_ms))
     else:
-        cfg = {
-            "queue_delay_us": args.queue_delay_us,
-            "instances": args.instances,
-            "torch_threads": args.torch_threads,
-        }
+        cfg = {"queue_delay_us": args.queue_delay_us, "instances": args.instances,
+               "torch_threads": args.torch_threads}
         path = save("baseline", baseline(args.measurement_ms, cfg))
     print("wrote", path)
 

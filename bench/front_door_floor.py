@@ -84,10 +84,8 @@ class FloorFrontDoor(inference_pb2_grpc.GRPCInferenceServiceServicer):
         self.config = config
         spec = ModelSpec.from_config(config)
         self.metadata = pb.ModelMetadataResponse(name=MODEL, platform=spec.platform)
-        for tensor, target in (
-            (spec.inputs[0], self.metadata.inputs),
-            (spec.outputs[0], self.metadata.outputs),
-        ):
+        for tensor, target in ((spec.inputs[0], self.metadata.inputs),
+                               (spec.outputs[0], self.metadata.outputs)):
             target.add(name=tensor.name, datatype=tensor.datatype, shape=[-1, *tensor.dims])
         self.output_name = spec.outputs[0].name
         self.forward = None if downstream is None else hop_stub(downstream)
@@ -241,16 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--measurement-ms", type=int, default=4000)
     parser.add_argument(
-        "--rounds",
-        type=int,
-        default=1,
+        "--rounds", type=int, default=1,
         help="measure every system this many times, in a rotated order each round; the table "
         "gives medians (figures on a shared 2-core machine move 15-25%% from run to run)",
     )
     parser.add_argument(
-        "--inflight",
-        type=int,
-        default=1,
+        "--inflight", type=int, default=1,
         help="batches the layout floor keeps in flight (tideserve's default: 1 per instance)",
     )
     parser.add_argument("--skip-tideserve", action="store_true")
@@ -264,23 +258,20 @@ def main(argv: list[str] | None = None) -> int:
 
     def measure(url: str, modes: tuple[str, ...] = ("unary", "stream")) -> dict[str, float]:
         return {
-            mode: suite.pa(
-                url, MODEL, args.concurrency, args.measurement_ms, streaming=mode == "stream"
-            ).get("throughput_infer_per_s", 0.0)
+            mode: suite.pa(url, MODEL, args.concurrency, args.measurement_ms,
+                           streaming=mode == "stream").get("throughput_infer_per_s", 0.0)
             for mode in modes
         }
 
     def pytriton() -> dict[str, float]:
-        with baseline.pytriton(
-            suite.MODELS / "mlp.pt", MODEL, grpc_port=free_port(), log_path=work / "pytriton.log"
-        ) as url:
+        with baseline.pytriton(suite.MODELS / "mlp.pt", MODEL, grpc_port=free_port(),
+                               log_path=work / "pytriton.log") as url:
             return measure(url, ("unary",))
 
     def floor(hops: int, model: Path | None = None) -> Callable[[], dict[str, float]]:
         def run() -> dict[str, float]:
             with floor_server(config_path, hops, args.inflight, model) as url:
                 return measure(url)
-
         return run
 
     def tideserve() -> dict[str, float]:
@@ -290,11 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     systems: dict[str, Callable[[], dict[str, float]]] = {}
     if not args.skip_pytriton:
         systems["pytriton"] = pytriton
-    systems |= {
-        "bare": floor(0),
-        "layout": floor(2),
-        "layout + model": floor(2, suite.MODELS / "mlp.pt"),
-    }
+    systems |= {"bare": floor(0), "layout": floor(2),
+                "layout + model": floor(2, suite.MODELS / "mlp.pt")}
     if not args.skip_tideserve:
         systems["tideserve"] = tideserve
     rounds = suite.rotated_rounds(systems, args.rounds)
@@ -304,16 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(summary, indent=2))
     if "pytriton" in systems:
-
         def ratio(name: str, mode: str) -> float:
             return statistics.median(r[name][mode] / r["pytriton"]["unary"] for r in rounds)
 
         for name in systems:
             ratios = ", ".join(f"{mode} {ratio(name, mode):.2f}x" for mode in rounds[0][name])
-            print(
-                f"{name}: {ratios} PyTriton's unary, median of {len(rounds)} round(s) "
-                "(targets: unary 1.6x, stream 2x)"
-            )
+            print(f"{name}: {ratios} PyTriton's unary, median of {len(rounds)} round(s) "
+                  "(targets: unary 1.6x, stream 2x)")
     if args.out:
         args.out.write_text(json.dumps({"rounds": rounds, "median": summary}, indent=2))
     return 0

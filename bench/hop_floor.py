@@ -68,7 +68,6 @@ async def serve_hop(port: int, handle: Handler, ready: Any) -> None:
 def _serve(port: int, downstream: int | None, ready: mp.Event) -> None:
     async def main() -> None:
         if downstream is None:
-
             async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
                 return request[:16]
         else:

@@ -135,11 +135,8 @@ async def measure(cluster: Cluster, args: argparse.Namespace) -> dict:
     batcher_pid = cluster.processes["batcher"].pid
     await closed_loop(cluster.batcher, DEFAULT_MODEL, concurrency=args.concurrency, seconds=2.0)
     capacity_run = await closed_loop(
-        cluster.batcher,
-        DEFAULT_MODEL,
-        concurrency=args.concurrency,
-        seconds=args.capacity_seconds,
-        timeout_s=args.timeout_s,
+        cluster.batcher, DEFAULT_MODEL, concurrency=args.concurrency,
+        seconds=args.capacity_seconds, timeout_s=args.timeout_s,
     )
     capacity = capacity_run.throughput
     rss_before = rss_mib(batcher_pid)
@@ -149,9 +146,8 @@ async def measure(cluster: Cluster, args: argparse.Namespace) -> dict:
     overload = await open_loop(
         cluster.batcher, args.overload * capacity, args.seconds, args.timeout_s, seed=1
     )
-    recovery = await open_loop(
-        cluster.batcher, args.recovery * capacity, 5.0, args.timeout_s, seed=2
-    )
+    recovery = await open_loop(cluster.batcher, args.recovery * capacity, 5.0, args.timeout_s,
+                               seed=2)
     stop.set()
     await sampler
     over = overload.summary()
@@ -175,30 +171,18 @@ async def measure(cluster: Cluster, args: argparse.Namespace) -> dict:
 def table(report: dict) -> str:
     over, rec, rss = report["overload"], report["recovery"], report["batcher_rss_mib"]
     rows = [
-        (
-            "capacity (closed loop)",
-            f"{report['capacity_per_s']} req/s, p99 {report['capacity_p99_ms']} ms",
-        ),
-        (
-            "offered load",
-            f"{report['overload_rate_per_s']} req/s for {over['seconds']} s "
-            f"({over['sent']} requests)",
-        ),
-        (
-            "goodput",
-            f"{over['goodput_per_s']} req/s = {report['goodput_vs_capacity']:.0%} of capacity",
-        ),
-        (
-            "shed (RESOURCE_EXHAUSTED)",
-            f"{over['shed_fraction']:.1%}; time to reject p50 "
-            f"{over['reject_p50_ms']} ms, p99 {over['reject_p99_ms']} ms",
-        ),
+        ("capacity (closed loop)", f"{report['capacity_per_s']} req/s, p99 "
+                                   f"{report['capacity_p99_ms']} ms"),
+        ("offered load", f"{report['overload_rate_per_s']} req/s for {over['seconds']} s "
+                         f"({over['sent']} requests)"),
+        ("goodput", f"{over['goodput_per_s']} req/s = {report['goodput_vs_capacity']:.0%} "
+                    "of capacity"),
+        ("shed (RESOURCE_EXHAUSTED)", f"{over['shed_fraction']:.1%}; time to reject p50 "
+         f"{over['reject_p50_ms']} ms, p99 {over['reject_p99_ms']} ms"),
         ("accepted p50 / p99", f"{over['ok_p50_ms']} / {over['ok_p99_ms']} ms"),
         ("statuses", json.dumps(over["codes"])),
-        (
-            "batcher RSS before / peak / after",
-            f"{rss['before']} / {rss['peak']} / {rss['after']} MiB",
-        ),
+        ("batcher RSS before / peak / after", f"{rss['before']} / {rss['peak']} / "
+                                              f"{rss['after']} MiB"),
         ("recovery at 50%: p99, statuses", f"{rec['ok_p99_ms']} ms, {json.dumps(rec['codes'])}"),
     ]
     lines = ["| measure | value |", "| --- | --- |"]
@@ -211,14 +195,10 @@ def write_device_profile(root: Path, device_ms: str) -> Path:
     base_ms, per_row_ms = (float(part) for part in device_ms.split(","))
     sizes = [1, 64]
     path = root / "device_profile.json"
-    path.write_text(
-        json.dumps(
-            {
-                "batch_sizes": sizes,
-                "seconds": [(base_ms + per_row_ms * b) / 1000 for b in sizes],
-            }
-        )
-    )
+    path.write_text(json.dumps({
+        "batch_sizes": sizes,
+        "seconds": [(base_ms + per_row_ms * b) / 1000 for b in sizes],
+    }))
     return path
 
 
@@ -230,8 +210,7 @@ def main() -> None:
     parser.add_argument("--recovery", type=float, default=0.5)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument(
-        "--device-ms",
-        default="20,2",
+        "--device-ms", default="20,2",
         help="emulated device: b rows take BASE + PER_ROW x b ms; 'off' = the real model only",
     )
     parser.add_argument("--slowdown", type=float, default=1.0)
@@ -246,19 +225,13 @@ def main() -> None:
         staging = root / "staging"
         write_default_model(staging)
         repository = root / "repository"
-        add_torchscript_model(
-            repository,
-            DEFAULT_MODEL,
-            staging / DEFAULT_MODEL / "1" / "model.pt",
-            [1, 28, 28],
-            max_batch_size=args.max_batch_size,
-        )
+        add_torchscript_model(repository, DEFAULT_MODEL, staging / DEFAULT_MODEL / "1" / "model.pt",
+                              [1, 28, 28], max_batch_size=args.max_batch_size)
         worker_args = ["--slowdown", str(args.slowdown)]
         if args.device_ms != "off":
             worker_args += ["--service-profile", str(write_device_profile(root, args.device_ms))]
         cluster = Cluster(
-            repository,
-            root / "logs",
+            repository, root / "logs",
             worker_args=tuple(worker_args),
             batcher_args=("--max-queue-rows-default", str(args.max_queue_rows_default)),
         )

@@ -64,20 +64,13 @@ def perf_analyzer_command(
     """The perf_analyzer argument list (without the timeout/limit wrapper); one place to read it."""
     cmd = [
         str(PERF_ANALYZER),
-        "-m",
-        model,
-        "-u",
-        url,
-        "-i",
-        "grpc",
-        "--concurrency-range",
-        str(concurrency),
-        "-b",
-        str(batch_size),
-        "--measurement-interval",
-        str(measurement_ms),
-        "-f",
-        str(csv_path),
+        "-m", model,
+        "-u", url,
+        "-i", "grpc",
+        "--concurrency-range", str(concurrency),
+        "-b", str(batch_size),
+        "--measurement-interval", str(measurement_ms),
+        "-f", str(csv_path),
     ]
     if streaming:
         cmd.append("--streaming")
@@ -110,12 +103,8 @@ def parse_perf_analyzer_csv(text: str) -> list[dict[str, Any]]:
         rec["breakdown_us"] = {
             k: num(k)
             for k in (
-                "Client Send",
-                "Network+Server Send/Recv",
-                "Server Queue",
-                "Server Compute Input",
-                "Server Compute Infer",
-                "Server Compute Output",
+                "Client Send", "Network+Server Send/Recv", "Server Queue",
+                "Server Compute Input", "Server Compute Infer", "Server Compute Output",
                 "Client Recv",
             )
             if k in row
@@ -170,29 +159,17 @@ def run_perf_analyzer(
     with tempfile.TemporaryDirectory(prefix="tideserve-pa-") as tmp:
         csv_path = Path(tmp) / "pa.csv"
         pa = perf_analyzer_command(
-            url,
-            model,
-            concurrency,
-            streaming=streaming,
-            measurement_ms=measurement_ms,
-            batch_size=batch_size,
-            csv_path=csv_path,
+            url, model, concurrency, streaming=streaming, measurement_ms=measurement_ms,
+            batch_size=batch_size, csv_path=csv_path,
             extra_args=[
-                "--stability-percentage",
-                str(stability_pct),
-                "--max-trials",
-                str(max_trials),
+                "--stability-percentage", str(stability_pct),
+                "--max-trials", str(max_trials),
                 *(extra_args or []),
             ],
         )
         cmd = [
-            "timeout",
-            "--kill-after=5",
-            str(int(timeout_s)),
-            "prlimit",
-            f"--as={mem_limit_bytes}",
-            "--",
-            *pa,
+            "timeout", "--kill-after=5", str(int(timeout_s)),
+            "prlimit", f"--as={mem_limit_bytes}", "--", *pa,
         ]
         cpu0 = _cpu_times()
         load0 = os.getloadavg()[0]
@@ -498,7 +475,9 @@ async def _loadgen(
             inflight or any(s.outstanding() for s in streams)
         ):
             await asyncio.sleep(0.01)
-    outstanding = sum(1 for t in inflight if not t.done()) + sum(s.outstanding() for s in streams)
+    outstanding = sum(1 for t in inflight if not t.done()) + sum(
+        s.outstanding() for s in streams
+    )
     for t in list(inflight):
         t.cancel()
     for s in streams:
@@ -543,35 +522,19 @@ def run_loadgen(
         shape = INPUT_SHAPES[key]
     result = asyncio.run(
         _loadgen(
-            url,
-            model,
-            mode=mode,
-            stream=stream,
-            concurrency=concurrency,
-            rate=rate,
-            arrival=arrival,
-            cv=cv,
-            seconds=seconds,
-            warmup_s=warmup_s,
-            request_timeout_s=request_timeout_s,
-            max_outstanding=max_outstanding,
-            seed=seed,
+            url, model, mode=mode, stream=stream, concurrency=concurrency, rate=rate,
+            arrival=arrival, cv=cv, seconds=seconds, warmup_s=warmup_s,
+            request_timeout_s=request_timeout_s, max_outstanding=max_outstanding, seed=seed,
             shape=tuple(shape),
         )
     )
     settings = {
-        "driver": "loadgen",
-        "url": url,
-        "model": model,
-        "mode": mode,
-        "stream": stream,
+        "driver": "loadgen", "url": url, "model": model, "mode": mode, "stream": stream,
         "concurrency": concurrency if mode == "closed" else None,
         "rate": rate if mode == "open" else None,
         "arrival": arrival if mode == "open" else None,
         "cv": cv if mode == "open" and arrival == "gamma" else None,
-        "seconds": seconds,
-        "warmup_s": warmup_s,
-        "shape": list(shape),
+        "seconds": seconds, "warmup_s": warmup_s, "shape": list(shape),
     }
     return {**settings, **result}
 
@@ -624,29 +587,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "pa":
         rec = run_perf_analyzer(
-            args.url,
-            args.model,
-            args.concurrency,
-            streaming=args.streaming,
-            measurement_ms=args.measurement_ms,
-            timeout_s=args.timeout_s,
+            args.url, args.model, args.concurrency, streaming=args.streaming,
+            measurement_ms=args.measurement_ms, timeout_s=args.timeout_s,
             mem_limit_bytes=int(args.mem_limit_gb * (1 << 30)),
             stability_pct=args.stability_pct,
         )
         _write(rec, args.out)
         return 0 if rec["ok"] else 1
     rec = run_loadgen(
-        args.url,
-        args.model,
-        mode=args.mode,
-        stream=args.stream,
-        concurrency=args.concurrency,
-        rate=args.rate,
-        arrival=args.arrival,
-        cv=args.cv,
-        seconds=args.seconds,
-        warmup_s=args.warmup_s,
-        seed=args.seed,
+        args.url, args.model, mode=args.mode, stream=args.stream, concurrency=args.concurrency,
+        rate=args.rate, arrival=args.arrival, cv=args.cv, seconds=args.seconds,
+        warmup_s=args.warmup_s, seed=args.seed,
         shape=tuple(args.shape) if args.shape else None,
     )
     _write(rec, args.out)

@@ -44,80 +44,44 @@ def predicted_p99(profile: ServiceProfile, rate: float, replicas: int) -> float:
     return P99_OVER_TAU * profile.steady_batch_time(rate / replicas)
 
 
-def measure(
-    repository: Path,
-    log_dir: Path,
-    replicas: int,
-    rate: float,
-    seconds: int,
-    device: list[str],
-    slo_s: float,
-) -> tuple[float, float, int]:
+def measure(repository: Path, log_dir: Path, replicas: int, rate: float, seconds: int,
+            device: list[str], slo_s: float) -> tuple[float, float, int]:
     """(measured p99 s, share within the SLO, failed requests) at a pinned replica count; the
     first WARM_UP_S seconds are sent but not counted. `device`: the worker flags that set its
     speed."""
-    args = [
-        "--policy",
-        "static",
-        "--policy-parameters",
-        f"replicas={replicas}",
-        "--min-replicas",
-        str(replicas),
-        "--max-replicas",
-        str(replicas),
-        "--worker-threads",
-        "1",
-        "--worker-device",
-        "cpu",
-        *device,
-    ]
+    args = ["--policy", "static", "--policy-parameters", f"replicas={replicas}",
+            "--min-replicas", str(replicas), "--max-replicas", str(replicas),
+            "--worker-threads", "1", "--worker-device", "cpu", *device]
     stack = LocalStack(repository, log_dir, args).start()
     try:
         stack.wait_ready_workers(replicas)
-        result = asyncio.run(
-            open_loop(
-                stack.address("batcher"),
-                DEFAULT_MODEL,
-                [rate] * (seconds + WARM_UP_S),
-                seed=replicas,
-            )
-        )
+        result = asyncio.run(open_loop(stack.address("batcher"), DEFAULT_MODEL,
+                                       [rate] * (seconds + WARM_UP_S), seed=replicas))
     finally:
         stack.stop()
-    counted = np.asarray(
-        [lat for t, lat in zip(result.sent_at, result.latency, strict=True) if t >= WARM_UP_S]
-    )
+    counted = np.asarray([lat for t, lat in zip(result.sent_at, result.latency, strict=True)
+                          if t >= WARM_UP_S])
     finite = counted[np.isfinite(counted)]
     p99 = float(np.percentile(finite, 99)) if finite.size else math.inf
     return p99, float(np.mean(counted <= slo_s)), result.failed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.planner_check",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argparse.ArgumentParser(prog="python -m bench.planner_check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--slo-ms", type=float, default=500.0)
     parser.add_argument("--seconds", type=int, default=30)
-    parser.add_argument(
-        "--slowdown",
-        type=float,
-        default=0.0,
-        help="run the real model this many times slower instead of emulating",
-    )
+    parser.add_argument("--slowdown", type=float, default=0.0,
+                        help="run the real model this many times slower instead of emulating")
     parser.add_argument("--profile", type=Path, default=DEFAULT_PROFILE)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     profile = ServiceProfile.load(args.profile)
     slo_s = args.slo_ms / 1e3
     planned = replicas_for_batching(profile, args.rate, slo_s)
-    print(
-        f"planner: {args.rate:g} req/s, p99 <= {args.slo_ms:g} ms -> {planned} replicas "
-        f"({profile.rate_within_slo(slo_s):.1f} req/s per replica within the SLO)",
-        flush=True,
-    )
+    print(f"planner: {args.rate:g} req/s, p99 <= {args.slo_ms:g} ms -> {planned} replicas "
+          f"({profile.rate_within_slo(slo_s):.1f} req/s per replica within the SLO)", flush=True)
     work = Path(tempfile.mkdtemp(prefix="planner-check-"))
     write_default_model(work / "models")
     if args.slowdown:
@@ -130,48 +94,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         for n in (planned - 1, planned, planned + 1):
             if n < 1:
                 continue
-            p99, within, failed = measure(
-                work / "models", work / f"n{n}", n, args.rate, args.seconds, device, slo_s
-            )
+            p99, within, failed = measure(work / "models", work / f"n{n}", n, args.rate,
+                                          args.seconds, device, slo_s)
             predicted = predicted_p99(profile, args.rate, n)
-            rows.append(
-                {
-                    "replicas": n,
-                    "predicted_p99_ms": predicted * 1e3,
-                    "measured_p99_ms": p99 * 1e3,
-                    "measured_within_slo": within,
-                    "failed": failed,
-                }
-            )
-            print(
-                f"  {n} replicas: p99 predicted {predicted * 1e3:.0f} ms, measured "
-                f"{p99 * 1e3:.0f} ms, {within:.2%} within SLO, {failed} failed",
-                flush=True,
-            )
+            rows.append({"replicas": n, "predicted_p99_ms": predicted * 1e3,
+                         "measured_p99_ms": p99 * 1e3, "measured_within_slo": within,
+                         "failed": failed})
+            print(f"  {n} replicas: p99 predicted {predicted * 1e3:.0f} ms, measured "
+                  f"{p99 * 1e3:.0f} ms, {within:.2%} within SLO, {failed} failed", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     meeting = [r["replicas"] for r in rows if r["measured_p99_ms"] <= args.slo_ms]
-    verdict = (
-        f"smallest count measured within the SLO: {min(meeting)}"
-        if meeting
-        else "no tried count met the SLO"
-    )
+    verdict = (f"smallest count measured within the SLO: {min(meeting)}" if meeting
+               else "no tried count met the SLO")
     print(f"planner said {planned}; {verdict}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     command = "python -m bench.planner_check " + " ".join(sys.argv[1:] if argv is None else argv)
-    args.out.write_text(
-        json.dumps(
-            {
-                "command": command,
-                "rate": args.rate,
-                "slo_ms": args.slo_ms,
-                "planned": planned,
-                "runs": rows,
-            },
-            indent=1,
-        )
-        + "\n"
-    )
+    args.out.write_text(json.dumps({"command": command, "rate": args.rate, "slo_ms": args.slo_ms,
+                                    "planned": planned, "runs": rows}, indent=1) + "\n")
     return 0
 
 

@@ -193,14 +193,8 @@ def main(argv: list[str] | None = None) -> None:
         log.info(
             "serving %s as %r on grpc 127.0.0.1:%d (http %d, metrics %d) max_batch=%d delay=%dus "
             "instances=%d",
-            model_path,
-            name,
-            args.grpc_port,
-            http_port,
-            metrics_port,
-            args.max_batch,
-            args.queue_delay_us,
-            args.instances,
+            model_path, name, args.grpc_port, http_port, metrics_port, args.max_batch,
+            args.queue_delay_us, args.instances,
         )
         triton.serve()
 

@@ -44,40 +44,13 @@ def measure(runtime: str, rounds: int, repository: Path, work: Path) -> list[flo
     scaler_port = free_port()
     extra = []
     if runtime == "docker":
-        extra = [
-            "--worker-image",
-            "tideserve:dev",
-            "--worker-cpus",
-            "1",
-            "--scaler-id",
-            f"bench-{int(time.time())}",
-        ]
+        extra = ["--worker-image", "tideserve:dev", "--worker-cpus", "1", "--scaler-id",
+                 f"bench-{int(time.time())}"]
     cluster.spawn(
-        "scaler",
-        "services.scaler",
-        "--port",
-        str(scaler_port),
-        "--balancers",
-        cluster.balancer,
-        "--runtime",
-        runtime,
-        "--model-repository",
-        str(repository),
-        "--policy",
-        "static",
-        "--min-replicas",
-        "1",
-        "--max-replicas",
-        "2",
-        "--tick-s",
-        "0.1",
-        "--up-cooldown-s",
-        "0",
-        "--down-cooldown-s",
-        "0",
-        "--worker-threads",
-        "1",
-        *extra,
+        "scaler", "services.scaler", "--port", str(scaler_port), "--balancers", cluster.balancer,
+        "--runtime", runtime, "--model-repository", str(repository), "--policy", "static",
+        "--min-replicas", "1", "--max-replicas", "2", "--tick-s", "0.1",
+        "--up-cooldown-s", "0", "--down-cooldown-s", "0", "--worker-threads", "1", *extra,
     )
     wait_healthy(f"127.0.0.1:{scaler_port}")
     cluster.wait_workers(1, timeout_s=120)
@@ -89,12 +62,8 @@ def measure(runtime: str, rounds: int, repository: Path, work: Path) -> list[flo
                 known = cluster.registered()
                 began = time.monotonic()
                 admin.ScaleTo(cluster_pb2.ScaleToRequest(replicas=2), timeout=10)
-                wait_for(
-                    lambda k=known: new_worker_served(cluster, k),
-                    120,
-                    "a new worker's batch",
-                    interval_s=0.01,
-                )
+                wait_for(lambda k=known: new_worker_served(cluster, k), 120,
+                         "a new worker's batch", interval_s=0.01)
                 samples.append(time.monotonic() - began)
                 admin.ScaleTo(cluster_pb2.ScaleToRequest(replicas=1), timeout=10)
                 wait_for(lambda: len(cluster.registered()) == 1, 120, "scale back to 1")
@@ -151,12 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from services.worker.models import write_default_model
 
-    report: dict[str, object] = {
-        "machine": platform.node(),
-        "cpus": platform.processor(),
-        "rounds": args.rounds,
-        "runtimes": {},
-    }
+    report: dict[str, object] = {"machine": platform.node(), "cpus": platform.processor(),
+                                 "rounds": args.rounds, "runtimes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         repository = work / "models"
@@ -176,10 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| runtime | median (s) | min (s) | max (s) | rounds |")
     print("|---|---|---|---|---|")
     for runtime, figures in report["runtimes"].items():  # type: ignore[attr-defined]
-        print(
-            f"| {runtime} | {figures['median_s']:.2f} | {figures['min_s']:.2f} | "
-            f"{figures['max_s']:.2f} | {len(figures['samples_s'])} |"
-        )
+        print(f"| {runtime} | {figures['median_s']:.2f} | {figures['min_s']:.2f} | "
+              f"{figures['max_s']:.2f} | {len(figures['samples_s'])} |")
     return 0
 
 

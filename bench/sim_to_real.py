@@ -103,36 +103,13 @@ class Setup:
     def scaler_args(self, policy: str) -> list[str]:
         g = self.guards
         return [
-            "--policy",
-            policy,
-            "--policy-parameters",
-            f"target={self.hpa_target}",
-            "--profile",
-            str(self.profile_path),
-            "--slo-ms",
-            str(self.slo_s * 1e3),
-            "--min-replicas",
-            str(g.min_replicas),
-            "--max-replicas",
-            str(g.max_replicas),
-            "--up-cooldown-s",
-            str(g.up_cooldown_s),
-            "--down-cooldown-s",
-            str(g.down_cooldown_s),
-            "--max-step-up",
-            str(g.max_step_up),
-            "--max-step-down",
-            str(g.max_step_down),
-            "--tick-s",
-            "1",
-            "--worker-threads",
-            "1",
-            "--worker-device",
-            "cpu",
-            "--worker-service-profile",
-            str(self.profile_path),
-            "--drain-timeout-s",
-            "15",
+            "--policy", policy, "--policy-parameters", f"target={self.hpa_target}",
+            "--profile", str(self.profile_path), "--slo-ms", str(self.slo_s * 1e3),
+            "--min-replicas", str(g.min_replicas), "--max-replicas", str(g.max_replicas),
+            "--up-cooldown-s", str(g.up_cooldown_s), "--down-cooldown-s", str(g.down_cooldown_s),
+            "--max-step-up", str(g.max_step_up), "--max-step-down", str(g.max_step_down),
+            "--tick-s", "1", "--worker-threads", "1", "--worker-device", "cpu",
+            "--worker-service-profile", str(self.profile_path), "--drain-timeout-s", "15",
         ]
 
     def policy(self, name: str) -> ScalingPolicy:
@@ -140,18 +117,12 @@ class Setup:
 
 
 def sim_env(setup: Setup, trace: traces.Trace, peak: float) -> ServingClusterEnv:
-    config = EnvConfig(
-        profile_path=setup.profile_path,
-        slo_s=setup.slo_s,
-        min_replicas=setup.guards.min_replicas,
-        max_replicas=setup.max_replicas,
-        duration_s=len(trace.rates),
-        peak_load=(peak, peak),
-        inflight_per_worker=INFLIGHT_PER_WORKER,
-        rate_window_s=RATE_WINDOW_S,
-        util_window_s=UTIL_WINDOW_S,
-        observation_delay_steps=setup.observation_delay_steps,
-    )
+    config = EnvConfig(profile_path=setup.profile_path, slo_s=setup.slo_s,
+                       min_replicas=setup.guards.min_replicas, max_replicas=setup.max_replicas,
+                       duration_s=len(trace.rates), peak_load=(peak, peak),
+                       inflight_per_worker=INFLIGHT_PER_WORKER, rate_window_s=RATE_WINDOW_S,
+                       util_window_s=UTIL_WINDOW_S,
+                       observation_delay_steps=setup.observation_delay_steps)
     env = ServingClusterEnv(config, trace_keys=[(trace.shape, trace.seed)])
     env.preload(trace)
     return env
@@ -165,13 +136,8 @@ def rate_scale(setup: Setup, trace: traces.Trace, peak: float) -> float:
 
 
 # What a policy decides on, recorded per second on both sides.
-SEEN_FIELDS = (
-    "utilisation",
-    "arrival_rate",
-    "latency_p99_s",
-    "queued_requests",
-    "ongoing_requests",
-)
+SEEN_FIELDS = ("utilisation", "arrival_rate", "latency_p99_s", "queued_requests",
+               "ongoing_requests")
 Seen = tuple[float, ...]
 
 
@@ -179,9 +145,8 @@ def seen(ctx: ScalingContext) -> Seen:
     return tuple(round(float(getattr(ctx, name)), 3) for name in SEEN_FIELDS)
 
 
-def simulate(
-    setup: Setup, trace: traces.Trace, peak: float, policy: ScalingPolicy, arrivals: Sequence[int]
-) -> tuple[EpisodeLog, list[Seen]]:
+def simulate(setup: Setup, trace: traces.Trace, peak: float, policy: ScalingPolicy,
+             arrivals: Sequence[int]) -> tuple[EpisodeLog, list[Seen]]:
     """The simulator's prediction for `trace` with `arrivals[k]` requests in second k, and what
     the policy saw at each decision."""
     env = sim_env(setup, trace, peak)
@@ -227,23 +192,15 @@ def emulated_profile(source: Path, cold_start_s: float, out: Path) -> Path:
     t(b) the simulator uses."""
     profile = ServiceProfile.load(source)
     alpha, beta = profile.fit
-    out.write_text(
-        json.dumps(
-            {
-                "model": profile.model,
-                "note": (
-                    f"Emulated device for bench.sim_to_real: the fit t(b) = {alpha * 1e3:.2f} ms + "
-                    f"{beta * 1e3:.3f} ms x b of {source.name}; cold start measured on the process "
-                    "runtime (worker start to the balancer routing to it)."
-                ),
-                "batch_sizes": list(profile.batch_sizes),
-                "seconds": [round(profile.batch_time(b), 6) for b in profile.batch_sizes],
-                "cold_start_s": round(cold_start_s, 2),
-            },
-            indent=1,
-        )
-        + "\n"
-    )
+    out.write_text(json.dumps({
+        "model": profile.model,
+        "note": (f"Emulated device for bench.sim_to_real: the fit t(b) = {alpha * 1e3:.2f} ms + "
+                 f"{beta * 1e3:.3f} ms x b of {source.name}; cold start measured on the process "
+                 "runtime (worker start to the balancer routing to it)."),
+        "batch_sizes": list(profile.batch_sizes),
+        "seconds": [round(profile.batch_time(b), 6) for b in profile.batch_sizes],
+        "cold_start_s": round(cold_start_s, 2),
+    }, indent=1) + "\n")
     return out
 
 
@@ -267,9 +224,8 @@ class ColdStarts:
                 self.seconds[worker.worker_id] = now - worker.started_unix
 
 
-def measure_cold_start(
-    setup: Setup, repository: Path, log_dir: Path, starts: int = 3
-) -> list[float]:
+def measure_cold_start(setup: Setup, repository: Path, log_dir: Path, starts: int = 3
+                       ) -> list[float]:
     """Pin one worker more than the minimum `starts` times on an idle stack; each new worker's
     delay from process start to being routed to."""
     stack = LocalStack(repository, log_dir, setup.scaler_args("hpa")).start()
@@ -309,8 +265,7 @@ class Watcher:
         self._service: dict[tuple[str, int], float] = {}
         self._channel = grpc.insecure_channel(stack.address("balancer"))
         self._call = cluster_pb2_grpc.BalancerStub(self._channel).WatchCluster(
-            cluster_pb2.WatchClusterRequest()
-        )
+            cluster_pb2.WatchClusterRequest())
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -318,7 +273,8 @@ class Watcher:
         with contextlib.suppress(grpc.RpcError):
             for snapshot in self._call:
                 self.observer.observe(snapshot)
-                ready = sum(1 for w in snapshot.workers if w.phase == cluster_pb2.WorkerState.READY)
+                ready = sum(1 for w in snapshot.workers
+                            if w.phase == cluster_pb2.WorkerState.READY)
                 ctx = self.observer.context(snapshot, 0.0, ready, ready)
                 self.inputs.append((snapshot.timestamp_unix, seen(ctx)))
                 for worker in snapshot.workers:
@@ -350,16 +306,14 @@ def batch_size_counts(stack: LocalStack) -> dict[int, int]:
     """The balancer's cumulative batches per size (one WatchCluster snapshot)."""
     with grpc.insecure_channel(stack.address("balancer")) as channel:
         call = cluster_pb2_grpc.BalancerStub(channel).WatchCluster(
-            cluster_pb2.WatchClusterRequest(), timeout=10
-        )
+            cluster_pb2.WatchClusterRequest(), timeout=10)
         snapshot = next(call)
         call.cancel()
     return dict(snapshot.batch_size_counts)
 
 
-def timeline(
-    result: OpenLoopResult, seconds: int, replicas: list[tuple[float, int, int]], slo_s: float
-) -> list[Sample]:
+def timeline(result: OpenLoopResult, seconds: int, replicas: list[tuple[float, int, int]],
+             slo_s: float) -> list[Sample]:
     """Per trace second: the requests sent in it, the p50/p99 of those answered (as the client
     saw them; failures leave the percentiles and count only in the rate) and the scaler's last
     (ready, desired) replicas polled at or before it. `replicas` holds (seconds since the load
@@ -371,56 +325,33 @@ def timeline(
         answered = latency[in_second & np.isfinite(latency)] * 1e3
         polled = [r for r in replicas if r[0] <= second] or replicas[:1]
         _, ready, desired = polled[-1]
-        p50, p99 = np.percentile(answered, [50, 99]) if answered.size else (None, None)
-        samples.append(
-            Sample(
-                float(second),
-                float(in_second.sum()),
-                ready,
-                desired,
-                None if p50 is None else float(p50),
-                None if p99 is None else float(p99),
-                slo_s * 1e3,
-            )
-        )
+        p50, p99 = (np.percentile(answered, [50, 99]) if answered.size else (None, None))
+        samples.append(Sample(float(second), float(in_second.sum()), ready, desired,
+                              None if p50 is None else float(p50),
+                              None if p99 is None else float(p99), slo_s * 1e3))
     return samples
 
 
 def measured_part(result: OpenLoopResult, lead_in_s: float) -> OpenLoopResult:
     """The requests sent after the lead-in, with send times from the end of the lead-in."""
-    kept = [
-        (t - lead_in_s, x)
-        for t, x in zip(result.sent_at, result.latency, strict=True)
-        if t >= lead_in_s
-    ]
+    kept = [(t - lead_in_s, x) for t, x in zip(result.sent_at, result.latency, strict=True)
+            if t >= lead_in_s]
     failed = sum(1 for _, x in kept if not math.isfinite(x))
-    return OpenLoopResult(
-        [t for t, _ in kept],
-        [x for _, x in kept],
-        {"FAILED": failed} if failed else {},
-        result.started_unix + lead_in_s,
-    )
+    return OpenLoopResult([t for t, _ in kept], [x for _, x in kept],
+                          {"FAILED": failed} if failed else {},
+                          result.started_unix + lead_in_s)
 
 
 def within_per_second(result: OpenLoopResult, seconds: int, slo_s: float) -> list[float | None]:
     sent, latency = np.asarray(result.sent_at), np.asarray(result.latency)
     second = np.floor(sent).astype(int)
-    return [
-        float(np.mean(latency[second == s] <= slo_s)) if (second == s).any() else None
-        for s in range(seconds)
-    ]
+    return [float(np.mean(latency[second == s] <= slo_s)) if (second == s).any() else None
+            for s in range(seconds)]
 
 
-def run_real(
-    setup: Setup,
-    policy: str,
-    rates: list[float],
-    times: list[float],
-    lead_in: list[float],
-    lead_in_s: float,
-    repository: Path,
-    log_dir: Path,
-) -> Measured:
+def run_real(setup: Setup, policy: str, rates: list[float], times: list[float],
+             lead_in: list[float], lead_in_s: float, repository: Path, log_dir: Path
+             ) -> Measured:
     """Send `lead_in` (send times within its first `lead_in_s` seconds), then `times` from
     `lead_in_s` on; only the latter is measured."""
     stack = LocalStack(repository, log_dir, setup.scaler_args(policy)).start()
@@ -450,14 +381,9 @@ def run_real(
 
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
-        everything = asyncio.run(
-            open_loop(
-                stack.address("batcher"),
-                DEFAULT_MODEL,
-                rates,
-                times=[*lead_in, *(t + lead_in_s for t in times)],
-            )
-        )
+        everything = asyncio.run(open_loop(
+            stack.address("batcher"), DEFAULT_MODEL, rates,
+            times=[*lead_in, *(t + lead_in_s for t in times)]))
         result = measured_part(everything, lead_in_s)
         began, ended = result.started_unix, result.started_unix + len(rates)
         done.set()
@@ -472,43 +398,22 @@ def run_real(
         worker_seconds += n * max(hi - lo, 0.0)
     finite = sorted(x for x in result.latency if math.isfinite(x))
     p99 = finite[int(0.99 * (len(finite) - 1))] if finite else math.inf
-    run = Run(
-        timeline(result, len(rates), [(t - began, r, d) for t, r, d in replicas], setup.slo_s),
-        batch_sizes,
-        {
-            "source": "bench.sim_to_real (real stack)",
-            "policy": policy,
-            "title": f"{policy} (real)",
-            "failed": result.failed,
-        },
-    )
-    changes = [
-        (round(t - began, 2), *d)
-        for t, d in sorted(decisions.items())
-        if 0 <= t - began < len(rates)
-    ]
-    return Measured(
-        result.within(setup.slo_s),
-        worker_seconds,
-        len(result.latency),
-        result.failed,
-        max(n for t, n in samples if began <= t <= ended),
-        p99,
-        run,
-        [s for w, s in colds.seconds.items() if w not in initial],
-        changes,
-        watcher.per_second(began, len(rates)),
-        within_per_second(result, len(rates), setup.slo_s),
-        watcher.service_s(),
-    )
+    run = Run(timeline(result, len(rates), [(t - began, r, d) for t, r, d in replicas],
+                       setup.slo_s), batch_sizes,
+              {"source": "bench.sim_to_real (real stack)", "policy": policy,
+               "title": f"{policy} (real)", "failed": result.failed})
+    changes = [(round(t - began, 2), *d) for t, d in sorted(decisions.items())
+               if 0 <= t - began < len(rates)]
+    return Measured(result.within(setup.slo_s), worker_seconds, len(result.latency),
+                    result.failed, max(n for t, n in samples if began <= t <= ended), p99, run,
+                    [s for w, s in colds.seconds.items() if w not in initial], changes,
+                    watcher.per_second(began, len(rates)),
+                    within_per_second(result, len(rates), setup.slo_s), watcher.service_s())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.sim_to_real",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argparse.ArgumentParser(prog="python -m bench.sim_to_real", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="spike", choices=traces.SHAPES)
     parser.add_argument("--seed", type=int, default=traces.TEST_SEEDS[0])
     parser.add_argument("--compress", type=int, default=4, help="trace seconds per real second")
@@ -516,70 +421,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-replicas", type=int, default=3)
     parser.add_argument("--slo-ms", type=float, default=500.0)
     parser.add_argument("--hpa-target", type=float, default=0.6)
-    parser.add_argument(
-        "--profile",
-        type=Path,
-        default=DEFAULT_PROFILE,
-        help="profile whose straight-line fit the workers emulate",
-    )
-    parser.add_argument(
-        "--cold-start-s",
-        type=float,
-        help="the emulated profile's cold start (default: measure it here)",
-    )
-    parser.add_argument(
-        "--observation-delay",
-        type=int,
-        default=1,
-        metavar="STEPS",
-        help="steps the simulated scaler's inputs trail the simulated cluster",
-    )
-    parser.add_argument(
-        "--lead-in-s",
-        type=int,
-        default=35,
-        help="seconds at the trace's first rate before it, not measured",
-    )
+    parser.add_argument("--profile", type=Path, default=DEFAULT_PROFILE,
+                        help="profile whose straight-line fit the workers emulate")
+    parser.add_argument("--cold-start-s", type=float,
+                        help="the emulated profile's cold start (default: measure it here)")
+    parser.add_argument("--observation-delay", type=int, default=1, metavar="STEPS",
+                        help="steps the simulated scaler's inputs trail the simulated cluster")
+    parser.add_argument("--lead-in-s", type=int, default=35,
+                        help="seconds at the trace's first rate before it, not measured")
     parser.add_argument("--policies", default="learned,hpa")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument(
-        "--run-json",
-        type=Path,
-        metavar="DIR",
-        help="also write DIR/<policy>-real.json and -sim.json (RUN.json format)",
-    )
+    parser.add_argument("--run-json", type=Path, metavar="DIR",
+                        help="also write DIR/<policy>-real.json and -sim.json (RUN.json format)")
     args = parser.parse_args(argv)
-    guards = GuardConfig(
-        min_replicas=1,
-        max_replicas=args.max_replicas,
-        up_cooldown_s=2.0,
-        down_cooldown_s=5.0,
-        max_step_up=2,
-        max_step_down=1,
-    )
+    guards = GuardConfig(min_replicas=1, max_replicas=args.max_replicas, up_cooldown_s=2.0,
+                         down_cooldown_s=5.0, max_step_up=2, max_step_down=1)
     trace = traces.compress(traces.generate(args.shape, args.seed), args.compress)
     work = Path(tempfile.mkdtemp(prefix="sim2real-"))
     repository = work / "models"
     write_default_model(repository)
     profile_path = emulated_profile(args.profile, args.cold_start_s or 0.0, work / "profile.json")
-    setup = Setup(
-        profile_path,
-        args.slo_ms / 1e3,
-        args.max_replicas,
-        guards,
-        args.hpa_target,
-        args.observation_delay,
-    )
+    setup = Setup(profile_path, args.slo_ms / 1e3, args.max_replicas, guards, args.hpa_target,
+                  args.observation_delay)
     rows = []
     measured_colds: list[float] = []
     try:
         if args.cold_start_s is None:
             measured_colds = measure_cold_start(setup, repository, work / "cold-start")
-            print(
-                f"cold start (process runtime, start to routed): "
-                f"{', '.join(f'{c:.2f}' for c in measured_colds)} s",
-                flush=True,
-            )
+            print(f"cold start (process runtime, start to routed): "
+                  f"{', '.join(f'{c:.2f}' for c in measured_colds)} s", flush=True)
             emulated_profile(args.profile, statistics.median(measured_colds), profile_path)
         profile = ServiceProfile.load(profile_path)
         emulated = json.loads(profile_path.read_text())
@@ -590,97 +460,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         lead_in = arrival_times([rates[0]] * args.lead_in_s, cv=trace.cv, seed=args.seed + 1)
         for name in args.policies.split(","):
             log, sim_inputs = simulate(setup, trace, args.peak, setup.policy(name), counts)
-            print(
-                f"{name}: replaying {len(rates)} s, {len(times)} requests, "
-                f"{min(rates):.0f}-{max(rates):.0f} req/s (SLO capacity "
-                f"{profile.rate_within_slo(setup.slo_s):.1f} req/s per worker)",
-                flush=True,
-            )
-            real = run_real(
-                setup, name, rates, times, lead_in, args.lead_in_s, repository, work / name
-            )
+            print(f"{name}: replaying {len(rates)} s, {len(times)} requests, "
+                  f"{min(rates):.0f}-{max(rates):.0f} req/s (SLO capacity "
+                  f"{profile.rate_within_slo(setup.slo_s):.1f} req/s per worker)", flush=True)
+            real = run_real(setup, name, rates, times, lead_in, args.lead_in_s, repository,
+                            work / name)
             if args.run_json is not None:
                 real.timeline.write(args.run_json / f"{name}-real.json")
-                episode_run(
-                    log,
-                    step_s=1.0,
-                    slo_s=setup.slo_s,
-                    meta={
-                        "source": "bench.sim_to_real (simulator)",
-                        "policy": name,
-                        "title": f"{name} (sim)",
-                    },
-                ).write(args.run_json / f"{name}-sim.json")
-            rows.append(
-                {
-                    "policy": name,
-                    "sim_within_slo": log.slo_attainment(),
-                    "real_within_slo": real.attainment,
-                    "sim_worker_seconds": log.worker_seconds,
-                    "real_worker_seconds": real.worker_seconds,
-                    "real_requests": real.requests,
-                    "real_failed": real.failed,
-                    "real_max_workers": real.max_workers,
-                    "sim_max_workers": max(log.replicas),
-                    "sim_p99_ms": log.latency_quantile(0.99) * 1e3,
-                    "real_p99_ms": real.p99_s * 1e3,
-                    "sim_actions": log.changes,
-                    "sim_decisions": sim_decisions(log, setup.guards.min_replicas),
-                    "real_decisions": real.decisions,
-                    "seen_fields": SEEN_FIELDS,
-                    "sim_seen": sim_inputs,
-                    "real_seen": real.inputs,
-                    "sim_within_per_second": [round(x, 4) for x in log.within_slo],
-                    "real_within_per_second": [
-                        None if x is None else round(x, 4) for x in real.within_per_second
-                    ],
-                    "real_service_s": real.service_s,
-                    "profile_service_s": {
-                        b: round(profile.batch_time(b), 4) for b in real.service_s
-                    },
-                    "real_cold_starts_s": [round(c, 2) for c in real.cold_starts],
-                }
-            )
+                episode_run(log, step_s=1.0, slo_s=setup.slo_s, meta={
+                    "source": "bench.sim_to_real (simulator)", "policy": name,
+                    "title": f"{name} (sim)"}).write(args.run_json / f"{name}-sim.json")
+            rows.append({
+                "policy": name,
+                "sim_within_slo": log.slo_attainment(), "real_within_slo": real.attainment,
+                "sim_worker_seconds": log.worker_seconds,
+                "real_worker_seconds": real.worker_seconds,
+                "real_requests": real.requests, "real_failed": real.failed,
+                "real_max_workers": real.max_workers, "sim_max_workers": max(log.replicas),
+                "sim_p99_ms": log.latency_quantile(0.99) * 1e3, "real_p99_ms": real.p99_s * 1e3,
+                "sim_actions": log.changes,
+                "sim_decisions": sim_decisions(log, setup.guards.min_replicas),
+                "real_decisions": real.decisions,
+                "seen_fields": SEEN_FIELDS,
+                "sim_seen": sim_inputs, "real_seen": real.inputs,
+                "sim_within_per_second": [round(x, 4) for x in log.within_slo],
+                "real_within_per_second": [None if x is None else round(x, 4)
+                                           for x in real.within_per_second],
+                "real_service_s": real.service_s,
+                "profile_service_s": {b: round(profile.batch_time(b), 4)
+                                      for b in real.service_s},
+                "real_cold_starts_s": [round(c, 2) for c in real.cold_starts],
+            })
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(
-        f"\ntrace {args.shape} seed {args.seed}, {args.compress}x compressed "
-        f"({len(trace.rates)} s), peak {args.peak:.0%} of {args.max_replicas} workers' SLO "
-        f"capacity, SLO {args.slo_ms:g} ms"
-    )
-    print(
-        f"{'policy':<9}{'within SLO sim':>15}{'real':>8}{'gap pts':>9}"
-        f"{'worker-s sim':>14}{'real':>8}{'gap':>8}{'failed':>8}"
-    )
+    print(f"\ntrace {args.shape} seed {args.seed}, {args.compress}x compressed "
+          f"({len(trace.rates)} s), peak {args.peak:.0%} of {args.max_replicas} workers' SLO "
+          f"capacity, SLO {args.slo_ms:g} ms")
+    print(f"{'policy':<9}{'within SLO sim':>15}{'real':>8}{'gap pts':>9}"
+          f"{'worker-s sim':>14}{'real':>8}{'gap':>8}{'failed':>8}")
     for r in rows:
         gap_pts = (r["real_within_slo"] - r["sim_within_slo"]) * 100
         gap_ws = r["real_worker_seconds"] / r["sim_worker_seconds"] - 1
         r["gap_points"], r["gap_worker_seconds"] = gap_pts, gap_ws
-        print(
-            f"{r['policy']:<9}{r['sim_within_slo']:>14.2%}{r['real_within_slo']:>9.2%}"
-            f"{gap_pts:>+9.2f}{r['sim_worker_seconds']:>14.0f}{r['real_worker_seconds']:>8.0f}"
-            f"{gap_ws:>+8.1%}{r['real_failed']:>8d}"
-        )
+        print(f"{r['policy']:<9}{r['sim_within_slo']:>14.2%}{r['real_within_slo']:>9.2%}"
+              f"{gap_pts:>+9.2f}{r['sim_worker_seconds']:>14.0f}{r['real_worker_seconds']:>8.0f}"
+              f"{gap_ws:>+8.1%}{r['real_failed']:>8d}")
     for r in rows:
-        print(
-            f"{r['policy']} scaling (s, from, to): sim {r['sim_decisions']}, "
-            f"real {r['real_decisions']}"
-        )
+        print(f"{r['policy']} scaling (s, from, to): sim {r['sim_decisions']}, "
+              f"real {r['real_decisions']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     command = "python -m bench.sim_to_real " + " ".join(sys.argv[1:] if argv is None else argv)
-    args.out.write_text(
-        json.dumps(
-            {
-                "command": command,
-                "args": {k: str(v) for k, v in vars(args).items()},
-                "profile": emulated,
-                "measured_cold_starts_s": [round(c, 2) for c in measured_colds],
-                "results": rows,
-            },
-            indent=1,
-        )
-        + "\n"
-    )
+    args.out.write_text(json.dumps({"command": command, "args": {
+        k: str(v) for k, v in vars(args).items()}, "profile": emulated,
+        "measured_cold_starts_s": [round(c, 2) for c in measured_colds], "results": rows},
+        indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0
 

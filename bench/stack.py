@@ -37,9 +37,8 @@ class LocalStack:
     model_repository: Path
     log_dir: Path
     scaler_args: Sequence[str] = ()
-    ports: dict[str, int] = field(
-        default_factory=lambda: {name: free_port() for name in ("balancer", "batcher", "scaler")}
-    )
+    ports: dict[str, int] = field(default_factory=lambda: {
+        name: free_port() for name in ("balancer", "batcher", "scaler")})
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def address(self, name: str) -> str:
@@ -48,17 +47,11 @@ class LocalStack:
     def _spawn(self, name: str, *args: str) -> None:
         log = (self.log_dir / f"{name}.log").open("ab")
         # Metrics ports are picked free too, so two stacks never collide.
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            f"TIDESERVE_{name.upper()}_METRICS_PORT": str(free_port()),
-        }
+        env = {**os.environ, "PYTHONPATH": str(ROOT),
+               f"TIDESERVE_{name.upper()}_METRICS_PORT": str(free_port())}
         self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", f"services.{name}", "--port", str(self.ports[name]), *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env=child_env(env),
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=child_env(env),
         )
         log.close()
 
@@ -67,16 +60,8 @@ class LocalStack:
         balancer = self.address("balancer")
         self._spawn("balancer")
         self._spawn("batcher", "--balancers", balancer)
-        self._spawn(
-            "scaler",
-            "--balancers",
-            balancer,
-            "--runtime",
-            "process",
-            "--model-repository",
-            str(self.model_repository),
-            *self.scaler_args,
-        )
+        self._spawn("scaler", "--balancers", balancer, "--runtime", "process",
+                    "--model-repository", str(self.model_repository), *self.scaler_args)
         for name in ("balancer", "batcher", "scaler"):
             self._wait_serving(name)
         return self
@@ -163,15 +148,8 @@ def per_second(times: Sequence[float], seconds: int) -> list[int]:
 
 
 async def open_loop(
-    address: str,
-    model: str,
-    rates: Sequence[float],
-    *,
-    cv: float = 1.0,
-    seed: int = 0,
-    timeout_s: float = 10.0,
-    max_in_flight: int = 2000,
-    times: Sequence[float] | None = None,
+    address: str, model: str, rates: Sequence[float], *, cv: float = 1.0, seed: int = 0,
+    timeout_s: float = 10.0, max_in_flight: int = 2000, times: Sequence[float] | None = None,
 ) -> OpenLoopResult:
     """Send requests at `arrival_times(rates, cv=cv, seed=seed)` (or at the given `times`),
     whatever the responses do: open loop, so a slow cluster sees the load a real client
