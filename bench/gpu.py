@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 
 from tests.cluster import Cluster
-from tideserve.loadgen import LoadResult, closed_loop, open_loop
+from tideserve.loadgen import LoadResult, Window, closed_loop, open_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAPH_SIZES = "1,2,4,8,16,32,48,64"
@@ -184,40 +185,42 @@ def inprocess_limit_of_processes(
     }
 
 
-def _client(args: tuple[str, str, str, float, float, int, int, bool]) -> dict[str, Any]:
-    mode, address, model, seconds, level, seed, rows, shared = args
+# Seconds a client process takes, once started, to connect, read the model's metadata and
+# register its shared memory; the warm-up starts after it.
+CLIENT_CONNECT_S = 1.0
+# Client processes busier than this share of one core while measuring are the limit themselves:
+# each runs one event loop, so past it the figure measures the client, not the server.
+CLIENT_BOUND_SHARE = 0.85
+
+
+def _client(args: tuple[str, str, str, tuple[float, float], float, int, int, bool]) -> dict:
+    mode, address, model, (start, end), level, seed, rows, shared = args
+    began = time.time()
+    window = Window(start, end)
+    common = {"timeout_s": 30, "rows": rows, "shared_memory_inputs": shared, "window": window}
     if mode == "closed":
         result = asyncio.run(
-            closed_loop(
-                address,
-                model,
-                concurrency=int(level),
-                seconds=seconds,
-                timeout_s=30,
-                rows=rows,
-                shared_memory_inputs=shared,
-            )
+            closed_loop(address, model, concurrency=int(level), seconds=0, **common)
         )
     else:
-        result = asyncio.run(
-            open_loop(
-                address,
-                model,
-                rate=level,
-                seconds=seconds,
-                seed=seed,
-                timeout_s=30,
-                rows=rows,
-                shared_memory_inputs=shared,
-            )
-        )
+        result = asyncio.run(open_loop(address, model, rate=level, seconds=0, seed=seed, **common))
     return {
         "ok": result.ok,
         "sent": result.sent,
         "errors": result.errors,
         "seconds": result.seconds,
         "latencies": result.latencies,
+        "client_cores": result.client_cpu_s / window.seconds,
+        # A client that began after the window opened missed its warm-up and part of the window.
+        "late_s": max(0.0, began - start),
     }
+
+
+def _client_started(barrier: Any) -> None:
+    """Pool initializer: a client's imports are paid here, before the window is fixed."""
+    import tideserve.loadgen  # noqa: F401
+
+    barrier.wait(timeout=600)
 
 
 def drive(
@@ -229,27 +232,51 @@ def drive(
     level: float,
     rows: int = 1,
     shared_memory_inputs: bool = False,
+    warmup_s: float = 3.0,
+    on_window: Callable[[Window], object] | None = None,
 ) -> dict[str, Any]:
     """Load from `processes` client processes: closed loop with `level` clients each, or open
     loop at `level`/processes requests per second each; every request carries `rows` rows, in
-    the request or (`shared_memory_inputs`) in a region each client process registers."""
+    the request or (`shared_memory_inputs`) in a region each client process registers.
+
+    Every client process starts first (spawned, imports done); only then is the measured
+    window fixed, `seconds` long after `warmup_s` of load, and shared by all of them, so the
+    figure is the server's steady state rather than the clients' start-up. `on_window` hears
+    the window before the load begins (to measure CPU or GPU over exactly it)."""
     per_process = level if mode == "closed" else level / processes
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(processes + 1)
+    with context.Pool(processes, initializer=_client_started, initargs=(barrier,)) as pool:
+        barrier.wait(timeout=600)
+        start = time.time() + CLIENT_CONNECT_S + warmup_s
+        window = Window(start, start + seconds)
+        if on_window is not None:
+            on_window(window)
         parts = pool.map(
             _client,
             [
-                (mode, address, model, seconds, per_process, seed, rows, shared_memory_inputs)
+                (
+                    mode,
+                    address,
+                    model,
+                    (window.start, window.end),
+                    per_process,
+                    seed,
+                    rows,
+                    shared_memory_inputs,
+                )
                 for seed in range(processes)
             ],
+            chunksize=1,
         )
-    merged = LoadResult()
+    merged = LoadResult(seconds=window.seconds)
     for part in parts:
         merged.ok += part["ok"]
         merged.sent += part["sent"]
         merged.latencies += part["latencies"]
         for code, count in part["errors"].items():
             merged.errors[code] = merged.errors.get(code, 0) + count
-    merged.seconds = statistics.mean(p["seconds"] for p in parts)
+    client_cores = [part["client_cores"] for part in parts]
     return {
         "throughput": merged.throughput,
         "samples_per_s": merged.throughput * rows,
@@ -259,6 +286,11 @@ def drive(
         "errors": merged.errors,
         "p50_ms": merged.percentile_ms(50),
         "p99_ms": merged.percentile_ms(99),
+        "window_s": window.seconds,
+        "client_cores": round(sum(client_cores), 2),
+        "busiest_client_cores": round(max(client_cores), 2),
+        "client_bound": max(client_cores) >= CLIENT_BOUND_SHARE,
+        "clients_late_s": round(max(part["late_s"] for part in parts), 2),
     }
 
 
@@ -445,6 +477,8 @@ def serve_and_measure(
     client_shared_memory: bool = False,
     pin_shared_memory: bool = True,
     workers_per_gpu: int = 1,
+    repeat_count: int = 3,
+    warmup_s: float = 3.0,
 ) -> dict[str, Any]:
     """Saturate the served model with clients sending requests of each size in `client_rows`
     (1 = one sample a request, as most clients do); then, for each size, open-loop arrivals at
@@ -482,68 +516,23 @@ def serve_and_measure(
     half_load: dict[str, Any] = {}
     spy: dict[str, list[str]] = {}
     try:
-        drive("closed", cluster.batcher, model, 3, client_processes, concurrency)  # warm-up
         for rows in client_rows:
-            before = snapshot_sizes(cluster)
-            sampler = GpuSampler()
-            roles = process_roles(cluster)
-            pids = {
-                "worker": cluster.processes[workers[0][0]].pid,
-                "balancer": cluster.processes["balancer"].pid,
-                # One of the serving processes, or the only one (--batchers 1).
-                "batcher": next(
-                    (
-                        p
-                        for p, r in roles.items()
-                        if r == "batcher" and p != cluster.processes["batcher"].pid
-                    ),
-                    cluster.processes["batcher"].pid,
-                ),
-            }
-            # CPU by role, measured while the load runs (the client processes end with it),
-            # from a moment past the clients' start-up to just before their end.
-            meters: list[CpuMeter] = []
-            cores: dict[str, float] = {}
-            timers = [
-                threading.Timer(
-                    min(2.0, seconds / 3), lambda m=meters: m.append(CpuMeter(cluster))
-                ),
-                threading.Timer(seconds - 0.5, lambda m=meters, c=cores: c.update(m[0].cores())),
-            ]
-            timers.append(
-                threading.Timer(
-                    seconds / 4,
-                    lambda p=pids, r=rows: spy.update({f"rows{r}": profile(p, seconds / 2)}),
+            repeats = [
+                saturate(
+                    cluster,
+                    model,
+                    workers[0][0],
+                    rows,
+                    seconds,
+                    warmup_s,
+                    client_processes,
+                    clients_for(concurrency, rows),
+                    client_shared_memory,
+                    spy if repeat == 0 else None,
                 )
-            )
-            for timer in timers:
-                timer.start()
-            saturated = drive(
-                "closed",
-                cluster.batcher,
-                model,
-                seconds,
-                client_processes,
-                clients_for(concurrency, rows),
-                rows,
-                client_shared_memory,
-            )
-            for timer in timers:
-                timer.join()
-            gpu = sampler.stop()
-            sizes = {
-                s: n - before.get(s, 0)
-                for s, n in snapshot_sizes(cluster).items()
-                if n - before.get(s, 0)
-            }
-            batches = sum(sizes.values())
-            runs[f"rows{rows}"] = {
-                "cpu_cores_by_role": cores,
-                **saturated,
-                **gpu,
-                "batch_sizes": sizes,
-                "mean_batch": sum(s * n for s, n in sizes.items()) / max(batches, 1),
-            }
+                for repeat in range(repeat_count)
+            ]
+            runs[f"rows{rows}"] = {"repeats": repeats, **summarize(repeats)}
         for rows in client_rows:
             half = drive(
                 "open",
@@ -554,6 +543,7 @@ def serve_and_measure(
                 runs[f"rows{rows}"]["throughput"] / 2,
                 rows,
                 client_shared_memory,
+                warmup_s,
             )
             half_load[f"rows{rows}"] = {
                 **half,
@@ -570,6 +560,109 @@ def serve_and_measure(
         "batchers": batchers,
         "client_processes": client_processes,
         "concurrency_per_process": concurrency,
+    }
+
+
+def at_wall_time(wall_time: float, action: Callable[[], object]) -> threading.Timer:
+    timer = threading.Timer(max(0.0, wall_time - time.time()), action)
+    timer.start()
+    return timer
+
+
+def saturate(
+    cluster: Cluster,
+    model: str,
+    first_worker: str,
+    rows: int,
+    seconds: float,
+    warmup_s: float,
+    client_processes: int,
+    clients_per_process: int,
+    client_shared_memory: bool,
+    spy: dict[str, list[str]] | None,
+) -> dict[str, Any]:
+    """One closed-loop saturation run: throughput in the shared window, CPU by role over exactly
+    that window, GPU utilisation, batch sizes formed, and (with `spy`) py-spy profiles taken in
+    its middle."""
+    roles = process_roles(cluster)
+    pids = {
+        "worker": cluster.processes[first_worker].pid,
+        "balancer": cluster.processes["balancer"].pid,
+        # One of the serving processes, or the only one (--batchers 1).
+        "batcher": next(
+            (
+                p
+                for p, r in roles.items()
+                if r == "batcher" and p != cluster.processes["batcher"].pid
+            ),
+            cluster.processes["batcher"].pid,
+        ),
+    }
+    meters: list[CpuMeter] = []
+    cores: dict[str, float] = {}
+    before: dict[int, int] = {}
+    samplers: list[GpuSampler] = []
+    timers: list[threading.Timer] = []
+
+    def measure_over(window: Window) -> None:
+        def begin() -> None:
+            meters.append(CpuMeter(cluster))
+            before.update(snapshot_sizes(cluster))
+            samplers.append(GpuSampler())
+
+        timers.append(at_wall_time(window.start, begin))
+        timers.append(at_wall_time(window.end - 0.1, lambda: cores.update(meters[0].cores())))
+        if spy is not None:
+            timers.append(
+                at_wall_time(
+                    window.start + seconds / 4,
+                    lambda: spy.update({f"rows{rows}": profile(pids, seconds / 2)}),
+                )
+            )
+
+    saturated = drive(
+        "closed",
+        cluster.batcher,
+        model,
+        seconds,
+        client_processes,
+        clients_per_process,
+        rows,
+        client_shared_memory,
+        warmup_s,
+        on_window=measure_over,
+    )
+    for timer in timers:
+        timer.join()
+    gpu = samplers[0].stop()
+    sizes = {
+        s: n - before.get(s, 0) for s, n in snapshot_sizes(cluster).items() if n - before.get(s, 0)
+    }
+    batches = sum(sizes.values())
+    # The clients' share comes from the clients themselves; the meter's "clients" row counts
+    # the pool's processes from their start.
+    cores.pop("clients", None)
+    return {
+        "cpu_cores_by_role": cores,
+        **saturated,
+        **gpu,
+        "batch_sizes": sizes,
+        "mean_batch": sum(s * n for s, n in sizes.items()) / max(batches, 1),
+    }
+
+
+def summarize(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median repeat's figures, with the spread of throughput across repeats."""
+    rates = sorted(run["samples_per_s"] for run in repeats)
+    median = statistics.median(rates)
+    middle = min(repeats, key=lambda run: abs(run["samples_per_s"] - median))
+    return {
+        **{k: v for k, v in middle.items() if k != "samples_per_s"},
+        "samples_per_s": median,
+        "samples_per_s_min": rates[0],
+        "samples_per_s_max": rates[-1],
+        "throughput": median / middle["rows_per_request"],
+        "client_bound": any(run["client_bound"] for run in repeats),
     }
 
 
@@ -628,6 +721,15 @@ def main(argv: list[str] | None = None) -> int:
         "the segments (the worker's --pin-shared-memory false)",
     )
     parser.add_argument(
+        "--repeats", type=int, default=3, help="saturation runs per request size (median, spread)"
+    )
+    parser.add_argument(
+        "--warmup-seconds",
+        type=float,
+        default=3.0,
+        help="load before each measured window, after every client process has started",
+    )
+    parser.add_argument(
         "--make-models", type=Path, default=ROOT.parent / "shared" / "workloads" / "make_models.py"
     )
     args = parser.parse_args(argv)
@@ -667,12 +769,26 @@ def main(argv: list[str] | None = None) -> int:
             args.client_shared_memory,
             args.pin_shared_memory,
             args.workers_per_gpu,
+            args.repeats,
+            args.warmup_seconds,
         )
+        # Measured again after serving: a limit that moved in between (clocks, a neighbour on
+        # the host) shows as two different figures instead of skewing the fraction unseen.
+        after = inprocess_limit_of_processes(
+            repository, model, args.seconds / 2, args.device, args.workers_per_gpu
+        )
+        limit["runner_samples_per_s_before"] = limit["runner_samples_per_s"]
+        limit["runner_samples_per_s_after"] = after["runner_samples_per_s"]
+        limit["runner_samples_per_s"] = statistics.mean(
+            [limit["runner_samples_per_s"], after["runner_samples_per_s"]]
+        )
+        print(model, "in-process again", json.dumps(after), flush=True)
         for run in served["saturated"].values():
             # The limit is one GPU's: with several workers, compare with that many GPUs.
-            run["fraction_of_inprocess"] = run["samples_per_s"] / (
-                limit["runner_samples_per_s"] * args.gpus
-            )
+            gpu_limit = limit["runner_samples_per_s"] * args.gpus
+            run["fraction_of_inprocess"] = run["samples_per_s"] / gpu_limit
+            run["fraction_min"] = run["samples_per_s_min"] / gpu_limit
+            run["fraction_max"] = run["samples_per_s_max"] / gpu_limit
         results["workloads"][model] = {"inprocess": limit, "served": served}
         print(
             model,
@@ -682,9 +798,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     lines = [
-        "| model | rows/request | in-process limit (samples/s) | bare module | served "
-        "(samples/s) | fraction | GPU util | mean batch |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | rows/request | in-process limit (samples/s, before / after) | bare module "
+        "| served (samples/s, median of repeats) | fraction (min-max) | GPU util | mean batch "
+        "| CPU cores: batcher / balancer / worker / clients |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     tails = [
         "",
@@ -694,11 +811,19 @@ def main(argv: list[str] | None = None) -> int:
     for model, r in results["workloads"].items():
         served, lim = r["served"], r["inprocess"]
         for run in served["saturated"].values():
+            cores = run["cpu_cores_by_role"]
+            by_role = " / ".join(
+                f"{cores.get(role, 0.0):.2f}" for role in ("batcher", "balancer", "worker")
+            )
+            bound = " **client-bound**" if run["client_bound"] else ""
             lines.append(
-                f"| {model} | {run['rows_per_request']} | {lim['runner_samples_per_s']:,.0f} | "
+                f"| {model} | {run['rows_per_request']} | "
+                f"{lim['runner_samples_per_s_before']:,.0f} / "
+                f"{lim['runner_samples_per_s_after']:,.0f} | "
                 f"{lim['bare_module_samples_per_s']:,.0f} | {run['samples_per_s']:,.0f} | "
-                f"{run['fraction_of_inprocess']:.2f} | {run['gpu_util_mean']:.0f}% | "
-                f"{run['mean_batch']:.1f} |"
+                f"{run['fraction_of_inprocess']:.2f} ({run['fraction_min']:.2f}-"
+                f"{run['fraction_max']:.2f}) | {run['gpu_util_mean']:.0f}% | "
+                f"{run['mean_batch']:.1f} | {by_role} / {run['client_cores']:.2f}{bound} |"
             )
         for half in served["half_load"].values():
             tails.append(

@@ -18,6 +18,26 @@ from tideserve.v1 import inference_pb2 as pb
 from tideserve.v1 import inference_pb2_grpc
 
 
+@dataclass(frozen=True)
+class Window:
+    """A measurement window in wall-clock seconds (`time.time()`), shared by client processes
+    that start at different moments: each sends from when it is ready (its warm-up) until `end`,
+    and counts only the requests that complete inside [start, end]. Figures then describe the
+    server in steady state, not the clients' start-up or the tail of the last requests."""
+
+    start: float
+    end: float
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+    def on_perf_counter(self) -> tuple[float, float]:
+        """The window on this process's `time.perf_counter()` clock."""
+        offset = time.perf_counter() - time.time()
+        return self.start + offset, self.end + offset
+
+
 @dataclass
 class LoadResult:
     sent: int = 0
@@ -25,6 +45,8 @@ class LoadResult:
     errors: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    # CPU seconds this client process used inside the measured window (0 without a window).
+    client_cpu_s: float = 0.0
 
     @property
     def throughput(self) -> float:
@@ -101,9 +123,12 @@ async def closed_loop(
     rows: int = 1,
     tls: serving.TlsSettings = serving.PLAINTEXT,
     shared_memory_inputs: bool = False,
+    window: Window | None = None,
 ) -> LoadResult:
     """`concurrency` clients each sending one request (of `rows` rows) after another for
-    `seconds`; with `shared_memory_inputs`, the inputs are read from a registered region."""
+    `seconds`; with `shared_memory_inputs`, the inputs are read from a registered region. With
+    a `window`, `seconds` is ignored: the clients send until the window ends and count only
+    what completes inside it."""
     result = LoadResult()
     async with contextlib.AsyncExitStack() as stack:
         channel = await stack.enter_async_context(serving.channel(address, tls))
@@ -111,44 +136,80 @@ async def closed_loop(
         request = request or await sample_request(stub, model, rows=rows)
         if shared_memory_inputs:
             request = await stack.enter_async_context(inputs_in_shared_memory(stub, request))
-        stop_at = time.perf_counter() + seconds
+        count_from, stop_at = (
+            window.on_perf_counter()
+            if window
+            else (time.perf_counter(), time.perf_counter() + seconds)
+        )
+        meter = _WindowCpu(count_from, stop_at)
+
+        def record(started: float, error: str | None) -> None:
+            finished = time.perf_counter()
+            meter.sample(finished)
+            # Without a window every request counts, the last ones in flight included.
+            if window and not count_from <= finished <= stop_at:
+                return
+            result.sent += 1
+            if error is not None:
+                result.error(error)
+                return
+            result.ok += 1
+            result.latencies.append(finished - started)
 
         async def unary_client() -> None:
             while time.perf_counter() < stop_at:
                 started = time.perf_counter()
-                result.sent += 1
                 try:
                     await stub.ModelInfer(request, timeout=timeout_s)
                 except grpc.aio.AioRpcError as error:
-                    result.error(error.code().name)
+                    record(started, error.code().name)
                     continue
-                result.ok += 1
-                result.latencies.append(time.perf_counter() - started)
+                record(started, None)
 
         async def stream_client() -> None:
             call = stub.ModelStreamInfer()
             try:
                 while time.perf_counter() < stop_at:
                     started = time.perf_counter()
-                    result.sent += 1
                     await call.write(request)
                     response = await call.read()
                     if response is grpc.aio.EOF or response.error_message:
-                        result.error("STREAM_ERROR")
+                        record(started, "STREAM_ERROR")
                         if response is grpc.aio.EOF:
                             return
                         continue
-                    result.ok += 1
-                    result.latencies.append(time.perf_counter() - started)
+                    record(started, None)
                 await call.done_writing()
             except grpc.aio.AioRpcError as error:
-                result.error(error.code().name)
+                record(time.perf_counter(), error.code().name)
 
         began = time.perf_counter()
         client = stream_client if stream else unary_client
         await asyncio.gather(*(client() for _ in range(concurrency)))
-        result.seconds = time.perf_counter() - began
+        result.seconds = window.seconds if window else time.perf_counter() - began
+        result.client_cpu_s = meter.cpu_s
     return result
+
+
+class _WindowCpu:
+    """This process's CPU time between the first completion inside a window and the last: how
+    busy the client itself was while it measured the server."""
+
+    def __init__(self, start: float, end: float) -> None:
+        self.start, self.end = start, end
+        self._first: float | None = None
+        self._last = 0.0
+
+    def sample(self, now: float) -> None:
+        if self.start <= now <= self.end:
+            cpu = time.process_time()
+            if self._first is None:
+                self._first = cpu
+            self._last = cpu
+
+    @property
+    def cpu_s(self) -> float:
+        return 0.0 if self._first is None else self._last - self._first
 
 
 async def open_loop(
@@ -164,10 +225,13 @@ async def open_loop(
     rows: int = 1,
     tls: serving.TlsSettings = serving.PLAINTEXT,
     shared_memory_inputs: bool = False,
+    window: Window | None = None,
 ) -> LoadResult:
     """Poisson arrivals at `rate`/s for `seconds`, each a unary request that does not wait for
     the previous ones (so a slow server sees its queue grow, as under real traffic). Arrivals
-    beyond `max_outstanding` in flight count as a "CLIENT_OVERLOAD" error instead of piling up."""
+    beyond `max_outstanding` in flight count as a "CLIENT_OVERLOAD" error instead of piling up.
+    With a `window`, arrivals run from now until its end and only requests that arrive and
+    complete inside it count."""
     result = LoadResult()
     rng = np.random.default_rng(seed)
     async with contextlib.AsyncExitStack() as stack:
@@ -177,31 +241,43 @@ async def open_loop(
         if shared_memory_inputs:
             request = await stack.enter_async_context(inputs_in_shared_memory(stub, request))
         pending: set[asyncio.Task] = set()
+        began = time.perf_counter()
+        count_from, stop_at = window.on_perf_counter() if window else (began, began + seconds)
+        meter = _WindowCpu(count_from, stop_at)
 
-        async def one() -> None:
-            started = time.perf_counter()
+        def counted(started: float, finished: float) -> bool:
+            meter.sample(finished)
+            return not window or (started >= count_from and finished <= stop_at)
+
+        async def one(started: float) -> None:
             try:
                 await stub.ModelInfer(request, timeout=timeout_s)
             except grpc.aio.AioRpcError as error:
-                result.error(error.code().name)
+                if counted(started, time.perf_counter()):
+                    result.sent += 1
+                    result.error(error.code().name)
                 return
-            result.ok += 1
-            result.latencies.append(time.perf_counter() - started)
+            finished = time.perf_counter()
+            if counted(started, finished):
+                result.sent += 1
+                result.ok += 1
+                result.latencies.append(finished - started)
 
-        began = time.perf_counter()
         next_at = began
-        while next_at < began + seconds:
+        while next_at < stop_at:
             next_at += rng.exponential(1.0 / rate)
             delay = next_at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            result.sent += 1
             if len(pending) >= max_outstanding:
-                result.error("CLIENT_OVERLOAD")
+                if counted(next_at, next_at):
+                    result.sent += 1
+                    result.error("CLIENT_OVERLOAD")
                 continue
-            task = asyncio.create_task(one())
+            task = asyncio.create_task(one(time.perf_counter()))
             pending.add(task)
             task.add_done_callback(pending.discard)
         await asyncio.gather(*pending)
-        result.seconds = time.perf_counter() - began
+        result.seconds = window.seconds if window else time.perf_counter() - began
+        result.client_cpu_s = meter.cpu_s
     return result

@@ -1,0 +1,311 @@
+"""How the front door scales with the host's cores: one-row requests to a model, served by 1, 2,
+4, 8 ... batcher processes sharing one port, beside the front-door floor with the same process
+count, in one run.
+
+  floor      N bare grpc.aio KServe servers on one port (SO_REUSEPORT), each running the model
+             in-process with the worker's own ModelRunner (same precision, instances, CUDA
+             graphs), batching what is queued whenever an instance is free (Triton's rule with
+             no delay). No hops, no routing, nothing measured or checked: the most a Python
+             front door of N processes can serve on this host.
+  tideserve  the suite (one balancer, N batcher processes, `--workers-per-gpu` workers) under
+             the same clients; the balancer's and each role's CPU are reported, so a balancer
+             at its limit shows as such.
+
+Both are driven by the same closed-loop client processes, measured in a shared window after
+they have started and warmed up (`bench.gpu.drive`); runs whose clients were the limit are
+flagged. Writes results.json and table.md to --out.
+
+    python -m bench.front_door_scaling --out DIR [--models cnn,mlp] [--processes 1,2,4,8]
+        [--seconds 10] [--client-processes 8] [--concurrency 64] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import shutil
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from bench.gpu import (
+    ROOT,
+    CpuMeter,
+    add_worker_on_gpu,
+    at_wall_time,
+    config_text,
+    drive,
+    worker_names,
+)
+from tests.cluster import Cluster
+from tideserve import codec, serving
+from tideserve.modelconfig import ModelSpec
+from tideserve.procs import free_port
+from tideserve.v1 import inference_pb2 as pb
+from tideserve.v1 import inference_pb2_grpc
+
+Context = grpc.aio.ServicerContext
+# (datatype, input dims, output dims) of the shared workloads.
+WORKLOADS = {"cnn": ("FP32", [3, 64, 64], [10]), "mlp": ("FP32", [256], [10])}
+
+
+class InProcessFrontDoor(inference_pb2_grpc.GRPCInferenceServiceServicer):
+    """The KServe v2 calls the load generator makes, answered by running the model here: one
+    batch in flight per model instance, each formed from everything queued (up to the model's
+    max batch) when an instance comes free."""
+
+    def __init__(self, runner: Any, config: Any) -> None:
+        self.runner = runner
+        self.spec = ModelSpec.from_config(config)
+        self.max_batch = config.max_batch_size
+        self.metadata = pb.ModelMetadataResponse(name=config.name, platform=self.spec.platform)
+        for tensors, target in (
+            (self.spec.inputs, self.metadata.inputs),
+            (self.spec.outputs, self.metadata.outputs),
+        ):
+            for tensor in tensors:
+                target.add(name=tensor.name, datatype=tensor.datatype, shape=[-1, *tensor.dims])
+        self.pending: deque[tuple[np.ndarray, asyncio.Future]] = deque()
+        self.idle_instances = len(runner.instances)
+
+    async def ServerLive(self, request: Any, context: Context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=True)
+
+    async def ModelReady(self, request: Any, context: Context) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=True)
+
+    async def ModelMetadata(self, request: Any, context: Context) -> pb.ModelMetadataResponse:
+        return self.metadata
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> pb.ModelInferResponse:
+        tensor = request.inputs[0]
+        rows = codec.decode(tensor.datatype, tensor.shape, request.raw_input_contents[0])
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((rows, future))
+        if self.idle_instances:
+            self.idle_instances -= 1
+            asyncio.get_running_loop().create_task(self._dispatch())
+        outputs = await future
+        response = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+        for spec, output in zip(self.spec.outputs, outputs, strict=True):
+            datatype, shape, raw = codec.encode(output)
+            response.outputs.add(name=spec.name, datatype=datatype, shape=shape)
+            response.raw_output_contents.append(raw)
+        return response
+
+    async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.pending:
+            items, rows = [], 0
+            while self.pending and rows + len(self.pending[0][0]) <= self.max_batch:
+                item = self.pending.popleft()
+                items.append(item)
+                rows += len(item[0])
+            batch = np.concatenate([rows for rows, _ in items])
+            outputs = await loop.run_in_executor(self.runner.executor, self.runner.run, [batch])
+            offset = 0
+            for part, future in items:
+                end = offset + len(part)
+                future.set_result([output[offset:end] for output in outputs])
+                offset = end
+        self.idle_instances += 1
+
+
+def _floor_process(port: int, repository: Path, model: str, device: str, ready: Any) -> None:
+    async def main() -> None:
+        import torch
+
+        from services.worker.repository import scan
+        from services.worker.runner import ModelRunner
+
+        (entry,) = scan(repository, [model])
+        runner = ModelRunner(entry.config, entry.version, entry.model_path, torch.device(device))
+        runner.warm_up()
+        server = serving.new_server()
+        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InProcessFrontDoor(runner, entry.config), server
+        )
+        serving.bind(server, f"127.0.0.1:{port}")
+        await server.start()
+        ready.set()
+        await server.wait_for_termination()
+
+    serving.run_service(main())
+
+
+@contextmanager
+def floor(repository: Path, model: str, processes: int, device: str) -> Iterator[list[int]]:
+    """`processes` in-process front doors sharing one free port; yields it and their pids."""
+    context = mp.get_context("spawn")
+    port = free_port()
+    started = []
+    try:
+        for _ in range(processes):
+            ready = context.Event()
+            process = context.Process(
+                target=_floor_process, args=(port, repository, model, device, ready)
+            )
+            process.start()
+            started.append(process)
+            if not ready.wait(120):
+                raise TimeoutError("a floor front door did not start")
+        yield [port, *(p.pid for p in started)]
+    finally:
+        for process in started:
+            process.terminate()
+            process.join(10)
+
+
+class _PidsCluster:
+    """Just enough of a Cluster for `CpuMeter`: the floor's processes by role."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.processes = {f"floor-{i}": _Pid(pid) for i, pid in enumerate(pids)}
+
+
+class _Pid:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+
+def build_repository(root: Path, make_models: Path, models: list[str], precision: str) -> Path:
+    made = root / "made"
+    made.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, str(make_models), str(made)], check=True)
+    repository = root / "model_repository"
+    for model in models:
+        datatype, dims, out_dims = WORKLOADS[model]
+        (repository / model / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(made / f"{model}.pt", repository / model / "1" / "model.pt")
+        (repository / model / "config.pbtxt").write_text(
+            config_text(model, datatype, dims, out_dims, precision, instances=2)
+        )
+    return repository
+
+
+def measure(address: str, model: str, args: argparse.Namespace, servers: Any) -> dict[str, Any]:
+    """Closed-loop clients in the shared window, and the servers' CPU by role over exactly that
+    window (`servers`: a Cluster, or anything with the same `processes`)."""
+    meters: list[CpuMeter] = []
+    cores: dict[str, float] = {}
+    timers: list[Any] = []
+
+    def measure_over(window: Any) -> None:
+        timers.append(at_wall_time(window.start, lambda: meters.append(CpuMeter(servers))))
+        timers.append(at_wall_time(window.end - 0.1, lambda: cores.update(meters[0].cores())))
+
+    result = drive(
+        "closed",
+        address,
+        model,
+        args.seconds,
+        args.client_processes,
+        args.concurrency,
+        warmup_s=args.warmup_seconds,
+        on_window=measure_over,
+    )
+    for timer in timers:
+        timer.join()
+    cores.pop("clients", None)
+    return {**result, "cpu_cores_by_role": cores}
+
+
+def run_floor(repository: Path, model: str, processes: int, args: argparse.Namespace) -> dict:
+    with floor(repository, model, processes, args.device) as (port, *pids):
+        return measure(f"127.0.0.1:{port}", model, args, _PidsCluster(pids))
+
+
+def run_tideserve(
+    repository: Path, model: str, processes: int, args: argparse.Namespace, logs: Path
+) -> dict:
+    cluster = Cluster(
+        repository,
+        logs,
+        worker_args=("--models", model),
+        batcher_args=("--processes", str(processes)),
+    )
+    cluster.start(workers=0)
+    try:
+        workers = worker_names(1, args.workers_per_gpu)
+        for name, gpu in workers:
+            add_worker_on_gpu(cluster, name, gpu, args.device)
+        cluster.wait_workers(len(workers))
+        return measure(cluster.batcher, model, args, cluster)
+    finally:
+        cluster.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--models", default="cnn,mlp")
+    parser.add_argument("--processes", default="1,2,4,8", help="batcher (and floor) processes")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured window")
+    parser.add_argument("--warmup-seconds", type=float, default=3.0)
+    parser.add_argument("--client-processes", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=64, help="clients per process")
+    parser.add_argument("--workers-per-gpu", type=int, default=2)
+    parser.add_argument("--precision", default="fp16")
+    parser.add_argument("--device", default="cuda", help="cpu: a smoke run of this script")
+    parser.add_argument(
+        "--make-models", type=Path, default=ROOT.parent / "shared" / "workloads" / "make_models.py"
+    )
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = args.out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    models = args.models.split(",")
+    repository = build_repository(work, args.make_models, models, args.precision)
+    results: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(args).items()}, "runs": []}
+    lines = [
+        "| model | processes | floor (infer/s) | tideserve (infer/s) | tideserve / floor "
+        "| CPU cores: floor | CPU cores: batcher / balancer / worker | client-bound |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for model in models:
+        for processes in (int(p) for p in args.processes.split(",")):
+            bare = run_floor(repository, model, processes, args)
+            served = run_tideserve(repository, model, processes, args, work / "logs")
+            run = {
+                "model": model,
+                "processes": processes,
+                "floor": bare,
+                "tideserve": served,
+                "ratio": served["throughput"] / bare["throughput"] if bare["throughput"] else None,
+            }
+            results["runs"].append(run)
+            print(json.dumps(run), flush=True)
+            cores = served["cpu_cores_by_role"]
+            bound = [
+                name for name, r in (("floor", bare), ("tideserve", served)) if r["client_bound"]
+            ]
+            lines.append(
+                f"| {model} | {processes} | {bare['throughput']:,.0f} | "
+                f"{served['throughput']:,.0f} | {run['ratio'] or 0:.2f} | "
+                f"{bare['cpu_cores_by_role'].get('floor', 0.0):.2f} | "
+                + " / ".join(f"{cores.get(r, 0.0):.2f}" for r in ("batcher", "balancer", "worker"))
+                + f" | {', '.join(bound) or 'no'} |"
+            )
+            (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    table = "\n".join(lines) + "\n"
+    (args.out / "table.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
