@@ -124,7 +124,7 @@ class Supervisor:
                 service.restart_at = None
                 messages.append(f"{service.name} restarted (pid {service.handle.pid})")
         for message in messages:
-            logger.warning(message)
+            logger.info(message)
         return messages
 
     def next_restart_in(self) -> float | None:

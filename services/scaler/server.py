@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from pathlib import Path
 
 import grpc
 
@@ -136,7 +137,8 @@ def build_runtime(settings: ScalerSettings) -> WorkerRuntime:
             str(settings.worker_slowdown),
             "--service-profile",
             settings.worker_service_profile,
-        ]
+        ],
+        state_dir=Path(settings.worker_state_dir) if settings.worker_state_dir else None,
     )
 
 
