@@ -68,20 +68,33 @@ def exit_with_parent(*, adoptable: bool = False) -> None:
     if adopter is None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     else:
-        signal.signal(_ADOPTABLE_SIGNAL, lambda signum, frame: _on_parent_death(adopter, frame))
+        signal.signal(_ADOPTABLE_SIGNAL, _ParentLoss(int(parent), adopter))
         libc.prctl(_PR_SET_PDEATHSIG, _ADOPTABLE_SIGNAL)
     if os.getppid() not in (int(parent), adopter):
         # The parent went away before the signal was armed: nobody is left to stop us.
         raise SystemExit(0)
 
 
-def _on_parent_death(adopter: int, frame: FrameType | None) -> None:
-    # The kernel reparents before it signals, so getppid() already names the new parent.
-    if os.getppid() == adopter:
-        logger.warning("parent exited; adopted by the supervisor, serving on")
-        return
-    logger.warning("parent exited and no supervisor adopted this process; stopping")
-    os.kill(os.getpid(), signal.SIGTERM)
+class _ParentLoss:
+    """The parent-death signal handler of an adoptable child. The kernel sends it when the
+    parent *thread* exits (then the child moves to another thread of the same parent) and when
+    the parent process exits (then it moves to the nearest subreaper), reparenting before it
+    signals; so getppid() tells the cases apart."""
+
+    def __init__(self, parent: int, adopter: int) -> None:
+        self.parent = parent
+        self.adopter = adopter
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        parent = os.getppid()
+        if parent == self.parent:
+            return
+        if parent == self.adopter:
+            logger.warning("parent exited; adopted by the supervisor, serving on")
+            self.parent = parent
+            return
+        logger.warning("parent exited and no supervisor adopted this process; stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def become_subreaper() -> None:

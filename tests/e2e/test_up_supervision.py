@@ -1,0 +1,224 @@
+"""`tideserve up` under load while its services are SIGKILLed, one at a time: each comes back by
+itself, only requests in flight at a kill may fail, and Ctrl-C still leaves nothing behind.
+
+Every request is recorded (start, end, status). The client waits for the batcher while it is
+down (wait_for_ready), as a client of a restarting service should. The seconds from each kill to
+the first success of a request sent after it go to the accounting line (TIDESERVE_ACCOUNTING);
+the bound asserted on them is only there to end a broken run."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.accounting import record
+from tests.cluster import ROOT
+from tests.e2e.test_up import alive, descendants, up_command
+from tideserve.loadgen import sample_request
+from tideserve.v1 import inference_pb2_grpc
+
+pytestmark = pytest.mark.integration
+
+KILLED = ("balancer", "batcher", "scaler")
+CONCURRENCY = 8
+# Generous bounds that only end a broken run; the measured figures are recorded.
+SERVED_AGAIN_WITHIN_S = 60.0
+REQUEST_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Call:
+    start: float
+    end: float
+    code: str
+
+
+@dataclass(frozen=True)
+class Kill:
+    service: str
+    pid: int
+    at: float
+
+
+def service_pids(up_pid: int, module: str) -> set[int]:
+    found = set()
+    for pid in descendants(up_pid):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"services.{module}".encode() in command:
+            found.add(pid)
+    return found
+
+
+def processes_mentioning(text: str) -> set[int]:
+    """Live processes whose command line holds `text`, wherever they were reparented."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return alive(found)
+
+
+async def client(
+    stub: inference_pb2_grpc.GRPCInferenceServiceStub,
+    request: object,
+    calls: list[Call],
+    stop: asyncio.Event,
+) -> None:
+    while not stop.is_set():
+        start = time.monotonic()
+        try:
+            await stub.ModelInfer(request, timeout=REQUEST_TIMEOUT_S, wait_for_ready=True)
+            code = "OK"
+        except grpc.aio.AioRpcError as error:
+            code = error.code().name
+        calls.append(Call(start, time.monotonic(), code))
+
+
+async def first_success_after(calls: list[Call], at: float) -> float:
+    deadline = at + SERVED_AGAIN_WITHIN_S
+    while time.monotonic() < deadline:
+        ends = [c.end for c in calls if c.code == "OK" and c.start >= at]
+        if ends:
+            return min(ends) - at
+        await asyncio.sleep(0.1)
+    pytest.fail(f"not served within {SERVED_AGAIN_WITHIN_S:.0f} s of the kill")
+
+
+async def kill_each_under_load(
+    batcher: str, up_pid: int, calls: list[Call]
+) -> tuple[list[Kill], dict[str, float], dict[str, set[int]]]:
+    """Load the suite, SIGKILL each service in turn once it serves again; the kills, seconds
+    until served again, and the worker pids before and after the scaler's kill."""
+    stop = asyncio.Event()
+    # A plain channel, as a user's client has: no tideserve retry policy to hide failures.
+    async with grpc.aio.insecure_channel(batcher) as channel:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = await sample_request(stub, "tiny_cnn")
+        load = asyncio.gather(*(client(stub, request, calls, stop) for _ in range(CONCURRENCY)))
+        kills: list[Kill] = []
+        served: dict[str, float] = {}
+        workers: dict[str, set[int]] = {}
+        try:
+            await asyncio.sleep(3.0)
+            for service in KILLED:
+                (pid,) = service_pids(up_pid, service)
+                if service == "scaler":
+                    workers["before"] = service_pids(up_pid, "worker")
+                at = time.monotonic()
+                os.kill(pid, signal.SIGKILL)
+                kills.append(Kill(service, pid, at))
+                served[service] = await first_success_after(calls, at)
+                # Spaced out: the next kill comes after a few seconds of serving again.
+                await asyncio.sleep(4.0)
+            workers["after"] = service_pids(up_pid, "worker")
+        finally:
+            stop.set()
+            await load
+    return kills, served, workers
+
+
+def account(kills: list[Kill], served: dict[str, float], calls: list[Call]) -> None:
+    for i, kill in enumerate(kills):
+        until = kills[i + 1].at if i + 1 < len(kills) else float("inf")
+        in_flight = [c for c in calls if c.start < kill.at < c.end]
+        after = [c for c in calls if kill.at <= c.start < until]
+        window = in_flight + after
+        errors = Counter(c.code for c in window)
+        record(
+            f"SIGKILL the {kill.service} under load (tideserve up)",
+            cases=1,
+            sent=len(window),
+            answered=len(window),
+            errors=errors,
+            detail={
+                "service": kill.service,
+                "failed": sum(1 for c in window if c.code != "OK"),
+                "in_flight_at_kill": len(in_flight),
+                "seconds_until_served": round(served[kill.service], 3),
+            },
+        )
+
+
+def test_up_restarts_killed_services_and_new_requests_never_fail(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        up_command(tmp_path, "--max-replicas", "1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read_output() -> None:
+        for line in process.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                ready.set()
+
+    reader = threading.Thread(target=read_output, daemon=True)
+    reader.start()
+    try:
+        assert ready.wait(180), "tideserve up never became ready:\n" + "".join(lines)
+        batcher = re.search(r"inference \(KServe v2 / Triton gRPC\)\s+(\S+)", "".join(lines))
+        assert batcher is not None
+        calls: list[Call] = []
+        kills, served, workers = asyncio.run(
+            kill_each_under_load(batcher.group(1), process.pid, calls)
+        )
+        account(kills, served, calls)
+        print("seconds until served again:", {s: round(t, 2) for s, t in served.items()})
+
+        out = "".join(lines)
+        for kill in kills:
+            assert f"{kill.service} was killed by SIGKILL; restarting it now" in out, out
+            restarted = service_pids(process.pid, kill.service)
+            assert restarted, f"{kill.service} is not running again"
+            assert kill.pid not in restarted
+        # The scaler's workers outlived it and the restarted scaler kept them.
+        assert workers["before"], "no worker ran before the scaler's kill"
+        assert workers["after"] == workers["before"]
+
+        assert sum(1 for c in calls if c.code == "OK") > 0
+        failed = [c for c in calls if c.code != "OK"]
+        in_flight = [c for c in failed if any(c.start < k.at < c.end for k in kills)]
+        started_after = [c for c in failed if c not in in_flight]
+        after_which_kill = Counter(
+            max((k for k in kills if k.at <= c.start), key=lambda k: k.at).service
+            for c in started_after
+        )
+        assert not started_after, (
+            f"requests sent after a kill failed, by the kill before them: {dict(after_which_kill)}"
+            f", statuses {dict(Counter(c.code for c in started_after))}"
+        )
+
+        tree = set(descendants(process.pid))
+        process.send_signal(signal.SIGINT)
+        assert process.wait(90) == 0, "".join(lines)
+        deadline = time.monotonic() + 10
+        while (alive(tree) or processes_mentioning(str(tmp_path))) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(tree), f"left running after Ctrl-C: {alive(tree)}"
+        assert not processes_mentioning(str(tmp_path)), "a service or worker outlived up"
+    finally:
+        if process.poll() is None:
+            process.kill()
+        reader.join(10)
