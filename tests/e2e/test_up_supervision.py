@@ -12,6 +12,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -222,3 +223,23 @@ def test_up_restarts_killed_services_and_new_requests_never_fail(tmp_path: Path)
         if process.poll() is None:
             process.kill()
         reader.join(10)
+
+
+def test_up_gives_up_on_a_crash_loop_and_stops_everything(tmp_path: Path) -> None:
+    command = up_command(tmp_path)
+    # A port the balancer cannot bind makes it exit at every start.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(command[command.index("--balancer-port") + 1])))
+        taken.listen()
+        done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert done.returncode == 1, done.stdout + done.stderr
+    restarts = re.findall(r"balancer exited with code 1; restarting it (.*)", done.stdout)
+    assert restarts == [
+        "now (crash 1 in 60 s)",
+        "in 0.5 s (crash 2 in 60 s)",
+        "in 1.0 s (crash 3 in 60 s)",
+        "in 2.0 s (crash 4 in 60 s)",
+    ]
+    assert "balancer exited with code 1: 5 crashes in 60 s, giving up" in done.stderr
+    assert "stopped." in done.stdout
+    assert not processes_mentioning(str(tmp_path)), "a service or worker outlived up"
