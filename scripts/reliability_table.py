@@ -5,8 +5,8 @@ Usage:
     TIDESERVE_ACCOUNTING=/tmp/accounting.jsonl .venv/bin/python -m pytest TESTS...
     .venv/bin/python scripts/reliability_table.py /tmp/accounting.jsonl
 
-The file is appended to, so a test run twice has two lines per fault: the last one counts. Rows keep the
-order in which the tests first ran.
+The file is appended to, so a test run twice has two lines per fault: the last one counts. Rows
+keep the order in which the tests first ran.
 """
 
 from __future__ import annotations
