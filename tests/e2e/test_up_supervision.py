@@ -30,7 +30,7 @@ from tests.accounting import record
 from tests.cluster import ROOT
 from tests.e2e.test_up import alive, descendants, up_command
 from tideserve.loadgen import sample_request
-from tideserve.v1 import inference_pb2_grpc
+from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -127,11 +127,22 @@ async def watch_drops(channel: grpc.aio.Channel, drops: list[float]) -> None:
             drops.append(time.monotonic())
 
 
+async def managed_workers(scaler: str) -> set[int]:
+    """The worker pids the (restarted) scaler manages, once it answers."""
+    async with grpc.aio.insecure_channel(scaler) as channel:
+        stub = cluster_pb2_grpc.ScalerAdminStub(channel)
+        response = await stub.ListWorkers(
+            cluster_pb2.ListWorkersRequest(), timeout=SERVED_AGAIN_WITHIN_S, wait_for_ready=True
+        )
+    return {int(worker.runtime_id) for worker in response.workers}
+
+
 async def kill_each_under_load(
-    batcher: str, up_pid: int, calls: list[Call]
+    batcher: str, scaler: str, up_pid: int, calls: list[Call]
 ) -> tuple[list[Kill], dict[str, float], dict[str, set[int]]]:
     """Load the suite, SIGKILL each service in turn once it serves again; the kills, seconds
-    until served again, and the worker pids before and after the scaler's kill."""
+    until served again, and the worker pids before the scaler's kill, after it, and as the
+    restarted scaler lists them."""
     stop = asyncio.Event()
     # A plain channel, as a user's client has: no tideserve retry policy to hide failures.
     async with grpc.aio.insecure_channel(batcher) as channel:
@@ -156,6 +167,7 @@ async def kill_each_under_load(
                 kills.append(Kill(service, pid, at, seen))
                 # Spaced out: the next kill comes after a few seconds of serving again.
                 await asyncio.sleep(4.0)
+            workers["managed"] = await managed_workers(scaler)
             workers["after"] = service_pids(up_pid, "worker")
         finally:
             stop.set()
@@ -210,10 +222,12 @@ def test_up_restarts_killed_services_and_new_requests_never_fail(tmp_path: Path)
     try:
         assert ready.wait(180), "tideserve up never became ready:\n" + "".join(lines)
         batcher = re.search(r"inference \(KServe v2 / Triton gRPC\)\s+(\S+)", "".join(lines))
+        scaler = re.search(r"scaler admin\s+(\S+)", "".join(lines))
         assert batcher is not None
+        assert scaler is not None
         calls: list[Call] = []
         kills, served, workers = asyncio.run(
-            kill_each_under_load(batcher.group(1), process.pid, calls)
+            kill_each_under_load(batcher.group(1), scaler.group(1), process.pid, calls)
         )
         account(kills, served, calls)
         print("seconds until served again:", {s: round(t, 2) for s, t in served.items()})
@@ -224,8 +238,9 @@ def test_up_restarts_killed_services_and_new_requests_never_fail(tmp_path: Path)
             restarted = service_pids(process.pid, kill.service)
             assert restarted, f"{kill.service} is not running again"
             assert kill.pid not in restarted
-        # The scaler's workers outlived it and the restarted scaler kept them.
+        # The scaler's workers outlived it and the restarted scaler adopted them.
         assert workers["before"], "no worker ran before the scaler's kill"
+        assert workers["managed"] == workers["before"]
         assert workers["after"] == workers["before"]
 
         assert sum(1 for c in calls if c.code == "OK") > 0
