@@ -15,7 +15,8 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv with $($python --version)"
     "$python" -m venv .venv
 fi
-wanted=$({ .venv/bin/python --version; echo "$torch_spec"; cat pyproject.toml scripts/setup.sh; } | sha256sum | cut -d' ' -f1)
+wanted=$({ .venv/bin/python --version; echo "$torch_spec"; cat pyproject.toml scripts/setup.sh; } \
+    | .venv/bin/python -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
 # Versions from the installed metadata: importing torch alone takes seconds.
 report='import tideserve; from importlib.metadata import version as v; print("torch", v("torch"), "grpcio", v("grpcio"))'
 
