@@ -186,6 +186,7 @@ class Suite:
         become_subreaper()
         asyncio.get_running_loop().add_signal_handler(signal.SIGCHLD, self._reap)
         self.config.log_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_worker_state(self.config.state_dir)
         self.supervisor.start()
 
     async def supervise(self, say: Callable[[str], None]) -> None:
@@ -279,6 +280,15 @@ class Suite:
         asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
         self._reap()
         shutil.rmtree(self.config.worker_state_dir, ignore_errors=True)
+
+
+def remove_stale_worker_state(state_dir: Path) -> None:
+    """Drop the worker records of launchers that are gone (killed before they could clean up):
+    their workers stopped with them."""
+    for directory in state_dir.glob("workers-*"):
+        pid = directory.name.removeprefix("workers-")
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 async def _end_descendants(grace_s: float) -> None:

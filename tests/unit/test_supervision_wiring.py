@@ -1,15 +1,23 @@
-"""The pieces of `tideserve up` around the supervisor: the host-fitted replica bound and how an
+"""The pieces of `tideserve up` around the supervisor: the host-fitted replica bound, stale worker
+records of killed launchers, and how an
 adoptable worker reads its parent-death signal (tideserve.procs)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from tideserve import procs
-from tideserve.launcher import WORKER_MEMORY_BYTES, host_max_replicas
+from tideserve.launcher import (
+    WORKER_MEMORY_BYTES,
+    host_max_replicas,
+    remove_stale_worker_state,
+)
 
 GIB = 1 << 30
 
@@ -62,3 +70,14 @@ def test_orphan_without_supervisor_stops(monkeypatch: pytest.MonkeyPatch) -> Non
     signals = Signals(monkeypatch, parent=77)
     procs._ParentLoss(parent=10, adopter=1)(signal.SIGHUP, None)
     assert signals.sent == [(os.getpid(), signal.SIGTERM)]
+
+
+def test_stale_worker_state_of_dead_launchers_is_removed(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f"workers-{dead.pid}").mkdir()
+    (tmp_path / f"workers-{dead.pid}" / "worker-a.json").write_text("{}")
+    (tmp_path / f"workers-{os.getpid()}").mkdir()
+    remove_stale_worker_state(tmp_path)
+    remove_stale_worker_state(tmp_path / "absent")
+    assert [p.name for p in tmp_path.iterdir()] == [f"workers-{os.getpid()}"]
