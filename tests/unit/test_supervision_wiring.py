@@ -1,6 +1,6 @@
 """The pieces of `tideserve up` around the supervisor: the host-fitted replica bound, stale worker
-records of killed launchers, and how an
-adoptable worker reads its parent-death signal (tideserve.procs)."""
+records of killed launchers, and how an adoptable worker reads its parent-death signal
+(tideserve.procs)."""
 
 from __future__ import annotations
 
