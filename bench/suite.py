@@ -25,10 +25,10 @@ Every load is bounded in time and sent to 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import baseline, inprocess, perf
-from tideserve.launcher import Suite, SuiteConfig
+from tideserve.launcher import SuiteConfig
 from tideserve.procs import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -123,6 +123,7 @@ def set_fixed_delay(repository: Path, delay_us: int) -> None:
 def tideserve(
     repository: Path, workload_threads: int, logs: Path, model: str, batcher_processes: int = 1
 ) -> Iterator[SuiteConfig]:
+    """The suite as `tideserve up` runs it (one worker, static policy), until the block ends."""
     config = SuiteConfig(
         batcher_port=free_port(),
         balancer_port=free_port(),
@@ -138,13 +139,64 @@ def tideserve(
         batcher_processes=batcher_processes,
         log_dir=logs,
     )
-    suite = Suite(config)
-    suite.start()
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tideserve.cli",
+            "up",
+            "--model-repository",
+            str(config.model_repository),
+            "--log-dir",
+            str(config.log_dir),
+            "--state-dir",
+            str(config.log_dir / "state"),
+            "--batcher-port",
+            str(config.batcher_port),
+            "--balancer-port",
+            str(config.balancer_port),
+            "--scaler-port",
+            str(config.scaler_port),
+            "--batcher-metrics-port",
+            "0",
+            "--balancer-metrics-port",
+            "0",
+            "--scaler-metrics-port",
+            "0",
+            "--min-replicas",
+            "1",
+            "--max-replicas",
+            "1",
+            "--scaler-policy",
+            config.scaler_policy,
+            "--worker-threads",
+            str(config.worker_threads),
+            "--batcher-processes",
+            str(config.batcher_processes),
+            # The model `up` waits for before it says it is up.
+            "--demo-model",
+            model,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
-        asyncio.run(suite.wait_ready(model))
+        output = []
+        for line in up.stdout:  # type: ignore[union-attr]
+            output.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        else:
+            raise RuntimeError("tideserve up did not start:\n" + "".join(output))
         yield config
     finally:
-        suite.stop()
+        up.send_signal(signal.SIGINT)
+        try:
+            up.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.communicate()
 
 
 def pa(url: str, model: str, concurrency: int, measurement_ms: int, **kwargs: Any) -> dict:

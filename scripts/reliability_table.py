@@ -5,8 +5,8 @@ Usage:
     TIDESERVE_ACCOUNTING=/tmp/accounting.jsonl .venv/bin/python -m pytest TESTS...
     .venv/bin/python scripts/reliability_table.py /tmp/accounting.jsonl
 
-The file is appended to, so a test run twice has two lines: the last one counts. Rows keep the
-order in which the tests first ran.
+The file is appended to, so a test run twice has two lines per fault: the last one counts. Rows
+keep the order in which the tests first ran.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ HEADER = ("fault or input class", "cases tried", "requests sent", "lost", "error
 
 
 def latest_entries(lines: list[str]) -> list[dict[str, Any]]:
-    """One entry per test, the last one written, in the order the tests first appear."""
-    entries: dict[str, dict[str, Any]] = {}
+    """One entry per test and fault, the last one written, in the order they first appear."""
+    entries: dict[tuple[str, str], dict[str, Any]] = {}
     for line in lines:
         if line.strip():
             entry = json.loads(line)
-            entries[entry["test"] or entry["fault"]] = entry
+            entries[(entry["test"], entry["fault"])] = entry
     return list(entries.values())
 
 

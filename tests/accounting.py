@@ -24,10 +24,18 @@ ENV = "TIDESERVE_ACCOUNTING"
 
 
 def record(
-    fault: str, *, cases: int, sent: int, answered: int, errors: Mapping[str, int]
+    fault: str,
+    *,
+    cases: int,
+    sent: int,
+    answered: int,
+    errors: Mapping[str, int],
+    detail: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`answered`: requests that got a response or a clear status; the rest of `sent` are lost.
-    `errors`: status name -> count; "OK" and zero counts are left out."""
+    `errors`: status name -> count; "OK" and zero counts are left out. `detail`: further fields
+    of the line, for figures particular to one fault. A test may record several faults (one
+    line each)."""
     entry = {
         "fault": fault,
         "test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0],
@@ -35,6 +43,7 @@ def record(
         "sent": sent,
         "lost": sent - answered,
         "errors": {code: n for code, n in sorted(errors.items()) if code != "OK" and n},
+        **(detail or {}),
     }
     print(f"accounting: {fault}: {cases} cases, {sent} requests sent, {entry['lost']} lost, "
           f"errors {entry['errors']}")

@@ -17,8 +17,12 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tideserve.logs import configure_logging
+
+if TYPE_CHECKING:
+    from tideserve.launcher import Suite, SuiteConfig
 
 
 def _add_up(commands: argparse._SubParsersAction) -> None:
@@ -37,17 +41,36 @@ def _add_up(commands: argparse._SubParsersAction) -> None:
     up.add_argument("--balancer-metrics-port", type=int, default=8102)
     up.add_argument("--scaler-metrics-port", type=int, default=8202)
     up.add_argument("--min-replicas", type=int, default=1)
-    up.add_argument("--max-replicas", type=int, default=2)
-    up.add_argument("--scaler-policy", default="hpa")
+    up.add_argument(
+        "--max-replicas",
+        type=int,
+        default=None,
+        help="default: fitted to this host (tideserve.launcher.host_max_replicas)",
+    )
+    up.add_argument(
+        "--scaler-policy",
+        default="learned",
+        help="the scaler's policy; learned falls back to hpa outside its training range",
+    )
     up.add_argument("--worker-threads", type=int, default=0, help="torch threads per worker")
-    up.add_argument("--batcher-processes", type=int, default=1,
-                    help="batcher processes sharing the port (SO_REUSEPORT)")
+    up.add_argument(
+        "--batcher-processes",
+        type=int,
+        default=1,
+        help="batcher processes sharing the port (SO_REUSEPORT)",
+    )
     up.add_argument("--log-dir", type=Path, default=Path(".tideserve/logs"))
     up.add_argument(
         "--credentials-dir",
         type=Path,
         help="where this run's balancer tokens are written (default: beside --log-dir, "
         ".tideserve/credentials)",
+    )
+    up.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(".tideserve/state"),
+        help="where the scaler records its workers, to adopt them after a restart",
     )
     up.add_argument("--demo", action="store_true", help="drive a short load and print figures")
     up.add_argument("--exit-after-demo", action="store_true", help="stop the suite after the demo")
@@ -110,7 +133,7 @@ async def _demo(
 
 
 def _up(args: argparse.Namespace) -> int:
-    from tideserve.launcher import Suite, SuiteConfig
+    from tideserve.launcher import SuiteConfig, host_max_replicas
 
     repository = args.model_repository
     if not repository.exists() or not any(repository.iterdir()):
@@ -118,6 +141,8 @@ def _up(args: argparse.Namespace) -> int:
 
         write_default_model(repository)
         print(f"created model repository {repository} with the default model {DEFAULT_MODEL}")
+    fitted = args.max_replicas is None
+    max_replicas = host_max_replicas() if fitted else args.max_replicas
     config = SuiteConfig(
         host=args.host,
         batcher_port=args.batcher_port,
@@ -128,62 +153,83 @@ def _up(args: argparse.Namespace) -> int:
         scaler_metrics_port=args.scaler_metrics_port,
         model_repository=repository,
         min_replicas=args.min_replicas,
-        max_replicas=args.max_replicas,
+        max_replicas=max(max_replicas, args.min_replicas),
         scaler_policy=args.scaler_policy,
         worker_threads=args.worker_threads,
         batcher_processes=args.batcher_processes,
         log_dir=args.log_dir,
         credentials_dir=args.credentials_dir,
+        state_dir=args.state_dir,
     )
-    suite = Suite(config)
-    stop_requested = False
+    print(
+        f"scaler policy {config.scaler_policy}, workers {config.min_replicas}.."
+        f"{config.max_replicas}"
+        + (" (max fitted to this host's cores and memory)" if fitted else ""),
+        flush=True,
+    )
+    return asyncio.run(_run_suite(args, config))
 
-    def request_stop(signum: int, frame: object) -> None:
-        nonlocal stop_requested
-        stop_requested = True
-        raise KeyboardInterrupt
 
+async def _run_suite(args: argparse.Namespace, config: SuiteConfig) -> int:
+    """Start the suite, then run until Ctrl-C/SIGTERM, the end of the demo with
+    --exit-after-demo, or a service crash loop; stop everything either way. 1 if the suite
+    failed (no ready model in time, crash loop), else 0."""
+    from tideserve.launcher import Suite
+
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
     # SIGINT explicitly too: a shell starts background jobs with SIGINT ignored, and Python then
     # keeps ignoring it, so `tideserve up &` would never stop on `kill -INT`.
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    try:
-        suite.start()
-        asyncio.run(suite.wait_ready(args.demo_model))
-        print(f"tideserve is up (logs in {config.log_dir}/)")
-        print(f"  inference (KServe v2 / Triton gRPC)  {config.batcher}")
-        print(f"  balancer                             {config.balancer}")
-        print(f"  balancer operator token              {config.token_file('operator')}")
-        print(f"  scaler admin                         {config.scaler}")
-        print(
-            "  Prometheus /metrics                  "
-            f"{config.host}:{config.batcher_metrics_port}, :{config.balancer_metrics_port}, "
-            f":{config.scaler_metrics_port}; workers via "
-            f"http://{config.host}:{config.balancer_metrics_port}/sd/workers"
-        )
-        if args.demo:
-            from services.worker.models import DEFAULT_MODEL
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop_requested.set)
+    suite = Suite(config)
+    suite.start()
+    tasks = [
+        asyncio.create_task(suite.supervise(lambda line: print(line, flush=True))),
+        asyncio.create_task(_serve(args, config, suite)),
+        asyncio.create_task(stop_requested.wait()),
+    ]
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        task.cancel()
+    failure = next((t.exception() for t in done if not t.cancelled() and t.exception()), None)
+    if failure is not None:
+        print(f"tideserve up: {failure}", file=sys.stderr, flush=True)
+    print("stopping ...", flush=True)
+    await suite.stop()
+    print("stopped.", flush=True)
+    return 1 if failure is not None else 0
 
-            asyncio.run(
-                _demo(
-                    args,
-                    config.batcher,
-                    config.balancer,
-                    config.token_file("operator"),
-                    args.demo_model or DEFAULT_MODEL,
-                )
-            )
-        if not (args.demo and args.exit_after_demo):
-            print("Ctrl-C stops everything.", flush=True)
-            while True:
-                signal.pause()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        print("stopping ...", flush=True)
-        suite.stop()
-        print("stopped.", flush=True)
-    return 0
+
+async def _serve(args: argparse.Namespace, config: SuiteConfig, suite: Suite) -> None:
+    """Wait for the suite, say where it is, run the demo if asked; then serve until cancelled
+    (or return after the demo with --exit-after-demo)."""
+    await suite.wait_ready(args.demo_model)
+    print(f"tideserve is up (logs in {config.log_dir}/)")
+    print(f"  inference (KServe v2 / Triton gRPC)  {config.batcher}")
+    print(f"  balancer                             {config.balancer}")
+    print(f"  balancer operator token              {config.token_file('operator')}")
+    print(f"  scaler admin                         {config.scaler}")
+    print(
+        "  Prometheus /metrics                  "
+        f"{config.host}:{config.batcher_metrics_port}, :{config.balancer_metrics_port}, "
+        f":{config.scaler_metrics_port}; workers via "
+        f"http://{config.host}:{config.balancer_metrics_port}/sd/workers"
+    )
+    if args.demo:
+        from services.worker.models import DEFAULT_MODEL
+
+        await _demo(
+            args,
+            config.batcher,
+            config.balancer,
+            config.token_file("operator"),
+            args.demo_model or DEFAULT_MODEL,
+        )
+        if args.exit_after_demo:
+            return
+    print("Ctrl-C stops everything.", flush=True)
+    await asyncio.Event().wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,19 +1,24 @@
 """`tideserve up`: the whole suite as local processes on loopback — balancer, batcher and scaler
 (which starts the workers) — with the default model repository made on first run.
 
-Each service is a separate process, started with PR_SET_PDEATHSIG so none outlives the launcher,
-and stopped in order on SIGINT/SIGTERM: batcher first (no new requests), then the scaler (drains
-and stops its workers), then the balancer."""
+Each service is a separate process, supervised as compose's `restart: unless-stopped` would:
+one that exits is restarted (tideserve.supervision), and workers outlive a scaler crash so the
+restarted scaler adopts them (tideserve.procs). On SIGINT/SIGTERM the services stop in order:
+batcher first (no new requests), then the scaler (drains and stops its workers), then the
+balancer; then anything still running below the launcher is stopped, so nothing outlives it
+(services also stop by themselves if the launcher is killed: PR_SET_PDEATHSIG)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
 import signal
-import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +27,37 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tideserve import serving
 from tideserve.credentials import create_credentials, token_path
-from tideserve.procs import child_env
+from tideserve.procs import (
+    ADOPTER_ENV,
+    ProcessWatch,
+    become_subreaper,
+    child_env,
+    descendants,
+)
+from tideserve.supervision import RestartPolicy, Supervisor
 from tideserve.v1 import inference_pb2, inference_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
 STOP_ORDER = ("batcher", "scaler", "balancer")
+
+# Memory budgeted per worker. A CPU worker serving tiny_cnn under load holds about 270 MiB
+# resident (`ps -o rss`), most of it torch; 1 GiB leaves room for a larger model.
+WORKER_MEMORY_BYTES = 1 << 30
+
+
+def host_max_replicas(cpus: int | None = None, memory_bytes: int | None = None) -> int:
+    """The most workers this host runs side by side, `tideserve up`'s default max_replicas.
+
+    One worker per CPU core this process may use, less one core kept for the batcher, balancer
+    and scaler (a worker computes on its core; more workers than cores only queue for them), and
+    no more than half the memory holds at WORKER_MEMORY_BYTES each (the other half for the
+    services, the clients and the page cache). At least 1."""
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0))
+    if memory_bytes is None:
+        memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(1, min(cpus - 1, memory_bytes // 2 // WORKER_MEMORY_BYTES))
 
 
 @dataclass(frozen=True)
@@ -43,13 +73,15 @@ class SuiteConfig:
     model_repository: Path = Path("model_repository")
     min_replicas: int = 1
     max_replicas: int = 2
-    scaler_policy: str = "hpa"
+    scaler_policy: str = "learned"
     worker_threads: int = 0
     batcher_processes: int = 1
     log_dir: Path = Path(".tideserve/logs")
     # The per-role balancer tokens, made afresh by every `start` (tokens of an earlier run stop
     # working); None = beside the logs, in the suite's state directory (.tideserve/credentials).
     credentials_dir: Path | None = None
+    # Where the scaler keeps its workers' pids (worker_state_dir).
+    state_dir: Path = Path(".tideserve/state")
     ready_timeout_s: float = 90.0
 
     @property
@@ -58,6 +90,11 @@ class SuiteConfig:
 
     def token_file(self, role: str) -> str:
         return str(token_path(self.credentials, role))
+
+    @property
+    def worker_state_dir(self) -> Path:
+        # Per launcher: two suites started from one directory never adopt each other's workers.
+        return self.state_dir / f"workers-{os.getpid()}"
 
     @property
     def batcher(self) -> str:
@@ -130,34 +167,108 @@ def service_commands(config: SuiteConfig) -> dict[str, list[str]]:
             config.token_file("scaler"),
             "--worker-token-file",
             config.token_file("worker"),
+            "--admin-token-file",
+            config.token_file("operator"),
+            "--worker-state-dir",
+            str(config.worker_state_dir),
         ],
     }
 
 
+class ServiceProcess:
+    """One run of a service. Its exit status is set by `Suite`'s reaper: the launcher is a child
+    subreaper that waits for every child itself (orphaned workers included), so nothing else may
+    wait for these pids."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self.exited = asyncio.Event()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+
 class Suite:
-    def __init__(self, config: SuiteConfig) -> None:
+    """The services as supervised processes (tideserve.supervision): started on `start`,
+    restarted when they exit, stopped in order by `stop`, after which nothing started below the
+    launcher is left running. Runs inside the event loop: it reaps children on SIGCHLD."""
+
+    def __init__(self, config: SuiteConfig, restarts: RestartPolicy | None = None) -> None:
         self.config = config
-        self.processes: dict[str, subprocess.Popen] = {}
+        self.commands = service_commands(config)
+        self.supervisor = Supervisor(tuple(self.commands), self._spawn, restarts)
+        self._running: dict[int, ServiceProcess] = {}
+        self._exits = asyncio.Event()
 
     def start(self) -> None:
+        # Orphans below us (workers of a crashed scaler) become our children: we adopt and, at
+        # the end, stop them.
+        become_subreaper()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGCHLD, self._reap)
         self.config.log_dir.mkdir(parents=True, exist_ok=True)
         create_credentials(self.config.credentials)
-        for name, command in service_commands(self.config).items():
-            log = (self.config.log_dir / f"{name}.log").open("ab")
-            self.processes[name] = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=child_env()
+        remove_stale_worker_state(self.config.state_dir)
+        self.supervisor.start()
+
+    async def supervise(self, say: Callable[[str], None]) -> None:
+        """Restart services that exit, telling `say` about each, until cancelled. Raises
+        CrashLoop when one will not stay up."""
+        while True:
+            self._exits.clear()
+            for message in self.supervisor.check():
+                say(message)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exits.wait(), self.supervisor.next_restart_in())
+
+    def _spawn(self, name: str) -> ServiceProcess:
+        command = self.commands[name]
+        # Its own process group: a Ctrl-C on the terminal reaches the launcher alone, which then
+        # stops the services in order (and a service it stops is not mistaken for a crash).
+        env = {**child_env(), ADOPTER_ENV: str(os.getpid())}
+        log = os.open(
+            self.config.log_dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+        )
+        try:
+            pid = os.posix_spawn(
+                command[0],
+                command,
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, log, 1),
+                    (os.POSIX_SPAWN_DUP2, log, 2),
+                ],
+                setpgroup=0,
             )
-            log.close()
+        finally:
+            os.close(log)
+        process = ServiceProcess(pid)
+        self._running[pid] = process
+        return process
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            process = self._running.pop(pid, None)
+            if process is not None:
+                process.returncode = os.waitstatus_to_exitcode(status)
+                process.exited.set()
+                self._exits.set()
 
     async def wait_ready(self, model: str | None) -> None:
         """Until every service reports SERVING and the batcher has a ready model (or `model`)."""
         deadline = time.monotonic() + self.config.ready_timeout_s
         for address in (self.config.balancer, self.config.scaler, self.config.batcher):
-            await _wait_serving(address, deadline, self)
+            await _wait_serving(address, deadline)
         async with serving.channel(self.config.batcher) as channel:
             stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
             while True:
-                self.check_alive()
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     if model is None:
                         ready = (await stub.ServerReady(inference_pb2.ServerReadyRequest())).ready
@@ -173,33 +284,57 @@ class Suite:
                     )
                 await asyncio.sleep(0.2)
 
-    def check_alive(self) -> None:
-        for name, process in self.processes.items():
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"{name} exited with code {process.returncode}; see "
-                    f"{self.config.log_dir / (name + '.log')}"
-                )
-
-    def stop(self, timeout_s: float = 20.0) -> None:
+    async def stop(self, timeout_s: float = 20.0) -> None:
+        """Stop the services in STOP_ORDER (the scaler drains and stops its workers), then
+        whatever is left below the launcher. Call with `supervise` cancelled."""
         for name in STOP_ORDER:
-            process = self.processes.get(name)
-            if process is None or process.poll() is not None:
+            process = self.supervisor.handle(name)
+            if process.poll() is not None:
                 continue
-            process.send_signal(signal.SIGTERM)
+            os.kill(process.pid, signal.SIGTERM)
             try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
+                await asyncio.wait_for(process.exited.wait(), timeout_s)
+            except TimeoutError:
                 logger.warning("%s did not stop in %.0f s; killing", name, timeout_s)
-                process.kill()
-                process.wait()
+                os.kill(process.pid, signal.SIGKILL)
+                await process.exited.wait()
+        await _end_descendants(grace_s=5.0)
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
+        self._reap()
+        shutil.rmtree(self.config.worker_state_dir, ignore_errors=True)
 
 
-async def _wait_serving(address: str, deadline: float, suite: Suite) -> None:
+def remove_stale_worker_state(state_dir: Path) -> None:
+    """Drop the worker records of launchers that are gone (killed before they could clean up):
+    their workers stopped with them."""
+    for directory in state_dir.glob("workers-*"):
+        pid = directory.name.removeprefix("workers-")
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+async def _end_descendants(grace_s: float) -> None:
+    """SIGTERM every process left below this one, SIGKILL those still there after `grace_s`."""
+    watches = []
+    for pid in descendants(os.getpid()):
+        with contextlib.suppress(ProcessLookupError):
+            watches.append(ProcessWatch(pid))
+    if watches:
+        logger.warning("stopping %d leftover processes", len(watches))
+    for watch in watches:
+        watch.send_signal(signal.SIGTERM)
+    done = await asyncio.gather(*(w.wait(grace_s) for w in watches))
+    for watch, exited in zip(watches, done, strict=True):
+        if not exited:
+            watch.send_signal(signal.SIGKILL)
+            await watch.wait(grace_s)
+        watch.close()
+
+
+async def _wait_serving(address: str, deadline: float) -> None:
     async with serving.channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
-            suite.check_alive()
             with contextlib.suppress(grpc.aio.AioRpcError):
                 response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
                 if response.status == health_pb2.HealthCheckResponse.SERVING:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from pathlib import Path
 
 import grpc
 
@@ -149,7 +150,8 @@ def build_runtime(settings: ScalerSettings) -> WorkerRuntime:
                 if settings.worker_token_file
                 else ()
             ),
-        ]
+        ],
+        state_dir=Path(settings.worker_state_dir) if settings.worker_state_dir else None,
     )
 
 

@@ -52,6 +52,9 @@ class ScalerSettings(TlsFields):
     stop_grace_s: float = 10.0
     # Drain and stop every worker when the scaler exits (else a restarted scaler adopts them).
     stop_workers_on_exit: bool = True
+    # process runtime: keep each worker's pid here so a restarted scaler adopts the live ones
+    # ("" = workers stop with the scaler). `tideserve up` sets it.
+    worker_state_dir: str = ""
     # What workers are started with.
     model_repository: str = "model_repository"
     worker_threads: int = 0

@@ -8,7 +8,7 @@ from tideserve.procs import exit_with_parent
 
 
 def main() -> None:
-    exit_with_parent()
+    exit_with_parent(adoptable=True)
     settings = parse()
     configure_logging("worker", settings.log_level, settings.json_logs)
     serving.run_service(serve(settings))

@@ -43,3 +43,17 @@ def test_table_keeps_each_tests_last_line_in_first_seen_order() -> None:
     assert rows[2] == "| x | 1 | 6 | 0 | none | `t.py::x` |"
     assert rows[3] == "| y | 3 | 1,200 | 0 | none | `t.py::y` |"
     assert rows[4] == "| **all** |  | **1,206** | **0** |  |  |"
+
+
+def test_one_test_may_record_several_faults_with_their_own_fields(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "accounting.jsonl"
+    monkeypatch.setenv(ENV, str(out))
+    record("kill a", cases=1, sent=4, answered=4, errors={}, detail={"seconds_until_served": 1.5})
+    record("kill b", cases=1, sent=2, answered=2, errors={"UNAVAILABLE": 1})
+    lines = out.read_text().splitlines()
+    assert json.loads(lines[0])["seconds_until_served"] == 1.5
+    rows = SCRIPT["table"](SCRIPT["latest_entries"](lines)).splitlines()
+    assert rows[2].startswith("| kill a | 1 | 4 | 0 | none |")
+    assert rows[3].startswith("| kill b | 1 | 2 | 0 | UNAVAILABLE 1 |")
