@@ -126,7 +126,7 @@ class BalancerServicer:
             result = await self.core.dispatch(model, rows, payload, deadline)
         except TideserveError as error:
             self.metrics.dispatch_done(model, error.code, self.core.clock() - started)
-            await context.abort(serving.status_code(error), str(error))
+            await serving.abort(context, error)
             raise
         self.metrics.dispatch_done(model, "OK", self.core.clock() - started)
         return result
