@@ -5,6 +5,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from services.batcher.core import BALANCER_HOLD_S
 from tideserve.settings import TlsFields, load_settings
 
 
@@ -37,6 +38,11 @@ class BatcherSettings(TlsFields):
     # this batcher then reads and writes. Any client that reaches the port can name any segment
     # this batcher's user may open, as with Triton; turn it off where clients are not trusted.
     client_shared_memory: bool = True
+    # While no balancer is reachable (one restarting), accepted requests wait in their queue for
+    # one to return: up to their deadline, or this many seconds for a request without one. Then
+    # they fail UNAVAILABLE (reason balancer-unreachable), naming the balancers tried. 0 = fail
+    # at once.
+    balancer_hold_s: float = BALANCER_HOLD_S
     report_interval_s: float = 0.5
     grace_s: float = 5.0
     # Prometheus /metrics: Triton's metrics port, next to its gRPC port.
@@ -53,6 +59,8 @@ class BatcherSettings(TlsFields):
             raise ValueError("max_queue_rows_default must be >= 0 (0 = unbounded)")
         if self.shared_memory_min_bytes < 0:
             raise ValueError("shared_memory_min_bytes must be >= 0 (0 = never)")
+        if self.balancer_hold_s < 0:
+            raise ValueError("balancer_hold_s must be >= 0 (0 = fail at once)")
         if self.inflight_per_instance < 1:
             raise ValueError("inflight_per_instance must be >= 1")
         if not self.balancers:
