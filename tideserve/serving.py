@@ -268,8 +268,10 @@ async def serve_until_signal(
     *,
     grace_seconds: float,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    on_draining: Callable[[], None] | None = None,
 ) -> None:
     """Run a started server until SIGINT/SIGTERM, then shut down gracefully: report NOT_SERVING,
+    run `on_draining` (end streams that would otherwise run until the grace period cuts them),
     let in-flight calls finish for `grace_seconds`, then run `on_stop` (close channels, release
     devices or runtimes)."""
     loop = asyncio.get_running_loop()
@@ -279,6 +281,8 @@ async def serve_until_signal(
     await stop.wait()
     logger.info("shutting down", extra={"grace_seconds": grace_seconds})
     await health_servicer.enter_graceful_shutdown()
+    if on_draining is not None:
+        on_draining()
     await server.stop(grace_seconds)
     if on_stop is not None:
         await on_stop()

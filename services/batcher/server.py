@@ -120,7 +120,11 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.core.ready())
+        """Ready: a balancer is reachable (as health says) and some model has a ready worker,
+        so an inference can be served now."""
+        return pb.ServerReadyResponse(
+            ready=any(self.core.model_ready(m) for m in self.catalog.entries)
+        )
 
     @serving.rpc_errors
     async def ModelReady(
