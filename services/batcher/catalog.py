@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tideserve.errors import NotFound, Unavailable
+from tideserve.errors import BalancerUnreachable, NotFound
 from tideserve.modelconfig import ModelSpec
 from tideserve.v1 import cluster_pb2, inference_pb2
 
@@ -109,7 +109,7 @@ class ModelCatalog:
     def get(self, name: str, version: str = "") -> CatalogEntry:
         entry = self.entries.get(name)
         if entry is None and not self.synced:
-            raise Unavailable(
+            raise BalancerUnreachable(
                 "this batcher has not yet heard from a balancer which models are served; "
                 "retry shortly"
             )

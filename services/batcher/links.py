@@ -33,6 +33,9 @@ class BalancerLinks:
     def live(self) -> bool:
         return bool(self._live)
 
+    def is_up(self, address: str) -> bool:
+        return address in self._live
+
     def up(self, address: str) -> bool:
         """A stream to `address` delivered a snapshot. True if this made the batcher live."""
         if address in self._live:

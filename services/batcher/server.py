@@ -301,6 +301,7 @@ async def _watch_catalog(
                         await on_change()
             except grpc.aio.AioRpcError as error:
                 failure = f"{error.code().name}: {error.details()}"
+            was_up = links.is_up(address)
             if links.down(address, failure):
                 logger.warning(
                     "no balancer reachable; not serving, holding requests",
@@ -308,8 +309,11 @@ async def _watch_catalog(
                 )
                 await on_change()
             else:
-                logger.warning(
-                    "cluster watch failed; retrying", extra={"balancer": address, "error": failure}
+                # Retries while the balancer stays away are many; only the loss is news.
+                logger.log(
+                    logging.WARNING if was_up else logging.DEBUG,
+                    "cluster watch failed; retrying",
+                    extra={"balancer": address, "error": failure},
                 )
             await asyncio.sleep(WATCH_RETRY_S)
 

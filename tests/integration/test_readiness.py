@@ -122,6 +122,8 @@ def test_readiness_follows_the_balancer_killed_stopped_and_restarted(cluster: Cl
         assert not probe.model_ready(), "no balancer: the workers it knew cannot be reached"
         assert healthprobe.main([cluster.batcher]) == 1
         assert healthprobe.main([cluster.batcher, "--service", SERVICE_NAME]) == 1
+        assert healthprobe.main([cluster.batcher, "--live"]) == 0, "alive, holding requests"
+        assert healthprobe.main([cluster.balancer, "--live"]) == 1
 
         cluster.processes["balancer"].wait()
         restart_balancer(cluster)
