@@ -30,6 +30,9 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     # connection and is noticed at once, without pings.
     ("grpc.keepalive_time_ms", 2_000),
     ("grpc.keepalive_timeout_ms", 3_000),
+    # The same bound for every ping: a keepalive ping joins one already in flight (gRPC's own
+    # flow-control probes), whose ack is otherwise awaited for a minute.
+    ("grpc.http2.ping_timeout_ms", 3_000),
     ("grpc.keepalive_permit_without_calls", 1),
     # Keep pinging a connection that carries no data (an idle stream), not just the first two.
     ("grpc.http2.max_pings_without_data", 0),

@@ -143,6 +143,25 @@ def test_readiness_follows_the_balancer_killed_stopped_and_restarted(cluster: Cl
         probe.close()
 
 
+def test_a_frozen_balancer_is_noticed_by_keepalive(cluster: Cluster) -> None:
+    """SIGSTOP keeps the balancer's connections open: only the channel's keepalive pings, left
+    unanswered, can tell the batcher its stream is dead."""
+    probe = Probe(cluster.batcher)
+    pid = cluster.processes["balancer"].pid
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        frozen = seconds_until(probe.none_serving, 20, "NOT_SERVING with the balancer frozen")
+        os.kill(pid, signal.SIGCONT)
+        thawed = seconds_until(probe.all_serving, 30, "SERVING with the balancer thawed")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        probe.close()
+    print(
+        f"batcher NOT_SERVING {frozen:.2f} s after the balancer froze, SERVING {thawed:.2f} s "
+        "after it thawed"
+    )
+
+
 def test_requests_sent_while_the_balancer_is_down_succeed_once_it_is_back(
     cluster: Cluster,
 ) -> None:
