@@ -276,46 +276,45 @@ async def _watch_catalog(
     catalog: ModelCatalog,
     links: BalancerLinks,
     address: str,
-    tls: serving.TlsSettings,
+    channel: grpc.aio.Channel,
     on_change: Callable[[], Awaitable[None]],
 ) -> None:
     """Keep the catalog in step with the balancer's cluster snapshots, and `links` with whether
     the stream is live: up at each snapshot, down the moment the stream breaks or ends (a killed
-    balancer resets the connection; a silent one fails the channel's keepalive). Reconnects."""
-    async with serving.channel(address, tls) as channel:
-        stub = cluster_pb2_grpc.BalancerStub(channel)
-        while True:
-            failure = "the cluster stream ended"
-            try:
-                async for snapshot in stub.WatchCluster(
-                    cluster_pb2.WatchClusterRequest(interval_seconds=0.25)
-                ):
-                    changed = catalog.update(list(snapshot.models))
-                    catalog.update_workers(snapshot)
-                    if changed:
-                        logger.info(
-                            "models updated", extra={"models": changed, "balancer": address}
-                        )
-                    if links.up(address):
-                        logger.info("balancer reachable; serving", extra={"balancer": address})
-                        await on_change()
-            except grpc.aio.AioRpcError as error:
-                failure = f"{error.code().name}: {error.details()}"
-            was_up = links.is_up(address)
-            if links.down(address, failure):
-                logger.warning(
-                    "no balancer reachable; not serving, holding requests",
-                    extra={"balancer": address, "error": failure},
-                )
-                await on_change()
-            else:
-                # Retries while the balancer stays away are many; only the loss is news.
-                logger.log(
-                    logging.WARNING if was_up else logging.DEBUG,
-                    "cluster watch failed; retrying",
-                    extra={"balancer": address, "error": failure},
-                )
-            await asyncio.sleep(WATCH_RETRY_S)
+    balancer resets the connection; a silent one fails the channel's keepalive). Reconnects.
+    `channel` is the one batches go over, so a live stream means batches can be sent now, not
+    after that channel's own reconnect back-off."""
+    stub = cluster_pb2_grpc.BalancerStub(channel)
+    while True:
+        failure = "the cluster stream ended"
+        try:
+            async for snapshot in stub.WatchCluster(
+                cluster_pb2.WatchClusterRequest(interval_seconds=0.25)
+            ):
+                changed = catalog.update(list(snapshot.models))
+                catalog.update_workers(snapshot)
+                if changed:
+                    logger.info("models updated", extra={"models": changed, "balancer": address})
+                if links.up(address):
+                    logger.info("balancer reachable; serving", extra={"balancer": address})
+                    await on_change()
+        except grpc.aio.AioRpcError as error:
+            failure = f"{error.code().name}: {error.details()}"
+        was_up = links.is_up(address)
+        if links.down(address, failure):
+            logger.warning(
+                "no balancer reachable; not serving, holding requests",
+                extra={"balancer": address, "error": failure},
+            )
+            await on_change()
+        else:
+            # Retries while the balancer stays away are many; only the loss is news.
+            logger.log(
+                logging.WARNING if was_up else logging.DEBUG,
+                "cluster watch failed; retrying",
+                extra={"balancer": address, "error": failure},
+            )
+        await asyncio.sleep(WATCH_RETRY_S)
 
 
 async def _first_catalog(catalog: ModelCatalog, timeout_s: float) -> None:
@@ -379,8 +378,8 @@ async def serve(settings: BatcherSettings) -> None:
 
     port = serving.bind(server, f"{settings.host}:{settings.port}", tls)
     tasks = [
-        asyncio.create_task(_watch_catalog(catalog, links, a, tls, publish_readiness))
-        for a in settings.balancers
+        asyncio.create_task(_watch_catalog(catalog, links, a, channel, publish_readiness))
+        for a, channel in zip(settings.balancers, pool.channels, strict=True)
     ]
     tasks.append(asyncio.create_task(_report_loop(core, settings, pool)))
     # Learn what is served before answering: with several processes on one port, a client

@@ -263,6 +263,30 @@ def test_worker_lost_and_no_ready_worker_have_their_own_reasons(slow_worker: Clu
     assert "no balancer" not in lost.value.details(), "the balancer was fine"
 
 
+def test_a_batch_on_a_balancer_killed_under_it_is_sent_again_once_one_is_back(
+    slow_worker: Cluster,
+) -> None:
+    cluster = slow_worker
+    probe = Probe(cluster.batcher)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(probe.infer, None)
+            wait_for(
+                lambda: any(w.outstanding_batches for w in cluster.snapshot().workers),
+                30,
+                "a batch on the worker",
+            )
+            os.kill(cluster.processes["balancer"].pid, signal.SIGKILL)
+            cluster.processes["balancer"].wait()
+            wait_for(probe.none_serving, FLIP_BOUND_S, "NOT_SERVING")
+            restart_balancer(cluster)
+            response = pending.result(timeout=60)
+    finally:
+        probe.close()
+
+    assert response.outputs[0].name == "OUTPUT__0"
+
+
 def test_typed_contents_in_the_wrong_field_are_refused_naming_it(slow_worker: Cluster) -> None:
     request = pb.ModelInferRequest(model_name=MODEL)
     tensor = request.inputs.add(name="INPUT__0", datatype="FP32", shape=[1, 1, 28, 28])
