@@ -150,16 +150,29 @@ def decode_bytes(raw: bytes, shape: Sequence[int]) -> np.ndarray:
     return result.reshape(tuple(shape))
 
 
-def contents_to_raw(datatype: str, shape: Sequence[int], contents: object) -> bytes:
-    """Typed `InferTensorContents` -> raw bytes, so the rest of the path sees one representation."""
+def contents_to_raw(datatype: str, shape: Sequence[int], contents: object, name: str = "") -> bytes:
+    """Typed `InferTensorContents` -> raw bytes, so the rest of the path sees one representation.
+    `name`, the input's, makes refusals say which input is wrong."""
+    what = f"input {name!r}" if name else "the tensor"
     field = CONTENTS_FIELDS.get(datatype)
     if field is None:
-        raise InvalidArgument(f"datatype {datatype!r} cannot be sent as typed contents")
+        raise InvalidArgument(f"{what}: datatype {datatype!r} cannot be sent as typed contents")
     values = getattr(contents, field)
     count = element_count(shape)
+    if not values and count:
+        # Values in another datatype's field (int_contents for FP32, a common slip): name the
+        # field that was expected rather than report zero values.
+        others = sorted(
+            f for f in set(CONTENTS_FIELDS.values()) if f != field and getattr(contents, f, None)
+        )
+        if others:
+            raise InvalidArgument(
+                f"{what} is {datatype}: put its values in {field} (got {', '.join(others)})"
+            )
     if len(values) != count:
         raise InvalidArgument(
-            f"typed contents hold {len(values)} values but {datatype} {list(shape)} needs {count}"
+            f"{what}: typed contents hold {len(values)} values but {datatype} {list(shape)} "
+            f"needs {count} (in {field})"
         )
     if datatype == "BYTES":
         array = np.empty(count, dtype=object)
@@ -168,7 +181,7 @@ def contents_to_raw(datatype: str, shape: Sequence[int], contents: object) -> by
     try:
         return np.asarray(values, dtype=NUMPY_DTYPES[datatype]).tobytes()
     except OverflowError as exc:
-        raise InvalidArgument(f"typed contents do not fit {datatype}: {exc}") from exc
+        raise InvalidArgument(f"{what}: typed contents do not fit {datatype}: {exc}") from exc
 
 
 def row_nbytes(datatype: str, dims: Sequence[int]) -> int:

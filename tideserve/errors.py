@@ -1,13 +1,20 @@
 """Domain errors. Logic code raises these; `tideserve.serving` maps them to gRPC status codes in
-one place, so no class outside the server wiring needs to know about gRPC."""
+one place, so no class outside the server wiring needs to know about gRPC.
+
+Failures that share a status code but call for different actions carry a `reason` too, sent
+beside the status as the `tideserve-error-reason` trailer (`tideserve.metadata.REASON_KEY`), so
+callers (the batcher deciding whether to try another balancer, a client deciding whether to
+retry) act on the reason instead of matching message text."""
 
 from __future__ import annotations
 
 
 class TideserveError(Exception):
-    """Base class; the name of the gRPC status code it maps to is `code`."""
+    """Base class; the name of the gRPC status code it maps to is `code`, and `reason`, when not
+    empty, names the failure among those sharing that code."""
 
     code = "INTERNAL"
+    reason = ""
 
 
 class InvalidArgument(TideserveError):
@@ -24,10 +31,32 @@ class ResourceExhausted(TideserveError):
 
 class DeadlineExceeded(TideserveError):
     code = "DEADLINE_EXCEEDED"
+    reason = "deadline"
 
 
 class Unavailable(TideserveError):
     code = "UNAVAILABLE"
+
+
+class BatchLost(Unavailable):
+    """The worker holding a batch died or stopped answering, and no other worker could take the
+    batch over. The balancer was fine: trying another balancer would only repeat the batch."""
+
+    reason = "worker-lost"
+
+
+class NoReadyWorker(Unavailable):
+    """No ready worker serves the model (none registered, or all draining or ejected) within the
+    balancer's wait for one. Another balancer sees the same workers."""
+
+    reason = "no-ready-worker"
+
+
+class BalancerUnreachable(Unavailable):
+    """No balancer answered: each one tried refused the connection or dropped the call. The
+    batch never reached a worker."""
+
+    reason = "balancer-unreachable"
 
 
 class FailedPrecondition(TideserveError):

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from tideserve.credentials import SecretRefused, check_private
 from tideserve.errors import TideserveError
 from tideserve.grpc_options import CHANNEL_OPTIONS, MAX_CONCURRENT_RPCS, SERVER_OPTIONS
+from tideserve.metadata import REASON_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -317,13 +318,29 @@ async def add_health_and_reflection(
     return health_servicer
 
 
-async def set_serving(health_servicer: health.aio.HealthServicer, names: Iterable[str]) -> None:
+async def set_serving(
+    health_servicer: health.aio.HealthServicer, names: Iterable[str], serving: bool = True
+) -> None:
+    """Report the whole server ("") and `names` SERVING, or NOT_SERVING when not `serving`."""
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
     for name in ["", *names]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(name, status)
 
 
 def status_code(error: TideserveError) -> grpc.StatusCode:
     return grpc.StatusCode[error.code]
+
+
+async def abort(context: grpc.aio.ServicerContext, error: TideserveError) -> None:
+    """End the call with `error`'s status and message, and its reason (if any) as the
+    `REASON_KEY` trailer. Raises, as `context.abort` does."""
+    if error.reason:
+        context.set_trailing_metadata(((REASON_KEY, error.reason),))
+    await context.abort(status_code(error), str(error))
 
 
 def rpc_errors(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -335,7 +352,7 @@ def rpc_errors(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T
         try:
             return await method(self, request, context)
         except TideserveError as error:
-            await context.abort(status_code(error), str(error))
+            await abort(context, error)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception:
@@ -352,8 +369,10 @@ async def serve_until_signal(
     *,
     grace_seconds: float,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    on_draining: Callable[[], None] | None = None,
 ) -> None:
     """Run a started server until SIGINT/SIGTERM, then shut down gracefully: report NOT_SERVING,
+    run `on_draining` (end streams that would otherwise run until the grace period cuts them),
     let in-flight calls finish for `grace_seconds`, then run `on_stop` (close channels, release
     devices or runtimes)."""
     loop = asyncio.get_running_loop()
@@ -363,6 +382,8 @@ async def serve_until_signal(
     await stop.wait()
     logger.info("shutting down", extra={"grace_seconds": grace_seconds})
     await health_servicer.enter_graceful_shutdown()
+    if on_draining is not None:
+        on_draining()
     await server.stop(grace_seconds)
     if on_stop is not None:
         await on_stop()
@@ -379,12 +400,30 @@ RETRYABLE_CODES = frozenset(
 )
 
 
-def error_from_status(code: grpc.StatusCode, details: str | None) -> TideserveError:
-    """The domain error for a status a downstream service answered with, so it can be passed on."""
-    for cls in _error_classes():
-        if cls.code == code.name:
-            return cls(details or code.name)
-    return TideserveError(details or code.name)
+def error_from_status(
+    code: grpc.StatusCode, details: str | None, reason: str = ""
+) -> TideserveError:
+    """The domain error for a status a downstream service answered with, so it can be passed on:
+    the class with that code and `reason`, else the plain class of that code (a reason this
+    version does not know, or none: a failure of the call itself, not one a service named)."""
+    # Parents come before their subclasses, so the first of a code is its plain class.
+    classes = [cls for cls in _error_classes() if cls.code == code.name] or [TideserveError]
+    chosen = next((cls for cls in classes if reason and cls.reason == reason), classes[0])
+    return chosen(details or code.name)
+
+
+def error_from_rpc(error: grpc.aio.AioRpcError) -> TideserveError:
+    """`error_from_status` for a failed aio call, reading the reason from its trailers."""
+    return error_from_status(error.code(), error.details(), reason_of(error))
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    """The `REASON_KEY` trailer of a failed call; "" when the peer sent none (the call failed
+    in transport, or the peer is not a tideserve service)."""
+    for key, value in error.trailing_metadata() or ():
+        if key == REASON_KEY:
+            return value if isinstance(value, str) else value.decode()
+    return ""
 
 
 def _error_classes() -> list[type[TideserveError]]:

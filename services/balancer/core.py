@@ -14,7 +14,13 @@ from typing import Protocol
 
 from services.balancer.registry import Clock, WorkerRecord, WorkerTable
 from services.balancer.routing import RoutingPolicy, create_policy
-from tideserve.errors import AlreadyExists, DeadlineExceeded, TideserveError, Unavailable
+from tideserve.errors import (
+    AlreadyExists,
+    BatchLost,
+    DeadlineExceeded,
+    NoReadyWorker,
+    TideserveError,
+)
 from tideserve.v1 import cluster_pb2
 
 logger = logging.getLogger(__name__)
@@ -164,7 +170,7 @@ class BalancerCore:
         adaptive timeout of `batch_timeout`, so a worker that hangs while still heartbeating
         costs a few expected service times, not the whole deadline."""
         tried: list[str] = []
-        last_error = "no attempt made"
+        last_worker, last_error = "", "no attempt made"
         for _ in range(self.max_attempts):
             record = await self._pick(model, rows, tried, deadline)
             if record is None:
@@ -189,7 +195,7 @@ class BalancerCore:
                 counts = deadline is None or self.clock() < deadline
                 await self._finish(record, rows, None, counts=counts)
                 tried.append(record.worker_id)
-                last_error = f"worker {record.worker_id}: {error}"
+                last_worker, last_error = f"{record.worker_id} at {record.address}", str(error)
                 self.retried_batches += 1
                 logger.warning(
                     "batch failed on worker; retrying elsewhere",
@@ -208,8 +214,14 @@ class BalancerCore:
                 + (f" (lost on {tried})" if tried else "")
             )
         if not tried:
-            raise Unavailable(f"no ready worker serves model {model!r}")
-        raise Unavailable(f"batch for {model!r} failed on workers {tried}: {last_error}")
+            raise NoReadyWorker(
+                f"no ready worker serves model {model!r} (waited {self.no_worker_wait_s:g} s "
+                "for one to register or leave draining/ejection)"
+            )
+        raise BatchLost(
+            f"worker {last_worker} died with the batch for model {model!r} or stopped answering "
+            f"({last_error}); workers tried: {tried}"
+        )
 
     def batch_timeout(self, record: WorkerRecord, rows: int) -> float:
         """How long to wait for `record` to answer a batch of `rows` sent now: a multiple of its

@@ -72,6 +72,9 @@ class BalancerServicer:
         self.core = core
         self.snapshot_interval_s = snapshot_interval_s
         self.metrics = metrics
+        # Set on shutdown: cluster watches end at once, so a batcher watching this balancer
+        # stops reporting ready now rather than when the grace period cuts the stream.
+        self.stopping = asyncio.Event()
 
     async def Heartbeat(
         self, requests: AsyncIterator[pb.WorkerReport], context: grpc.aio.ServicerContext
@@ -130,7 +133,7 @@ class BalancerServicer:
             result = await self.core.dispatch(model, rows, payload, deadline)
         except TideserveError as error:
             self.metrics.dispatch_done(model, error.code, self.core.clock() - started)
-            await context.abort(serving.status_code(error), str(error))
+            await serving.abort(context, error)
             raise
         self.metrics.dispatch_done(model, "OK", self.core.clock() - started)
         return result
@@ -145,9 +148,10 @@ class BalancerServicer:
         self, request: pb.WatchClusterRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ClusterSnapshot]:
         interval = request.interval_seconds or self.snapshot_interval_s
-        while True:
+        while not self.stopping.is_set():
             yield self.core.snapshot()
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), interval)
 
     @serving.rpc_errors
     async def ReportFrontend(
@@ -249,9 +253,8 @@ async def serve(settings: BalancerSettings) -> None:
         {"/sd/workers": lambda: metrics.on_loop(loop, lambda: worker_targets(core.snapshot()))},
     )
     server = serving.new_server([serving.RoleGuard(SERVICE_NAME, auth)])
-    server.add_generic_rpc_handlers(
-        (BalancerServicer(core, settings.snapshot_interval_s, balancer_metrics).handler(),)
-    )
+    servicer = BalancerServicer(core, settings.snapshot_interval_s, balancer_metrics)
+    server.add_generic_rpc_handlers((servicer.handler(),))
     port = serving.bind(server, f"{settings.host}:{settings.port}", tls)
     health = await serving.add_health_and_reflection(server, [SERVICE_NAME])
     await server.start()
@@ -270,4 +273,10 @@ async def serve(settings: BalancerSettings) -> None:
         await transport.close()
         metrics_server.close()
 
-    await serving.serve_until_signal(server, health, grace_seconds=settings.grace_s, on_stop=stop)
+    await serving.serve_until_signal(
+        server,
+        health,
+        grace_seconds=settings.grace_s,
+        on_stop=stop,
+        on_draining=servicer.stopping.set,
+    )

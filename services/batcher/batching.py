@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -219,6 +219,24 @@ class BatchQueue:
                     self._levels[-1].append(request)
             self._levels[index] = keep
         return expired
+
+    def remove_if(self, predicate: Callable[[PendingRequest], bool]) -> list[PendingRequest]:
+        """Remove and return the queued requests `predicate` picks, keeping the others' order."""
+        removed: list[PendingRequest] = []
+        for index, level in enumerate(self._levels):
+            if not any(predicate(r) for r in level):
+                continue
+            keep: deque[PendingRequest] = deque()
+            for request in level:
+                (removed if predicate(request) else keep).append(request)
+            self._levels[index] = keep
+        self.count -= len(removed)
+        self.rows -= sum(r.rows for r in removed)
+        return removed
+
+    def __iter__(self) -> Iterator[PendingRequest]:
+        for level in self._levels:
+            yield from level
 
     def _oldest(self) -> PendingRequest | None:
         heads = [level[0] for level in self._levels if level]

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.batcher.requests import check_model_name, quoted
-from tideserve.errors import NotFound, Unavailable
+from tideserve.errors import BalancerUnreachable, NotFound
 from tideserve.modelconfig import ModelSpec
 from tideserve.v1 import cluster_pb2, inference_pb2
 
@@ -111,7 +111,7 @@ class ModelCatalog:
         check_model_name(name)
         entry = self.entries.get(name)
         if entry is None and not self.synced:
-            raise Unavailable(
+            raise BalancerUnreachable(
                 "this batcher has not yet heard from a balancer which models are served; "
                 "retry shortly"
             )

@@ -17,11 +17,13 @@ import numpy as np
 
 from services.batcher.batching import BatchQueue, PendingRequest, RawInput
 from services.batcher.catalog import CatalogEntry, ModelCatalog
+from services.batcher.links import BalancerLinks
 from services.batcher.pipelining import Booking, InstanceTimeline
 from services.batcher.policies import MeasuredCurve, ServiceCurve, create_policy
 from services.batcher.requests import parse_request
 from tideserve import shared_memory
 from tideserve.errors import (
+    BalancerUnreachable,
     DeadlineExceeded,
     FailedPrecondition,
     ResourceExhausted,
@@ -50,6 +52,10 @@ ADMISSION_HEADROOM = 0.8
 # unrepresentative (one-row batches, the model's first calls), and one such 0.5 s round trip
 # predicted 8 s of work behind 15 queued rows of a model that serves them in one batch.
 ADMISSION_MIN_BATCHES = 8
+# How long a request without a deadline waits for a balancer while none is reachable (the
+# default of BatcherSettings.balancer_hold_s): a supervised balancer restarts, and its workers
+# register again, in a few seconds.
+BALANCER_HOLD_S = 10.0
 
 
 class BatchDispatcher(Protocol):
@@ -128,8 +134,13 @@ class ModelScheduler:
         max_queue_rows_default: int = 0,
         shared: SharedInputs | None = None,
         depth: int = 1,
+        links: BalancerLinks | None = None,
+        hold_s: float = BALANCER_HOLD_S,
     ) -> None:
         self.entry = entry
+        # Batches leave only while some balancer is reachable; None: always (unit tests).
+        self.links = links
+        self.hold_s = hold_s
         self.metrics = metrics or NoMetrics()
         spec = entry.spec
         # Variable-length BYTES tensors are re-encoded per request; only fixed-size ones share.
@@ -161,6 +172,8 @@ class ModelScheduler:
         self._prefix = f"{os.getpid()}-{spec.name}-"
         # Strong references: the event loop keeps only weak ones to running tasks.
         self._batches: set[asyncio.Task] = set()
+        if links is not None:
+            links.subscribe(self._wake.set)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def submit(self, request: PendingRequest) -> asyncio.Future:
@@ -171,6 +184,8 @@ class ModelScheduler:
         return request.future
 
     def close(self) -> None:
+        if self.links is not None:
+            self.links.unsubscribe(self._wake.set)
         self._task.cancel()
 
     def expected_wait(self, rows_ahead: int) -> float:
@@ -258,6 +273,11 @@ class ModelScheduler:
                     request,
                     DeadlineExceeded("request timed out in the queue before it was batched"),
                 )
+            if self.links is not None and not self.links.live:
+                # No balancer to send to (one restarting): hold the queue rather than fail it.
+                held = self._hold(self.links, now)
+                await self._wait(_earliest(held, self.queue.next_expiry(now)))
+                continue
             if self.inflight >= self.capacity():
                 # Every slot is busy: wake for a freed slot, a new arrival or a queue timeout.
                 await self._wait(self.queue.next_expiry(now))
@@ -275,6 +295,36 @@ class ModelScheduler:
                     return batch
                 continue
             await self._wait(_earliest(wait, self.queue.next_expiry(now)))
+
+    def _hold(self, links: BalancerLinks, now: float) -> float | None:
+        """While no balancer is reachable, fail the queued requests whose wait for one is over:
+        at their deadline, or `hold_s` after they began to wait (arrival, or the loss of the last
+        balancer if later) when they have none. Returns seconds until the next such end."""
+        lost = now if links.down_since is None else links.down_since
+
+        def held_until(request: PendingRequest) -> float:
+            if request.deadline is not None:
+                return request.deadline
+            return max(request.arrival, lost) + self.hold_s
+
+        for request in self.queue.remove_if(lambda r: held_until(r) <= now):
+            if request.deadline is not None:
+                _fail(
+                    request,
+                    DeadlineExceeded(
+                        f"deadline passed while the request waited for a balancer: "
+                        f"{links.unreachable()}"
+                    ),
+                )
+            else:
+                _fail(
+                    request,
+                    BalancerUnreachable(
+                        f"{links.unreachable()} (held the request {self.hold_s:g} s for one to "
+                        "return; set a deadline or the batcher's balancer_hold_s to wait longer)"
+                    ),
+                )
+        return _earliest(*(held_until(r) - now for r in self.queue))
 
     def _compute_s(self, batch: list[PendingRequest]) -> float:
         fit = self.curve.fit()
@@ -519,8 +569,14 @@ class BatcherCore:
         metrics: BatchMetrics | None = None,
         max_queue_rows_default: int = 0,
         shared: SharedInputs | None = None,
+        links: BalancerLinks | None = None,
+        hold_s: float = BALANCER_HOLD_S,
     ) -> None:
+        if hold_s < 0:
+            raise ValueError("hold_s must be >= 0")
         self.catalog = catalog
+        self.links = links
+        self.hold_s = hold_s
         self.shared = shared
         self.max_queue_rows_default = max_queue_rows_default
         self.metrics = metrics
@@ -552,9 +608,20 @@ class BatcherCore:
                 self.max_queue_rows_default,
                 self.shared,
                 depth=self.inflight_per_instance,
+                links=self.links,
+                hold_s=self.hold_s,
             )
             self.schedulers[name] = scheduler
         return scheduler
+
+    def ready(self) -> bool:
+        """Whether this batcher can serve now: it holds a live stream to some balancer."""
+        return self.links is None or self.links.live
+
+    def model_ready(self, name: str) -> bool:
+        """Whether `name` can be served now: a balancer is reachable and, by its latest cluster
+        snapshot, some ready worker serves the model."""
+        return self.ready() and self.catalog.ready(name)
 
     def submit(
         self,

@@ -131,7 +131,7 @@ def parse_request(
                     f"{tensor.datatype} {shape} needs {expected}"
                 )
         elif tensor.HasField("contents"):
-            raw = codec.contents_to_raw(tensor.datatype, shape, tensor.contents)
+            raw = codec.contents_to_raw(tensor.datatype, shape, tensor.contents, tensor.name)
         else:
             raise InvalidArgument(
                 f"input {quoted(tensor.name)} has no data (raw or typed contents)"

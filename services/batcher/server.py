@@ -10,20 +10,21 @@ import logging
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
 import tideserve
 from services.batcher.catalog import ModelCatalog
 from services.batcher.client_memory import ClientRegions, outputs_to_regions, region_inputs
-from services.batcher.core import BatcherCore, SharedInputs
+from services.batcher.core import BALANCER_HOLD_S, BatcherCore, SharedInputs
+from services.batcher.links import BalancerLinks
 from services.batcher.metrics import BatcherMetrics, collect
 from services.batcher.requests import quoted
 from services.batcher.settings import BatcherSettings
 from tideserve import metrics, serving, shared_memory
 from tideserve.credentials import read_token_file
-from tideserve.errors import TideserveError, Unavailable
+from tideserve.errors import BalancerUnreachable, DeadlineExceeded, TideserveError
 from tideserve.metadata import BATCH_ID_KEY, MODEL_KEY, ROWS_KEY
 from tideserve.procs import child_env
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2_grpc
@@ -35,21 +36,30 @@ SERVICE_NAME = "inference.GRPCInferenceService"
 BALANCER_DISPATCH = "/tideserve.v1.Balancer/Dispatch"
 # How long a starting batcher waits for its first model catalog before it takes requests.
 CATALOG_WAIT_S = 5.0
+# Pause before reopening a cluster stream that failed (the channel's reconnect back-off, in
+# tideserve/grpc_options.py, paces the connection attempts themselves).
+WATCH_RETRY_S = 0.2
 
 
 class BalancerPool:
     """Dispatches batches over one or more balancers: round robin, moving on to the next balancer
-    when one is unreachable, so no single balancer is a point of failure."""
+    when one is unreachable, so no single balancer is a point of failure. When none is, the batch
+    waits (up to its timeout, or `hold_s` without one) for a balancer's stream to come back, then
+    is sent again: inference is idempotent, and a balancer restart need not lose it."""
 
     def __init__(
         self,
         addresses: tuple[str, ...],
+        links: BalancerLinks,
         tls: serving.TlsSettings = serving.PLAINTEXT,
+        hold_s: float = BALANCER_HOLD_S,
         token: str = "",
     ) -> None:
         self.auth = serving.bearer(token)
         self.channels = [serving.channel(a, tls) for a in addresses]
         self.addresses = addresses
+        self.links = links
+        self.hold_s = hold_s
         self._calls = [c.unary_unary(BALANCER_DISPATCH) for c in self.channels]
         self._next = itertools.count()
 
@@ -59,20 +69,34 @@ class BalancerPool:
         metadata = (
             (MODEL_KEY, model), (ROWS_KEY, str(rows)), (BATCH_ID_KEY, batch_id), *self.auth
         )
+        clock = asyncio.get_running_loop().time
+        until = clock() + (self.hold_s if timeout is None else timeout)
         start = next(self._next)
-        last: grpc.aio.AioRpcError | None = None
-        for offset in range(len(self._calls)):
-            call = self._calls[(start + offset) % len(self._calls)]
-            try:
-                return await call(payload, timeout=timeout, metadata=metadata)
-            except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE or "no ready worker" in (
-                    error.details() or ""
-                ):
-                    raise serving.error_from_status(error.code(), error.details()) from error
-                last = error
-        raise Unavailable(
-            f"no balancer reachable ({', '.join(self.addresses)}): {last.details() if last else ''}"
+        while True:
+            for offset in range(len(self._calls)):
+                index = (start + offset) % len(self._calls)
+                remaining = None if timeout is None else until - clock()
+                try:
+                    return await self._calls[index](payload, timeout=remaining, metadata=metadata)
+                except grpc.aio.AioRpcError as error:
+                    failure = serving.error_from_rpc(error)
+                    # A reason means the balancer answered (no worker, worker lost, deadline):
+                    # another balancer would answer the same. A bare UNAVAILABLE is the call
+                    # failing on the way to the balancer: try the next one.
+                    if failure.reason or error.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise failure from error
+                    self.links.failed(
+                        self.addresses[index], f"{error.code().name}: {error.details()}"
+                    )
+            left = until - clock()
+            if left <= 0 or not await self.links.reconnected(left):
+                break
+        if timeout is not None:
+            raise DeadlineExceeded(
+                f"deadline passed while the batch waited for a balancer: {self.links.unreachable()}"
+            )
+        raise BalancerUnreachable(
+            f"{self.links.unreachable()} (held the batch {self.hold_s:g} s for one to return)"
         )
 
     async def close(self) -> None:
@@ -107,15 +131,17 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerReadyResponse:
+        """Ready: a balancer is reachable (as health says) and some model has a ready worker,
+        so an inference can be served now."""
         return pb.ServerReadyResponse(
-            ready=any(self.catalog.ready(m) for m in self.catalog.entries)
+            ready=any(self.core.model_ready(m) for m in self.catalog.entries)
         )
 
     @serving.rpc_errors
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=self.catalog.ready(request.name))
+        return pb.ModelReadyResponse(ready=self.core.model_ready(request.name))
 
     @serving.rpc_errors
     async def ServerMetadata(
@@ -142,15 +168,16 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
         response = pb.RepositoryIndexResponse()
+        reachable = self.core.ready()
         for name, entry in sorted(self.catalog.entries.items()):
-            ready = self.catalog.ready(name)
+            ready = self.core.model_ready(name)
             if request.ready and not ready:
                 continue
             response.models.add(
                 name=name,
                 version=entry.versions[-1] if entry.versions else "",
                 state="READY" if ready else "UNAVAILABLE",
-                reason="" if ready else "no ready worker",
+                reason="" if ready else "no ready worker" if reachable else "no balancer reachable",
             )
         return response
 
@@ -279,34 +306,48 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
 async def _watch_catalog(
     catalog: ModelCatalog,
+    links: BalancerLinks,
     address: str,
-    tls: serving.TlsSettings,
+    channel: grpc.aio.Channel,
+    on_change: Callable[[], Awaitable[None]],
     auth: tuple[tuple[str, str], ...],
 ) -> None:
-    """Keep the catalog in step with the balancer's cluster snapshots; reconnect when it drops."""
-    async with serving.channel(address, tls) as channel:
-        stub = cluster_pb2_grpc.BalancerStub(channel)
-        while True:
-            try:
-                async for snapshot in stub.WatchCluster(
-                    cluster_pb2.WatchClusterRequest(interval_seconds=0.25), metadata=auth
-                ):
-                    changed = catalog.update(list(snapshot.models))
-                    catalog.update_workers(snapshot)
-                    if changed:
-                        logger.info(
-                            "models updated", extra={"models": changed, "balancer": address}
-                        )
-            except grpc.aio.AioRpcError as error:
-                logger.warning(
-                    "cluster watch failed; retrying",
-                    extra={
-                        "balancer": address,
-                        "code": error.code().name,
-                        "details": error.details(),
-                    },
-                )
-            await asyncio.sleep(0.5)
+    """Keep the catalog in step with the balancer's cluster snapshots, and `links` with whether
+    the stream is live: up at each snapshot, down the moment the stream breaks or ends (a killed
+    balancer resets the connection; a silent one fails the channel's keepalive). Reconnects.
+    `channel` is the one batches go over, so a live stream means batches can be sent now, not
+    after that channel's own reconnect back-off."""
+    stub = cluster_pb2_grpc.BalancerStub(channel)
+    while True:
+        failure = "the cluster stream ended"
+        try:
+            async for snapshot in stub.WatchCluster(
+                cluster_pb2.WatchClusterRequest(interval_seconds=0.25), metadata=auth
+            ):
+                changed = catalog.update(list(snapshot.models))
+                catalog.update_workers(snapshot)
+                if changed:
+                    logger.info("models updated", extra={"models": changed, "balancer": address})
+                if links.up(address):
+                    logger.info("balancer reachable; serving", extra={"balancer": address})
+                    await on_change()
+        except grpc.aio.AioRpcError as error:
+            failure = f"{error.code().name}: {error.details()}"
+        was_up = links.is_up(address)
+        if links.down(address, failure):
+            logger.warning(
+                "no balancer reachable; not serving, holding requests",
+                extra={"balancer": address, "error": failure},
+            )
+            await on_change()
+        else:
+            # Retries while the balancer stays away are many; only the loss is news.
+            logger.log(
+                logging.WARNING if was_up else logging.DEBUG,
+                "cluster watch failed; retrying",
+                extra={"balancer": address, "error": failure},
+            )
+        await asyncio.sleep(WATCH_RETRY_S)
 
 
 async def _first_catalog(catalog: ModelCatalog, timeout_s: float) -> None:
@@ -331,7 +372,14 @@ async def _report_loop(core: BatcherCore, settings: BatcherSettings, pool: Balan
 
 async def serve(settings: BatcherSettings) -> None:
     tls = serving.TlsSettings.of(settings)
-    pool = BalancerPool(settings.balancers, tls, read_token_file(settings.balancer_token_file))
+    links = BalancerLinks(settings.balancers)
+    pool = BalancerPool(
+        settings.balancers,
+        links,
+        tls,
+        settings.balancer_hold_s,
+        token=read_token_file(settings.balancer_token_file),
+    )
     catalog = ModelCatalog()
     regions = ClientRegions(enabled=settings.client_shared_memory)
     domain = shared_memory.domain()
@@ -349,6 +397,8 @@ async def serve(settings: BatcherSettings) -> None:
         metrics=batcher_metrics,
         max_queue_rows_default=settings.max_queue_rows_default,
         shared=shared,
+        links=links,
+        hold_s=settings.balancer_hold_s,
     )
     registry.register(metrics.LoopCollector(asyncio.get_running_loop(), lambda: collect(core)))
     metrics_server = metrics.start_metrics_server(settings.host, settings.metrics_port, registry)
@@ -356,10 +406,21 @@ async def serve(settings: BatcherSettings) -> None:
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(core, batcher_metrics, regions, settings.stream_inflight), server
     )
-    health = await serving.add_health_and_reflection(server, [SERVICE_NAME])
+    # Health says SERVING only while a balancer's stream is live (BalancerLinks): a batcher with
+    # no balancer fails every inference, so probes and load balancers must see it as not ready.
+    health = await serving.add_health_and_reflection(server, [SERVICE_NAME], serving=False)
+    publishing = asyncio.Lock()
+
+    async def publish_readiness() -> None:
+        async with publishing:
+            await serving.set_serving(health, [SERVICE_NAME], links.live)
+
     port = serving.bind(server, f"{settings.host}:{settings.port}", tls)
     tasks = [
-        asyncio.create_task(_watch_catalog(catalog, a, tls, pool.auth)) for a in settings.balancers
+        asyncio.create_task(
+            _watch_catalog(catalog, links, a, channel, publish_readiness, pool.auth)
+        )
+        for a, channel in zip(settings.balancers, pool.channels, strict=True)
     ]
     tasks.append(asyncio.create_task(_report_loop(core, settings, pool)))
     # Learn what is served before answering: with several processes on one port, a client

@@ -5,6 +5,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from services.batcher.core import BALANCER_HOLD_S
 from tideserve.settings import TlsFields, load_settings
 
 
@@ -47,6 +48,11 @@ class BatcherSettings(TlsFields):
     # holds the client's sends), so a client that never reads its responses cannot grow the
     # batcher's memory. As many as a model's queue holds by default: more gain nothing.
     stream_inflight: int = 256
+    # While no balancer is reachable (one restarting), accepted requests wait in their queue for
+    # one to return: up to their deadline, or this many seconds for a request without one. Then
+    # they fail UNAVAILABLE (reason balancer-unreachable), naming the balancers tried. 0 = fail
+    # at once.
+    balancer_hold_s: float = BALANCER_HOLD_S
     report_interval_s: float = 0.5
     grace_s: float = 5.0
     # Prometheus /metrics: Triton's metrics port, next to its gRPC port.
@@ -65,6 +71,8 @@ class BatcherSettings(TlsFields):
             raise ValueError("shared_memory_min_bytes must be >= 0 (0 = never)")
         if self.stream_inflight < 1:
             raise ValueError("stream_inflight must be >= 1")
+        if self.balancer_hold_s < 0:
+            raise ValueError("balancer_hold_s must be >= 0 (0 = fail at once)")
         if self.inflight_per_instance < 1:
             raise ValueError("inflight_per_instance must be >= 1")
         if not self.balancers:

@@ -11,6 +11,7 @@ import pytest
 
 from tideserve import codec
 from tideserve.errors import InvalidArgument
+from tideserve.v1 import inference_pb2
 
 NUMERIC = sorted(codec.NUMPY_DTYPES)
 
@@ -161,6 +162,17 @@ def test_typed_contents_count_must_match_shape() -> None:
 
     with pytest.raises(InvalidArgument, match="hold 2 values but FP32 \\[3\\] needs 3"):
         codec.contents_to_raw("FP32", [3], contents)
+
+
+def test_typed_contents_in_another_datatypes_field_name_the_expected_field() -> None:
+    contents = inference_pb2.InferTensorContents(int_contents=[1, 2, 3])
+
+    with pytest.raises(InvalidArgument) as refused:
+        codec.contents_to_raw("FP32", [3], contents, "INPUT__0")
+
+    assert str(refused.value) == (
+        "input 'INPUT__0' is FP32: put its values in fp32_contents (got int_contents)"
+    )
 
 
 def test_typed_contents_that_overflow_are_invalid() -> None:

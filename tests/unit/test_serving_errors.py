@@ -1,5 +1,6 @@
-"""The one place domain errors become gRPC statuses: each branch of `rpc_errors`, and the way
-back (`error_from_status`) for statuses a downstream service answered with."""
+"""The one place domain errors become gRPC statuses: each branch of `rpc_errors`, the reason
+trailer of the failures that share a code, and the way back (`error_from_status`) for statuses a
+downstream service answered with."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import grpc
 import pytest
 
 from tideserve import errors
+from tideserve.metadata import REASON_KEY
 from tideserve.serving import error_from_status, rpc_errors, status_code
 
 DOMAIN_ERRORS = [
@@ -23,12 +25,24 @@ DOMAIN_ERRORS = [
     (errors.TideserveError, grpc.StatusCode.INTERNAL),
 ]
 
+# Failures that share a status code, told apart by their reason trailer.
+REASONED_ERRORS = [
+    (errors.BatchLost, grpc.StatusCode.UNAVAILABLE, "worker-lost"),
+    (errors.NoReadyWorker, grpc.StatusCode.UNAVAILABLE, "no-ready-worker"),
+    (errors.BalancerUnreachable, grpc.StatusCode.UNAVAILABLE, "balancer-unreachable"),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline"),
+]
+
 
 class FakeContext:
     """What a grpc.aio ServicerContext does on abort: remember the status and raise."""
 
     def __init__(self) -> None:
         self.aborted: tuple[grpc.StatusCode, str] | None = None
+        self.trailers: tuple[tuple[str, str], ...] = ()
+
+    def set_trailing_metadata(self, trailers: tuple[tuple[str, str], ...]) -> None:
+        self.trailers = trailers
 
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
         self.aborted = (code, details)
@@ -70,6 +84,23 @@ async def test_domain_error_aborts_with_its_code_and_message(
 
     assert result is None
     assert context.aborted == (code, "what went wrong")
+
+
+@pytest.mark.parametrize(("cls", "code", "reason"), REASONED_ERRORS)
+async def test_reasoned_error_sends_its_reason_as_a_trailer(
+    cls: type[errors.TideserveError], code: grpc.StatusCode, reason: str
+) -> None:
+    context, _ = await call(cls("what went wrong"))
+
+    assert context.aborted == (code, "what went wrong")
+    assert context.trailers == ((REASON_KEY, reason),)
+
+
+async def test_error_without_a_reason_sends_no_trailer() -> None:
+    context, _ = await call(errors.Unavailable("draining"))
+
+    assert context.aborted == (grpc.StatusCode.UNAVAILABLE, "draining")
+    assert context.trailers == ()
 
 
 async def test_unexpected_error_becomes_generic_internal(caplog: pytest.LogCaptureFixture) -> None:
@@ -118,6 +149,30 @@ def test_error_from_status_round_trips(
 
     assert type(error) is cls
     assert str(error) == "detail"
+
+
+@pytest.mark.parametrize(("cls", "code", "reason"), REASONED_ERRORS)
+def test_error_from_status_with_a_reason_gives_its_class(
+    cls: type[errors.TideserveError], code: grpc.StatusCode, reason: str
+) -> None:
+    error = error_from_status(code, "detail", reason)
+
+    assert type(error) is cls
+    assert error.reason == reason
+    assert str(error) == "detail"
+
+
+def test_unknown_reason_falls_back_to_the_plain_class_of_the_code() -> None:
+    error = error_from_status(grpc.StatusCode.UNAVAILABLE, "detail", "from-a-newer-version")
+
+    assert type(error) is errors.Unavailable
+    assert error.reason == ""
+
+
+def test_reason_of_another_code_is_not_taken() -> None:
+    error = error_from_status(grpc.StatusCode.NOT_FOUND, "detail", "worker-lost")
+
+    assert type(error) is errors.NotFound
 
 
 def test_error_from_status_without_details_uses_the_code_name() -> None:

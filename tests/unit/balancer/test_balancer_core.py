@@ -11,7 +11,13 @@ import pytest
 
 from services.balancer.core import BalancerCore, WorkerLost, WorkerSession
 from services.balancer.registry import WorkerTable
-from tideserve.errors import AlreadyExists, InvalidArgument, TideserveError, Unavailable
+from tideserve.errors import (
+    AlreadyExists,
+    BatchLost,
+    InvalidArgument,
+    NoReadyWorker,
+    TideserveError,
+)
 from tideserve.v1 import cluster_pb2
 
 MODEL = "m"
@@ -180,7 +186,7 @@ async def test_all_workers_lost_is_unavailable(
         await core.connect(registration(worker_id))
         transport.errors[f"{worker_id}:1"] = WorkerLost("gone")
 
-    with pytest.raises(Unavailable, match="failed on workers \\['w1', 'w2'\\]"):
+    with pytest.raises(BatchLost, match="workers tried: \\['w1', 'w2'\\]"):
         await core.dispatch(MODEL, 1, PAYLOAD, None)
 
     assert len(transport.calls) == 2, "max_attempts bounds the retries"
@@ -194,8 +200,9 @@ async def test_lost_on_the_only_worker_is_unavailable(
     await core.connect(registration("w1"))
     transport.errors["w1:1"] = WorkerLost("gone")
 
-    with pytest.raises(Unavailable, match="w1"):
+    with pytest.raises(BatchLost, match=r"worker w1 at w1:1 died with the batch") as lost:
         await core.dispatch(MODEL, 1, PAYLOAD, None)
+    assert lost.value.reason == "worker-lost"
     assert transport.addresses == ["w1:1"], "never retried on the worker that lost it"
 
 
@@ -204,8 +211,9 @@ async def test_no_worker_for_the_model_is_unavailable(
 ) -> None:
     await core.connect(registration("w1", "other"))
 
-    with pytest.raises(Unavailable, match="no ready worker serves model 'm'"):
+    with pytest.raises(NoReadyWorker, match="no ready worker serves model 'm'") as none:
         await core.dispatch(MODEL, 1, PAYLOAD, None)
+    assert none.value.reason == "no-ready-worker"
     assert transport.calls == []
 
 
@@ -260,7 +268,7 @@ async def test_wait_for_a_worker_is_bounded() -> None:
     transport = FakeTransport(time.monotonic, None)
     core = make_core(transport, time.monotonic, no_worker_wait_s=0.01)
 
-    with pytest.raises(Unavailable):
+    with pytest.raises(NoReadyWorker):
         await asyncio.wait_for(core.dispatch(MODEL, 1, PAYLOAD, None), 1.0)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from services.batcher.catalog import FORGET_AFTER_S, ModelCatalog
-from tideserve.errors import NotFound, Unavailable
+from tideserve.errors import BalancerUnreachable, NotFound
 from tideserve.v1 import cluster_pb2
 from tideserve.v1 import model_config_pb2 as mc
 
@@ -65,7 +65,7 @@ def test_worker_counts_come_from_ready_workers_in_the_snapshot() -> None:
 
 def test_before_any_balancer_answers_an_unknown_model_is_unavailable_not_missing() -> None:
     catalog = ModelCatalog()
-    with pytest.raises(Unavailable, match="not yet heard from a balancer"):
+    with pytest.raises(BalancerUnreachable, match="not yet heard from a balancer"):
         catalog.get("m")
 
     catalog.update([])

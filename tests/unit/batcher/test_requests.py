@@ -101,6 +101,22 @@ def test_typed_contents_are_accepted() -> None:
     ]
 
 
+def test_typed_contents_in_the_wrong_field_name_the_input_and_the_expected_field() -> None:
+    request = pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name="a", datatype="FP32", shape=[1, 3]).contents.int_contents.extend(
+        [1, 2, 3]
+    )
+    request.inputs.add(name="b", datatype="INT64", shape=[1, 1]).contents.int64_contents.append(7)
+
+    with pytest.raises(InvalidArgument) as refused:
+        parse(request)
+
+    assert (
+        str(refused.value)
+        == "input 'a' is FP32: put its values in fp32_contents (got int_contents)"
+    )
+
+
 def test_requested_outputs_are_kept() -> None:
     request = make_request()
     request.outputs.add(name="z")
