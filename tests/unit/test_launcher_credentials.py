@@ -1,6 +1,8 @@
 """`tideserve up` is protected without any setting: each service is started with the per-run
 credentials of the suite's state directory, the balancer with all of them and every other
-process with its own role's token file only."""
+process with its own role's token file only; the scaler also checks operators' admin calls
+against the operator token (its role may already drain workers and set routing, so holding it
+grants the scaler nothing more)."""
 
 from __future__ import annotations
 
@@ -23,8 +25,9 @@ def test_services_get_the_credentials_of_the_suite_state_directory(tmp_path: Pat
     assert flag(commands["batcher"], "--balancer-token-file") == str(credentials / "batcher.token")
     assert flag(commands["scaler"], "--balancer-token-file") == str(credentials / "scaler.token")
     assert flag(commands["scaler"], "--worker-token-file") == str(credentials / "worker.token")
+    assert flag(commands["scaler"], "--admin-token-file") == str(credentials / "operator.token")
     assert "--allow-unauthenticated" not in commands["balancer"]
-    assert not any("operator" in part for c in commands.values() for part in c)
+    assert not any("operator" in part for part in commands["batcher"])
 
 
 def test_an_explicit_credentials_directory_wins(tmp_path: Path) -> None:
