@@ -85,13 +85,14 @@ install_docker() {
 
 start_dockerd() {
     # --bridge=none/--iptables=false/--ip-masq=false: containers use host networking only, and
-    # the daemon leaves the host's interfaces and firewall alone.
+    # the daemon leaves the host's interfaces and firewall alone. --no-new-privileges for every
+    # container: Swarm services cannot ask for it themselves (stacks ignore security_opt).
     # A daemon killed without cleanup leaves its pid file, and a new one then refuses to start.
     local pidfile=/var/run/docker.pid
     if [[ -f "$pidfile" ]] && ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then rm -f "$pidfile"; fi
     log "starting dockerd (log: $DOCKERD_LOG)"
     # Its own session: an interrupt of this script must not take the daemon down with it.
-    setsid nohup dockerd --bridge=none --iptables=false --ip-masq=false >"$DOCKERD_LOG" 2>&1 &
+    setsid nohup dockerd --bridge=none --iptables=false --ip-masq=false --no-new-privileges >"$DOCKERD_LOG" 2>&1 &
     local pid=$!
     local deadline=$((SECONDS + 60))
     until daemon_answers; do
