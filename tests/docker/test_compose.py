@@ -112,7 +112,11 @@ def test_compose_brings_the_suite_up_and_serves(
     client: DockerClient, readable_models: str, tmp_path: Path
 ) -> None:
     project = f"tideserve-test-{uuid.uuid4().hex[:8]}"
-    ports = {name: free_port() for name in ("BATCHER_PORT", "BALANCER_PORT", "SCALER_PORT")}
+    ports = {
+        f"{service}{kind}": free_port()
+        for service in ("BATCHER", "BALANCER", "SCALER")
+        for kind in ("_PORT", "_METRICS_PORT")
+    }
     credentials = tmp_path / "credentials"
     env = {
         **os.environ,
