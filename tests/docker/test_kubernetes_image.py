@@ -25,9 +25,10 @@ import docker.errors
 import pytest
 import yaml
 from docker.client import DockerClient
+from docker.models.containers import Container
 
 from services.scaler.kubernetes_runtime import OWNER_LABEL
-from tests.cluster import free_port, wait_for, wait_healthy
+from tests.cluster import free_port, wait_for
 from tests.docker.conftest import IMAGE
 from tideserve.healthprobe import probe
 
@@ -151,6 +152,11 @@ def write_readable(path: Path, text: str) -> None:
     path.chmod(0o644)
 
 
+def serving_or_exited(container: Container, port: int) -> bool:
+    container.reload()
+    return container.status == "exited" or probe(f"127.0.0.1:{port}", timeout_s=1)[0]
+
+
 def test_scaler_runs_the_kubernetes_runtime_from_the_image(
     client: DockerClient, kubernetes_api: FakeKubernetesApi, tmp_path: Path
 ) -> None:
@@ -226,13 +232,11 @@ def test_scaler_runs_the_kubernetes_runtime_from_the_image(
         security_opt=["no-new-privileges"],
     )
     try:
-        try:
-            wait_healthy(f"127.0.0.1:{port}", timeout_s=90)
-            wait_for(lambda: len(kubernetes_api.pods) == 2, 60, "the scaler's two worker pods")
-        except BaseException:
-            container.reload()
+        wait_for(lambda: serving_or_exited(container, port), 90, "the scaler to serve")
+        if container.status != "running":
             logs = container.logs().decode(errors="replace")[-4000:]
-            pytest.fail(f"scaler container ({container.status}):\n{logs}")
+            pytest.fail(f"the scaler container exited:\n{logs}")
+        wait_for(lambda: len(kubernetes_api.pods) == 2, 60, "the scaler's two worker pods")
         for (namespace, _), pod in kubernetes_api.pods.items():
             assert namespace == NAMESPACE
             assert pod["metadata"]["labels"][OWNER_LABEL] == owner
