@@ -33,6 +33,8 @@ BASE_IMAGE="${BASE_IMAGE:-localbase/python:3.11-bookworm}"
 IMAGE="${IMAGE:-tideserve:dev}"
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 TORCH_VERSION=2.13.0
+# The Dockerfile's EXTRAS default: the wheelhouse must hold their dependencies too.
+IMAGE_EXTRAS="$(sed -n 's/^ARG EXTRAS=//p' "$ROOT/docker/Dockerfile")"
 DOCKERD_LOG=/tmp/tideserve-dockerd.log
 HTTP_LOG=/tmp/tideserve-wheelhouse-http.log
 WHEELHOUSE_PORT="${TIDESERVE_WHEELHOUSE_PORT:-18765}"
@@ -83,13 +85,14 @@ install_docker() {
 
 start_dockerd() {
     # --bridge=none/--iptables=false/--ip-masq=false: containers use host networking only, and
-    # the daemon leaves the host's interfaces and firewall alone.
+    # the daemon leaves the host's interfaces and firewall alone. --no-new-privileges for every
+    # container: Swarm services cannot ask for it themselves (stacks ignore security_opt).
     # A daemon killed without cleanup leaves its pid file, and a new one then refuses to start.
     local pidfile=/var/run/docker.pid
     if [[ -f "$pidfile" ]] && ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then rm -f "$pidfile"; fi
     log "starting dockerd (log: $DOCKERD_LOG)"
     # Its own session: an interrupt of this script must not take the daemon down with it.
-    setsid nohup dockerd --bridge=none --iptables=false --ip-masq=false >"$DOCKERD_LOG" 2>&1 &
+    setsid nohup dockerd --bridge=none --iptables=false --ip-masq=false --no-new-privileges >"$DOCKERD_LOG" 2>&1 &
     local pid=$!
     local deadline=$((SECONDS + 60))
     until daemon_answers; do
@@ -119,17 +122,21 @@ make_base_image() {
     rm -rf "$rootfs"
 }
 
-# The requirement list: the project's dependencies and build backend from pyproject.toml, with
-# torch pinned to the CPU build the Dockerfile installs.
+# The requirement list: the project's dependencies, the extras the image installs (the
+# Dockerfile's EXTRAS default) and the build backend from pyproject.toml, with torch pinned to the
+# CPU build the Dockerfile installs.
 write_requirements() {
-    "$PYTHON" - "$ROOT/pyproject.toml" "$TORCH_VERSION" >"$1" <<'PY'
+    "$PYTHON" - "$ROOT/pyproject.toml" "$TORCH_VERSION" "$IMAGE_EXTRAS" >"$1" <<'PY'
 import sys
 import tomllib
 
 with open(sys.argv[1], "rb") as handle:
     project = tomllib.load(handle)
 print(f"torch=={sys.argv[2]}")
-for requirement in project["build-system"]["requires"] + project["project"]["dependencies"]:
+requirements = project["build-system"]["requires"] + project["project"]["dependencies"]
+for extra in filter(None, sys.argv[3].split(",")):
+    requirements += project["project"]["optional-dependencies"][extra]
+for requirement in requirements:
     if not requirement.replace(" ", "").startswith("torch"):
         print(requirement)
 PY

@@ -9,6 +9,7 @@ any setting.
 
 from __future__ import annotations
 
+import argparse
 import os
 import secrets
 import stat
@@ -97,3 +98,20 @@ def create_credentials(directory: str | Path) -> dict[str, Path]:
         role: write_secret(token_path(directory, role), secrets.token_urlsafe(32))
         for role in ROLES
     }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m tideserve.credentials DIR`: a fresh token per role in DIR. Compose's one-shot
+    credentials service runs it before the services that read the tokens start."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tideserve.credentials",
+        description=f"Write a fresh owner-only token file per role ({', '.join(ROLES)}) in DIR.",
+    )
+    parser.add_argument("directory", metavar="DIR")
+    args = parser.parse_args(argv)
+    for role, path in create_credentials(args.directory).items():
+        print(f"{role}: {path}")
+
+
+if __name__ == "__main__":
+    main()

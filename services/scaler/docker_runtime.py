@@ -43,6 +43,9 @@ WORKER_ID_LABEL = "tideserve.worker-id"
 # Where the model repository is mounted inside a worker container.
 CONTAINER_MODEL_REPOSITORY = "/models"
 WORKER_COMMAND = ["python", "-m", "services.worker"]
+# Processes and threads one worker container may run: torch's thread pools at the largest CPU
+# quota with room to spare, while a fork bomb stops there instead of exhausting the host.
+WORKER_PIDS_LIMIT = 512
 # Container states after which the worker process will not run again.
 DEAD_STATES = ("exited", "dead")
 
@@ -187,6 +190,10 @@ class DockerRuntime:
                 privileged=False,
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
+                pids_limit=WORKER_PIDS_LIMIT,
+                # The worker writes nothing but scratch files.
+                read_only=True,
+                tmpfs={"/tmp": ""},
             )
         except Unavailable:
             # docker-py creates before it starts: a failed start leaves a container behind.

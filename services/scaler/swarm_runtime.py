@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import docker.errors
 from docker.client import DockerClient
-from docker.types import Resources, RestartPolicy, ServiceMode
+from docker.types import Mount, Resources, RestartPolicy, ServiceMode
 from docker.utils import parse_bytes
 
 from services.scaler.docker_runtime import (
@@ -194,7 +194,11 @@ class SwarmRuntime:
             env=worker_environment(
                 worker_id, self.balancers, self.cpus, self.worker_env, host=self.worker_host
             ),
-            mounts=[f"{self.model_repository}:{CONTAINER_MODEL_REPOSITORY}:ro"],
+            mounts=[
+                f"{self.model_repository}:{CONTAINER_MODEL_REPOSITORY}:ro",
+                # Scratch space under the read-only root filesystem.
+                Mount("/tmp", None, type="tmpfs"),
+            ],
             resources=Resources(
                 cpu_limit=nano_cpus,
                 mem_limit=self.memory_bytes,
@@ -209,6 +213,7 @@ class SwarmRuntime:
             networks=["host"],
             init=True,
             cap_drop=["ALL"],
+            read_only=True,
             stop_grace_period=int(self.stop_grace_s * 1e9),
         )
         worker = ManagedWorker(worker_id, service.id, time.time())

@@ -9,6 +9,7 @@ left behind.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -39,6 +40,31 @@ def test_image_runs_a_service_entry_point(client: DockerClient) -> None:
 def test_image_runs_as_an_unprivileged_user(client: DockerClient) -> None:
     output = client.containers.run(IMAGE, ["id", "-u"], remove=True, network_mode="host")
     assert output.decode().strip() != "0"
+
+
+def test_image_has_no_setuid_or_setgid_file(client: DockerClient) -> None:
+    """No way to gain privileges inside, even where the engine cannot set no-new-privileges."""
+    output = client.containers.run(
+        IMAGE,
+        ["find", "/", "-xdev", "-type", "f", "-perm", "/6000"],
+        user="0",
+        remove=True,
+        network_mode="none",
+    )
+    assert output.decode().split() == []
+
+
+def test_image_loads_the_learned_policy_it_ships(client: DockerClient) -> None:
+    """The installed package carries the default policy: no fallback to the HPA rule."""
+    probe = (
+        "import json; from services.scaler.policies import create_policy; "
+        "policy = create_policy('learned'); "
+        "print(json.dumps([str(policy.policy_file), policy.fallback_reason]))"
+    )
+    output = client.containers.run(IMAGE, ["python", "-c", probe], remove=True, network_mode="none")
+    policy_file, reason = json.loads(output)
+    assert policy_file.startswith("/opt/venv/lib/")
+    assert reason == ""
 
 
 async def test_runtime_starts_a_worker_container_and_stop_removes_it(

@@ -1,5 +1,6 @@
 """The Grafana dashboard and Prometheus config kept in deploy/ match what the services export,
-and compose.yaml (with its observability profile) parses under docker-compose."""
+compose.yaml (with its observability profile) parses under docker-compose, and every service of
+compose.yaml and the Swarm stack runs hardened, restarts, and gets its tokens as files."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
 from services.balancer.core import BalancerCore
@@ -86,7 +88,14 @@ def test_compose_parses_with_the_observability_profile() -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert set(done.stdout.split()) == {"balancer", "batcher", "scaler", "prometheus", "grafana"}
+    assert set(done.stdout.split()) == {
+        "credentials",
+        "balancer",
+        "batcher",
+        "scaler",
+        "prometheus",
+        "grafana",
+    }
     rendered = subprocess.run(
         ["docker-compose", "-f", str(ROOT / "compose.yaml"), "config"],
         capture_output=True,
@@ -96,3 +105,96 @@ def test_compose_parses_with_the_observability_profile() -> None:
     ).stdout
     # Prometheus and Grafana only under the profile: a plain `up` needs no image but tideserve's.
     assert rendered.count("- observability") == 2
+
+
+def load_yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+COMPOSE = load_yaml(ROOT / "compose.yaml")["services"]
+STACK = load_yaml(ROOT / "deploy" / "swarm" / "stack.yaml")
+TIDESERVE_SERVICES = ("balancer", "batcher", "scaler")
+# The token files each tideserve service reads, by the setting that names them.
+TOKEN_SETTINGS = {
+    "balancer": {"TIDESERVE_BALANCER_CREDENTIALS_DIR"},
+    "batcher": {"TIDESERVE_BATCHER_BALANCER_TOKEN_FILE"},
+    "scaler": {
+        "TIDESERVE_SCALER_BALANCER_TOKEN_FILE",
+        "TIDESERVE_SCALER_WORKER_TOKEN_FILE",
+        "TIDESERVE_SCALER_ADMIN_TOKEN_FILE",
+    },
+}
+
+
+def assert_no_token_in_environment(name: str, environment: dict[str, str]) -> None:
+    for key in environment:
+        assert not key.endswith(("_TOKEN", "_KEY", "_PASSWORD")), (name, key)
+    assert TOKEN_SETTINGS[name] <= environment.keys(), name
+
+
+def test_compose_services_are_hardened_and_restart() -> None:
+    assert set(TIDESERVE_SERVICES) < COMPOSE.keys()
+    for name, service in COMPOSE.items():
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+        for limit in ("cpus", "mem_limit", "pids_limit"):
+            assert service[limit], (name, limit)
+        if name == "credentials":
+            # A one-shot: it must not be restarted once done.
+            assert service["restart"] == "no"
+            assert service["network_mode"] == "none"
+            assert set(service["cap_add"]) <= {"CHOWN", "DAC_OVERRIDE", "FOWNER"}
+            continue
+        assert service["restart"] == "unless-stopped", name
+        if name in TIDESERVE_SERVICES:
+            assert service["user"].split(":")[0] not in ("0", "root"), name
+            assert service["read_only"] is True, name
+            assert "/tmp" in service["tmpfs"], name
+            assert "cap_add" not in service, name
+            assert service["healthcheck"]["test"][1:4] == ["python", "-m", "tideserve.healthprobe"]
+            assert_no_token_in_environment(name, service["environment"])
+
+
+def test_compose_writes_the_credentials_before_the_services_start() -> None:
+    balancer = COMPOSE["balancer"]
+    assert balancer["depends_on"]["credentials"] == {"condition": "service_completed_successfully"}
+    for name in ("batcher", "scaler"):
+        assert COMPOSE[name]["depends_on"]["balancer"] == {"condition": "service_healthy"}
+    script = COMPOSE["credentials"]["command"][-1]
+    assert "python -m tideserve.credentials" in script
+    assert "chown -R 10001:10001" in script
+    # Each service mounts only its own directory, read-only.
+    for name in TIDESERVE_SERVICES:
+        credential_mounts = [v for v in COMPOSE[name]["volumes"] if "CREDENTIALS_DIR" in v]
+        assert len(credential_mounts) == 1, name
+        assert f"credentials}}/{name}:" in credential_mounts[0], name
+        assert credential_mounts[0].endswith(":ro"), name
+
+
+def test_stack_services_are_hardened_restart_at_once_and_get_secrets() -> None:
+    services = STACK["services"]
+    assert set(services) == set(TIDESERVE_SERVICES)
+    secrets = STACK["secrets"]
+    for name, service in services.items():
+        assert service["user"].split(":")[0] not in ("0", "root"), name
+        assert service["read_only"] is True, name
+        assert service["cap_drop"] == ["ALL"], name
+        assert {"type": "tmpfs", "target": "/tmp"} in service["volumes"], name
+        limits = service["deploy"]["resources"]["limits"]
+        assert {"cpus", "memory", "pids"} <= limits.keys(), name
+        restart = service["deploy"]["restart_policy"]
+        assert restart["condition"] == "any", name
+        assert restart["delay"] == "0s", name
+        assert restart["max_attempts"] > 0, name
+        assert service["healthcheck"]["test"][1:4] == ["python", "-m", "tideserve.healthprobe"]
+        assert_no_token_in_environment(name, service["environment"])
+        for secret in service["secrets"]:
+            assert secret["source"] in secrets, (name, secret)
+            assert secret["mode"] == 0o400, (name, secret)
+            assert secret["uid"] == service["user"].split(":")[0], (name, secret)
+    given = {name: {s["target"] for s in service["secrets"]} for name, service in services.items()}
+    assert given == {
+        "balancer": {"worker.token", "batcher.token", "scaler.token", "operator.token"},
+        "batcher": {"batcher.token"},
+        "scaler": {"scaler.token", "worker.token", "operator.token"},
+    }

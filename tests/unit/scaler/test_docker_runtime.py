@@ -160,6 +160,10 @@ async def test_start_runs_a_labelled_confined_worker_container(engine: FakeEngin
     assert call["network_mode"] == "host"
     assert call["privileged"] is False
     assert call["cap_drop"] == ["ALL"]
+    assert call["security_opt"] == ["no-new-privileges"]
+    assert call["pids_limit"] > 0
+    assert call["read_only"] is True
+    assert call["tmpfs"] == {"/tmp": ""}
     assert call["detach"] is True
 
 
