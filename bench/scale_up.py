@@ -84,6 +84,8 @@ class SteadyLoad:
         self.stop = threading.Event()
         self.sent = 0
         self.errors = 0
+        # Each failure's status and message, so a failed run says what went wrong.
+        self.failures: list[str] = []
         self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(2)]
 
     def _client(self) -> None:
@@ -94,8 +96,9 @@ class SteadyLoad:
                 self.sent += 1
                 try:
                     stub.ModelInfer(request, timeout=30)
-                except grpc.RpcError:
+                except grpc.RpcError as error:
                     self.errors += 1
+                    self.failures.append(f"{error.code().name}: {error.details()}")
 
     def __enter__(self) -> SteadyLoad:
         for thread in self.threads:

@@ -153,9 +153,13 @@ class DockerRuntime:
         cpus: float = 1.0,
         memory: str | int = "2g",
         worker_env: Mapping[str, str] | None = None,
+        worker_token_file: str = "",
     ) -> None:
         check_worker_settings(image, owner_id, balancers, model_repository, cpus)
         self.client = client
+        # Mounted read-only at the same path in every worker (which the worker's environment
+        # names): the token reaches the worker as a file, never through its environment.
+        self.worker_token_file = worker_token_file
         self.image = image
         self.owner_id = owner_id
         self.balancers = tuple(balancers)
@@ -166,6 +170,12 @@ class DockerRuntime:
         # Workers this runtime knows, by worker id, so `list` hands back the same objects (and so
         # the states the controller set on them) rather than fresh copies.
         self._workers: dict[str, ManagedWorker] = {}
+
+    def _volumes(self) -> dict[str, dict[str, str]]:
+        volumes = {self.model_repository: {"bind": CONTAINER_MODEL_REPOSITORY, "mode": "ro"}}
+        if self.worker_token_file:
+            volumes[self.worker_token_file] = {"bind": self.worker_token_file, "mode": "ro"}
+        return volumes
 
     async def start(self, worker_id: str) -> ManagedWorker:
         """Create and start a worker container; return once Docker reports it started (the worker
@@ -182,7 +192,7 @@ class DockerRuntime:
                 environment=worker_environment(
                     worker_id, self.balancers, self.cpus, self.worker_env
                 ),
-                volumes={self.model_repository: {"bind": CONTAINER_MODEL_REPOSITORY, "mode": "ro"}},
+                volumes=self._volumes(),
                 nano_cpus=int(self.cpus * 1e9),
                 mem_limit=self.memory,
                 init=True,
@@ -371,4 +381,7 @@ def create_docker_runtime(settings: ScalerSettings) -> DockerRuntime:
         cpus=settings.worker_cpus,
         memory=settings.worker_memory,
         worker_env=settings.worker_settings_env(),
+        worker_token_file=os.path.abspath(settings.worker_token_file)
+        if settings.worker_token_file
+        else "",
     )

@@ -24,6 +24,10 @@ class ScalerSettings(TlsFields):
     # The workers' token file, handed by path to the workers this scaler starts (as their
     # balancer_token_file); container runtimes must mount it at the same path.
     worker_token_file: str = ""
+    # swarm: the Docker secret that holds the workers' token, attached to every worker service
+    # as /run/secrets/worker.token (a scaler in a stack has its worker_token_file as a secret
+    # itself, which no host path can mount). Empty: worker_token_file is bind-mounted.
+    worker_token_secret: str = ""
     runtime: str = "process"
     min_replicas: int = 1
     max_replicas: int = 4
@@ -132,8 +136,9 @@ class ScalerSettings(TlsFields):
             "TIDESERVE_WORKER_SERVICE_PROFILE": self.worker_service_profile,
         }
         if self.worker_token_file:
-            # The path only: the token stays in its file (mounted there), out of the environment.
-            env["TIDESERVE_WORKER_BALANCER_TOKEN_FILE"] = self.worker_token_file
+            # The path only: the token stays in its file (container runtimes mount it at this
+            # path), out of the environment.
+            env["TIDESERVE_WORKER_BALANCER_TOKEN_FILE"] = os.path.abspath(self.worker_token_file)
         return env
 
     def parsed_policy_parameters(self) -> dict[str, float]:

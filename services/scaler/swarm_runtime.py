@@ -54,11 +54,12 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import docker.errors
 from docker.client import DockerClient
-from docker.types import Mount, Resources, RestartPolicy, ServiceMode
+from docker.types import Mount, Resources, RestartPolicy, SecretReference, ServiceMode
 from docker.utils import parse_bytes
 
 from services.scaler.docker_runtime import (
@@ -123,7 +124,15 @@ class SwarmClientLike(Protocol):
     @property
     def services(self) -> ServiceCollectionLike: ...
 
+    @property
+    def secrets(self) -> Any: ...
+
     def close(self) -> None: ...
+
+
+# Where a worker service finds the workers' token secret, and the image's user that reads it.
+SECRET_TOKEN_PATH = "/run/secrets/worker.token"
+IMAGE_UID = "10001"
 
 
 class SwarmRuntime:
@@ -135,7 +144,8 @@ class SwarmRuntime:
     `node.role==worker`); `cpus` and `memory` become both the reservation (so Swarm only places
     a worker where the capacity is free) and the limit. The model repository is bind-mounted
     read-only from `model_repository` on whichever node runs the worker, so it must exist at
-    that path on every eligible node (a shared filesystem, or constrain placement).
+    that path on every eligible node (a shared filesystem, or constrain placement); so must
+    `worker_token_file`, the workers' balancer token, bind-mounted read-only at the same path.
     """
 
     name = "swarm"
@@ -154,6 +164,8 @@ class SwarmRuntime:
         worker_host: str = "127.0.0.1",
         stop_grace_s: float = 10.0,
         worker_env: Mapping[str, str] | None = None,
+        worker_token_file: str = "",
+        worker_token_secret: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         check_worker_settings(image, owner_id, balancers, model_repository, cpus)
@@ -171,11 +183,36 @@ class SwarmRuntime:
         self.worker_host = worker_host
         self.stop_grace_s = stop_grace_s
         self.worker_env = dict(worker_env or {})
+        self.worker_token_file = worker_token_file
+        self.worker_token_secret = worker_token_secret
+        if worker_token_secret:
+            self.worker_env["TIDESERVE_WORKER_BALANCER_TOKEN_FILE"] = SECRET_TOKEN_PATH
         self.clock = clock
         # Known workers by worker id (the same objects across `list` calls, as DockerRuntime).
         self._workers: dict[str, ManagedWorker] = {}
         # Service ids being stopped by this runtime: neither listed nor reaped meanwhile.
         self._stopping: set[str] = set()
+
+    async def _token_secret(self) -> list[SecretReference]:
+        """The workers' token secret, readable by the image's user only, or none."""
+        if not self.worker_token_secret:
+            return []
+        found = await _call(self.client.secrets.list, filters={"name": self.worker_token_secret})
+        matches = [s for s in found if s.name == self.worker_token_secret]
+        if not matches:
+            raise Unavailable(
+                f"no Docker secret named {self.worker_token_secret!r} (worker_token_secret)"
+            )
+        return [
+            SecretReference(
+                matches[0].id,
+                self.worker_token_secret,
+                filename=Path(SECRET_TOKEN_PATH).name,
+                uid=IMAGE_UID,
+                gid=IMAGE_UID,
+                mode=0o400,
+            )
+        ]
 
     async def start(self, worker_id: str) -> ManagedWorker:
         """Create the worker's service; return once Swarm accepted it (the task is scheduled,
@@ -198,7 +235,13 @@ class SwarmRuntime:
                 f"{self.model_repository}:{CONTAINER_MODEL_REPOSITORY}:ro",
                 # Scratch space under the read-only root filesystem.
                 Mount("/tmp", None, type="tmpfs"),
+                *(
+                    [f"{self.worker_token_file}:{self.worker_token_file}:ro"]
+                    if self.worker_token_file and not self.worker_token_secret
+                    else []
+                ),
             ],
+            secrets=await self._token_secret(),
             resources=Resources(
                 cpu_limit=nano_cpus,
                 mem_limit=self.memory_bytes,
@@ -418,4 +461,8 @@ def create_swarm_runtime(settings: ScalerSettings) -> SwarmRuntime:
         worker_host=settings.worker_host,
         stop_grace_s=settings.stop_grace_s,
         worker_env=settings.worker_settings_env(),
+        worker_token_file=os.path.abspath(settings.worker_token_file)
+        if settings.worker_token_file
+        else "",
+        worker_token_secret=settings.worker_token_secret,
     )

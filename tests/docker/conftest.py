@@ -14,23 +14,39 @@ import pytest
 from docker.client import DockerClient
 
 from services.scaler.docker_runtime import OWNER_LABEL
+from tests.cluster import Cluster
+from tideserve.credentials import read_secret, write_secret
 
 IMAGE = os.environ.get("TIDESERVE_IMAGE", "tideserve:dev")
+# The image's unprivileged user (docker/Dockerfile).
+IMAGE_UID = 10001
 # Every Docker API call of these tests is bounded by this (seconds).
 API_TIMEOUT_S = 60
 
 
 def container_scaler_args(
-    balancer: str, runtime: str, owner: str, models: str, *, cpus: str, memory: str
+    cluster: Cluster, runtime: str, owner: str, models: str, *, cpus: str, memory: str
 ) -> list[str]:
     """The flags every container-runtime test gives its scaler: workers of IMAGE with `cpus` and
-    `memory` (docker's format), 1 to 3 replicas under the static policy, a 0.5 s tick."""
+    `memory` (docker's format), 1 to 3 replicas under the static policy, a 0.5 s tick, and the
+    run's tokens: the scaler's own, and the workers' as the image's user can read it."""
     return [
-        "--balancers", balancer, "--runtime", runtime, "--scaler-id", owner,
+        "--balancers", cluster.balancer, "--runtime", runtime, "--scaler-id", owner,
         "--worker-image", IMAGE, "--model-repository", models,
         "--worker-cpus", cpus, "--worker-memory", memory,
         "--min-replicas", "1", "--max-replicas", "3", "--policy", "static", "--tick-s", "0.5",
+        "--balancer-token-file", cluster.token_file("scaler"),
+        "--worker-token-file", container_worker_token(cluster),
     ]
+
+
+def container_worker_token(cluster: Cluster) -> str:
+    """The run's worker token, owned by the image's user (uid 10001) as a container worker needs
+    it: a secret file must be private to whoever reads it."""
+    target = cluster.log_dir / "container-worker.token"
+    write_secret(target, read_secret(cluster.token_file("worker")))
+    os.chown(target, IMAGE_UID, IMAGE_UID)
+    return str(target)
 
 
 @pytest.fixture(scope="module")

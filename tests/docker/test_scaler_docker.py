@@ -38,7 +38,7 @@ def start_scaler(cluster: Cluster, owner: str, models: str, port: int) -> subpro
         "services.scaler",
         "--port",
         str(port),
-        *container_scaler_args(cluster.balancer, "docker", owner, models, cpus="1", memory="1g"),
+        *container_scaler_args(cluster, "docker", owner, models, cpus="1", memory="1g"),
         # Leave the containers running on exit so that a restarted scaler can adopt them.
         "--stop-workers-on-exit",
         "false",

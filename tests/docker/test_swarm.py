@@ -70,7 +70,7 @@ def test_scaler_runs_workers_as_swarm_services(
             "--metrics-port",
             str(free_port()),
             *container_scaler_args(
-                cluster.balancer, "swarm", swarm_owner, readable_models,
+                cluster, "swarm", swarm_owner, readable_models,
                 cpus="0.5", memory="768m",
             ),
             "--stop-grace-s",

@@ -118,6 +118,7 @@ def test_stack_deploys_and_serves(
         "WORKER_MEMORY": "768m",
         "DOCKER_GID": str(Path("/var/run/docker.sock").stat().st_gid),
         "CREDENTIALS_DIR": str(tmp_path / "credentials"),
+        "WORKER_TOKEN_SECRET": f"{stack}_worker_token",
     }
     create_credentials(tmp_path / "credentials")
     owned = {"label": f"{OWNER_LABEL}={owner}"}

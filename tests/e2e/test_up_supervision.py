@@ -29,7 +29,9 @@ import pytest
 from tests.accounting import record
 from tests.cluster import ROOT
 from tests.e2e.test_up import alive, descendants, up_command
+from tideserve.credentials import read_secret
 from tideserve.loadgen import sample_request
+from tideserve.serving import bearer
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -127,18 +129,22 @@ async def watch_drops(channel: grpc.aio.Channel, drops: list[float]) -> None:
             drops.append(time.monotonic())
 
 
-async def managed_workers(scaler: str) -> set[int]:
-    """The worker pids the (restarted) scaler manages, once it answers."""
+async def managed_workers(scaler: str, operator_token: Path) -> set[int]:
+    """The worker pids the (restarted) scaler manages, once it answers (an operator's call:
+    `up` protects the scaler's admin RPCs with the run's operator token)."""
     async with grpc.aio.insecure_channel(scaler) as channel:
         stub = cluster_pb2_grpc.ScalerAdminStub(channel)
         response = await stub.ListWorkers(
-            cluster_pb2.ListWorkersRequest(), timeout=SERVED_AGAIN_WITHIN_S, wait_for_ready=True
+            cluster_pb2.ListWorkersRequest(),
+            timeout=SERVED_AGAIN_WITHIN_S,
+            wait_for_ready=True,
+            metadata=bearer(read_secret(operator_token)),
         )
     return {int(worker.runtime_id) for worker in response.workers}
 
 
 async def kill_each_under_load(
-    batcher: str, scaler: str, up_pid: int, calls: list[Call]
+    batcher: str, scaler: str, up_pid: int, calls: list[Call], operator_token: Path
 ) -> tuple[list[Kill], dict[str, float], dict[str, set[int]]]:
     """Load the suite, SIGKILL each service in turn once it serves again; the kills, seconds
     until served again, and the worker pids before the scaler's kill, after it, and as the
@@ -167,7 +173,7 @@ async def kill_each_under_load(
                 kills.append(Kill(service, pid, at, seen))
                 # Spaced out: the next kill comes after a few seconds of serving again.
                 await asyncio.sleep(4.0)
-            workers["managed"] = await managed_workers(scaler)
+            workers["managed"] = await managed_workers(scaler, operator_token)
             workers["after"] = service_pids(up_pid, "worker")
         finally:
             stop.set()
@@ -227,7 +233,13 @@ def test_up_restarts_killed_services_and_new_requests_never_fail(tmp_path: Path)
         assert scaler is not None
         calls: list[Call] = []
         kills, served, workers = asyncio.run(
-            kill_each_under_load(batcher.group(1), scaler.group(1), process.pid, calls)
+            kill_each_under_load(
+                batcher.group(1),
+                scaler.group(1),
+                process.pid,
+                calls,
+                tmp_path / "credentials" / "operator.token",
+            )
         )
         account(kills, served, calls)
         print("seconds until served again:", {s: round(t, 2) for s, t in served.items()})

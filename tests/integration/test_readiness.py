@@ -89,6 +89,7 @@ def restart_balancer(cluster: Cluster) -> None:
         str(cluster.balancer_port),
         "--metrics-port",
         str(free_port()),
+        *cluster.balancer_flags(),
         *cluster.balancer_args,
     )
     cluster.wait_serving("balancer", cluster.balancer)
