@@ -116,10 +116,15 @@ def test_scaler_runs_workers_as_swarm_services(
         assert len(before) == 3
         wait_for(lambda: cluster.registered() == remaining, 15, "drained workers to leave")
 
-        # A worker whose container is killed from outside is replaced by a new service.
-        (container,) = swarm.containers.list(
-            ignore_removed=True, filters={"label": [f"{OWNER_LABEL}={swarm_owner}"]}
-        )
+        # A worker whose container is killed from outside is replaced by a new service. The
+        # drained workers' containers may still be stopping (their grace period) after Swarm
+        # removed their services: wait for the survivor's to be the only one.
+        def running() -> list:
+            return swarm.containers.list(
+                ignore_removed=True, filters={"label": [f"{OWNER_LABEL}={swarm_owner}"]}
+            )
+
+        (container,) = wait_for(lambda: (c := running()) and len(c) == 1 and c, 30, "one container")
         container.kill()
         wait_for(
             lambda: (
