@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import random
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -45,8 +46,10 @@ import numpy as np
 
 from services.worker.models import DEFAULT_MODEL, add_torchscript_model, write_default_model
 from tests.cluster import Cluster, wait_for
+from tideserve.credentials import write_secret
 from tideserve.grpc_options import CHANNEL_OPTIONS
 from tideserve.metadata import MODEL_KEY, ROWS_KEY
+from tideserve.serving import bearer
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
 RESULTS = Path(__file__).parent / "results"
@@ -226,9 +229,11 @@ async def policies(cluster: Cluster, args: argparse.Namespace) -> dict:
     }
 
 
-async def hop(cluster: Cluster, requests: int) -> dict:
-    """Alternate direct and balanced batch-1 requests to one idle worker; p50 of each."""
+async def hop(cluster: Cluster, requests: int, execute_key: str) -> dict:
+    """Alternate direct and balanced batch-1 requests to one idle worker; p50 of each. The
+    direct ones present the worker's Execute key (`execute_key`), as its balancer does."""
     payload = batch_bytes(DEFAULT_MODEL, cluster.auth("batcher"))
+    direct_payload = (payload[0], bearer(execute_key))
     address = cluster.snapshot().workers[0].address
     direct, balanced = Run(), Run()
     async with (
@@ -238,8 +243,9 @@ async def hop(cluster: Cluster, requests: int) -> dict:
         execute = to_worker.unary_unary(EXECUTE)
         dispatch = to_balancer.unary_unary(DISPATCH)
         for index in range(requests):
-            for call, run in ((execute, direct), (dispatch, balanced))[:: 1 - 2 * (index % 2)]:
-                await timed(call, payload, time.perf_counter(), run)
+            pairs = ((execute, direct_payload, direct), (dispatch, payload, balanced))
+            for call, sent, run in pairs[:: 1 - 2 * (index % 2)]:
+                await timed(call, sent, time.perf_counter(), run)
     return {
         "requests_each": requests,
         "direct_p50_ms": direct.ms(50),
@@ -308,7 +314,12 @@ def main() -> None:
         main_cluster = Cluster(
             repository, logs / "policies", balancer_args=("--routing-policy", DEFAULT_POLICY)
         )
-        hop_cluster = Cluster(repository, logs / "hop")
+        # The hop's worker takes its Execute key from a file, so the bench can call it directly.
+        execute_key = secrets.token_urlsafe(32)
+        key_file = write_secret(Path(tmp) / "execute.key", execute_key)
+        hop_cluster = Cluster(
+            repository, logs / "hop", worker_args=("--execute-key-file", str(key_file))
+        )
         try:
             main_cluster.start(workers=0)
             for index in range(3):
@@ -326,7 +337,7 @@ def main() -> None:
             report = asyncio.run(policies(main_cluster, args))
             main_cluster.stop()
             hop_cluster.start(workers=1)
-            report["hop"] = asyncio.run(hop(hop_cluster, args.hop_requests))
+            report["hop"] = asyncio.run(hop(hop_cluster, args.hop_requests, execute_key))
         finally:
             main_cluster.stop()
             hop_cluster.stop()

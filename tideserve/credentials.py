@@ -13,6 +13,7 @@ import argparse
 import os
 import secrets
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 # Where `tideserve up` writes a run's tokens by default; operator tools look there first.
@@ -26,6 +27,20 @@ ROLES = ("worker", "batcher", "scaler", "operator")
 class SecretRefused(ValueError):
     """A secret file that must not be used as it is; the message names the file and the fix.
     A service meeting one at start exits with that message (`tideserve.serving.run_service`)."""
+
+
+# Where a caller's token travels: `authorization: Bearer <token>` request metadata.
+AUTHORIZATION = "authorization"
+BEARER = "bearer "
+
+
+def presented_token(metadata: Mapping[str, str]) -> bytes:
+    """The bearer token in a call's request metadata, b"" when it carries none, as bytes ready
+    for `hmac.compare_digest` (the scheme's name is case-insensitive, as in HTTP)."""
+    header = metadata.get(AUTHORIZATION, "")
+    if header[: len(BEARER)].lower() != BEARER:
+        return b""
+    return header[len(BEARER) :].strip().encode()
 
 
 def token_path(directory: str | Path, role: str) -> Path:

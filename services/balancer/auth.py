@@ -14,13 +14,10 @@ import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from tideserve.credentials import ROLES, read_secret, token_path
+from tideserve.credentials import ROLES, presented_token, read_secret, token_path
 from tideserve.errors import PermissionDenied, Unauthenticated
 
 logger = logging.getLogger(__name__)
-
-AUTHORIZATION = "authorization"
-BEARER = "bearer "
 
 # The roles each Balancer method admits. A method missing here admits no one (fail closed).
 METHOD_ROLES: dict[str, frozenset[str]] = {
@@ -91,9 +88,8 @@ class BalancerAuth:
         whose token it presents. Every token is compared, in constant time each, so the answer's
         timing tells nothing about which token came close."""
         held = set(ROLES).intersection(identities) if self.mutual_tls else set()
-        header = metadata.get(AUTHORIZATION, "")
-        if header[: len(BEARER)].lower() == BEARER:
-            presented = header[len(BEARER) :].strip().encode()
+        presented = presented_token(metadata)
+        if presented:
             for role, token in self.tokens.items():
                 if hmac.compare_digest(presented, token):
                     held.add(role)

@@ -38,9 +38,12 @@ class WorkerLost(Exception):
 
 
 class WorkerTransport(Protocol):
-    async def execute(self, address: str, payload: bytes, timeout: float | None) -> bytes:
-        """Send serialized Batch bytes to a worker and return its serialized BatchResult.
-        Raises WorkerLost, or a TideserveError the worker answered with."""
+    async def execute(
+        self, address: str, payload: bytes, timeout: float | None, *, key: str
+    ) -> bytes:
+        """Send serialized Batch bytes to a worker, presenting the Execute `key` it registered
+        with, and return its serialized BatchResult. Raises WorkerLost, or a TideserveError the
+        worker answered with."""
         ...
 
     def forget(self, address: str) -> None:
@@ -183,7 +186,9 @@ class BalancerCore:
             self.table.begin(record, rows)
             started = self.clock()
             try:
-                result = await self.transport.execute(record.address, payload, timeout)
+                result = await self.transport.execute(
+                    record.address, payload, timeout, key=record.execute_key
+                )
             except (WorkerLost, TideserveError) as error:
                 answered = isinstance(error, TideserveError)
                 if answered and error.code not in WORKER_FAULT_CODES:

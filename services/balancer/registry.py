@@ -42,6 +42,9 @@ class WorkerRecord:
     last_heartbeat: float
     metrics_address: str = ""
     shared_memory_domain: str = ""
+    # The worker's Execute key from its registration, sent on every batch to it; kept out of
+    # repr so that no log of a record shows it.
+    execute_key: str = field(default="", repr=False)
     queued_batches: int = 0
     inflight_batches: int = 0
     memory_bytes: int = 0
@@ -132,6 +135,7 @@ class WorkerTable:
             last_heartbeat=self.clock(),
             metrics_address=registration.metrics_address,
             shared_memory_domain=registration.shared_memory_domain,
+            execute_key=registration.execute_key,
         )
         self.workers[record.worker_id] = record
         for served in registration.models:

@@ -27,24 +27,34 @@ WORKER_EXECUTE = "/tideserve.v1.Worker/Execute"
 
 
 class GrpcWorkerTransport:
-    """One channel per worker, calling Execute with raw bytes in and out."""
+    """One channel per worker, calling Execute with raw bytes in and out and the worker's key
+    as the bearer credential."""
 
     def __init__(self, tls: serving.TlsSettings = serving.PLAINTEXT) -> None:
         self.tls = tls
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
 
-    async def execute(self, address: str, payload: bytes, timeout: float | None) -> bytes:
+    async def execute(
+        self, address: str, payload: bytes, timeout: float | None, *, key: str
+    ) -> bytes:
         call = self._calls.get(address)
         if call is None:
             self._channels[address] = serving.channel(address, self.tls)
             call = self._calls[address] = self._channels[address].unary_unary(WORKER_EXECUTE)
         channel = self._channels[address]
         try:
-            return await call(payload, timeout=timeout)
+            return await call(payload, timeout=timeout, metadata=serving.bearer(key))
         except grpc.aio.AioRpcError as error:
             if error.code() in serving.RETRYABLE_CODES:
                 raise WorkerLost(f"{error.code().name}: {error.details()}") from error
+            if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+                # The process at that address does not know the key its worker registered
+                # with: not the worker we know (one that restarted there, or another process
+                # on its port). The batch may go elsewhere; the client's credentials were fine.
+                raise WorkerLost(
+                    f"the process at {address} refused the key its worker registered with"
+                ) from error
             raise serving.error_from_status(error.code(), error.details()) from error
         except asyncio.CancelledError:
             task = asyncio.current_task()

@@ -11,12 +11,9 @@ import hmac
 import logging
 from collections.abc import Iterable, Mapping
 
-from tideserve.credentials import read_secret
+from tideserve.credentials import presented_token, read_secret
 
 logger = logging.getLogger(__name__)
-
-AUTHORIZATION = "authorization"
-BEARER = "bearer "
 
 
 class AdminAuth:
@@ -44,8 +41,8 @@ class AdminAuth:
             return True
         if self.identities & identities:
             return True
-        header = metadata.get(AUTHORIZATION, "")
-        if not self.token or header[: len(BEARER)].lower() != BEARER:
+        presented = presented_token(metadata)
+        if not self.token or not presented:
             return False
         # Constant-time comparison: response timing reveals nothing about the token.
-        return hmac.compare_digest(header[len(BEARER) :].strip().encode(), self.token)
+        return hmac.compare_digest(presented, self.token)

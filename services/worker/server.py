@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 
+from services.worker.auth import ExecuteGuard
 from services.worker.core import WorkerCore
 from services.worker.execution import CudaHostPinning
 from services.worker.metrics import WorkerMetrics, collect
@@ -123,7 +124,8 @@ async def serve(settings: WorkerSettings) -> None:
     entries = scan(Path(settings.model_repository), settings.models)
     tls = serving.TlsSettings.of(settings)
     token = read_token_file(settings.balancer_token_file)
-    server = serving.new_server()
+    guard = ExecuteGuard.from_settings(settings.execute_key_file)
+    server = serving.new_server([serving.RoleGuard(SERVICE_NAME, guard)])
     port = serving.bind(server, f"{settings.host}:{settings.port}", tls)
     address = f"{settings.host}:{port}"
     health = await serving.add_health_and_reflection(server, [SERVICE_NAME], serving=False)
@@ -161,6 +163,7 @@ async def serve(settings: WorkerSettings) -> None:
     )
     registration = core.registration(address, str(device))
     registration.metrics_address = metrics_server.address
+    registration.execute_key = guard.key
     released = asyncio.Event()
     heartbeats = [
         asyncio.create_task(

@@ -24,6 +24,10 @@ class WorkerSettings(TlsFields):
     # file readable by its owner alone; "" sends none (a balancer on mutual TLS, or one started
     # with --allow-unauthenticated).
     balancer_token_file: str = ""
+    # Execute serves only callers presenting this worker's key, which it sends its balancers at
+    # registration. "" makes a fresh random key at each start; a file (owner-only) holding one
+    # is for tools that call the worker themselves, such as the balancer-hop benchmark.
+    execute_key_file: str = ""
     # "auto" takes cuda when present, else cpu; or "cpu", "cuda", "cuda:1".
     device: str = "auto"
     # torch intra-op threads; 0 keeps torch's default.

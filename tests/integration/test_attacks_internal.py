@@ -1,12 +1,14 @@
 """Attacks on the internal plane, replayed against a real suite on loopback: a process that
 reaches the balancer's port tries to register a forged worker, to take over a live worker's id,
 to read another client's batch out of the batcher's shared memory, and to drain workers or
-change routing. Each attempt must fail with a clear status while the real worker keeps serving:
-clients' requests before and after every attack all succeed with the model's own outputs."""
+change routing; one that reaches a worker's port tries to have it compute batches of its own.
+Each attempt must fail with a clear status while the real worker keeps serving: clients'
+requests before and after every attack all succeed with the model's own outputs."""
 
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,11 +16,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.accounting import record
 from tests.cluster import Cluster, sync_channel, wait_for
 from tests.integration.test_request_path import reference
 from tideserve import serving, shared_memory
+from tideserve.credentials import ROLES
 from tideserve.metadata import MODEL_KEY, ROWS_KEY
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2_grpc
 from tideserve.v1 import inference_pb2 as pb
@@ -235,8 +240,7 @@ def test_batches_in_shared_memory_cannot_be_named_by_outsiders(
                         )
                     )
                 ] += 1
-                # A stolen batcher token, or straight to the worker: the worker finds no
-                # batch of that key in the segment.
+                # A stolen batcher token: the worker finds no batch of that key in the segment.
                 codes[
                     attempt(
                         lambda p=payload: dispatch(
@@ -244,13 +248,76 @@ def test_batches_in_shared_memory_cannot_be_named_by_outsiders(
                         )
                     )
                 ] += 1
+                # Straight to the worker: only its balancers may call Execute.
                 codes[attempt(lambda p=payload: execute(p, timeout=10))] += 1
     after = clients(suite, batch, expected)
     account("batch read through a named segment", codes, before, after)
 
     attempts = len(segments) * 3
-    assert codes == {"UNAUTHENTICATED": attempts, "PERMISSION_DENIED": 3 * attempts}, codes
+    assert codes == {"UNAUTHENTICATED": 2 * attempts, "PERMISSION_DENIED": 2 * attempts}, codes
     assert before == after == {"OK": CLIENT_ROUNDS}
+
+
+def inline_batch(batch: np.ndarray) -> bytes:
+    """A well-formed Batch of the model with its inputs inline, as a balancer forwards one."""
+    message = cluster_pb2.Batch(batch_id="direct", model_name=MODEL)
+    message.inputs.add(
+        name="INPUT__0", datatype="FP32", shape=list(batch.shape), raw=batch.tobytes()
+    )
+    return message.SerializeToString()
+
+
+def worker_batches(metrics_address: str) -> float:
+    """Batches the worker has executed, whatever their outcome, from its Prometheus metrics."""
+    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "tideserve_worker_batches_total"
+    )
+
+
+def test_only_its_balancers_may_call_a_workers_execute(
+    suite: Cluster, batch: np.ndarray, expected: np.ndarray
+) -> None:
+    worker = suite.snapshot().workers[0]
+    real = worker.address
+    before = clients(suite, batch, expected)
+    executed = worker_batches(worker.metrics_address)
+    payload = inline_batch(batch)
+    credentials = [
+        (),
+        serving.bearer("guessed"),
+        *(suite.auth(role) for role in ROLES),
+    ]
+    codes: Counter[str] = Counter()
+    refusals: set[str] = set()
+    with sync_channel(real) as channel:
+        execute = channel.unary_unary(EXECUTE)
+        for metadata in credentials:
+            try:
+                execute(payload, timeout=10, metadata=metadata)
+                codes["OK"] += 1
+            except grpc.RpcError as error:
+                codes[status(error)] += 1
+                refusals.add(error.details() or "")  # type: ignore[attr-defined]
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+    # Nothing the attacker sent reached the model: no batch ended, not even in an error.
+    assert worker_batches(worker.metrics_address) == executed
+    after = clients(suite, batch, expected)
+    account("worker Execute without its balancer", codes, before, after)
+
+    assert codes == {"UNAUTHENTICATED": len(credentials)}, codes
+    (refusal,) = refusals
+    assert "serves only the balancers this worker registered with" in refusal
+    assert "Dispatch" in refusal, "the refusal says where batches go instead"
+    assert health.status == health_pb2.HealthCheckResponse.SERVING, "health stays open"
+    assert before == after == {"OK": CLIENT_ROUNDS}
+    the_real_worker_serves(suite, real)
 
 
 def test_admin_rpcs_need_the_scaler_or_operator_role(

@@ -54,6 +54,16 @@ def server_ready(address: str, tls: object) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+def execute_directly(address: str, tls: object) -> grpc.StatusCode:
+    """The status of an empty batch sent straight to a worker's Execute, with no key."""
+    with sync_channel(address, tls) as channel:  # type: ignore[arg-type]
+        try:
+            channel.unary_unary("/tideserve.v1.Worker/Execute")(b"", timeout=5)
+        except grpc.RpcError as error:
+            return error.code()  # type: ignore[attr-defined, no-any-return]
+    return grpc.StatusCode.OK
+
+
 async def test_mutual_tls_cluster_serves_trusted_clients_only(
     mtls_cluster: Cluster, certs: Certificates
 ) -> None:
@@ -64,10 +74,15 @@ async def test_mutual_tls_cluster_serves_trusted_clients_only(
         server_ready(mtls_cluster.batcher, tls)
         for tls in (PLAINTEXT, certs.verify_only, certs.stranger)
     ]
-    statuses = Counter(result.errors) + Counter(code.name for code in untrusted)
-    record("mTLS: a trusted client's load; plaintext, no or untrusted certificate",
-           cases=1 + len(untrusted), sent=result.sent + len(untrusted),
+    # A certificate the CA signed reaches the worker's port, yet not its Execute: only the
+    # balancers it registered with hold the key.
+    direct = execute_directly(mtls_cluster.snapshot().workers[0].address, certs.operator)
+    statuses = Counter(result.errors) + Counter(code.name for code in (*untrusted, direct))
+    record("mTLS: a trusted client's load; plaintext, no or untrusted certificate; a trusted "
+           "certificate straight to a worker's Execute",
+           cases=2 + len(untrusted), sent=result.sent + len(untrusted) + 1,
            answered=result.ok + statuses.total(), errors=statuses)
+    assert direct == grpc.StatusCode.UNAUTHENTICATED
     plaintext, no_certificate, stranger = untrusted
     assert result.errors == {}
     assert result.ok > 10

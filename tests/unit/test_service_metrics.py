@@ -99,7 +99,9 @@ class GatedTransport:
     def __init__(self) -> None:
         self.gate = asyncio.Event()
 
-    async def execute(self, address: str, payload: bytes, timeout: float | None) -> bytes:
+    async def execute(
+        self, address: str, payload: bytes, timeout: float | None, *, key: str
+    ) -> bytes:
         await self.gate.wait()
         return b"result"
 

@@ -71,20 +71,22 @@ class ServedModel(_message.Message):
     def __init__(self, config: _Optional[_Union[_model_config_pb2.ModelConfig, _Mapping]] = ..., versions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WorkerRegistration(_message.Message):
-    __slots__ = ("worker_id", "address", "models", "device", "metrics_address", "shared_memory_domain")
+    __slots__ = ("worker_id", "address", "models", "device", "metrics_address", "shared_memory_domain", "execute_key")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SHARED_MEMORY_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    EXECUTE_KEY_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     address: str
     models: _containers.RepeatedCompositeFieldContainer[ServedModel]
     device: str
     metrics_address: str
     shared_memory_domain: str
-    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., device: _Optional[str] = ..., metrics_address: _Optional[str] = ..., shared_memory_domain: _Optional[str] = ...) -> None: ...
+    execute_key: str
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., device: _Optional[str] = ..., metrics_address: _Optional[str] = ..., shared_memory_domain: _Optional[str] = ..., execute_key: _Optional[str] = ...) -> None: ...
 
 class ServiceTime(_message.Message):
     __slots__ = ("batch_size", "seconds", "model")

@@ -115,7 +115,9 @@ def test_from_settings_refuses_a_token_others_can_read(tmp_path: Path) -> None:
 
 
 class NoWorkers:
-    async def execute(self, address: str, payload: bytes, timeout: float | None) -> bytes:
+    async def execute(
+        self, address: str, payload: bytes, timeout: float | None, *, key: str
+    ) -> bytes:
         raise AssertionError("no batch may reach a worker in these tests")
 
     def forget(self, address: str) -> None:

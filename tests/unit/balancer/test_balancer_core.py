@@ -48,10 +48,15 @@ class FakeTransport:
         self.errors: dict[str, Exception] = {}
         self.gates: dict[str, asyncio.Event] = {}
         self.calls: list[tuple[str, bytes, float | None]] = []
+        # The Execute key each call presented, by address.
+        self.keys: dict[str, list[str]] = {}
         self.forgotten: list[str] = []
 
-    async def execute(self, address: str, payload: bytes, timeout: float | None) -> bytes:
+    async def execute(
+        self, address: str, payload: bytes, timeout: float | None, *, key: str
+    ) -> bytes:
         self.calls.append((address, payload, timeout))
+        self.keys.setdefault(address, []).append(key)
         gate = self.gates.get(address)
         if gate is not None:
             await gate.wait()
@@ -139,6 +144,23 @@ async def test_dispatch_routes_and_accounts(core: BalancerCore, transport: FakeT
     assert record.service_times[4] == pytest.approx(transport.service_s)
     assert (core.dispatched_batches, core.dispatched_rows) == (1, 4)
     assert core.batch_sizes == {4: 1}
+
+
+async def test_each_batch_carries_the_execute_key_its_worker_registered_with(
+    transport: FakeTransport, clock: FakeClock
+) -> None:
+    core = make_core(transport, clock, policy="round_robin")
+    for worker_id in ("w1", "w2"):
+        message = registration(worker_id)
+        message.execute_key = f"key-of-{worker_id}"
+        await core.connect(message)
+
+    for _ in range(4):
+        await core.dispatch(MODEL, 1, PAYLOAD, None)
+
+    assert transport.keys == {"w1:1": ["key-of-w1"] * 2, "w2:1": ["key-of-w2"] * 2}
+    assert "key-of" not in str(core.snapshot()), "snapshots never show a worker's key"
+    assert "key-of" not in repr(core.sessions["w1"]), "nor does a logged session or record"
 
 
 async def test_deadline_bounds_the_worker_timeout(
