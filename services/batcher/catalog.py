@@ -75,7 +75,11 @@ class ModelCatalog:
             name = served.config.name
             self.last_seen[name] = now
             current = self.entries.get(name)
-            if current is not None and current.config == served.config:
+            if (
+                current is not None
+                and current.config == served.config
+                and current.versions == tuple(served.versions)
+            ):
                 entries[name] = current
                 continue
             spec = ModelSpec.from_config(served.config)
@@ -126,6 +130,13 @@ class ModelCatalog:
                 f"{list(entry.versions)}"
             )
         return entry
+
+    def served_names(self) -> list[str]:
+        return sorted(self.entries)
+
+    def served_versions(self, name: str) -> tuple[str, ...]:
+        entry = self.entries.get(name)
+        return entry.versions if entry is not None else ()
 
     def shares_memory(self, name: str, domain: str) -> bool:
         """Whether every worker the balancer may send `name`'s batches to sees our /dev/shm.

@@ -68,6 +68,17 @@ class BatchDispatcher(Protocol):
 
 
 class BatchMetrics(Protocol):
+    def batch_served(
+        self,
+        model: str,
+        version: str,
+        rows: int,
+        queue_waits: list[float],
+        result: cluster_pb2.BatchResult,
+    ) -> None:
+        """A batch came back with a result; `queue_waits`: its requests' waits in our queue."""
+        ...
+
     def batch_done(self, model: str, rows: int, queue_wait_s: float, dispatch_s: float) -> None:
         """A batch came back (or failed): its rows, its oldest request's queue wait, and the
         round trip of the dispatch."""
@@ -75,6 +86,16 @@ class BatchMetrics(Protocol):
 
 
 class NoMetrics:
+    def batch_served(
+        self,
+        model: str,
+        version: str,
+        rows: int,
+        queue_waits: list[float],
+        result: cluster_pb2.BatchResult,
+    ) -> None:
+        pass
+
     def batch_done(self, model: str, rows: int, queue_wait_s: float, dispatch_s: float) -> None:
         pass
 
@@ -175,6 +196,11 @@ class ModelScheduler:
         if links is not None:
             links.subscribe(self._wake.set)
         self._task = asyncio.get_running_loop().create_task(self._run())
+
+    @property
+    def version(self) -> str:
+        """The version batches are computed by: the latest served."""
+        return self.entry.versions[-1] if self.entry.versions else ""
 
     def submit(self, request: PendingRequest) -> asyncio.Future:
         self._admit_before_deadline(request)
@@ -374,7 +400,7 @@ class ModelScheduler:
         message = cluster_pb2.Batch(
             batch_id=batch_id,
             model_name=spec.name,
-            model_version=self.entry.versions[-1] if self.entry.versions else "",
+            model_version=self.version,
         )
         first = batch[0]
         position = 0
@@ -427,6 +453,13 @@ class ModelScheduler:
             self._observe_round_trip(rows, round_trip, hops)
             self.timeline.returned(booking, returned - hops / 2)
             self.queue.policy.observe(rows, now - batch[0].arrival, result.compute_seconds)
+            self.metrics.batch_served(
+                self.entry.spec.name,
+                self.version,
+                rows,
+                [now - r.arrival for r in batch],
+                result,
+            )
             released = True
             await self._release_before_answering(rows)
             self._complete(batch, rows, result)
@@ -496,7 +529,7 @@ class ModelScheduler:
         self, batch: list[PendingRequest], rows: int, result: cluster_pb2.BatchResult
     ) -> None:
         spec = self.entry.spec
-        model_version = self.entry.versions[-1] if self.entry.versions else ""
+        model_version = self.version
         outputs = [(o.name, o.datatype, list(o.shape), o.raw) for o in result.outputs]
         offset = 0
         for request in batch:

@@ -22,6 +22,7 @@ from services.batcher.links import BalancerLinks
 from services.batcher.metrics import BatcherMetrics, collect
 from services.batcher.requests import quoted
 from services.batcher.settings import BatcherSettings
+from services.batcher.statistics import InferenceStatistics
 from tideserve import metrics, serving, shared_memory
 from tideserve.credentials import read_token_file
 from tideserve.errors import BalancerUnreachable, DeadlineExceeded, TideserveError
@@ -110,14 +111,16 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         metrics: BatcherMetrics,
         regions: ClientRegions,
         stream_inflight: int,
+        statistics: InferenceStatistics,
     ) -> None:
         self.core = core
+        self.statistics = statistics
         self.stream_inflight = stream_inflight
         self.catalog = core.catalog
         self.metrics = metrics
         self.regions = regions
         # The Triton protocol extensions served, as ServerMetadata names them.
-        self.extensions = ["model_configuration"]
+        self.extensions = ["model_configuration", "statistics"]
         if regions.enabled:
             self.extensions.append("system_shared_memory")
 
@@ -162,6 +165,12 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
         return pb.ModelConfigResponse(config=self.catalog.get(request.name, request.version).config)
+
+    @serving.rpc_errors
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        return self.statistics.report(request.name, request.version)
 
     @serving.rpc_errors
     async def RepositoryIndex(
@@ -227,11 +236,11 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             outputs_to_regions(request, response, self.regions)
         except TideserveError as error:
             self.core.record(None)
-            self.metrics.request_done(request.model_name, error.code, None)
+            self.metrics.request_done(request.model_name, error.code, None, request.model_version)
             raise
         latency = self.core.clock() - started
         self.core.record(latency)
-        self.metrics.request_done(request.model_name, "OK", latency)
+        self.metrics.request_done(request.model_name, "OK", latency, response.model_version)
         return response
 
     async def ModelStreamInfer(
@@ -296,11 +305,11 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             outputs_to_regions(request, response, self.regions)
         except TideserveError as error:
             self.core.record(None)
-            self.metrics.request_done(model, error.code, None)
+            self.metrics.request_done(model, error.code, None, request.model_version)
             return pb.ModelStreamInferResponse(error_message=str(error))
         latency = self.core.clock() - started
         self.core.record(latency)
-        self.metrics.request_done(model, "OK", latency)
+        self.metrics.request_done(model, "OK", latency, response.model_version)
         return pb.ModelStreamInferResponse(infer_response=response)
 
 
@@ -389,7 +398,8 @@ async def serve(settings: BatcherSettings) -> None:
         else None
     )
     registry = metrics.new_registry()
-    batcher_metrics = BatcherMetrics(registry, lambda model: model in catalog.entries)
+    statistics = InferenceStatistics(catalog)
+    batcher_metrics = BatcherMetrics(registry, lambda model: model in catalog.entries, statistics)
     core = BatcherCore(
         catalog,
         pool,
@@ -404,7 +414,10 @@ async def serve(settings: BatcherSettings) -> None:
     metrics_server = metrics.start_metrics_server(settings.host, settings.metrics_port, registry)
     server = serving.new_server()
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(core, batcher_metrics, regions, settings.stream_inflight), server
+        InferenceServicer(
+            core, batcher_metrics, regions, settings.stream_inflight, statistics
+        ),
+        server,
     )
     # Health says SERVING only while a balancer's stream is live (BalancerLinks): a batcher with
     # no balancer fails every inference, so probes and load balancers must see it as not ready.

@@ -52,6 +52,7 @@ class WorkerCore:
         if runner is None:
             raise NotFound(f"worker {self.worker_id} does not serve model {batch.model_name!r}")
         views: list[memoryview] = []
+        decoding = time.perf_counter()
         try:
             arrays = self._decode_inputs(runner, batch, views)
         except Exception:
@@ -96,6 +97,7 @@ class WorkerCore:
             worker_id=self.worker_id,
             queue_seconds=started[0] - submitted,
             compute_seconds=done - started[0],
+            input_seconds=submitted - decoding,
         )
         wanted = set(batch.output_names)
         for spec, array in zip(runner.spec.outputs, outputs, strict=True):
@@ -103,6 +105,7 @@ class WorkerCore:
                 continue
             datatype, shape, raw = codec.encode(array)
             result.outputs.add(name=spec.name, datatype=datatype, shape=shape, raw=raw)
+        result.output_seconds = time.perf_counter() - done
         return result
 
     def _done_reading(self, views: list[memoryview]) -> None:
