@@ -39,6 +39,34 @@ def _metadata(
     return response
 
 
+# Of a model version's states on several workers, the one the repository index shows.
+STATE_RANK = {"READY": 0, "LOADING": 1, "UNAVAILABLE": 2}
+
+
+def merged_statuses(snapshot: cluster_pb2.ClusterSnapshot) -> dict[str, dict[str, tuple[str, str]]]:
+    """Each model version's state over the workers: READY if any worker serves it, else
+    LOADING if any is loading it, else UNAVAILABLE with a worker's reason."""
+    merged: dict[str, dict[str, tuple[str, str]]] = {}
+    for worker in snapshot.workers:
+        for status in worker.model_statuses:
+            versions = merged.setdefault(status.name, {})
+            seen = versions.get(status.version)
+            rank = STATE_RANK.get(status.state, len(STATE_RANK))
+            if seen is None or rank < STATE_RANK.get(seen[0], len(STATE_RANK)):
+                versions[status.version] = (status.state, status.reason)
+    return merged
+
+
+def unloaded_models(snapshot: cluster_pb2.ClusterSnapshot) -> frozenset[str]:
+    """Models no worker serves that some worker unloaded on purpose (not a worker gone)."""
+    served = {m.config.name for m in snapshot.models}
+    return frozenset(
+        name
+        for name, versions in merged_statuses(snapshot).items()
+        if name not in served and all(state == "UNAVAILABLE" for state, _ in versions.values())
+    )
+
+
 # How long a model stays known after the last worker serving it went away. Within it, requests
 # for the model wait (bounded by the balancer's wait for a worker) instead of getting NOT_FOUND:
 # a restarting balancer or a rolling worker restart is not the model ceasing to exist.
@@ -60,16 +88,22 @@ class ModelCatalog:
         # Whether any balancer has told us what is served yet: before, "unknown model" would be
         # a guess, so requests get UNAVAILABLE (retry) rather than NOT_FOUND.
         self.synced = False
+        # Model name -> version -> (state, reason), merged over the workers (READY on any
+        # worker wins, then LOADING): Triton's repository index.
+        self.statuses: dict[str, dict[str, tuple[str, str]]] = {}
 
-    def update(self, models: list[cluster_pb2.ServedModel]) -> list[str]:
+    def update(
+        self, models: list[cluster_pb2.ServedModel], unloaded: frozenset[str] = frozenset()
+    ) -> list[str]:
         """Take the balancer's list of served models; returns the names that appeared or changed.
-        Models missing from the list are kept for FORGET_AFTER_S before they are dropped."""
+        Models missing from the list are kept for FORGET_AFTER_S before they are dropped, unless
+        they are `unloaded` (on purpose, by model control): those go at once."""
         changed = []
         now = self.clock()
         self.synced = True
         entries = {
             name: entry for name, entry in self.entries.items()
-            if now - self.last_seen.get(name, now) < FORGET_AFTER_S
+            if now - self.last_seen.get(name, now) < FORGET_AFTER_S and name not in unloaded
         }
         for served in models:
             name = served.config.name
@@ -92,6 +126,7 @@ class ModelCatalog:
         return changed
 
     def update_workers(self, snapshot: cluster_pb2.ClusterSnapshot) -> None:
+        self.statuses = merged_statuses(snapshot)
         counts: dict[str, int] = {}
         domains: dict[str, set[str]] = {}
         samples: dict[str, dict[int, list[float]]] = {}

@@ -4,6 +4,7 @@ statistics extension agrees with the batcher's Prometheus metrics."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -16,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.worker.models import DEFAULT_MODEL, write_default_model
-from tests.cluster import ROOT, Cluster, sync_channel
+from tests.cluster import ROOT, Cluster, free_port, sync_channel
 from tideserve.v1 import inference_pb2 as pb
 from tideserve.v1 import inference_pb2_grpc
 
@@ -105,3 +106,102 @@ def test_statistics_of_an_unknown_model_are_not_found(cluster: Cluster) -> None:
     answer = triton(cluster, "stats", "no_such_model")
     assert answer["status"] == "StatusCode.NOT_FOUND"
     assert "no_such_model" in answer["error"]
+
+
+def index(cluster: Cluster) -> dict[tuple[str, str], tuple[str, str]]:
+    return {
+        (m["name"], m.get("version", "")): (m.get("state", ""), m.get("reason", ""))
+        for m in triton(cluster, "index")["models"]
+    }
+
+
+def test_unload_then_load_again(cluster: Cluster, repository: Path) -> None:
+    assert index(cluster)[(DEFAULT_MODEL, "1")] == ("READY", "")
+
+    assert triton(cluster, "unload", DEFAULT_MODEL) == {"ok": True}
+    assert index(cluster)[(DEFAULT_MODEL, "1")] == ("UNAVAILABLE", "unloaded")
+    refused = triton(cluster, "infer", DEFAULT_MODEL, "1")
+    assert refused["status"] == "StatusCode.NOT_FOUND", refused
+    assert triton(cluster, "unload", DEFAULT_MODEL) == {"ok": True}  # nothing left to unload
+
+    assert triton(cluster, "load", DEFAULT_MODEL) == {"ok": True}
+    assert index(cluster)[(DEFAULT_MODEL, "1")] == ("READY", "")
+    assert triton(cluster, "infer", DEFAULT_MODEL, "2") == {"ok": 2, "versions": ["1"]}
+
+    # A model put in the repository while the worker runs is served once loaded.
+    shutil.copytree(repository / DEFAULT_MODEL, repository / "second")
+    config = repository / "second" / "config.pbtxt"
+    config.write_text(config.read_text().replace(f'"{DEFAULT_MODEL}"', '"second"'))
+    assert triton(cluster, "load", "second") == {"ok": True}
+    assert triton(cluster, "infer", "second", "2") == {"ok": 2, "versions": ["1"]}
+    assert index(cluster)[("second", "1")] == ("READY", "")
+
+
+def test_a_failed_load_keeps_the_served_version_and_says_why(
+    cluster: Cluster, repository: Path
+) -> None:
+    version_2 = repository / DEFAULT_MODEL / "2"
+    version_2.mkdir()
+    (version_2 / "model.pt").write_bytes(b"not a torchscript archive")
+    failed = triton(cluster, "load", DEFAULT_MODEL)
+    assert failed["status"] == "StatusCode.INVALID_ARGUMENT", failed
+    assert "version 2" in failed["error"]
+    assert "model.pt" in failed["error"]
+    states = index(cluster)
+    assert states[(DEFAULT_MODEL, "1")] == ("READY", "")
+    assert states[(DEFAULT_MODEL, "2")][0] == "UNAVAILABLE"
+    assert "could not be loaded" in states[(DEFAULT_MODEL, "2")][1]
+    assert triton(cluster, "infer", DEFAULT_MODEL, "2") == {"ok": 2, "versions": ["1"]}
+
+    # A valid version 2 replaces version 1 without a request failing in between.
+    shutil.copyfile(repository / DEFAULT_MODEL / "1" / "model.pt", version_2 / "model.pt")
+    assert triton(cluster, "load", DEFAULT_MODEL) == {"ok": True}
+    assert triton(cluster, "infer", DEFAULT_MODEL, "2") == {"ok": 2, "versions": ["2"]}
+    states = index(cluster)
+    assert states[(DEFAULT_MODEL, "2")] == ("READY", "")
+    assert states[(DEFAULT_MODEL, "1")] == ("UNAVAILABLE", "replaced by version 2")
+
+
+def test_invalid_or_missing_models_are_refused_with_the_reason(
+    cluster: Cluster, repository: Path
+) -> None:
+    broken = repository / "broken"
+    shutil.copytree(repository / DEFAULT_MODEL / "1", broken / "1")
+    (broken / "config.pbtxt").write_text('name: "broken"\nmax_batch_size: -1\n')
+    failed = triton(cluster, "load", "broken")
+    assert failed["status"] == "StatusCode.INVALID_ARGUMENT", failed
+    assert "max_batch_size" in failed["error"]
+    (broken / "config.pbtxt").write_text("max_batch_size: {{ not pbtxt\n")
+    failed = triton(cluster, "load", "broken")
+    assert failed["status"] == "StatusCode.INVALID_ARGUMENT", failed
+    assert "config.pbtxt" in failed["error"]
+    missing = triton(cluster, "load", "absent")
+    assert missing["status"] == "StatusCode.NOT_FOUND", missing
+    assert "absent" in missing["error"]
+    # The cluster serves on.
+    assert triton(cluster, "infer", DEFAULT_MODEL, "1")["ok"] == 1
+
+
+def test_model_control_can_be_turned_off(cluster: Cluster) -> None:
+    port = free_port()
+    cluster.spawn(
+        "batcher-closed",
+        "services.batcher",
+        "--port",
+        str(port),
+        "--metrics-port",
+        "0",
+        "--balancers",
+        cluster.balancers,
+        "--balancer-token-file",
+        cluster.token_file("batcher"),
+        "--model-control",
+        "false",
+    )
+    cluster.wait_serving("batcher-closed", f"127.0.0.1:{port}")
+    closed = Cluster(cluster.repository, cluster.log_dir, batcher_port=port)
+    for action in ("load", "unload"):
+        refused = triton(closed, action, DEFAULT_MODEL)
+        assert refused["status"] == "StatusCode.UNIMPLEMENTED", refused
+        assert "--model-control" in refused["error"]
+    assert triton(closed, "infer", DEFAULT_MODEL, "1")["ok"] == 1

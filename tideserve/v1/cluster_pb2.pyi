@@ -75,20 +75,22 @@ class ServedModel(_message.Message):
     def __init__(self, config: _Optional[_Union[_model_config_pb2.ModelConfig, _Mapping]] = ..., versions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WorkerRegistration(_message.Message):
-    __slots__ = ("worker_id", "address", "models", "device", "metrics_address", "shared_memory_domain")
+    __slots__ = ("worker_id", "address", "models", "device", "metrics_address", "shared_memory_domain", "model_statuses")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SHARED_MEMORY_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    MODEL_STATUSES_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     address: str
     models: _containers.RepeatedCompositeFieldContainer[ServedModel]
     device: str
     metrics_address: str
     shared_memory_domain: str
-    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., device: _Optional[str] = ..., metrics_address: _Optional[str] = ..., shared_memory_domain: _Optional[str] = ...) -> None: ...
+    model_statuses: _containers.RepeatedCompositeFieldContainer[ModelStatus]
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., device: _Optional[str] = ..., metrics_address: _Optional[str] = ..., shared_memory_domain: _Optional[str] = ..., model_statuses: _Optional[_Iterable[_Union[ModelStatus, _Mapping]]] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
     __slots__ = ("name", "version", "state", "reason")
