@@ -161,8 +161,8 @@ class ModelCatalog:
             )
         if version and version not in entry.versions:
             raise NotFound(
-                f"model {quoted(name)} has no version {quoted(version)}; versions "
-                f"{list(entry.versions)}"
+                f"model {quoted(name)} has no version {quoted(version)} served; served versions "
+                f"are {list(entry.versions)}"
             )
         return entry
 

@@ -138,7 +138,8 @@ class SharedInputs:
 
 
 class ModelScheduler:
-    """Owns one model's queue. A batch leaves when the queue says it is ready *and* a model
+    """Owns the queue of one version of a model (`version`; empty: the latest served). A batch
+    leaves when the queue says it is ready *and* a model
     instance (`instances()`, over all ready workers) is free for it, so batches grow while
     workers are busy, not by idling. With `depth` > 1, up to that many batches per instance
     are in flight: those beyond the first leave just in time for their instance
@@ -157,8 +158,11 @@ class ModelScheduler:
         depth: int = 1,
         links: BalancerLinks | None = None,
         hold_s: float = BALANCER_HOLD_S,
+        version: str = "",
     ) -> None:
         self.entry = entry
+        # The version batches are computed by, named in each Batch for the worker.
+        self.version = version or (entry.versions[-1] if entry.versions else "")
         # Batches leave only while some balancer is reachable; None: always (unit tests).
         self.links = links
         self.hold_s = hold_s
@@ -196,11 +200,6 @@ class ModelScheduler:
         if links is not None:
             links.subscribe(self._wake.set)
         self._task = asyncio.get_running_loop().create_task(self._run())
-
-    @property
-    def version(self) -> str:
-        """The version batches are computed by: the latest served."""
-        return self.entry.versions[-1] if self.entry.versions else ""
 
     def submit(self, request: PendingRequest) -> asyncio.Future:
         self._admit_before_deadline(request)
@@ -616,7 +615,8 @@ class BatcherCore:
         self.dispatcher = dispatcher
         self.inflight_per_instance = inflight_per_instance
         self.clock = clock
-        self.schedulers: dict[str, ModelScheduler] = {}
+        # By model name and version: requests naming a version are batched apart.
+        self.schedulers: dict[tuple[str, str], ModelScheduler] = {}
         self.requests_total = 0
         self.requests_failed = 0
         # (finish time, latency) of recent successful requests.
@@ -624,8 +624,11 @@ class BatcherCore:
         # (report time, requests_total) of earlier reports: the arrival rate is their slope.
         self._totals: deque[tuple[float, int]] = deque()
 
-    def _scheduler(self, entry: CatalogEntry) -> ModelScheduler:
-        scheduler = self.schedulers.get(entry.spec.name)
+    def _scheduler(self, entry: CatalogEntry, version: str) -> ModelScheduler:
+        """The scheduler of `version` of the model (the latest served when empty)."""
+        version = version or (entry.versions[-1] if entry.versions else "")
+        key = (entry.spec.name, version)
+        scheduler = self.schedulers.get(key)
         if scheduler is None or scheduler.entry is not entry:
             if scheduler is not None and len(scheduler.queue) == 0 and scheduler.inflight == 0:
                 scheduler.close()
@@ -643,8 +646,9 @@ class BatcherCore:
                 depth=self.inflight_per_instance,
                 links=self.links,
                 hold_s=self.hold_s,
+                version=version,
             )
-            self.schedulers[name] = scheduler
+            self.schedulers[key] = scheduler
         return scheduler
 
     def ready(self) -> bool:
@@ -668,7 +672,7 @@ class BatcherCore:
         now = self.clock()
         self.requests_total += 1
         entry = self.catalog.get(request.model_name, request.model_version)
-        return self._scheduler(entry).submit(
+        return self._scheduler(entry, request.model_version).submit(
             parse_request(request, entry.spec, now, deadline, raw_inputs)
         )
 

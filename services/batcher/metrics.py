@@ -122,9 +122,14 @@ def collect(core: BatcherCore) -> list[Metric]:
         "Workers ready for each model, as the balancer last reported.",
         labels=["model"],
     )
-    for name, scheduler in sorted(core.schedulers.items()):
-        depth.add_metric([name], len(scheduler.queue))
-        inflight.add_metric([name], scheduler.inflight)
+    queued: dict[str, int] = {}
+    sent: dict[str, int] = {}
+    for (name, _), scheduler in core.schedulers.items():
+        queued[name] = queued.get(name, 0) + len(scheduler.queue)
+        sent[name] = sent.get(name, 0) + scheduler.inflight
+    for name in sorted(queued):
+        depth.add_metric([name], queued[name])
+        inflight.add_metric([name], sent[name])
     for name in sorted(core.catalog.entries):
         workers.add_metric([name], core.catalog.worker_counts.get(name, 0))
     return [depth, inflight, workers]

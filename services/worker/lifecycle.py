@@ -1,9 +1,10 @@
 """Loading and unloading a worker's models while it serves (Triton's explicit model control).
 
-A load reads the model from the repository again and builds its runner beside the one serving:
-only once the new runner is warm does it take the model's batches, so a load that fails (a
-corrupt file, an invalid config) leaves the version already serving in place. The runner
-replaced, or unloaded, finishes the batches it holds before its threads stop.
+A load reads the model from the repository again and builds the runners of the versions its
+version_policy picks beside those serving: only once every new runner is warm do they take the
+model's batches, so a load that fails (a corrupt file, an invalid config) leaves the versions
+already serving in place. A runner replaced, or unloaded, finishes the batches it holds before
+its threads stop.
 
 Every model version the worker has known keeps a state, READY, LOADING or UNAVAILABLE with the
 reason, which the balancers learn from the worker's ModelUpdate reports and the batcher shows
@@ -35,7 +36,6 @@ class Runner(Protocol):
     """What the lifecycle needs of a services.worker.runner.ModelRunner."""
 
     config: mc.ModelConfig
-    version: str
 
     def close(self) -> None: ...
 
@@ -50,14 +50,15 @@ class VersionState:
 
 
 class ModelLifecycle(Generic[R]):
-    """Owns the worker's `runners` (model name -> runner; WorkerCore routes batches by it).
-    `build(entry)` makes a warm runner and blocks (it runs in a thread). Every change of state
-    is passed to each subscriber as a ModelUpdate, so every balancer learns it."""
+    """Owns the worker's `runners` (model name -> version -> runner, ascending versions;
+    WorkerCore routes batches by it). `build(entry)` makes a warm runner and blocks (it runs in
+    a thread). Every change of state is passed to each subscriber as a ModelUpdate, so every
+    balancer learns it."""
 
     def __init__(
         self,
         repository: Path,
-        runners: dict[str, R],
+        runners: dict[str, dict[str, R]],
         build: Callable[[RepositoryEntry], R],
     ) -> None:
         self.repository = repository
@@ -71,73 +72,99 @@ class ModelLifecycle(Generic[R]):
         self._subscribers.append(callback)
 
     async def load(self, name: str) -> None:
-        """Load `name`'s latest version from the repository; a no-op when that version is
-        serving with the same config. Raises NotFound (not in the repository), InvalidArgument
-        (invalid config, a model file that does not load) with the reason."""
+        """Serve the versions of `name` its version_policy picks in the repository now: build
+        those not served (or whose config changed), then switch to the new set at once and
+        close the runners left out. A no-op when nothing changed. Raises NotFound (not in the
+        repository), InvalidArgument (invalid config, a model file that does not load) with
+        the reason; then nothing served changes."""
         async with self._locks.setdefault(name, asyncio.Lock()):
-            current = self.runners.get(name)
+            current = dict(self.runners.get(name, {}))
             try:
-                (entry,) = await asyncio.to_thread(scan, self.repository, [name])
+                entries = await asyncio.to_thread(scan, self.repository, [name])
             except TideserveError as error:
-                if current is None:
+                if not current:
                     self._set(name, "", VersionState(UNAVAILABLE, str(error)))
                 raise
-            if current is not None and (current.version, current.config) == (
-                entry.version,
-                entry.config,
-            ):
+            kept = {
+                e.version: current[e.version]
+                for e in entries
+                if e.version in current and current[e.version].config == e.config
+            }
+            missing = [e for e in entries if e.version not in kept]
+            if not missing and len(kept) == len(current):
                 return
-            version = entry.version
-            self._set(name, version, VersionState(LOADING))
+            for entry in missing:
+                self._set(name, entry.version, VersionState(LOADING))
+            built = await self._build_all(name, missing, current)
+            versions = {e.version: kept.get(e.version) or built[e.version] for e in entries}
+            self.runners[name] = versions
+            self.states.pop((name, ""), None)
+            for version in current:
+                if version not in versions:
+                    self.states[(name, version)] = VersionState(
+                        UNAVAILABLE, f"retired: versions {list(versions)} serve now"
+                    )
+            for version in versions:
+                self.states[(name, version)] = VersionState(READY)
+            self._publish()
+            logger.info("model loaded", extra={"model": name, "versions": list(versions)})
+            retired = [r for v, r in current.items() if versions.get(v) is not r]
+            for runner in retired:
+                await asyncio.to_thread(runner.close)
+
+    async def _build_all(
+        self, name: str, entries: list[RepositoryEntry], current: dict[str, R]
+    ) -> dict[str, R]:
+        """A runner per entry; if one fails, those built are closed and its error raised."""
+        built: dict[str, R] = {}
+        for entry in entries:
             try:
-                runner = await asyncio.to_thread(self.build, entry)
+                built[entry.version] = await asyncio.to_thread(self.build, entry)
             except Exception as error:
                 failure = (
                     error
                     if isinstance(error, TideserveError)
                     else InvalidArgument(
-                        f"model {name} version {version}: {entry.model_path.name} could not be "
-                        f"loaded: {error}"
+                        f"model {name} version {entry.version}: {entry.model_path.name} could "
+                        f"not be loaded: {error}"
                     )
                 )
-                serving = current is not None and current.version == version
-                self._set(
-                    name, version, VersionState(READY if serving else UNAVAILABLE, str(failure))
-                )
+                for other in entries:
+                    serving = other.version in current
+                    state = VersionState(READY) if serving else VersionState(UNAVAILABLE)
+                    if other is entry:
+                        state = VersionState(state.state, str(failure))
+                    self._set(name, other.version, state)
                 logger.warning(
                     "model load failed",
-                    extra={"model": name, "version": version, "error": str(failure)},
+                    extra={"model": name, "version": entry.version, "error": str(failure)},
                 )
+                for runner in built.values():
+                    await asyncio.to_thread(runner.close)
                 raise failure from error
-            self.runners[name] = runner
-            self.states.pop((name, ""), None)
-            if current is not None and current.version != version:
-                self.states[(name, current.version)] = VersionState(
-                    UNAVAILABLE, f"replaced by version {version}"
-                )
-            self._set(name, version, VersionState(READY))
-            logger.info("model loaded", extra={"model": name, "version": version})
-            if current is not None:
-                await asyncio.to_thread(current.close)
+        return built
 
     async def unload(self, name: str) -> None:
         """Stop serving `name` (a no-op if it is not served); batches it holds finish first."""
         async with self._locks.setdefault(name, asyncio.Lock()):
-            runner = self.runners.pop(name, None)
-            if runner is None:
+            versions = self.runners.pop(name, None)
+            if not versions:
                 return
-            self._set(name, runner.version, VersionState(UNAVAILABLE, "unloaded"))
-            logger.info("model unloaded", extra={"model": name, "version": runner.version})
-            await asyncio.to_thread(runner.close)
+            for version in versions:
+                self.states[(name, version)] = VersionState(UNAVAILABLE, "unloaded")
+            self._publish()
+            logger.info("model unloaded", extra={"model": name, "versions": list(versions)})
+            for runner in versions.values():
+                await asyncio.to_thread(runner.close)
 
     def served(self) -> list[cluster_pb2.ServedModel]:
         return [
-            cluster_pb2.ServedModel(config=runner.config, versions=[runner.version])
-            for runner in self.runners.values()
+            cluster_pb2.ServedModel(config=list(v.values())[-1].config, versions=list(v))
+            for v in self.runners.values()
         ]
 
     def statuses(self) -> list[cluster_pb2.ModelStatus]:
-        served = {(name, runner.version) for name, runner in self.runners.items()}
+        served = {(name, version) for name, v in self.runners.items() for version in v}
         states = dict(self.states)
         for key in served:
             states.setdefault(key, VersionState(READY))
@@ -158,6 +185,9 @@ class ModelLifecycle(Generic[R]):
 
     def _set(self, name: str, version: str, state: VersionState) -> None:
         self.states[(name, version)] = state
+        self._publish()
+
+    def _publish(self) -> None:
         update = self.update()
         for callback in self._subscribers:
             callback(update)

@@ -173,7 +173,7 @@ async def serve(settings: WorkerSettings) -> None:
     service_profile = (
         ServiceTimeProfile.load(settings.service_profile) if settings.service_profile else None
     )
-    runners: dict[str, ModelRunner] = {}
+    runners: dict[str, dict[str, ModelRunner]] = {}
     pinning = CudaHostPinning() if device.type == "cuda" and settings.pin_shared_memory else None
     reader = shared_memory.SegmentReader(pinning=pinning) if settings.shared_memory else None
     shared_inputs = reader if reader is not None and reader.domain else None
@@ -194,7 +194,8 @@ async def serve(settings: WorkerSettings) -> None:
         return runner
 
     for entry in entries:
-        runners[entry.config.name] = await asyncio.to_thread(build, entry)
+        versions = runners.setdefault(entry.config.name, {})
+        versions[entry.version] = await asyncio.to_thread(build, entry)
     lifecycle = ModelLifecycle(Path(settings.model_repository), runners, build)
     await serving.set_serving(health, [SERVICE_NAME])
     logger.info(
@@ -242,6 +243,7 @@ async def serve(settings: WorkerSettings) -> None:
     for task in heartbeats:
         task.cancel()
     await asyncio.gather(*heartbeats, return_exceptions=True)
-    for runner in runners.values():
-        runner.close()
+    for versions in runners.values():
+        for runner in versions.values():
+            runner.close()
     metrics_server.close()

@@ -159,7 +159,7 @@ def test_a_failed_load_keeps_the_served_version_and_says_why(
     assert triton(cluster, "infer", DEFAULT_MODEL, "2") == {"ok": 2, "versions": ["2"]}
     states = index(cluster)
     assert states[(DEFAULT_MODEL, "2")] == ("READY", "")
-    assert states[(DEFAULT_MODEL, "1")] == ("UNAVAILABLE", "replaced by version 2")
+    assert states[(DEFAULT_MODEL, "1")] == ("UNAVAILABLE", "retired: versions ['2'] serve now")
 
 
 def test_invalid_or_missing_models_are_refused_with_the_reason(
@@ -205,3 +205,32 @@ def test_model_control_can_be_turned_off(cluster: Cluster) -> None:
         assert refused["status"] == "StatusCode.UNIMPLEMENTED", refused
         assert "--model-control" in refused["error"]
     assert triton(closed, "infer", DEFAULT_MODEL, "1")["ok"] == 1
+
+
+def test_version_policy_serves_several_versions_by_name(cluster: Cluster, repository: Path) -> None:
+    # Versions 1 and 2 lie in the repository (the tests above put 2 there).
+    config = repository / DEFAULT_MODEL / "config.pbtxt"
+    config.write_text(config.read_text() + "version_policy: { all: {} }\n")
+    assert triton(cluster, "load", DEFAULT_MODEL) == {"ok": True}
+    states = index(cluster)
+    assert states[(DEFAULT_MODEL, "1")] == ("READY", "")
+    assert states[(DEFAULT_MODEL, "2")] == ("READY", "")
+
+    assert triton(cluster, "infer", DEFAULT_MODEL, "3", "1") == {"ok": 3, "versions": ["1"]}
+    assert triton(cluster, "infer", DEFAULT_MODEL, "2", "2") == {"ok": 2, "versions": ["2"]}
+    assert triton(cluster, "infer", DEFAULT_MODEL, "1") == {"ok": 1, "versions": ["2"]}
+    refused = triton(cluster, "infer", DEFAULT_MODEL, "1", "7")
+    assert refused["status"] == "StatusCode.NOT_FOUND", refused
+    assert "served versions are ['1', '2']" in refused["error"]
+
+    stats = {s["version"]: s for s in triton(cluster, "stats", DEFAULT_MODEL)["model_stats"]}
+    assert sorted(stats) == ["1", "2"]
+    assert int(stats["1"]["inference_count"]) >= 3
+
+    config.write_text(config.read_text().replace("all: {}", "specific: { versions: [1] }"))
+    assert triton(cluster, "load", DEFAULT_MODEL) == {"ok": True}
+    assert triton(cluster, "infer", DEFAULT_MODEL, "2") == {"ok": 2, "versions": ["1"]}
+    assert index(cluster)[(DEFAULT_MODEL, "2")] == (
+        "UNAVAILABLE",
+        "retired: versions ['1'] serve now",
+    )

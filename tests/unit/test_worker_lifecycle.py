@@ -22,6 +22,8 @@ CONFIG = (
 
 
 class FakeRunner:
+    """Stands in for a ModelRunner: remembers its entry and whether it was closed."""
+
     def __init__(self, entry: RepositoryEntry) -> None:
         self.config: mc.ModelConfig = entry.config
         self.version = entry.version
@@ -64,7 +66,7 @@ async def test_load_serves_the_latest_version_and_publishes_each_step(
     lifecycle: ModelLifecycle[FakeRunner], published: list[cluster_pb2.ModelUpdate]
 ) -> None:
     await lifecycle.load("m")
-    assert lifecycle.runners["m"].version == "1"
+    assert list(lifecycle.runners["m"]) == ["1"]
     assert [[s.state for s in u.statuses] for u in published] == [["LOADING"], ["READY"]]
     assert [m.config.name for m in published[-1].models] == ["m"]
     published.clear()
@@ -76,28 +78,28 @@ async def test_a_failed_load_keeps_the_served_version(
     lifecycle: ModelLifecycle[FakeRunner], tmp_path: Path
 ) -> None:
     await lifecycle.load("m")
-    served = lifecycle.runners["m"]
+    served = lifecycle.runners["m"]["1"]
     add_version(tmp_path, "m", "2", b"corrupt")
     with pytest.raises(InvalidArgument, match="version 2: model.pt could not be loaded"):
         await lifecycle.load("m")
-    assert lifecycle.runners["m"] is served
+    assert lifecycle.runners["m"] == {"1": served}
     assert not served.closed
     assert states(lifecycle)[("m", "1")] == ("READY", "")
     assert states(lifecycle)[("m", "2")][0] == "UNAVAILABLE"
 
     (tmp_path / "m" / "2" / "model.pt").write_bytes(b"good")
     await lifecycle.load("m")
-    assert lifecycle.runners["m"].version == "2"
+    assert list(lifecycle.runners["m"]) == ["2"]
     assert served.closed
     assert states(lifecycle) == {
-        ("m", "1"): ("UNAVAILABLE", "replaced by version 2"),
+        ("m", "1"): ("UNAVAILABLE", "retired: versions ['2'] serve now"),
         ("m", "2"): ("READY", ""),
     }
 
 
 async def test_unload_closes_the_runner_and_says_so(lifecycle: ModelLifecycle[FakeRunner]) -> None:
     await lifecycle.load("m")
-    runner = lifecycle.runners["m"]
+    runner = lifecycle.runners["m"]["1"]
     await lifecycle.unload("m")
     assert "m" not in lifecycle.runners
     assert runner.closed
@@ -120,3 +122,31 @@ async def test_missing_models_and_invalid_configs_are_refused(
     error = InvalidArgument("why")
     answer = lifecycle.update(3, error)
     assert (answer.error_code, answer.error) == ("INVALID_ARGUMENT", "why")
+
+
+async def test_version_policy_picks_the_versions_served_together(
+    lifecycle: ModelLifecycle[FakeRunner], tmp_path: Path
+) -> None:
+    add_version(tmp_path, "m", "2")
+    add_version(tmp_path, "m", "3")
+    config = tmp_path / "m" / "config.pbtxt"
+    config.write_text(CONFIG + "version_policy: { latest: { num_versions: 2 } }\n")
+    await lifecycle.load("m")
+    assert list(lifecycle.runners["m"]) == ["2", "3"]
+    (update,) = lifecycle.served()
+    assert list(update.versions) == ["2", "3"]
+
+    kept = lifecycle.runners["m"]["3"]
+    config.write_text(CONFIG + "version_policy: { specific: { versions: [1, 3] } }\n")
+    await lifecycle.load("m")
+    assert list(lifecycle.runners["m"]) == ["1", "3"]
+    assert lifecycle.runners["m"]["3"] is not kept  # the config changed: rebuilt
+    assert states(lifecycle)[("m", "2")] == (
+        "UNAVAILABLE",
+        "retired: versions ['1', '3'] serve now",
+    )
+
+    config.write_text(CONFIG + "version_policy: { specific: { versions: [4] } }\n")
+    with pytest.raises(NotFound, match=r"versions \[4\]"):
+        await lifecycle.load("m")
+    assert list(lifecycle.runners["m"]) == ["1", "3"]

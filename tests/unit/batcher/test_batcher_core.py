@@ -292,7 +292,7 @@ async def test_next_batch_leaves_before_the_returned_batch_is_answered(
 
     assert dispatched_when_answered == [[1, 3]]
     assert [r.id for r in responses] == [f"req-{i}" for i in range(4)]
-    assert core.schedulers[MODEL].inflight == 0, "each batch frees its slot once"
+    assert core.schedulers[(MODEL, "1")].inflight == 0, "each batch frees its slot once"
 
 
 async def test_a_half_full_batch_leaves_before_the_returned_batch_is_answered(
@@ -310,7 +310,7 @@ async def test_a_half_full_batch_leaves_before_the_returned_batch_is_answered(
         clock.advance(0.001)
         queued.append(core.submit(infer_request(index), deadline=None))
     await settle()
-    coalescing = core.schedulers[MODEL].queue.coalescing
+    coalescing = core.schedulers[(MODEL, "1")].queue.coalescing
     assert coalescing.hold_until(clock(), clock(), 1, 40) is not None, "a small batch would stay"
     dispatched_when_answered: list[list[int]] = []
     first.add_done_callback(lambda _: dispatched_when_answered.append(dispatcher.batch_rows))
@@ -581,12 +581,12 @@ async def test_request_that_cannot_leave_before_its_deadline_is_refused_at_once(
         futures = [core.submit(infer_request(10), deadline=None)]
         await settle()
         futures += [core.submit(infer_request(i, rows=4), deadline=None) for i in range(11, 13)]
-        queued = len(core.schedulers[MODEL].queue)
+        queued = len(core.schedulers[(MODEL, "1")].queue)
 
         # 8 rows ahead: 2 batches, and its own: 150 ms > 0.8 x 150 ms.
         with pytest.raises(ResourceExhausted, match="about 150 ms of work, too much for .* 150 ms"):
             core.submit(infer_request(13), deadline=clock() + 0.150)
-        assert len(core.schedulers[MODEL].queue) == queued, "a refused request is not queued"
+        assert len(core.schedulers[(MODEL, "1")].queue) == queued, "a refused request is not queued"
 
         futures.append(core.submit(infer_request(14), deadline=clock() + 0.250))
         dispatcher.gate.set()
@@ -608,7 +608,7 @@ async def test_before_any_batch_returns_deadlines_do_not_refuse_admission(
     futures += [core.submit(infer_request(i), deadline=None) for i in range(1, 6)]
 
     futures.append(core.submit(infer_request(6), deadline=clock() + 0.001))
-    assert len(core.schedulers[MODEL].queue) == 6, "admitted: nothing says it would be late"
+    assert len(core.schedulers[(MODEL, "1")].queue) == 6, "admitted: nothing says it would be late"
     dispatcher.gate.set()
     await gather(futures)
 
