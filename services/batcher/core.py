@@ -138,8 +138,9 @@ class SharedInputs:
 
 
 class ModelScheduler:
-    """Owns the queue of one version of a model (`version`; empty: the latest served). A batch
-    leaves when the queue says it is ready *and* a model
+    """Owns the queue of one version of a model (`version`; empty: whichever is the latest
+    when the batch reaches a worker, so a new version takes over without a request failing).
+    A batch leaves when the queue says it is ready *and* a model
     instance (`instances()`, over all ready workers) is free for it, so batches grow while
     workers are busy, not by idling. With `depth` > 1, up to that many batches per instance
     are in flight: those beyond the first leave just in time for their instance
@@ -161,8 +162,8 @@ class ModelScheduler:
         version: str = "",
     ) -> None:
         self.entry = entry
-        # The version batches are computed by, named in each Batch for the worker.
-        self.version = version or (entry.versions[-1] if entry.versions else "")
+        # The version named in each Batch for the worker.
+        self.version = version
         # Batches leave only while some balancer is reachable; None: always (unit tests).
         self.links = links
         self.hold_s = hold_s
@@ -454,7 +455,7 @@ class ModelScheduler:
             self.queue.policy.observe(rows, now - batch[0].arrival, result.compute_seconds)
             self.metrics.batch_served(
                 self.entry.spec.name,
-                self.version,
+                result.model_version or self.version,
                 rows,
                 [now - r.arrival for r in batch],
                 result,
@@ -528,7 +529,7 @@ class ModelScheduler:
         self, batch: list[PendingRequest], rows: int, result: cluster_pb2.BatchResult
     ) -> None:
         spec = self.entry.spec
-        model_version = self.version
+        model_version = result.model_version or self.version
         outputs = [(o.name, o.datatype, list(o.shape), o.raw) for o in result.outputs]
         offset = 0
         for request in batch:
@@ -626,7 +627,6 @@ class BatcherCore:
 
     def _scheduler(self, entry: CatalogEntry, version: str) -> ModelScheduler:
         """The scheduler of `version` of the model (the latest served when empty)."""
-        version = version or (entry.versions[-1] if entry.versions else "")
         key = (entry.spec.name, version)
         scheduler = self.schedulers.get(key)
         if scheduler is None or scheduler.entry is not entry:

@@ -97,6 +97,7 @@ class WorkerCore:
             queue_seconds=started[0] - submitted,
             compute_seconds=done - started[0],
             input_seconds=submitted - decoding,
+            model_version=runner.version,
         )
         wanted = set(batch.output_names)
         for spec, array in zip(runner.spec.outputs, outputs, strict=True):

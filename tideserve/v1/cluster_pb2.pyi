@@ -49,7 +49,7 @@ class Batch(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., output_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BatchResult(_message.Message):
-    __slots__ = ("batch_id", "outputs", "worker_id", "queue_seconds", "compute_seconds", "input_seconds", "output_seconds")
+    __slots__ = ("batch_id", "outputs", "worker_id", "queue_seconds", "compute_seconds", "input_seconds", "output_seconds", "model_version")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class BatchResult(_message.Message):
     COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     INPUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     outputs: _containers.RepeatedCompositeFieldContainer[TensorData]
     worker_id: str
@@ -64,7 +65,8 @@ class BatchResult(_message.Message):
     compute_seconds: float
     input_seconds: float
     output_seconds: float
-    def __init__(self, batch_id: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., worker_id: _Optional[str] = ..., queue_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., input_seconds: _Optional[float] = ..., output_seconds: _Optional[float] = ...) -> None: ...
+    model_version: str
+    def __init__(self, batch_id: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., worker_id: _Optional[str] = ..., queue_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., input_seconds: _Optional[float] = ..., output_seconds: _Optional[float] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ServedModel(_message.Message):
     __slots__ = ("config", "versions")
