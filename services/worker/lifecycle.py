@@ -157,6 +157,23 @@ class ModelLifecycle(Generic[R]):
             for runner in versions.values():
                 await asyncio.to_thread(runner.close)
 
+    async def poll(self) -> None:
+        """Bring every served model in line with the repository as it is now: load what its
+        version_policy picks (a no-op when nothing changed), unload a model whose directory or
+        config is gone. A load that fails is logged and tried again at the next poll; the
+        versions serving go on serving."""
+        for name in list(self.runners):
+            if not (self.repository / name / "config.pbtxt").is_file():
+                await self.unload(name)
+                continue
+            try:
+                await self.load(name)
+            except TideserveError as error:
+                logger.warning(
+                    "repository poll could not load a model; serving what was served",
+                    extra={"model": name, "error": str(error)},
+                )
+
     def served(self) -> list[cluster_pb2.ServedModel]:
         return [
             cluster_pb2.ServedModel(config=list(v.values())[-1].config, versions=list(v))

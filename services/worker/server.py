@@ -160,6 +160,12 @@ class HeartbeatClient:
             self.updates.put_nowait(self.lifecycle.update(command.control_id, error))
 
 
+async def _poll_repository(lifecycle: ModelLifecycle[ModelRunner], period_s: float) -> None:
+    while True:
+        await asyncio.sleep(period_s)
+        await lifecycle.poll()
+
+
 async def serve(settings: WorkerSettings) -> None:
     configure_threads(settings.threads)
     device = resolve_device(settings.device)
@@ -216,7 +222,7 @@ async def serve(settings: WorkerSettings) -> None:
         return current
 
     released = asyncio.Event()
-    heartbeats = [
+    tasks = [
         asyncio.create_task(
             HeartbeatClient(
                 core, lifecycle, b, registration, settings.heartbeat_interval_s, released, tls,
@@ -225,6 +231,10 @@ async def serve(settings: WorkerSettings) -> None:
         )
         for b in settings.balancers
     ]
+    if settings.repository_poll_s > 0:
+        tasks.append(
+            asyncio.create_task(_poll_repository(lifecycle, settings.repository_poll_s))
+        )
     released_task = asyncio.create_task(released.wait())
     signal_task = asyncio.create_task(
         serving.serve_until_signal(server, health, grace_seconds=settings.grace_s)
@@ -240,9 +250,9 @@ async def serve(settings: WorkerSettings) -> None:
         await server.stop(settings.grace_s)
         signal_task.cancel()
     released_task.cancel()
-    for task in heartbeats:
+    for task in tasks:
         task.cancel()
-    await asyncio.gather(*heartbeats, return_exceptions=True)
+    await asyncio.gather(*tasks, return_exceptions=True)
     for versions in runners.values():
         for runner in versions.values():
             runner.close()

@@ -4,6 +4,7 @@ unload closes the runner, and every change is published with each version's stat
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,28 @@ async def test_version_policy_picks_the_versions_served_together(
     with pytest.raises(NotFound, match=r"versions \[4\]"):
         await lifecycle.load("m")
     assert list(lifecycle.runners["m"]) == ["1", "3"]
+
+
+async def test_poll_follows_version_directories_and_removed_models(
+    lifecycle: ModelLifecycle[FakeRunner], tmp_path: Path
+) -> None:
+    await lifecycle.load("m")
+    await lifecycle.poll()  # nothing changed
+    assert list(lifecycle.runners["m"]) == ["1"]
+
+    add_version(tmp_path, "m", "2", b"corrupt")  # a bad version: logged, 1 serves on
+    await lifecycle.poll()
+    assert list(lifecycle.runners["m"]) == ["1"]
+
+    (tmp_path / "m" / "2" / "model.pt").write_bytes(b"good")
+    await lifecycle.poll()
+    assert list(lifecycle.runners["m"]) == ["2"]
+
+    shutil.rmtree(tmp_path / "m" / "2")
+    await lifecycle.poll()
+    assert list(lifecycle.runners["m"]) == ["1"]
+
+    shutil.rmtree(tmp_path / "m")
+    await lifecycle.poll()
+    assert "m" not in lifecycle.runners
+    assert states(lifecycle)[("m", "1")] == ("UNAVAILABLE", "unloaded")
