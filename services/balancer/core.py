@@ -150,6 +150,10 @@ class BalancerCore:
             return
         del self.sessions[worker_id]
         session.commands.put_nowait(None)
+        for (waiting_on, _), waiter in self._controls.items():
+            if waiting_on == worker_id:
+                # Gone: it serves nothing now, so it has nothing to answer.
+                waiter.cancel()
         self.table.remove(worker_id)
         self.transport.forget(session.record.address)
         logger.warning("worker removed", extra={"worker_id": worker_id, "reason": reason})
@@ -181,11 +185,11 @@ class BalancerCore:
     async def control_model(
         self, name: str, load: bool, timeout_s: float
     ) -> cluster_pb2.ControlModelResponse:
-        """Have every connected worker (draining ones too: they still finish batches) load or
-        unload `name`, and answer once each has: with the model's states on them, or the error
-        of the first worker that failed (a worker that failed to load keeps serving what it
-        served). Workers that do not answer within `timeout_s` make it Unavailable."""
-        sessions = list(self.sessions.values())
+        """Have every connected worker that is not draining load or unload `name`, and answer
+        once each has (or left): with the model's states on them, or the error of the first
+        worker that failed (a worker that failed to load keeps serving what it served).
+        Workers that do not answer within `timeout_s` make it Unavailable."""
+        sessions = [s for s in self.sessions.values() if not s.record.draining]
         if not sessions:
             raise Unavailable(f"no worker is connected to load or unload model {name!r} on")
         self.model_plan[name] = load
@@ -200,7 +204,7 @@ class BalancerCore:
         for waiter in pending:
             waiter.cancel()
         self._controls = {k: w for k, w in self._controls.items() if not w.done()}
-        answers = [w.result() for w in done]
+        answers = [w.result() for w in done if not w.cancelled()]
         for answer in answers:
             if answer.error_code:
                 raise error_for_code(answer.error_code, answer.error)

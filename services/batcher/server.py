@@ -184,7 +184,10 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=self.core.model_ready(request.name))
+        ready = self.core.model_ready(request.name) and (
+            not request.version or request.version in self.catalog.served_versions(request.name)
+        )
+        return pb.ModelReadyResponse(ready=ready)
 
     @serving.rpc_errors
     async def ServerMetadata(

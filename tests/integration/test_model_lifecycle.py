@@ -219,6 +219,15 @@ def test_version_policy_serves_several_versions_by_name(cluster: Cluster, reposi
     assert triton(cluster, "infer", DEFAULT_MODEL, "3", "1") == {"ok": 3, "versions": ["1"]}
     assert triton(cluster, "infer", DEFAULT_MODEL, "2", "2") == {"ok": 2, "versions": ["2"]}
     assert triton(cluster, "infer", DEFAULT_MODEL, "1") == {"ok": 1, "versions": ["2"]}
+    with sync_channel(cluster.batcher) as channel:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        ready = {
+            version: stub.ModelReady(
+                pb.ModelReadyRequest(name=DEFAULT_MODEL, version=version), timeout=5
+            ).ready
+            for version in ("1", "2", "7", "")
+        }
+    assert ready == {"1": True, "2": True, "7": False, "": True}
     refused = triton(cluster, "infer", DEFAULT_MODEL, "1", "7")
     assert refused["status"] == "StatusCode.NOT_FOUND", refused
     assert "served versions are ['1', '2']" in refused["error"]

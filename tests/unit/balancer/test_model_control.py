@@ -108,3 +108,23 @@ async def test_a_worker_registering_later_is_told_the_plan(core: BalancerCore) -
     assert command is not None
     assert (command.action, command.model_name, command.control_id) == (UNLOAD, "m", 0)
     assert late.commands.empty()
+
+
+async def test_a_worker_leaving_mid_load_does_not_hold_the_call(core: BalancerCore) -> None:
+    a = await core.connect(registration("a", "m"))
+    b = await core.connect(registration("b", "m"))
+    call = asyncio.create_task(core.control_model("m", True, timeout_s=30))
+    await answer(core, a, "m")
+    await b.commands.get()
+    await core.disconnect(b, "stream closed")
+    response = await asyncio.wait_for(call, 5)
+    assert response.workers == 1
+
+
+async def test_draining_workers_are_left_alone(core: BalancerCore) -> None:
+    a = await core.connect(registration("a", "m"))
+    await core.connect(registration("b", "m"))
+    await core.drain("b", None)
+    call = asyncio.create_task(core.control_model("m", False, timeout_s=5))
+    await answer(core, a)
+    assert (await call).workers == 1
