@@ -166,6 +166,24 @@ class ModelCatalog:
             )
         return entry
 
+    def repository_index(self, reachable: bool) -> list[tuple[str, str, str, str]]:
+        """(name, version, state, reason) of every model version a worker serves or knows of
+        (unloaded, failed to load, being loaded), as Triton's repository index; all
+        UNAVAILABLE while no balancer is `reachable`."""
+        rows: dict[tuple[str, str], tuple[str, str]] = {}
+        for name, versions in self.statuses.items():
+            for version, status in versions.items():
+                rows[(name, version)] = status
+        for name, entry in self.entries.items():
+            for version in entry.versions:
+                if not self.ready(name):
+                    rows[(name, version)] = ("UNAVAILABLE", "no ready worker")
+                else:
+                    rows.setdefault((name, version), ("READY", ""))
+        if not reachable:
+            rows = {key: ("UNAVAILABLE", "no balancer reachable") for key in rows}
+        return [(*key, *status) for key, status in sorted(rows.items())]
+
     def served_names(self) -> list[str]:
         return sorted(self.entries)
 

@@ -222,23 +222,9 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         """Every model version a worker serves or knows of (unloaded, failed to load, being
         loaded), with its state and reason as Triton reports them."""
         response = pb.RepositoryIndexResponse()
-        reachable = self.core.ready()
-        rows: dict[tuple[str, str], tuple[str, str]] = {}
-        for name, versions in self.catalog.statuses.items():
-            for version, status in versions.items():
-                rows[(name, version)] = status
-        for name, entry in self.catalog.entries.items():
-            for version in entry.versions:
-                if not self.core.model_ready(name):
-                    rows[(name, version)] = ("UNAVAILABLE", "no ready worker")
-                else:
-                    rows.setdefault((name, version), ("READY", ""))
-        for (name, version), (state, reason) in sorted(rows.items()):
-            if not reachable:
-                state, reason = "UNAVAILABLE", "no balancer reachable"
-            if request.ready and state != "READY":
-                continue
-            response.models.add(name=name, version=version, state=state, reason=reason)
+        for name, version, state, reason in self.catalog.repository_index(self.core.ready()):
+            if not request.ready or state == "READY":
+                response.models.add(name=name, version=version, state=state, reason=reason)
         return response
 
     @serving.rpc_errors

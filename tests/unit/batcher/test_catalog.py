@@ -80,10 +80,11 @@ def test_before_any_balancer_answers_an_unknown_model_is_unavailable_not_missing
 
 def snapshot_with_statuses() -> cluster_pb2.ClusterSnapshot:
     snapshot = cluster_pb2.ClusterSnapshot(models=[served("kept")])
-    one = snapshot.workers.add(worker_id="a", models=["kept"])
+    ready = cluster_pb2.WorkerState.READY
+    one = snapshot.workers.add(worker_id="a", models=["kept"], phase=ready)
     one.model_statuses.add(name="kept", version="1", state="LOADING")
     one.model_statuses.add(name="gone", version="1", state="UNAVAILABLE", reason="unloaded")
-    two = snapshot.workers.add(worker_id="b", models=["kept"])
+    two = snapshot.workers.add(worker_id="b", models=["kept"], phase=ready)
     two.model_statuses.add(name="kept", version="1", state="READY")
     two.model_statuses.add(name="gone", version="1", state="UNAVAILABLE", reason="unloaded")
     return snapshot
@@ -101,3 +102,24 @@ def test_states_merge_over_workers_and_unloaded_models_go_at_once() -> None:
     catalog.update(list(snapshot.models), unloaded_models(snapshot))
     assert catalog.served_names() == ["kept"]
     assert catalog.served_versions("gone") == ()
+
+
+def test_repository_index_shows_each_version_with_its_state() -> None:
+    snapshot = snapshot_with_statuses()
+    catalog = ModelCatalog()
+    catalog.update(list(snapshot.models), unloaded_models(snapshot))
+    catalog.update_workers(snapshot)
+    assert catalog.repository_index(reachable=True) == [
+        ("gone", "1", "UNAVAILABLE", "unloaded"),
+        ("kept", "1", "READY", ""),
+    ]
+    assert {row[2:] for row in catalog.repository_index(reachable=False)} == {
+        ("UNAVAILABLE", "no balancer reachable")
+    }
+    catalog.worker_counts = {}
+    assert catalog.repository_index(reachable=True)[1] == (
+        "kept",
+        "1",
+        "UNAVAILABLE",
+        "no ready worker",
+    )
