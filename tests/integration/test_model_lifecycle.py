@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.worker.models import DEFAULT_MODEL, write_default_model
-from tests.cluster import ROOT, Cluster, free_port, sync_channel
+from tests.cluster import ROOT, Cluster, free_port, sync_channel, wait_for
 from tideserve.v1 import inference_pb2 as pb
 from tideserve.v1 import inference_pb2_grpc
 
@@ -243,3 +243,30 @@ def test_version_policy_serves_several_versions_by_name(cluster: Cluster, reposi
         "UNAVAILABLE",
         "retired: versions ['1'] serve now",
     )
+
+
+def test_every_balancer_hears_and_later_workers_follow(tmp_path: Path) -> None:
+    """With two balancers, an unload reaches the workers through both, and a worker started
+    afterwards is told to unload too: a scaled-up worker serves what the others serve."""
+    repository = tmp_path / "repository"
+    write_default_model(repository)
+    two = Cluster(repository, tmp_path / "logs", extra_balancer_ports=(free_port(),))
+    two.start(workers=1)
+    try:
+        assert triton(two, "unload", DEFAULT_MODEL) == {"ok": True}
+        for address in two.balancers.split(","):
+            assert not two.snapshot(address).models
+        two.add_worker("worker-late")
+        wait_for(lambda: len(two.snapshot().workers) == 2, 60, "the late worker")
+        wait_for(
+            lambda: all(not w.models for w in two.snapshot().workers),
+            30,
+            "the late worker to unload the model too",
+        )
+        assert triton(two, "load", DEFAULT_MODEL) == {"ok": True}
+        for address in two.balancers.split(","):
+            workers = two.snapshot(address).workers
+            assert [list(w.models) for w in workers] == [[DEFAULT_MODEL]] * 2
+        assert triton(two, "infer", DEFAULT_MODEL, "2") == {"ok": 2, "versions": ["1"]}
+    finally:
+        two.stop()
