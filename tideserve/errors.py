@@ -77,3 +77,15 @@ class Unimplemented(TideserveError):
 
 class PermissionDenied(TideserveError):
     code = "PERMISSION_DENIED"
+
+
+def error_for_code(code: str, message: str) -> TideserveError:
+    """The plain error class of status `code` (a name such as "NOT_FOUND"), for an error that
+    crossed a service as a code and message inside a message rather than as a call's status."""
+    pending: list[type[TideserveError]] = [TideserveError]
+    while pending:
+        cls = pending.pop(0)
+        if cls.code == code and not cls.reason:
+            return cls(message)
+        pending.extend(cls.__subclasses__())
+    return TideserveError(message)

@@ -14,13 +14,14 @@ tideserve-specific options live in `parameters`, as Triton keeps backend options
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import text_format
 
 from tideserve.codec import ELEMENT_SIZES
-from tideserve.errors import InvalidArgument
+from tideserve.errors import InvalidArgument, NotFound
 from tideserve.v1 import model_config_pb2 as mc
 
 # Batching policies the batcher implements (services/batcher/policies.py).
@@ -163,6 +164,32 @@ class ModelSpec:
             batching=batching,
             parameters=parameters,
         )
+
+
+def select_versions(config: mc.ModelConfig, available: Iterable[int]) -> list[int]:
+    """The versions of `available` that the config's version_policy serves, ascending, as
+    Triton's: latest N (unset: the latest one), all, or specific ones (every one named must be
+    there). InvalidArgument for a policy that names nothing; NotFound for missing versions."""
+    have = sorted(set(available))
+    policy = config.version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return have
+    if choice == "specific":
+        wanted = sorted(set(policy.specific.versions))
+        if not wanted:
+            raise InvalidArgument(f"model {config.name}: version_policy specific names no version")
+        missing = [v for v in wanted if v not in have]
+        if missing:
+            raise NotFound(
+                f"model {config.name}: version_policy names versions {missing} that the "
+                f"repository lacks (it has {have})"
+            )
+        return wanted
+    count = policy.latest.num_versions if choice == "latest" else 1
+    if count < 1:
+        raise InvalidArgument(f"model {config.name}: version_policy latest needs num_versions >= 1")
+    return have[-count:]
 
 
 def _check_parameters(model: str, parameters: dict[str, str]) -> None:

@@ -28,6 +28,8 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     "ListModels": frozenset({"batcher", "scaler", "operator"}),
     "DrainWorker": frozenset({"scaler", "operator"}),
     "SetRoutingPolicy": frozenset({"scaler", "operator"}),
+    # The batcher relays its clients' Triton load/unload calls; operators may call it directly.
+    "ControlModel": frozenset({"batcher", "operator"}),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import Counter
@@ -20,6 +21,8 @@ from tideserve.errors import (
     DeadlineExceeded,
     NoReadyWorker,
     TideserveError,
+    Unavailable,
+    error_for_code,
 )
 from tideserve.v1 import cluster_pb2
 
@@ -100,6 +103,12 @@ class BalancerCore:
         self.retried_batches = 0
         self.batch_sizes: Counter[int] = Counter()
         self._changed = asyncio.Condition()
+        # Models loaded (True) or unloaded (False) through ControlModel: a worker that registers
+        # later is told the same, so a scaled-up worker serves what the running ones serve.
+        self.model_plan: dict[str, bool] = {}
+        self._control_ids = itertools.count(1)
+        # Answers awaited from workers, by (worker id, control id).
+        self._controls: dict[tuple[str, int], asyncio.Future[cluster_pb2.ModelUpdate]] = {}
 
     # -- worker sessions ------------------------------------------------------------------------
 
@@ -124,6 +133,9 @@ class BalancerCore:
             await self.disconnect(previous, "replaced by a new registration after going silent")
         session = WorkerSession(self.table.register(registration))
         self.sessions[registration.worker_id] = session
+        for name, load in self.model_plan.items():
+            if load != (name in session.record.models):
+                session.commands.put_nowait(self._model_command(name, load, 0))
         logger.info(
             "worker registered",
             extra={
@@ -141,6 +153,10 @@ class BalancerCore:
             return
         del self.sessions[worker_id]
         session.commands.put_nowait(None)
+        for (waiting_on, _), waiter in self._controls.items():
+            if waiting_on == worker_id:
+                # Gone: it serves nothing now, so it has nothing to answer.
+                waiter.cancel()
         self.table.remove(worker_id)
         self.transport.forget(session.record.address)
         logger.warning("worker removed", extra={"worker_id": worker_id, "reason": reason})
@@ -148,6 +164,66 @@ class BalancerCore:
 
     def report(self, session: WorkerSession, load: cluster_pb2.LoadReport) -> None:
         self.table.report(session.record.worker_id, load)
+
+    async def model_update(self, session: WorkerSession, update: cluster_pb2.ModelUpdate) -> None:
+        """A worker's models changed (a load or unload, ours or another balancer's)."""
+        self.table.set_models(session.record.worker_id, update)
+        waiter = self._controls.pop((session.record.worker_id, update.control_id), None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(update)
+        await self._notify()
+
+    # -- model control --------------------------------------------------------------------------
+
+    @staticmethod
+    def _model_command(name: str, load: bool, control_id: int) -> cluster_pb2.BalancerCommand:
+        action = cluster_pb2.BalancerCommand
+        return action(
+            action=action.LOAD_MODEL if load else action.UNLOAD_MODEL,
+            model_name=name,
+            control_id=control_id,
+            reason="load" if load else "unload",
+        )
+
+    async def control_model(
+        self, name: str, load: bool, timeout_s: float
+    ) -> cluster_pb2.ControlModelResponse:
+        """Have every connected worker that is not draining load or unload `name`, and answer
+        once each has (or left): with the model's states on them, or the error of the first
+        worker that failed (a worker that failed to load keeps serving what it served).
+        Workers that do not answer within `timeout_s` make it Unavailable."""
+        sessions = [s for s in self.sessions.values() if not s.record.draining]
+        if not sessions:
+            raise Unavailable(f"no worker is connected to load or unload model {name!r} on")
+        self.model_plan[name] = load
+        waiters = []
+        for session in sessions:
+            control_id = next(self._control_ids)
+            waiter = asyncio.get_running_loop().create_future()
+            self._controls[(session.record.worker_id, control_id)] = waiter
+            waiters.append(waiter)
+            session.commands.put_nowait(self._model_command(name, load, control_id))
+        done, pending = await asyncio.wait(waiters, timeout=timeout_s)
+        for waiter in pending:
+            waiter.cancel()
+        self._controls = {k: w for k, w in self._controls.items() if not w.done()}
+        answers = [w.result() for w in done if not w.cancelled()]
+        for answer in answers:
+            if answer.error_code:
+                raise error_for_code(answer.error_code, answer.error)
+        if pending:
+            raise Unavailable(
+                f"{len(pending)} of {len(waiters)} workers did not answer within {timeout_s:g} s "
+                f"whether they {'loaded' if load else 'unloaded'} model {name!r}"
+            )
+        response = cluster_pb2.ControlModelResponse(workers=len(answers))
+        for answer in answers:
+            response.statuses.extend(s for s in answer.statuses if s.name == name)
+        logger.info(
+            "model loaded on every worker" if load else "model unloaded on every worker",
+            extra={"model": name, "workers": len(answers)},
+        )
+        return response
 
     async def expire_stale(self) -> list[str]:
         expired = []
@@ -356,5 +432,6 @@ class BalancerCore:
                 service_times=record.reported_service_times,
                 metrics_address=record.metrics_address,
                 shared_memory_domain=record.shared_memory_domain,
+                model_statuses=record.model_statuses,
             )
         return snapshot

@@ -70,6 +70,8 @@ class WorkerRecord:
     reported_times: dict[int, float] = field(default_factory=dict)
     # Compute times by model and batch size exactly as the worker last reported them.
     reported_service_times: list[cluster_pb2.ServiceTime] = field(default_factory=list)
+    # The state of each model version the worker knows of (READY, LOADING, UNAVAILABLE).
+    model_statuses: list[cluster_pb2.ModelStatus] = field(default_factory=list)
 
     def service_time(self, rows: int) -> float:
         """Expected seconds to serve a batch of `rows`: the measured time of the nearest sizes,
@@ -136,20 +138,35 @@ class WorkerTable:
             metrics_address=registration.metrics_address,
             shared_memory_domain=registration.shared_memory_domain,
             execute_key=registration.execute_key,
+            model_statuses=list(registration.model_statuses),
         )
         self.workers[record.worker_id] = record
         for served in registration.models:
             self.models[served.config.name] = served
         return record
 
+    def set_models(self, worker_id: str, update: cluster_pb2.ModelUpdate) -> None:
+        """A worker loaded or unloaded a model: it serves `update.models` from now on."""
+        record = self.workers.get(worker_id)
+        if record is None:
+            return
+        record.models = frozenset(m.config.name for m in update.models)
+        record.model_statuses = list(update.statuses)
+        for served in update.models:
+            self.models[served.config.name] = served
+        self._forget_unserved()
+
     def remove(self, worker_id: str) -> WorkerRecord | None:
         record = self.workers.pop(worker_id, None)
         if record is not None:
-            served = {m for w in self.workers.values() for m in w.models}
-            for name in list(self.models):
-                if name not in served:
-                    del self.models[name]
+            self._forget_unserved()
         return record
+
+    def _forget_unserved(self) -> None:
+        served = {m for w in self.workers.values() for m in w.models}
+        for name in list(self.models):
+            if name not in served:
+                del self.models[name]
 
     def report(self, worker_id: str, load: cluster_pb2.LoadReport) -> None:
         record = self.workers.get(worker_id)

@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "tideserve.v1.Balancer"
 WORKER_EXECUTE = "/tideserve.v1.Worker/Execute"
+# How long a ControlModel call without a deadline waits for the workers to load the model.
+CONTROL_TIMEOUT_S = 120.0
 
 
 class GrpcWorkerTransport:
@@ -125,6 +127,8 @@ class BalancerServicer:
             async for report in reports:
                 if report.HasField("load"):
                     self.core.report(session, report.load)
+                elif report.HasField("models"):
+                    await self.core.model_update(session, report.models)
 
     async def Dispatch(self, payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
         metadata = dict(context.invocation_metadata() or ())
@@ -188,6 +192,20 @@ class BalancerServicer:
             raise InvalidArgument(str(error)) from error
         return pb.SetRoutingPolicyResponse(name=self.core.policy.name)
 
+    @serving.rpc_errors
+    async def ControlModel(
+        self, request: pb.ControlModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ControlModelResponse:
+        if not request.model_name:
+            raise InvalidArgument("ControlModel needs a model_name")
+        if request.action not in (pb.ControlModelRequest.LOAD, pb.ControlModelRequest.UNLOAD):
+            raise InvalidArgument("ControlModel needs action LOAD or UNLOAD")
+        remaining = context.time_remaining()
+        timeout_s = remaining if remaining is not None else CONTROL_TIMEOUT_S
+        return await self.core.control_model(
+            request.model_name, request.action == pb.ControlModelRequest.LOAD, timeout_s
+        )
+
     def handler(self) -> grpc.GenericRpcHandler:
         def unary(method, request_type, response_type):  # type: ignore[no-untyped-def]
             return grpc.unary_unary_rpc_method_handler(
@@ -216,6 +234,9 @@ class BalancerServicer:
                 ),
                 "SetRoutingPolicy": unary(
                     self.SetRoutingPolicy, pb.SetRoutingPolicyRequest, pb.SetRoutingPolicyResponse
+                ),
+                "ControlModel": unary(
+                    self.ControlModel, pb.ControlModelRequest, pb.ControlModelResponse
                 ),
             },
         )

@@ -39,6 +39,34 @@ def _metadata(
     return response
 
 
+# Of a model version's states on several workers, the one the repository index shows.
+STATE_RANK = {"READY": 0, "LOADING": 1, "UNAVAILABLE": 2}
+
+
+def merged_statuses(snapshot: cluster_pb2.ClusterSnapshot) -> dict[str, dict[str, tuple[str, str]]]:
+    """Each model version's state over the workers: READY if any worker serves it, else
+    LOADING if any is loading it, else UNAVAILABLE with a worker's reason."""
+    merged: dict[str, dict[str, tuple[str, str]]] = {}
+    for worker in snapshot.workers:
+        for status in worker.model_statuses:
+            versions = merged.setdefault(status.name, {})
+            seen = versions.get(status.version)
+            rank = STATE_RANK.get(status.state, len(STATE_RANK))
+            if seen is None or rank < STATE_RANK.get(seen[0], len(STATE_RANK)):
+                versions[status.version] = (status.state, status.reason)
+    return merged
+
+
+def unloaded_models(snapshot: cluster_pb2.ClusterSnapshot) -> frozenset[str]:
+    """Models no worker serves that some worker unloaded on purpose (not a worker gone)."""
+    served = {m.config.name for m in snapshot.models}
+    return frozenset(
+        name
+        for name, versions in merged_statuses(snapshot).items()
+        if name not in served and all(state == "UNAVAILABLE" for state, _ in versions.values())
+    )
+
+
 # How long a model stays known after the last worker serving it went away. Within it, requests
 # for the model wait (bounded by the balancer's wait for a worker) instead of getting NOT_FOUND:
 # a restarting balancer or a rolling worker restart is not the model ceasing to exist.
@@ -60,22 +88,32 @@ class ModelCatalog:
         # Whether any balancer has told us what is served yet: before, "unknown model" would be
         # a guess, so requests get UNAVAILABLE (retry) rather than NOT_FOUND.
         self.synced = False
+        # Model name -> version -> (state, reason), merged over the workers (READY on any
+        # worker wins, then LOADING): Triton's repository index.
+        self.statuses: dict[str, dict[str, tuple[str, str]]] = {}
 
-    def update(self, models: list[cluster_pb2.ServedModel]) -> list[str]:
+    def update(
+        self, models: list[cluster_pb2.ServedModel], unloaded: frozenset[str] = frozenset()
+    ) -> list[str]:
         """Take the balancer's list of served models; returns the names that appeared or changed.
-        Models missing from the list are kept for FORGET_AFTER_S before they are dropped."""
+        Models missing from the list are kept for FORGET_AFTER_S before they are dropped, unless
+        they are `unloaded` (on purpose, by model control): those go at once."""
         changed = []
         now = self.clock()
         self.synced = True
         entries = {
             name: entry for name, entry in self.entries.items()
-            if now - self.last_seen.get(name, now) < FORGET_AFTER_S
+            if now - self.last_seen.get(name, now) < FORGET_AFTER_S and name not in unloaded
         }
         for served in models:
             name = served.config.name
             self.last_seen[name] = now
             current = self.entries.get(name)
-            if current is not None and current.config == served.config:
+            if (
+                current is not None
+                and current.config == served.config
+                and current.versions == tuple(served.versions)
+            ):
                 entries[name] = current
                 continue
             spec = ModelSpec.from_config(served.config)
@@ -88,6 +126,7 @@ class ModelCatalog:
         return changed
 
     def update_workers(self, snapshot: cluster_pb2.ClusterSnapshot) -> None:
+        self.statuses = merged_statuses(snapshot)
         counts: dict[str, int] = {}
         domains: dict[str, set[str]] = {}
         samples: dict[str, dict[int, list[float]]] = {}
@@ -122,10 +161,35 @@ class ModelCatalog:
             )
         if version and version not in entry.versions:
             raise NotFound(
-                f"model {quoted(name)} has no version {quoted(version)}; versions "
-                f"{list(entry.versions)}"
+                f"model {quoted(name)} has no version {quoted(version)} served; served versions "
+                f"are {list(entry.versions)}"
             )
         return entry
+
+    def repository_index(self, reachable: bool) -> list[tuple[str, str, str, str]]:
+        """(name, version, state, reason) of every model version a worker serves or knows of
+        (unloaded, failed to load, being loaded), as Triton's repository index; all
+        UNAVAILABLE while no balancer is `reachable`."""
+        rows: dict[tuple[str, str], tuple[str, str]] = {}
+        for name, versions in self.statuses.items():
+            for version, status in versions.items():
+                rows[(name, version)] = status
+        for name, entry in self.entries.items():
+            for version in entry.versions:
+                if not self.ready(name):
+                    rows[(name, version)] = ("UNAVAILABLE", "no ready worker")
+                else:
+                    rows.setdefault((name, version), ("READY", ""))
+        if not reachable:
+            rows = {key: ("UNAVAILABLE", "no balancer reachable") for key in rows}
+        return [(*key, *status) for key, status in sorted(rows.items())]
+
+    def served_names(self) -> list[str]:
+        return sorted(self.entries)
+
+    def served_versions(self, name: str) -> tuple[str, ...]:
+        entry = self.entries.get(name)
+        return entry.versions if entry is not None else ()
 
     def shares_memory(self, name: str, domain: str) -> bool:
         """Whether every worker the balancer may send `name`'s batches to sees our /dev/shm.

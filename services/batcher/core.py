@@ -68,6 +68,17 @@ class BatchDispatcher(Protocol):
 
 
 class BatchMetrics(Protocol):
+    def batch_served(
+        self,
+        model: str,
+        version: str,
+        rows: int,
+        queue_waits: list[float],
+        result: cluster_pb2.BatchResult,
+    ) -> None:
+        """A batch came back with a result; `queue_waits`: its requests' waits in our queue."""
+        ...
+
     def batch_done(self, model: str, rows: int, queue_wait_s: float, dispatch_s: float) -> None:
         """A batch came back (or failed): its rows, its oldest request's queue wait, and the
         round trip of the dispatch."""
@@ -75,6 +86,16 @@ class BatchMetrics(Protocol):
 
 
 class NoMetrics:
+    def batch_served(
+        self,
+        model: str,
+        version: str,
+        rows: int,
+        queue_waits: list[float],
+        result: cluster_pb2.BatchResult,
+    ) -> None:
+        pass
+
     def batch_done(self, model: str, rows: int, queue_wait_s: float, dispatch_s: float) -> None:
         pass
 
@@ -117,7 +138,9 @@ class SharedInputs:
 
 
 class ModelScheduler:
-    """Owns one model's queue. A batch leaves when the queue says it is ready *and* a model
+    """Owns the queue of one version of a model (`version`; empty: whichever is the latest
+    when the batch reaches a worker, so a new version takes over without a request failing).
+    A batch leaves when the queue says it is ready *and* a model
     instance (`instances()`, over all ready workers) is free for it, so batches grow while
     workers are busy, not by idling. With `depth` > 1, up to that many batches per instance
     are in flight: those beyond the first leave just in time for their instance
@@ -136,8 +159,11 @@ class ModelScheduler:
         depth: int = 1,
         links: BalancerLinks | None = None,
         hold_s: float = BALANCER_HOLD_S,
+        version: str = "",
     ) -> None:
         self.entry = entry
+        # The version named in each Batch for the worker.
+        self.version = version
         # Batches leave only while some balancer is reachable; None: always (unit tests).
         self.links = links
         self.hold_s = hold_s
@@ -374,7 +400,7 @@ class ModelScheduler:
         message = cluster_pb2.Batch(
             batch_id=batch_id,
             model_name=spec.name,
-            model_version=self.entry.versions[-1] if self.entry.versions else "",
+            model_version=self.version,
         )
         first = batch[0]
         position = 0
@@ -427,6 +453,13 @@ class ModelScheduler:
             self._observe_round_trip(rows, round_trip, hops)
             self.timeline.returned(booking, returned - hops / 2)
             self.queue.policy.observe(rows, now - batch[0].arrival, result.compute_seconds)
+            self.metrics.batch_served(
+                self.entry.spec.name,
+                result.model_version or self.version,
+                rows,
+                [now - r.arrival for r in batch],
+                result,
+            )
             released = True
             await self._release_before_answering(rows)
             self._complete(batch, rows, result)
@@ -496,7 +529,7 @@ class ModelScheduler:
         self, batch: list[PendingRequest], rows: int, result: cluster_pb2.BatchResult
     ) -> None:
         spec = self.entry.spec
-        model_version = self.entry.versions[-1] if self.entry.versions else ""
+        model_version = result.model_version or self.version
         outputs = [(o.name, o.datatype, list(o.shape), o.raw) for o in result.outputs]
         offset = 0
         for request in batch:
@@ -583,7 +616,8 @@ class BatcherCore:
         self.dispatcher = dispatcher
         self.inflight_per_instance = inflight_per_instance
         self.clock = clock
-        self.schedulers: dict[str, ModelScheduler] = {}
+        # By model name and version: requests naming a version are batched apart.
+        self.schedulers: dict[tuple[str, str], ModelScheduler] = {}
         self.requests_total = 0
         self.requests_failed = 0
         # (finish time, latency) of recent successful requests.
@@ -591,8 +625,10 @@ class BatcherCore:
         # (report time, requests_total) of earlier reports: the arrival rate is their slope.
         self._totals: deque[tuple[float, int]] = deque()
 
-    def _scheduler(self, entry: CatalogEntry) -> ModelScheduler:
-        scheduler = self.schedulers.get(entry.spec.name)
+    def _scheduler(self, entry: CatalogEntry, version: str) -> ModelScheduler:
+        """The scheduler of `version` of the model (the latest served when empty)."""
+        key = (entry.spec.name, version)
+        scheduler = self.schedulers.get(key)
         if scheduler is None or scheduler.entry is not entry:
             if scheduler is not None and len(scheduler.queue) == 0 and scheduler.inflight == 0:
                 scheduler.close()
@@ -610,8 +646,9 @@ class BatcherCore:
                 depth=self.inflight_per_instance,
                 links=self.links,
                 hold_s=self.hold_s,
+                version=version,
             )
-            self.schedulers[name] = scheduler
+            self.schedulers[key] = scheduler
         return scheduler
 
     def ready(self) -> bool:
@@ -635,7 +672,7 @@ class BatcherCore:
         now = self.clock()
         self.requests_total += 1
         entry = self.catalog.get(request.model_name, request.model_version)
-        return self._scheduler(entry).submit(
+        return self._scheduler(entry, request.model_version).submit(
             parse_request(request, entry.spec, now, deadline, raw_inputs)
         )
 

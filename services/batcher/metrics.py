@@ -11,7 +11,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from services.batcher.core import BatcherCore
+from services.batcher.statistics import InferenceStatistics
 from tideserve.metrics import BATCH_SIZE_BUCKETS, latency_histogram, requests_counter
+from tideserve.v1 import cluster_pb2
 
 # Requests for models the batcher does not serve share one label value, so a client sending
 # arbitrary names cannot grow the number of series without bound.
@@ -21,10 +23,17 @@ UNKNOWN_MODEL = "(unknown)"
 class BatcherMetrics:
     """`served(name)` says whether a model is one the batcher serves: only those get a label of
     their own, whatever status code the request was answered with (a name too long, a version
-    that does not exist, a catalog not yet synced)."""
+    that does not exist, a catalog not yet synced). `statistics` (Triton's statistics extension)
+    is fed from the same calls, so both count the same events."""
 
-    def __init__(self, registry: CollectorRegistry, served: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        served: Callable[[str], bool],
+        statistics: InferenceStatistics | None = None,
+    ) -> None:
         self.served = served
+        self.statistics = statistics
         self.requests = requests_counter(
             registry,
             "tideserve_batcher_requests",
@@ -58,10 +67,15 @@ class BatcherMetrics:
         self._requests: dict[tuple[str, str], Counter] = {}
         self._latency: dict[str, Histogram] = {}
 
-    def request_done(self, model: str, code: str, latency_s: float | None) -> None:
-        """One request answered with `code`; `latency_s` is given for successful ones."""
+    def request_done(
+        self, model: str, code: str, latency_s: float | None, version: str = ""
+    ) -> None:
+        """One request answered with `code`; `latency_s` is given for successful ones, `version`
+        is the one that answered (or the one asked for; empty: the latest)."""
         if not self.served(model):
             model = UNKNOWN_MODEL
+        elif self.statistics is not None:
+            self.statistics.request_done(model, version, latency_s)
         child = self._requests.get((model, code))
         if child is None:
             child = self._requests[(model, code)] = self.requests.labels(model, code)
@@ -77,6 +91,18 @@ class BatcherMetrics:
         self.batch_rows.labels(model).observe(rows)
         self.queue_seconds.labels(model).observe(queue_wait_s)
         self.dispatch_seconds.labels(model).observe(dispatch_s)
+
+    def batch_served(
+        self,
+        model: str,
+        version: str,
+        rows: int,
+        queue_waits: list[float],
+        result: cluster_pb2.BatchResult,
+    ) -> None:
+        """One batch came back with a result (after `batch_done`'s figures were taken)."""
+        if self.statistics is not None:
+            self.statistics.batch_served(model, version, rows, queue_waits, result)
 
 
 def collect(core: BatcherCore) -> list[Metric]:
@@ -96,9 +122,14 @@ def collect(core: BatcherCore) -> list[Metric]:
         "Workers ready for each model, as the balancer last reported.",
         labels=["model"],
     )
-    for name, scheduler in sorted(core.schedulers.items()):
-        depth.add_metric([name], len(scheduler.queue))
-        inflight.add_metric([name], scheduler.inflight)
+    queued: dict[str, int] = {}
+    sent: dict[str, int] = {}
+    for (name, _), scheduler in core.schedulers.items():
+        queued[name] = queued.get(name, 0) + len(scheduler.queue)
+        sent[name] = sent.get(name, 0) + scheduler.inflight
+    for name in sorted(queued):
+        depth.add_metric([name], queued[name])
+        inflight.add_metric([name], sent[name])
     for name in sorted(core.catalog.entries):
         workers.add_metric([name], core.catalog.worker_counts.get(name, 0))
     return [depth, inflight, workers]

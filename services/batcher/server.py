@@ -15,16 +15,23 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 
 import tideserve
-from services.batcher.catalog import ModelCatalog
+from services.batcher.catalog import ModelCatalog, unloaded_models
 from services.batcher.client_memory import ClientRegions, outputs_to_regions, region_inputs
 from services.batcher.core import BALANCER_HOLD_S, BatcherCore, SharedInputs
 from services.batcher.links import BalancerLinks
 from services.batcher.metrics import BatcherMetrics, collect
-from services.batcher.requests import quoted
+from services.batcher.requests import check_model_name, quoted
 from services.batcher.settings import BatcherSettings
+from services.batcher.statistics import InferenceStatistics
 from tideserve import metrics, serving, shared_memory
 from tideserve.credentials import read_token_file
-from tideserve.errors import BalancerUnreachable, DeadlineExceeded, TideserveError
+from tideserve.errors import (
+    BalancerUnreachable,
+    DeadlineExceeded,
+    InvalidArgument,
+    TideserveError,
+    Unimplemented,
+)
 from tideserve.metadata import BATCH_ID_KEY, MODEL_KEY, ROWS_KEY
 from tideserve.procs import child_env
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2_grpc
@@ -36,6 +43,8 @@ SERVICE_NAME = "inference.GRPCInferenceService"
 BALANCER_DISPATCH = "/tideserve.v1.Balancer/Dispatch"
 # How long a starting batcher waits for its first model catalog before it takes requests.
 CATALOG_WAIT_S = 5.0
+# How long a load or unload without a deadline may take, the workers' loads included.
+MODEL_CONTROL_TIMEOUT_S = 120.0
 # Pause before reopening a cluster stream that failed (the channel's reconnect back-off, in
 # tideserve/grpc_options.py, paces the connection attempts themselves).
 WATCH_RETRY_S = 0.2
@@ -99,6 +108,31 @@ class BalancerPool:
             f"{self.links.unreachable()} (held the batch {self.hold_s:g} s for one to return)"
         )
 
+    async def control_model(
+        self, name: str, action: cluster_pb2.ControlModelRequest.Action.ValueType, timeout: float
+    ) -> cluster_pb2.ControlModelResponse:
+        """Ask every reachable balancer to have its workers load or unload `name`: each one
+        remembers it for workers that register later. Any one reaching the workers would do
+        (workers heartbeat to all); the others' commands find the work done. Raises the first
+        error a balancer answered with, or BalancerUnreachable when none answered. Returns the
+        model's states on the workers, as the last balancer saw them."""
+        request = cluster_pb2.ControlModelRequest(model_name=name, action=action)
+        answered: cluster_pb2.ControlModelResponse | None = None
+        for address, channel in zip(self.addresses, self.channels, strict=True):
+            stub = cluster_pb2_grpc.BalancerStub(channel)
+            try:
+                answer = await stub.ControlModel(request, timeout=timeout, metadata=self.auth)
+            except grpc.aio.AioRpcError as error:
+                failure = serving.error_from_rpc(error)
+                if failure.reason or error.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise failure from error
+                self.links.failed(address, f"{error.code().name}: {error.details()}")
+                continue
+            answered = answer
+        if answered is None:
+            raise BalancerUnreachable(self.links.unreachable())
+        return answered
+
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self.channels))
 
@@ -110,14 +144,23 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         metrics: BatcherMetrics,
         regions: ClientRegions,
         stream_inflight: int,
+        statistics: InferenceStatistics,
+        pool: BalancerPool,
+        catalog_changed: asyncio.Condition,
+        model_control: bool,
     ) -> None:
         self.core = core
+        self.statistics = statistics
+        self.pool = pool
+        # Notified at each cluster snapshot: a load answers once the catalog shows the model.
+        self.catalog_changed = catalog_changed
+        self.model_control = model_control
         self.stream_inflight = stream_inflight
         self.catalog = core.catalog
         self.metrics = metrics
         self.regions = regions
         # The Triton protocol extensions served, as ServerMetadata names them.
-        self.extensions = ["model_configuration"]
+        self.extensions = ["model_configuration", "model_repository", "statistics"]
         if regions.enabled:
             self.extensions.append("system_shared_memory")
 
@@ -141,7 +184,10 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=self.core.model_ready(request.name))
+        ready = self.core.model_ready(request.name) and (
+            not request.version or request.version in self.catalog.served_versions(request.name)
+        )
+        return pb.ModelReadyResponse(ready=ready)
 
     @serving.rpc_errors
     async def ServerMetadata(
@@ -164,22 +210,90 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ModelConfigResponse(config=self.catalog.get(request.name, request.version).config)
 
     @serving.rpc_errors
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        return self.statistics.report(request.name, request.version)
+
+    @serving.rpc_errors
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
+        """Every model version a worker serves or knows of (unloaded, failed to load, being
+        loaded), with its state and reason as Triton reports them."""
         response = pb.RepositoryIndexResponse()
-        reachable = self.core.ready()
-        for name, entry in sorted(self.catalog.entries.items()):
-            ready = self.core.model_ready(name)
-            if request.ready and not ready:
-                continue
-            response.models.add(
-                name=name,
-                version=entry.versions[-1] if entry.versions else "",
-                state="READY" if ready else "UNAVAILABLE",
-                reason="" if ready else "no ready worker" if reachable else "no balancer reachable",
-            )
+        for name, version, state, reason in self.catalog.repository_index(self.core.ready()):
+            if not request.ready or state == "READY":
+                response.models.add(name=name, version=version, state=state, reason=reason)
         return response
+
+    @serving.rpc_errors
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        """Load the model's latest version from every worker's repository; answers once it
+        is served (a version already serving goes on serving until then, and if the load fails).
+        """
+        name = request.model_name
+        self._check_model_control(name, request.parameters)
+        answer = await self._control(context, name, cluster_pb2.ControlModelRequest.LOAD)
+        loaded = {s.version for s in answer.statuses if s.state == "READY"}
+        await self._shown(
+            context,
+            name,
+            lambda: self.core.model_ready(name)
+            and loaded <= set(self.catalog.served_versions(name)),
+        )
+        return pb.RepositoryModelLoadResponse()
+
+    @serving.rpc_errors
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        """Stop serving the model on every worker; batches already sent finish first."""
+        name = request.model_name
+        self._check_model_control(name, {})
+        await self._control(context, name, cluster_pb2.ControlModelRequest.UNLOAD)
+        await self._shown(context, name, lambda: name not in self.catalog.entries)
+        return pb.RepositoryModelUnloadResponse()
+
+    def _check_model_control(self, name: str, parameters: object) -> None:
+        if not self.model_control:
+            raise Unimplemented(
+                "model control is turned off on this batcher (--model-control false); "
+                "operators load and unload models through the balancer's ControlModel"
+            )
+        check_model_name(name)
+        if parameters:
+            raise InvalidArgument(
+                f"load parameters {sorted(parameters)} are not supported: a model is loaded "
+                "from the workers' repository as it is there (put its config.pbtxt and version "
+                "directory there, then load it)"
+            )
+
+    async def _control(
+        self,
+        context: grpc.aio.ServicerContext,
+        name: str,
+        action: cluster_pb2.ControlModelRequest.Action.ValueType,
+    ) -> cluster_pb2.ControlModelResponse:
+        remaining = context.time_remaining()
+        timeout = MODEL_CONTROL_TIMEOUT_S if remaining is None else remaining
+        return await self.pool.control_model(name, action, timeout)
+
+    async def _shown(
+        self, context: grpc.aio.ServicerContext, name: str, done: Callable[[], bool]
+    ) -> None:
+        """Wait until the catalog shows the change (`done`): a client may infer right after."""
+        remaining = context.time_remaining()
+        timeout = CATALOG_WAIT_S if remaining is None else remaining
+        try:
+            async with self.catalog_changed:
+                await asyncio.wait_for(self.catalog_changed.wait_for(done), timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the workers changed model {name!r}, but no cluster snapshot has shown it yet"
+            ) from None
 
     @serving.rpc_errors
     async def SystemSharedMemoryRegister(
@@ -227,11 +341,11 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             outputs_to_regions(request, response, self.regions)
         except TideserveError as error:
             self.core.record(None)
-            self.metrics.request_done(request.model_name, error.code, None)
+            self.metrics.request_done(request.model_name, error.code, None, request.model_version)
             raise
         latency = self.core.clock() - started
         self.core.record(latency)
-        self.metrics.request_done(request.model_name, "OK", latency)
+        self.metrics.request_done(request.model_name, "OK", latency, response.model_version)
         return response
 
     async def ModelStreamInfer(
@@ -296,11 +410,11 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             outputs_to_regions(request, response, self.regions)
         except TideserveError as error:
             self.core.record(None)
-            self.metrics.request_done(model, error.code, None)
+            self.metrics.request_done(model, error.code, None, request.model_version)
             return pb.ModelStreamInferResponse(error_message=str(error))
         latency = self.core.clock() - started
         self.core.record(latency)
-        self.metrics.request_done(model, "OK", latency)
+        self.metrics.request_done(model, "OK", latency, response.model_version)
         return pb.ModelStreamInferResponse(infer_response=response)
 
 
@@ -311,6 +425,7 @@ async def _watch_catalog(
     channel: grpc.aio.Channel,
     on_change: Callable[[], Awaitable[None]],
     auth: tuple[tuple[str, str], ...],
+    changed: asyncio.Condition,
 ) -> None:
     """Keep the catalog in step with the balancer's cluster snapshots, and `links` with whether
     the stream is live: up at each snapshot, down the moment the stream breaks or ends (a killed
@@ -324,10 +439,12 @@ async def _watch_catalog(
             async for snapshot in stub.WatchCluster(
                 cluster_pb2.WatchClusterRequest(interval_seconds=0.25), metadata=auth
             ):
-                changed = catalog.update(list(snapshot.models))
+                updated = catalog.update(list(snapshot.models), unloaded_models(snapshot))
                 catalog.update_workers(snapshot)
-                if changed:
-                    logger.info("models updated", extra={"models": changed, "balancer": address})
+                async with changed:
+                    changed.notify_all()
+                if updated:
+                    logger.info("models updated", extra={"models": updated, "balancer": address})
                 if links.up(address):
                     logger.info("balancer reachable; serving", extra={"balancer": address})
                     await on_change()
@@ -389,7 +506,8 @@ async def serve(settings: BatcherSettings) -> None:
         else None
     )
     registry = metrics.new_registry()
-    batcher_metrics = BatcherMetrics(registry, lambda model: model in catalog.entries)
+    statistics = InferenceStatistics(catalog)
+    batcher_metrics = BatcherMetrics(registry, lambda model: model in catalog.entries, statistics)
     core = BatcherCore(
         catalog,
         pool,
@@ -402,9 +520,20 @@ async def serve(settings: BatcherSettings) -> None:
     )
     registry.register(metrics.LoopCollector(asyncio.get_running_loop(), lambda: collect(core)))
     metrics_server = metrics.start_metrics_server(settings.host, settings.metrics_port, registry)
+    catalog_changed = asyncio.Condition()
     server = serving.new_server()
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(core, batcher_metrics, regions, settings.stream_inflight), server
+        InferenceServicer(
+            core,
+            batcher_metrics,
+            regions,
+            settings.stream_inflight,
+            statistics,
+            pool,
+            catalog_changed,
+            settings.model_control,
+        ),
+        server,
     )
     # Health says SERVING only while a balancer's stream is live (BalancerLinks): a batcher with
     # no balancer fails every inference, so probes and load balancers must see it as not ready.
@@ -418,7 +547,9 @@ async def serve(settings: BatcherSettings) -> None:
     port = serving.bind(server, f"{settings.host}:{settings.port}", tls)
     tasks = [
         asyncio.create_task(
-            _watch_catalog(catalog, links, a, channel, publish_readiness, pool.auth)
+            _watch_catalog(
+                catalog, links, a, channel, publish_readiness, pool.auth, catalog_changed
+            )
         )
         for a, channel in zip(settings.balancers, pool.channels, strict=True)
     ]

@@ -43,6 +43,12 @@ class BatcherSettings(TlsFields):
     # segment of this batcher's user (services/batcher/client_memory.py says which are
     # refused); turn it off where clients are not trusted.
     client_shared_memory: bool = True
+    # Serve Triton's explicit model control (RepositoryModelLoad / RepositoryModelUnload, as
+    # tritonclient's load_model / unload_model): the batcher has every worker load or unload
+    # the model from its own repository. As in Triton, any client that reaches the port may;
+    # turn it off where clients are not trusted (the calls then answer UNIMPLEMENTED), and
+    # operators still load and unload with the balancer's ControlModel and the operator token.
+    model_control: bool = True
     # Requests of one ModelStreamInfer stream that may be unanswered at a time; with that many,
     # the batcher stops reading the stream until one is answered (HTTP/2 flow control then
     # holds the client's sends), so a client that never reads its responses cannot grow the

@@ -26,10 +26,11 @@ class WorkerCore:
     def __init__(
         self,
         worker_id: str,
-        runners: dict[str, ModelRunner],
+        runners: dict[str, dict[str, ModelRunner]],
         shared_inputs: shared_memory.SegmentReader | None = None,
     ) -> None:
         self.worker_id = worker_id
+        # Model name -> version -> runner, ascending versions (ModelLifecycle keeps it).
         self.runners = runners
         # Reads inputs a batcher on this host left in shared memory; None: this worker takes
         # only inline bytes.
@@ -48,10 +49,9 @@ class WorkerCore:
     ) -> cluster_pb2.BatchResult:
         """Run a batch; one whose `deadline` (time.monotonic) passes before its turn comes is
         dropped unrun with DeadlineExceeded: nobody is waiting for its answer."""
-        runner = self.runners.get(batch.model_name)
-        if runner is None:
-            raise NotFound(f"worker {self.worker_id} does not serve model {batch.model_name!r}")
+        runner = self._runner(batch.model_name, batch.model_version)
         views: list[memoryview] = []
+        decoding = time.perf_counter()
         try:
             arrays = self._decode_inputs(runner, batch, views)
         except Exception:
@@ -96,6 +96,8 @@ class WorkerCore:
             worker_id=self.worker_id,
             queue_seconds=started[0] - submitted,
             compute_seconds=done - started[0],
+            input_seconds=submitted - decoding,
+            model_version=runner.version,
         )
         wanted = set(batch.output_names)
         for spec, array in zip(runner.spec.outputs, outputs, strict=True):
@@ -103,7 +105,21 @@ class WorkerCore:
                 continue
             datatype, shape, raw = codec.encode(array)
             result.outputs.add(name=spec.name, datatype=datatype, shape=shape, raw=raw)
+        result.output_seconds = time.perf_counter() - done
         return result
+
+    def _runner(self, model: str, version: str) -> ModelRunner:
+        """The runner of `version` of `model`; the latest served when `version` is empty."""
+        versions = self.runners.get(model)
+        if not versions:
+            raise NotFound(f"worker {self.worker_id} does not serve model {model!r}")
+        runner = versions.get(version) if version else list(versions.values())[-1]
+        if runner is None:
+            raise NotFound(
+                f"worker {self.worker_id} does not serve version {version!r} of model {model!r}; "
+                f"it serves versions {list(versions)}"
+            )
+        return runner
 
     def _done_reading(self, views: list[memoryview]) -> None:
         if self.shared_inputs is not None:
@@ -152,8 +168,10 @@ class WorkerCore:
             failed_batches=self.failed,
             busy_seconds=self.busy_seconds,
         )
-        for name, runner in self.runners.items():
-            for size, seconds in sorted(runner.service_times.items()):
+        for name, versions in self.runners.items():
+            # The latest version's: unversioned requests, most of them, go to it.
+            latest = list(versions.values())[-1]
+            for size, seconds in sorted(latest.service_times.items()):
                 report.service_times.add(batch_size=size, seconds=seconds, model=name)
         return report
 
@@ -164,6 +182,7 @@ class WorkerCore:
             device=device,
             shared_memory_domain=self.shared_inputs.domain if self.shared_inputs else "",
         )
-        for runner in self.runners.values():
-            registration.models.add(config=runner.config, versions=[runner.version])
+        for versions in self.runners.values():
+            latest = list(versions.values())[-1]
+            registration.models.add(config=latest.config, versions=list(versions))
         return registration

@@ -54,7 +54,7 @@ def measure_batches(
     device: str = "cpu", slowdown: float = 1.0,
 ) -> tuple[list[int], list[float]]:
     """Median seconds per batch for each batch size (default: every size 1..max_batch_size)."""
-    entry = scan(repository, [model])[0]
+    entry = scan(repository, [model])[-1]
     runner = ModelRunner(entry.config, entry.version, entry.model_path, resolve_device(device),
                          slowdown)
     try:

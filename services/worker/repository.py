@@ -3,7 +3,7 @@
     <repository>/<model>/config.pbtxt        Triton text format (see tideserve.modelconfig)
     <repository>/<model>/<version>/model.pt  TorchScript, or model.pt2 from torch.export
 
-The highest numeric version is served.
+The config's version_policy picks the versions served (unset: the highest numeric version).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tideserve.errors import NotFound
-from tideserve.modelconfig import read_config
+from tideserve.modelconfig import read_config, select_versions
 from tideserve.v1 import model_config_pb2 as mc
 
 MODEL_FILES = {"model.pt": "pytorch_libtorch", "model.pt2": "torch_export"}
@@ -26,34 +26,40 @@ class RepositoryEntry:
     model_path: Path
 
 
-def _latest_version(model_dir: Path) -> Path | None:
-    versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-    return max(versions, key=lambda p: int(p.name), default=None)
+def _model_file(version_dir: Path) -> Path | None:
+    return next((version_dir / f for f in MODEL_FILES if (version_dir / f).exists()), None)
 
 
 def scan(repository: Path, names: Iterable[str] = ()) -> list[RepositoryEntry]:
-    """Every servable model of the repository (or just `names`), each at its latest version."""
+    """Every servable model of the repository (or just `names`), one entry per version its
+    version_policy serves, by name and then ascending version. A version directory without a
+    model file does not count as a version."""
     wanted = set(names)
     if not repository.is_dir():
         raise NotFound(f"model repository {repository} does not exist")
     entries = []
+    found = set()
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()):
         if wanted and model_dir.name not in wanted:
             continue
         config_path = model_dir / "config.pbtxt"
-        version_dir = _latest_version(model_dir)
-        if not config_path.exists() or version_dir is None:
-            continue
-        model_path = next(
-            (version_dir / f for f in MODEL_FILES if (version_dir / f).exists()), None
-        )
-        if model_path is None:
+        files = {
+            int(p.name): path
+            for p in model_dir.iterdir()
+            if p.is_dir() and p.name.isdigit() and (path := _model_file(p)) is not None
+        }
+        if not config_path.exists() or not files:
             continue
         config = read_config(config_path, model_dir.name)
-        if not config.platform:
-            config.platform = MODEL_FILES[model_path.name]
-        entries.append(RepositoryEntry(config, version_dir.name, model_path))
-    missing = wanted - {e.config.name for e in entries}
+        found.add(model_dir.name)
+        for version in select_versions(config, files):
+            model_path = files[version]
+            served = mc.ModelConfig()
+            served.CopyFrom(config)
+            if not served.platform:
+                served.platform = MODEL_FILES[model_path.name]
+            entries.append(RepositoryEntry(served, str(version), model_path))
+    missing = wanted - found
     if missing:
         raise NotFound(f"models {sorted(missing)} not found in repository {repository}")
     return entries

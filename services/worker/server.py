@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
@@ -14,8 +14,9 @@ import grpc
 from services.worker.auth import ExecuteGuard
 from services.worker.core import WorkerCore
 from services.worker.execution import CudaHostPinning
+from services.worker.lifecycle import ModelLifecycle
 from services.worker.metrics import WorkerMetrics, collect
-from services.worker.repository import scan
+from services.worker.repository import RepositoryEntry, scan
 from services.worker.runner import ModelRunner, configure_threads, resolve_device
 from services.worker.settings import WorkerSettings
 from tideserve import metrics, serving, shared_memory
@@ -57,14 +58,17 @@ class WorkerServicer(cluster_pb2_grpc.WorkerServicer):
 
 
 class HeartbeatClient:
-    """Keeps one heartbeat stream open to one balancer: registration first, then a load report
-    every period. Reconnects with exponential back-off when the stream drops."""
+    """Keeps one heartbeat stream open to one balancer: registration first (what the worker
+    serves at that moment), then a load report every period, and a ModelUpdate whenever its
+    models change. Reconnects with exponential back-off when the stream drops. Loads and unloads
+    the balancer commands are answered on this stream with the command's control_id."""
 
     def __init__(
         self,
         core: WorkerCore,
+        lifecycle: ModelLifecycle[ModelRunner],
         balancer: str,
-        registration: cluster_pb2.WorkerRegistration,
+        registration: Callable[[], cluster_pb2.WorkerRegistration],
         interval_s: float,
         released: asyncio.Event,
         tls: serving.TlsSettings = serving.PLAINTEXT,
@@ -73,16 +77,28 @@ class HeartbeatClient:
         self.tls = tls
         self.metadata = serving.bearer(token)
         self.core = core
+        self.lifecycle = lifecycle
         self.balancer = balancer
         self.registration = registration
         self.interval_s = interval_s
         self.released = released
+        self.updates: asyncio.Queue[cluster_pb2.ModelUpdate] = asyncio.Queue()
+        lifecycle.subscribe(self.updates.put_nowait)
+        # Strong references to the running loads and unloads.
+        self._controls: set[asyncio.Task] = set()
 
     async def _reports(self) -> AsyncIterator[cluster_pb2.WorkerReport]:
-        yield cluster_pb2.WorkerReport(registration=self.registration)
+        # Updates queued before this stream opened are in the registration already.
+        while not self.updates.empty():
+            self.updates.get_nowait()
+        yield cluster_pb2.WorkerReport(registration=self.registration())
         while True:
-            await asyncio.sleep(self.interval_s)
-            yield cluster_pb2.WorkerReport(load=self.core.load_report())
+            try:
+                update = await asyncio.wait_for(self.updates.get(), self.interval_s)
+            except TimeoutError:
+                yield cluster_pb2.WorkerReport(load=self.core.load_report())
+            else:
+                yield cluster_pb2.WorkerReport(models=update)
 
     async def run(self) -> None:
         backoff = 0.1
@@ -116,6 +132,39 @@ class HeartbeatClient:
         elif command.action == cluster_pb2.BalancerCommand.RELEASE:
             logger.info("released by balancer", extra={"balancer": self.balancer})
             self.released.set()
+        elif command.action in (
+            cluster_pb2.BalancerCommand.LOAD_MODEL,
+            cluster_pb2.BalancerCommand.UNLOAD_MODEL,
+        ):
+            task = asyncio.get_running_loop().create_task(self._control(command))
+            self._controls.add(task)
+            task.add_done_callback(self._controls.discard)
+
+    async def _control(self, command: cluster_pb2.BalancerCommand) -> None:
+        load = command.action == cluster_pb2.BalancerCommand.LOAD_MODEL
+        logger.info(
+            "loading model" if load else "unloading model",
+            extra={"balancer": self.balancer, "model": command.model_name},
+        )
+        error: TideserveError | None = None
+        try:
+            if load:
+                await self.lifecycle.load(command.model_name)
+            else:
+                await self.lifecycle.unload(command.model_name)
+        except TideserveError as failure:
+            error = failure
+        except Exception as failure:
+            logger.exception("model control failed", extra={"model": command.model_name})
+            error = TideserveError(f"worker failed to change model {command.model_name}: {failure}")
+        if command.control_id:
+            self.updates.put_nowait(self.lifecycle.update(command.control_id, error))
+
+
+async def _poll_repository(lifecycle: ModelLifecycle[ModelRunner], period_s: float) -> None:
+    while True:
+        await asyncio.sleep(period_s)
+        await lifecycle.poll()
 
 
 async def serve(settings: WorkerSettings) -> None:
@@ -132,7 +181,7 @@ async def serve(settings: WorkerSettings) -> None:
     service_profile = (
         ServiceTimeProfile.load(settings.service_profile) if settings.service_profile else None
     )
-    runners: dict[str, ModelRunner] = {}
+    runners: dict[str, dict[str, ModelRunner]] = {}
     pinning = CudaHostPinning() if device.type == "cuda" and settings.pin_shared_memory else None
     reader = shared_memory.SegmentReader(pinning=pinning) if settings.shared_memory else None
     shared_inputs = reader if reader is not None and reader.domain else None
@@ -143,13 +192,19 @@ async def serve(settings: WorkerSettings) -> None:
     metrics_server = metrics.start_metrics_server(settings.host, settings.metrics_port, registry)
     cluster_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(core, worker_metrics), server)
     await server.start()
-    for entry in entries:
-        runner = await asyncio.to_thread(
-            ModelRunner, entry.config, entry.version, entry.model_path, device, settings.slowdown,
+
+    def build(entry: RepositoryEntry) -> ModelRunner:
+        runner = ModelRunner(
+            entry.config, entry.version, entry.model_path, device, settings.slowdown,
             service_profile,
         )
-        await asyncio.to_thread(runner.warm_up)
-        runners[entry.config.name] = runner
+        runner.warm_up()
+        return runner
+
+    for entry in entries:
+        versions = runners.setdefault(entry.config.name, {})
+        versions[entry.version] = await asyncio.to_thread(build, entry)
+    lifecycle = ModelLifecycle(Path(settings.model_repository), runners, build)
     await serving.set_serving(health, [SERVICE_NAME])
     logger.info(
         "worker ready",
@@ -161,18 +216,28 @@ async def serve(settings: WorkerSettings) -> None:
             "models": sorted(runners),
         },
     )
-    registration = core.registration(address, str(device))
-    registration.metrics_address = metrics_server.address
-    registration.execute_key = guard.key
+
+    def registration() -> cluster_pb2.WorkerRegistration:
+        current = core.registration(address, str(device))
+        current.metrics_address = metrics_server.address
+        current.execute_key = guard.key
+        current.model_statuses.extend(lifecycle.statuses())
+        return current
+
     released = asyncio.Event()
-    heartbeats = [
+    tasks = [
         asyncio.create_task(
             HeartbeatClient(
-                core, b, registration, settings.heartbeat_interval_s, released, tls, token
+                core, lifecycle, b, registration, settings.heartbeat_interval_s, released, tls,
+                token,
             ).run()
         )
         for b in settings.balancers
     ]
+    if settings.repository_poll_s > 0:
+        tasks.append(
+            asyncio.create_task(_poll_repository(lifecycle, settings.repository_poll_s))
+        )
     released_task = asyncio.create_task(released.wait())
     signal_task = asyncio.create_task(
         serving.serve_until_signal(server, health, grace_seconds=settings.grace_s)
@@ -188,9 +253,10 @@ async def serve(settings: WorkerSettings) -> None:
         await server.stop(settings.grace_s)
         signal_task.cancel()
     released_task.cancel()
-    for task in heartbeats:
+    for task in tasks:
         task.cancel()
-    await asyncio.gather(*heartbeats, return_exceptions=True)
-    for runner in runners.values():
-        runner.close()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for versions in runners.values():
+        for runner in versions.values():
+            runner.close()
     metrics_server.close()

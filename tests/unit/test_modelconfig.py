@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 from google.protobuf import text_format
 
-from tideserve.errors import InvalidArgument
+from tideserve.errors import InvalidArgument, NotFound
 from tideserve.modelconfig import (
     ModelSpec,
     QueuePolicy,
     data_type_enum,
     datatype_name,
     read_config,
+    select_versions,
 )
 from tideserve.v1 import model_config_pb2 as mc
 
@@ -190,3 +191,30 @@ def test_read_config_validates(tmp_path: Path) -> None:
 
     with pytest.raises(InvalidArgument, match="at least one input and output"):
         read_config(path, "m")
+
+
+@pytest.mark.parametrize(
+    ("policy", "served"),
+    [
+        ("", [7]),
+        ("version_policy: { latest: { num_versions: 2 } }", [3, 7]),
+        ("version_policy: { latest: { num_versions: 9 } }", [1, 3, 7]),
+        ("version_policy: { all: {} }", [1, 3, 7]),
+        ("version_policy: { specific: { versions: [3, 1] } }", [1, 3]),
+    ],
+)
+def test_version_policy_picks_versions_as_triton_does(policy: str, served: list[int]) -> None:
+    config = mc.ModelConfig(name="m")
+    text_format.Parse(policy, config)
+    assert select_versions(config, [7, 1, 3]) == served
+
+
+def test_version_policy_that_cannot_be_met_says_why() -> None:
+    config = mc.ModelConfig(name="m")
+    text_format.Parse("version_policy: { specific: { versions: [2, 5] } }", config)
+    with pytest.raises(NotFound, match=r"versions \[5\] that the repository lacks"):
+        select_versions(config, [1, 2])
+    config = mc.ModelConfig(name="m")
+    text_format.Parse("version_policy: { latest: { num_versions: 0 } }", config)
+    with pytest.raises(InvalidArgument, match="num_versions >= 1"):
+        select_versions(config, [1, 2])

@@ -74,7 +74,7 @@ def test_batch_is_padded_to_the_profile_and_reported_so(tmp_path: Path, rows: in
     assert target <= took < target + 0.03
     assert target <= model.service_times[rows] <= took
     # What the balancer and batcher get: the worker's load report carries the padded time.
-    (reported,) = [t for t in WorkerCore("w", {"double": model}).load_report().service_times
+    (reported,) = [t for t in WorkerCore("w", {"double": {"1": model}}).load_report().service_times
                    if t.batch_size == rows]
     assert reported.seconds == pytest.approx(model.service_times[rows])
     model.close()

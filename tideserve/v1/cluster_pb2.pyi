@@ -49,18 +49,24 @@ class Batch(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., output_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BatchResult(_message.Message):
-    __slots__ = ("batch_id", "outputs", "worker_id", "queue_seconds", "compute_seconds")
+    __slots__ = ("batch_id", "outputs", "worker_id", "queue_seconds", "compute_seconds", "input_seconds", "output_seconds", "model_version")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     QUEUE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     outputs: _containers.RepeatedCompositeFieldContainer[TensorData]
     worker_id: str
     queue_seconds: float
     compute_seconds: float
-    def __init__(self, batch_id: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., worker_id: _Optional[str] = ..., queue_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ...) -> None: ...
+    input_seconds: float
+    output_seconds: float
+    model_version: str
+    def __init__(self, batch_id: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., worker_id: _Optional[str] = ..., queue_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., input_seconds: _Optional[float] = ..., output_seconds: _Optional[float] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ServedModel(_message.Message):
     __slots__ = ("config", "versions")
@@ -71,7 +77,7 @@ class ServedModel(_message.Message):
     def __init__(self, config: _Optional[_Union[_model_config_pb2.ModelConfig, _Mapping]] = ..., versions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WorkerRegistration(_message.Message):
-    __slots__ = ("worker_id", "address", "models", "device", "metrics_address", "shared_memory_domain", "execute_key")
+    __slots__ = ("worker_id", "address", "models", "device", "metrics_address", "shared_memory_domain", "execute_key", "model_statuses")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +85,7 @@ class WorkerRegistration(_message.Message):
     METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SHARED_MEMORY_DOMAIN_FIELD_NUMBER: _ClassVar[int]
     EXECUTE_KEY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_STATUSES_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     address: str
     models: _containers.RepeatedCompositeFieldContainer[ServedModel]
@@ -86,7 +93,34 @@ class WorkerRegistration(_message.Message):
     metrics_address: str
     shared_memory_domain: str
     execute_key: str
-    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., device: _Optional[str] = ..., metrics_address: _Optional[str] = ..., shared_memory_domain: _Optional[str] = ..., execute_key: _Optional[str] = ...) -> None: ...
+    model_statuses: _containers.RepeatedCompositeFieldContainer[ModelStatus]
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., device: _Optional[str] = ..., metrics_address: _Optional[str] = ..., shared_memory_domain: _Optional[str] = ..., execute_key: _Optional[str] = ..., model_statuses: _Optional[_Iterable[_Union[ModelStatus, _Mapping]]] = ...) -> None: ...
+
+class ModelStatus(_message.Message):
+    __slots__ = ("name", "version", "state", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    state: str
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ModelUpdate(_message.Message):
+    __slots__ = ("control_id", "models", "statuses", "error_code", "error")
+    CONTROL_ID_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    control_id: int
+    models: _containers.RepeatedCompositeFieldContainer[ServedModel]
+    statuses: _containers.RepeatedCompositeFieldContainer[ModelStatus]
+    error_code: str
+    error: str
+    def __init__(self, control_id: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., statuses: _Optional[_Iterable[_Union[ModelStatus, _Mapping]]] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ServiceTime(_message.Message):
     __slots__ = ("batch_size", "seconds", "model")
@@ -117,28 +151,38 @@ class LoadReport(_message.Message):
     def __init__(self, queued_batches: _Optional[int] = ..., inflight_batches: _Optional[int] = ..., service_times: _Optional[_Iterable[_Union[ServiceTime, _Mapping]]] = ..., memory_bytes: _Optional[int] = ..., completed_batches: _Optional[int] = ..., failed_batches: _Optional[int] = ..., busy_seconds: _Optional[float] = ...) -> None: ...
 
 class WorkerReport(_message.Message):
-    __slots__ = ("registration", "load")
+    __slots__ = ("registration", "load", "models")
     REGISTRATION_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     registration: WorkerRegistration
     load: LoadReport
-    def __init__(self, registration: _Optional[_Union[WorkerRegistration, _Mapping]] = ..., load: _Optional[_Union[LoadReport, _Mapping]] = ...) -> None: ...
+    models: ModelUpdate
+    def __init__(self, registration: _Optional[_Union[WorkerRegistration, _Mapping]] = ..., load: _Optional[_Union[LoadReport, _Mapping]] = ..., models: _Optional[_Union[ModelUpdate, _Mapping]] = ...) -> None: ...
 
 class BalancerCommand(_message.Message):
-    __slots__ = ("action", "reason")
+    __slots__ = ("action", "reason", "model_name", "control_id")
     class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         ACTION_UNSPECIFIED: _ClassVar[BalancerCommand.Action]
         DRAIN: _ClassVar[BalancerCommand.Action]
         RELEASE: _ClassVar[BalancerCommand.Action]
+        LOAD_MODEL: _ClassVar[BalancerCommand.Action]
+        UNLOAD_MODEL: _ClassVar[BalancerCommand.Action]
     ACTION_UNSPECIFIED: BalancerCommand.Action
     DRAIN: BalancerCommand.Action
     RELEASE: BalancerCommand.Action
+    LOAD_MODEL: BalancerCommand.Action
+    UNLOAD_MODEL: BalancerCommand.Action
     ACTION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_ID_FIELD_NUMBER: _ClassVar[int]
     action: BalancerCommand.Action
     reason: str
-    def __init__(self, action: _Optional[_Union[BalancerCommand.Action, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+    model_name: str
+    control_id: int
+    def __init__(self, action: _Optional[_Union[BalancerCommand.Action, str]] = ..., reason: _Optional[str] = ..., model_name: _Optional[str] = ..., control_id: _Optional[int] = ...) -> None: ...
 
 class FrontendReport(_message.Message):
     __slots__ = ("batcher_id", "arrival_rate", "queued_requests", "latency_p50_seconds", "latency_p99_seconds", "requests_total", "requests_failed")
@@ -163,7 +207,7 @@ class FrontendReportAck(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerState(_message.Message):
-    __slots__ = ("worker_id", "address", "device", "models", "phase", "outstanding_batches", "outstanding_rows", "expected_backlog_seconds", "heartbeat_age_seconds", "error_rate", "completed_batches", "memory_bytes", "service_times", "busy_seconds", "metrics_address", "shared_memory_domain")
+    __slots__ = ("worker_id", "address", "device", "models", "phase", "outstanding_batches", "outstanding_rows", "expected_backlog_seconds", "heartbeat_age_seconds", "error_rate", "completed_batches", "memory_bytes", "service_times", "busy_seconds", "metrics_address", "shared_memory_domain", "model_statuses")
     class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         PHASE_UNSPECIFIED: _ClassVar[WorkerState.Phase]
@@ -190,6 +234,7 @@ class WorkerState(_message.Message):
     BUSY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SHARED_MEMORY_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    MODEL_STATUSES_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     address: str
     device: str
@@ -206,7 +251,8 @@ class WorkerState(_message.Message):
     busy_seconds: float
     metrics_address: str
     shared_memory_domain: str
-    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., device: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., phase: _Optional[_Union[WorkerState.Phase, str]] = ..., outstanding_batches: _Optional[int] = ..., outstanding_rows: _Optional[int] = ..., expected_backlog_seconds: _Optional[float] = ..., heartbeat_age_seconds: _Optional[float] = ..., error_rate: _Optional[float] = ..., completed_batches: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., service_times: _Optional[_Iterable[_Union[ServiceTime, _Mapping]]] = ..., busy_seconds: _Optional[float] = ..., metrics_address: _Optional[str] = ..., shared_memory_domain: _Optional[str] = ...) -> None: ...
+    model_statuses: _containers.RepeatedCompositeFieldContainer[ModelStatus]
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., device: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., phase: _Optional[_Union[WorkerState.Phase, str]] = ..., outstanding_batches: _Optional[int] = ..., outstanding_rows: _Optional[int] = ..., expected_backlog_seconds: _Optional[float] = ..., heartbeat_age_seconds: _Optional[float] = ..., error_rate: _Optional[float] = ..., completed_batches: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., service_times: _Optional[_Iterable[_Union[ServiceTime, _Mapping]]] = ..., busy_seconds: _Optional[float] = ..., metrics_address: _Optional[str] = ..., shared_memory_domain: _Optional[str] = ..., model_statuses: _Optional[_Iterable[_Union[ModelStatus, _Mapping]]] = ...) -> None: ...
 
 class ClusterSnapshot(_message.Message):
     __slots__ = ("timestamp_unix", "workers", "models", "routing_policy", "dispatched_batches", "dispatched_rows", "failed_batches", "retried_batches", "frontends", "batch_size_counts")
@@ -282,6 +328,30 @@ class SetRoutingPolicyResponse(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ControlModelRequest(_message.Message):
+    __slots__ = ("model_name", "action")
+    class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ACTION_UNSPECIFIED: _ClassVar[ControlModelRequest.Action]
+        LOAD: _ClassVar[ControlModelRequest.Action]
+        UNLOAD: _ClassVar[ControlModelRequest.Action]
+    ACTION_UNSPECIFIED: ControlModelRequest.Action
+    LOAD: ControlModelRequest.Action
+    UNLOAD: ControlModelRequest.Action
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    action: ControlModelRequest.Action
+    def __init__(self, model_name: _Optional[str] = ..., action: _Optional[_Union[ControlModelRequest.Action, str]] = ...) -> None: ...
+
+class ControlModelResponse(_message.Message):
+    __slots__ = ("workers", "statuses")
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    workers: int
+    statuses: _containers.RepeatedCompositeFieldContainer[ModelStatus]
+    def __init__(self, workers: _Optional[int] = ..., statuses: _Optional[_Iterable[_Union[ModelStatus, _Mapping]]] = ...) -> None: ...
 
 class ScalingDecision(_message.Message):
     __slots__ = ("timestamp_unix", "policy", "current_replicas", "proposed_replicas", "applied_replicas", "reason", "inputs")

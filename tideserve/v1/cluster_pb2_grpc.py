@@ -141,6 +141,11 @@ class BalancerStub:
                 request_serializer=tideserve_dot_v1_dot_cluster__pb2.SetRoutingPolicyRequest.SerializeToString,
                 response_deserializer=tideserve_dot_v1_dot_cluster__pb2.SetRoutingPolicyResponse.FromString,
                 _registered_method=True)
+        self.ControlModel = channel.unary_unary(
+                '/tideserve.v1.Balancer/ControlModel',
+                request_serializer=tideserve_dot_v1_dot_cluster__pb2.ControlModelRequest.SerializeToString,
+                response_deserializer=tideserve_dot_v1_dot_cluster__pb2.ControlModelResponse.FromString,
+                _registered_method=True)
 
 
 class BalancerServicer:
@@ -188,6 +193,14 @@ class BalancerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ControlModel(self, request, context):
+        """Have every connected worker load or unload a model (Triton's explicit model control, relayed
+        by the batcher); answers once each has, or with the first worker's error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BalancerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -225,6 +238,11 @@ def add_BalancerServicer_to_server(servicer, server):
                     servicer.SetRoutingPolicy,
                     request_deserializer=tideserve_dot_v1_dot_cluster__pb2.SetRoutingPolicyRequest.FromString,
                     response_serializer=tideserve_dot_v1_dot_cluster__pb2.SetRoutingPolicyResponse.SerializeToString,
+            ),
+            'ControlModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ControlModel,
+                    request_deserializer=tideserve_dot_v1_dot_cluster__pb2.ControlModelRequest.FromString,
+                    response_serializer=tideserve_dot_v1_dot_cluster__pb2.ControlModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -416,6 +434,33 @@ class Balancer:
             '/tideserve.v1.Balancer/SetRoutingPolicy',
             tideserve_dot_v1_dot_cluster__pb2.SetRoutingPolicyRequest.SerializeToString,
             tideserve_dot_v1_dot_cluster__pb2.SetRoutingPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ControlModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tideserve.v1.Balancer/ControlModel',
+            tideserve_dot_v1_dot_cluster__pb2.ControlModelRequest.SerializeToString,
+            tideserve_dot_v1_dot_cluster__pb2.ControlModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -74,10 +74,25 @@ class GRPCInferenceServiceStub:
                 request_serializer=tideserve_dot_v1_dot_inference__pb2.ModelConfigRequest.SerializeToString,
                 response_deserializer=tideserve_dot_v1_dot_inference__pb2.ModelConfigResponse.FromString,
                 _registered_method=True)
+        self.ModelStatistics = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelStatistics',
+                request_serializer=tideserve_dot_v1_dot_inference__pb2.ModelStatisticsRequest.SerializeToString,
+                response_deserializer=tideserve_dot_v1_dot_inference__pb2.ModelStatisticsResponse.FromString,
+                _registered_method=True)
         self.RepositoryIndex = channel.unary_unary(
                 '/inference.GRPCInferenceService/RepositoryIndex',
                 request_serializer=tideserve_dot_v1_dot_inference__pb2.RepositoryIndexRequest.SerializeToString,
                 response_deserializer=tideserve_dot_v1_dot_inference__pb2.RepositoryIndexResponse.FromString,
+                _registered_method=True)
+        self.RepositoryModelLoad = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryModelLoad',
+                request_serializer=tideserve_dot_v1_dot_inference__pb2.RepositoryModelLoadRequest.SerializeToString,
+                response_deserializer=tideserve_dot_v1_dot_inference__pb2.RepositoryModelLoadResponse.FromString,
+                _registered_method=True)
+        self.RepositoryModelUnload = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryModelUnload',
+                request_serializer=tideserve_dot_v1_dot_inference__pb2.RepositoryModelUnloadRequest.SerializeToString,
+                response_deserializer=tideserve_dot_v1_dot_inference__pb2.RepositoryModelUnloadResponse.FromString,
                 _registered_method=True)
         self.SystemSharedMemoryStatus = channel.unary_unary(
                 '/inference.GRPCInferenceService/SystemSharedMemoryStatus',
@@ -148,9 +163,31 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelStatistics(self, request, context):
+        """Triton extension: per-model, per-version counts and cumulative durations
+        (tritonclient's get_inference_statistics, perf_analyzer's server-side figures).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RepositoryIndex(self, request, context):
         """Triton extension: lists the models served (what `grpcurl` users reach for first).
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryModelLoad(self, request, context):
+        """Triton extension: explicit model control. The batcher relays the request to the balancers,
+        which have every worker load (or unload) the model from its own repository.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryModelUnload(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -219,10 +256,25 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     request_deserializer=tideserve_dot_v1_dot_inference__pb2.ModelConfigRequest.FromString,
                     response_serializer=tideserve_dot_v1_dot_inference__pb2.ModelConfigResponse.SerializeToString,
             ),
+            'ModelStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelStatistics,
+                    request_deserializer=tideserve_dot_v1_dot_inference__pb2.ModelStatisticsRequest.FromString,
+                    response_serializer=tideserve_dot_v1_dot_inference__pb2.ModelStatisticsResponse.SerializeToString,
+            ),
             'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
                     servicer.RepositoryIndex,
                     request_deserializer=tideserve_dot_v1_dot_inference__pb2.RepositoryIndexRequest.FromString,
                     response_serializer=tideserve_dot_v1_dot_inference__pb2.RepositoryIndexResponse.SerializeToString,
+            ),
+            'RepositoryModelLoad': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelLoad,
+                    request_deserializer=tideserve_dot_v1_dot_inference__pb2.RepositoryModelLoadRequest.FromString,
+                    response_serializer=tideserve_dot_v1_dot_inference__pb2.RepositoryModelLoadResponse.SerializeToString,
+            ),
+            'RepositoryModelUnload': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelUnload,
+                    request_deserializer=tideserve_dot_v1_dot_inference__pb2.RepositoryModelUnloadRequest.FromString,
+                    response_serializer=tideserve_dot_v1_dot_inference__pb2.RepositoryModelUnloadResponse.SerializeToString,
             ),
             'SystemSharedMemoryStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.SystemSharedMemoryStatus,
@@ -467,6 +519,33 @@ class GRPCInferenceService:
             _registered_method=True)
 
     @staticmethod
+    def ModelStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelStatistics',
+            tideserve_dot_v1_dot_inference__pb2.ModelStatisticsRequest.SerializeToString,
+            tideserve_dot_v1_dot_inference__pb2.ModelStatisticsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def RepositoryIndex(request,
             target,
             options=(),
@@ -483,6 +562,60 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/RepositoryIndex',
             tideserve_dot_v1_dot_inference__pb2.RepositoryIndexRequest.SerializeToString,
             tideserve_dot_v1_dot_inference__pb2.RepositoryIndexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryModelLoad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryModelLoad',
+            tideserve_dot_v1_dot_inference__pb2.RepositoryModelLoadRequest.SerializeToString,
+            tideserve_dot_v1_dot_inference__pb2.RepositoryModelLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryModelUnload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryModelUnload',
+            tideserve_dot_v1_dot_inference__pb2.RepositoryModelUnloadRequest.SerializeToString,
+            tideserve_dot_v1_dot_inference__pb2.RepositoryModelUnloadResponse.FromString,
             options,
             channel_credentials,
             insecure,

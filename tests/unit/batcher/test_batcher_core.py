@@ -58,9 +58,9 @@ class FakeClock:
 
 
 class EchoDispatcher:
-    """Answers every batch with outputs y = x and z = x + 100, row for row. While `gate` is
-    cleared, batches are held (a busy worker). `fail_with` makes every dispatch raise. With a
-    `clock`, each batch advances it by `seconds_per_batch` (a worker that takes time)."""
+    """Answers every batch with outputs y = x and z = x + 100, row for row, as version 1. While
+    `gate` is cleared, batches are held (a busy worker). `fail_with` makes every dispatch raise.
+    With a `clock`, each batch advances it by `seconds_per_batch` (a worker that takes time)."""
 
     def __init__(self, clock: FakeClock | None = None, seconds_per_batch: float = 0.0) -> None:
         self.clock = clock
@@ -90,7 +90,10 @@ class EchoDispatcher:
             raise self.fail_with
         x = batch.inputs[0]
         plus = (np.frombuffer(x.raw, dtype="<f4") + 100).astype("<f4").tobytes()
-        result = cluster_pb2.BatchResult(batch_id=batch.batch_id)
+        # As a worker serving version 1 alone: it computes the batches that name no version.
+        result = cluster_pb2.BatchResult(
+            batch_id=batch.batch_id, model_version=batch.model_version or "1"
+        )
         result.outputs.add(name="y", datatype="FP32", shape=list(x.shape), raw=x.raw)
         result.outputs.add(name="z", datatype="FP32", shape=list(x.shape), raw=plus)
         return result.SerializeToString()
@@ -292,7 +295,7 @@ async def test_next_batch_leaves_before_the_returned_batch_is_answered(
 
     assert dispatched_when_answered == [[1, 3]]
     assert [r.id for r in responses] == [f"req-{i}" for i in range(4)]
-    assert core.schedulers[MODEL].inflight == 0, "each batch frees its slot once"
+    assert core.schedulers[(MODEL, "")].inflight == 0, "each batch frees its slot once"
 
 
 async def test_a_half_full_batch_leaves_before_the_returned_batch_is_answered(
@@ -310,7 +313,7 @@ async def test_a_half_full_batch_leaves_before_the_returned_batch_is_answered(
         clock.advance(0.001)
         queued.append(core.submit(infer_request(index), deadline=None))
     await settle()
-    coalescing = core.schedulers[MODEL].queue.coalescing
+    coalescing = core.schedulers[(MODEL, "")].queue.coalescing
     assert coalescing.hold_until(clock(), clock(), 1, 40) is not None, "a small batch would stay"
     dispatched_when_answered: list[list[int]] = []
     first.add_done_callback(lambda _: dispatched_when_answered.append(dispatcher.batch_rows))
@@ -581,12 +584,12 @@ async def test_request_that_cannot_leave_before_its_deadline_is_refused_at_once(
         futures = [core.submit(infer_request(10), deadline=None)]
         await settle()
         futures += [core.submit(infer_request(i, rows=4), deadline=None) for i in range(11, 13)]
-        queued = len(core.schedulers[MODEL].queue)
+        queued = len(core.schedulers[(MODEL, "")].queue)
 
         # 8 rows ahead: 2 batches, and its own: 150 ms > 0.8 x 150 ms.
         with pytest.raises(ResourceExhausted, match="about 150 ms of work, too much for .* 150 ms"):
             core.submit(infer_request(13), deadline=clock() + 0.150)
-        assert len(core.schedulers[MODEL].queue) == queued, "a refused request is not queued"
+        assert len(core.schedulers[(MODEL, "")].queue) == queued, "a refused request is not queued"
 
         futures.append(core.submit(infer_request(14), deadline=clock() + 0.250))
         dispatcher.gate.set()
@@ -608,7 +611,7 @@ async def test_before_any_batch_returns_deadlines_do_not_refuse_admission(
     futures += [core.submit(infer_request(i), deadline=None) for i in range(1, 6)]
 
     futures.append(core.submit(infer_request(6), deadline=clock() + 0.001))
-    assert len(core.schedulers[MODEL].queue) == 6, "admitted: nothing says it would be late"
+    assert len(core.schedulers[(MODEL, "")].queue) == 6, "admitted: nothing says it would be late"
     dispatcher.gate.set()
     await gather(futures)
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from services.batcher.catalog import FORGET_AFTER_S, ModelCatalog
+from services.batcher.catalog import (
+    FORGET_AFTER_S,
+    ModelCatalog,
+    merged_statuses,
+    unloaded_models,
+)
 from tideserve.errors import BalancerUnreachable, NotFound
 from tideserve.v1 import cluster_pb2
 from tideserve.v1 import model_config_pb2 as mc
@@ -71,3 +76,50 @@ def test_before_any_balancer_answers_an_unknown_model_is_unavailable_not_missing
     catalog.update([])
     with pytest.raises(NotFound, match="unknown model 'm'"):
         catalog.get("m")
+
+
+def snapshot_with_statuses() -> cluster_pb2.ClusterSnapshot:
+    snapshot = cluster_pb2.ClusterSnapshot(models=[served("kept")])
+    ready = cluster_pb2.WorkerState.READY
+    one = snapshot.workers.add(worker_id="a", models=["kept"], phase=ready)
+    one.model_statuses.add(name="kept", version="1", state="LOADING")
+    one.model_statuses.add(name="gone", version="1", state="UNAVAILABLE", reason="unloaded")
+    two = snapshot.workers.add(worker_id="b", models=["kept"], phase=ready)
+    two.model_statuses.add(name="kept", version="1", state="READY")
+    two.model_statuses.add(name="gone", version="1", state="UNAVAILABLE", reason="unloaded")
+    return snapshot
+
+
+def test_states_merge_over_workers_and_unloaded_models_go_at_once() -> None:
+    snapshot = snapshot_with_statuses()
+    assert merged_statuses(snapshot) == {
+        "kept": {"1": ("READY", "")},
+        "gone": {"1": ("UNAVAILABLE", "unloaded")},
+    }
+    assert unloaded_models(snapshot) == {"gone"}
+    catalog = ModelCatalog()
+    catalog.update([served("kept"), served("gone")])
+    catalog.update(list(snapshot.models), unloaded_models(snapshot))
+    assert catalog.served_names() == ["kept"]
+    assert catalog.served_versions("gone") == ()
+
+
+def test_repository_index_shows_each_version_with_its_state() -> None:
+    snapshot = snapshot_with_statuses()
+    catalog = ModelCatalog()
+    catalog.update(list(snapshot.models), unloaded_models(snapshot))
+    catalog.update_workers(snapshot)
+    assert catalog.repository_index(reachable=True) == [
+        ("gone", "1", "UNAVAILABLE", "unloaded"),
+        ("kept", "1", "READY", ""),
+    ]
+    assert {row[2:] for row in catalog.repository_index(reachable=False)} == {
+        ("UNAVAILABLE", "no balancer reachable")
+    }
+    catalog.worker_counts = {}
+    assert catalog.repository_index(reachable=True)[1] == (
+        "kept",
+        "1",
+        "UNAVAILABLE",
+        "no ready worker",
+    )
