@@ -43,7 +43,8 @@ def start_scaler(cluster: Cluster, owner: str, models: str, port: int) -> subpro
         "--stop-workers-on-exit",
         "false",
     )
-    wait_healthy(f"127.0.0.1:{port}")
+    # Generous: on a loaded 2-core machine a scaler has taken over 30 s to start.
+    wait_healthy(f"127.0.0.1:{port}", timeout_s=120)
     return process
 
 

@@ -27,12 +27,14 @@ def request(request_id: str) -> pb.ModelInferRequest:
 def test_request_expiring_in_the_queue_never_reaches_a_worker(
     model_repository: Path, tmp_path: Path
 ) -> None:
-    # One slow worker (each batch takes well over 0.2 s): two batches fill the batcher's two
-    # dispatch slots, so a third request waits in the batcher's queue.
+    # One slow worker (each batch takes a second or more, well over the 0.1 s deadlines below):
+    # two batches fill the batcher's two dispatch slots, so a third request waits in the
+    # batcher's queue. Not slower: the worker runs the two batches one after the other, and on
+    # a loaded machine 3000x the model's time took the second past its own 30 s timeout.
     # The balancer's per-batch timeout floor is raised so that these deliberately slow batches
     # are not taken for a hung worker.
     cluster = Cluster(
-        model_repository, tmp_path, worker_args=("--slowdown", "3000"),
+        model_repository, tmp_path, worker_args=("--slowdown", "500"),
         balancer_args=("--batch-timeout-floor-s", "20"),
     )
     cluster.start(workers=1)
@@ -43,7 +45,7 @@ def test_request_expiring_in_the_queue_never_reaches_a_worker(
             async with grpc.aio.insecure_channel(cluster.batcher) as channel:
                 stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
                 slow = [
-                    asyncio.ensure_future(stub.ModelInfer(request(f"s{i}"), timeout=30))
+                    asyncio.ensure_future(stub.ModelInfer(request(f"s{i}"), timeout=60))
                     for i in range(2)
                 ]
                 await asyncio.sleep(0.05)
