@@ -24,9 +24,9 @@ from pathlib import Path
 
 import grpc
 
-from tests.cluster import Cluster, free_port, wait_for, wait_healthy
-from tideserve.loadgen import sample_request
+from harness.cluster import Cluster, free_port, wait_for, wait_healthy
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2, inference_pb2_grpc
+from tideserve_tools.loadgen import sample_request
 
 RESULTS = Path(__file__).parent / "results"
 

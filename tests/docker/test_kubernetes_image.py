@@ -27,8 +27,8 @@ import yaml
 from docker.client import DockerClient
 from docker.models.containers import Container
 
+from harness.cluster import free_port, wait_for
 from services.scaler.kubernetes_runtime import OWNER_LABEL
-from tests.cluster import free_port, wait_for
 from tests.docker.conftest import IMAGE
 from tideserve.healthprobe import probe
 

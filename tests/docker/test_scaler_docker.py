@@ -15,12 +15,12 @@ import grpc
 import pytest
 from docker.client import DockerClient
 
+from harness.cluster import Cluster, free_port, wait_for, wait_healthy
 from services.scaler.docker_runtime import OWNER_LABEL
 from tests.accounting import record_load
-from tests.cluster import Cluster, free_port, wait_for, wait_healthy
 from tests.docker.conftest import IMAGE, container_scaler_args
-from tideserve.loadgen import LoadResult, closed_loop
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
+from tideserve_tools.loadgen import LoadResult, closed_loop
 
 pytestmark = pytest.mark.docker
 

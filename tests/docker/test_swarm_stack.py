@@ -18,12 +18,12 @@ import pytest
 from docker.client import DockerClient
 from docker.models.containers import Container
 
+from harness.cluster import ROOT, free_port, wait_for, wait_healthy
 from services.scaler.docker_runtime import OWNER_LABEL
-from tests.cluster import ROOT, free_port, wait_for, wait_healthy
 from tests.docker.conftest import IMAGE
 from tideserve.credentials import create_credentials
-from tideserve.loadgen import closed_loop, sample_request
 from tideserve.v1 import inference_pb2_grpc
+from tideserve_tools.loadgen import closed_loop, sample_request
 
 pytestmark = pytest.mark.docker
 

@@ -15,8 +15,8 @@ import grpc
 import numpy as np
 import pytest
 
+from harness.cluster import Cluster, sync_channel, wait_for
 from tests.accounting import record
-from tests.cluster import Cluster, sync_channel, wait_for
 from tests.integration.test_request_path import reference
 from tideserve import serving, shared_memory
 from tideserve.metadata import MODEL_KEY, ROWS_KEY

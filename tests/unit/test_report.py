@@ -1,5 +1,5 @@
 """`tideserve report`: RUN.json in, three PNGs out; malformed files are refused by field; the
-recorder's snapshot -> sample mapping (tideserve/record.py) without a network."""
+recorder's snapshot -> sample mapping (tideserve_tools/record.py) without a network."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tideserve.record import sample_from_snapshot
-from tideserve.report import PLOTS, Run, RunFormatError, Sample, load_run, main
+from tideserve.runs import Run, RunFormatError, Sample, load_run
 from tideserve.v1 import cluster_pb2
+from tideserve_tools.record import sample_from_snapshot
+from tideserve_tools.report import PLOTS, main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
