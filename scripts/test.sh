@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/python scripts/gen_protos.py --check
 .venv/bin/ruff check .
+# The layers and the absence of import cycles ([tool.importlinter] in pyproject.toml).
+.venv/bin/lint-imports --no-logo
 
 # Docker: install and start an engine and build the image offline (see scripts/docker_offline.sh).
 # Only where no engine can be had at all do the Docker tests skip, saying why.
