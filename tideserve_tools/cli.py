@@ -24,6 +24,11 @@ from tideserve.logs import configure_logging
 if TYPE_CHECKING:
     from tideserve_tools.launcher import Suite, SuiteConfig
 
+# The optional dependency group (pyproject.toml) each heavier command needs: `up` and `profile` run
+# workers (torch), `policy` trains and evaluates (stable-baselines3, gymnasium), `report` plots.
+COMMAND_EXTRAS = {"up": "worker", "profile": "worker", "policy": "learning", "report": "report"}
+OWN_PACKAGES = {"tideserve", "tideserve_tools", "tideserve_learning", "services"}
+
 
 def _add_up(commands: argparse._SubParsersAction) -> None:
     up = commands.add_parser("up", help="run balancer, batcher, scaler and workers on loopback")
@@ -250,6 +255,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Configured here, once, before any command runs: `policy` reports its progress in INFO
     # lines, which a WARNING default would drop (the commands do not configure logging).
     configure_logging("cli", args.log_level or ("INFO" if args.command == "policy" else "WARNING"))
+    try:
+        return _run(parser, args, rest)
+    except ModuleNotFoundError as error:
+        # A plain install lacks the libraries of the heavier commands; say which extra has them.
+        extra = COMMAND_EXTRAS.get(args.command)
+        if extra is None or (error.name or "").split(".")[0] in OWN_PACKAGES:
+            raise
+        print(
+            f"tideserve {args.command}: {error.name} is not installed; it comes with the "
+            f"{extra} extra: pip install 'tideserve[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, rest: list[str]) -> int:
     if args.command == "up":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
