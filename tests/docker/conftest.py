@@ -15,7 +15,14 @@ from docker.client import DockerClient
 
 from services.scaler.docker_runtime import OWNER_LABEL
 
-IMAGE = os.environ.get("TIDESERVE_IMAGE", "tideserve:dev")
+# One image per role (docker/Dockerfile's targets); TIDESERVE_<ROLE>_IMAGE names another tag.
+ROLES = ("batcher", "balancer", "worker", "scaler")
+IMAGES = {
+    role: os.environ.get(f"TIDESERVE_{role.upper()}_IMAGE", f"tideserve-{role}:dev")
+    for role in ROLES
+}
+WORKER_IMAGE = IMAGES["worker"]
+SCALER_IMAGE = IMAGES["scaler"]
 # Every Docker API call of these tests is bounded by this (seconds).
 API_TIMEOUT_S = 60
 
@@ -23,11 +30,11 @@ API_TIMEOUT_S = 60
 def container_scaler_args(
     balancer: str, runtime: str, owner: str, models: str, *, cpus: str, memory: str
 ) -> list[str]:
-    """The flags every container-runtime test gives its scaler: workers of IMAGE with `cpus` and
-    `memory` (docker's format), 1 to 3 replicas under the static policy, a 0.5 s tick."""
+    """The flags every container-runtime test gives its scaler: workers of WORKER_IMAGE with `cpus`
+    and `memory` (docker's format), 1 to 3 replicas under the static policy, a 0.5 s tick."""
     return [
         "--balancers", balancer, "--runtime", runtime, "--scaler-id", owner,
-        "--worker-image", IMAGE, "--model-repository", models,
+        "--worker-image", WORKER_IMAGE, "--model-repository", models,
         "--worker-cpus", cpus, "--worker-memory", memory,
         "--min-replicas", "1", "--max-replicas", "3", "--policy", "static", "--tick-s", "0.5",
     ]
@@ -42,11 +49,15 @@ def client() -> Iterator[DockerClient]:
         pytest.skip(
             f"no Docker engine answers ({error}); start one, e.g. scripts/docker_offline.sh"
         )
-    try:
-        client.images.get(IMAGE)
-    except docker.errors.ImageNotFound:
+    missing = []
+    for image in IMAGES.values():
+        try:
+            client.images.get(image)
+        except docker.errors.ImageNotFound:
+            missing.append(image)
+    if missing:
         client.close()
-        pytest.fail(f"image {IMAGE} is missing: build it with scripts/docker_offline.sh")
+        pytest.fail(f"images {missing} are missing: build them with scripts/docker_offline.sh")
     yield client
     client.close()
 
