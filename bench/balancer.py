@@ -44,8 +44,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from harness.cluster import Cluster, wait_for
 from services.worker.models import DEFAULT_MODEL, add_torchscript_model, write_default_model
-from tests.cluster import Cluster, wait_for
 from tideserve.credentials import write_secret
 from tideserve.grpc_options import CHANNEL_OPTIONS
 from tideserve.metadata import MODEL_KEY, ROWS_KEY

@@ -46,7 +46,7 @@ from bench.gpu import (
     drive,
     worker_names,
 )
-from tests.cluster import Cluster
+from harness.cluster import Cluster
 from tideserve import codec, serving
 from tideserve.modelconfig import ModelSpec
 from tideserve.procs import free_port

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from tests.cluster import Cluster
-from tideserve.loadgen import LoadResult, Window, closed_loop, open_loop
+from harness.cluster import Cluster
+from tideserve_tools.loadgen import LoadResult, Window, closed_loop, open_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAPH_SIZES = "1,2,4,8,16,32,48,64"
@@ -218,7 +218,7 @@ def _client(args: tuple[str, str, str, tuple[float, float], float, int, int, boo
 
 def _client_started(barrier: Any) -> None:
     """Pool initializer: a client's imports are paid here, before the window is fixed."""
-    import tideserve.loadgen  # noqa: F401
+    import tideserve_tools.loadgen  # noqa: F401
 
     barrier.wait(timeout=600)
 

@@ -39,11 +39,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from harness.cluster import Cluster
 from services.worker.models import DEFAULT_MODEL, add_torchscript_model, write_default_model
-from tests.cluster import Cluster
 from tideserve import serving
-from tideserve.loadgen import closed_loop, sample_request
 from tideserve.v1 import inference_pb2_grpc
+from tideserve_tools.loadgen import closed_loop, sample_request
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -33,8 +33,8 @@ import numpy as np
 from bench.sim_to_real import emulated_profile
 from bench.stack import ROOT, LocalStack, open_loop
 from services.scaler.planner import P99_OVER_TAU, ServiceProfile, replicas_for_batching
-from services.scaler.sim.env import DEFAULT_PROFILE
 from services.worker.models import DEFAULT_MODEL, write_default_model
+from tideserve_learning.sim.env import DEFAULT_PROFILE
 
 RESULTS = ROOT / "bench" / "results" / "planner_check.json"
 WARM_UP_S = 5

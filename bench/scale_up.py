@@ -7,7 +7,7 @@ starts. Prints the median (and min/max) of N rounds per runtime; writes JSON to 
 
     python -m bench.scale_up [--rounds 10] [--runtimes process,docker]
 
-Docker needs a running engine and the tideserve:dev image (scripts/docker_offline.sh).
+Docker needs a running engine and the tideserve-worker:dev image (scripts/docker_offline.sh).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import grpc
 
-from tests.cluster import Cluster, free_port, wait_for, wait_healthy
-from tideserve.loadgen import sample_request
+from harness.cluster import Cluster, free_port, wait_for, wait_healthy
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2, inference_pb2_grpc
+from tideserve_tools.loadgen import sample_request
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -44,7 +44,7 @@ def measure(runtime: str, rounds: int, repository: Path, work: Path) -> list[flo
     scaler_port = free_port()
     extra = []
     if runtime == "docker":
-        extra = ["--worker-image", "tideserve:dev", "--worker-cpus", "1", "--scaler-id",
+        extra = ["--worker-image", "tideserve-worker:dev", "--worker-cpus", "1", "--scaler-id",
                  f"bench-{int(time.time())}"]
     cluster.spawn(
         "scaler", "services.scaler", "--port", str(scaler_port), "--balancers", cluster.balancer,

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from services.scaler.learning.evaluate import SLO_GOAL, run_episode
 from services.scaler.policies import ScalingContext, create_policy
-from services.scaler.sim import traces
-from services.scaler.sim.env import EnvConfig
+from tideserve_learning.evaluate import SLO_GOAL, run_episode
+from tideserve_learning.sim import traces
+from tideserve_learning.sim.env import EnvConfig
 
 LOADS = tuple(round(0.6 + 0.05 * i, 2) for i in range(13))
 SMOOTHING_S = (1, 3)

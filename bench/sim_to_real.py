@@ -69,15 +69,15 @@ from bench.stack import ROOT, LocalStack, OpenLoopResult, arrival_times, open_lo
 from services.batcher.core import ARRIVAL_WINDOW_S
 from services.batcher.settings import BatcherSettings
 from services.scaler.guards import GuardConfig, Guards
-from services.scaler.learning.evaluate import episode_run
 from services.scaler.observe import ClusterObserver
 from services.scaler.planner import ServiceProfile
 from services.scaler.policies import ScalingContext, ScalingPolicy, create_policy
-from services.scaler.sim import traces
-from services.scaler.sim.env import DEFAULT_PROFILE, EnvConfig, EpisodeLog, ServingClusterEnv
 from services.worker.models import DEFAULT_MODEL, write_default_model
-from tideserve.report import Run, Sample, batch_size_delta
+from tideserve.runs import Run, Sample, batch_size_delta
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
+from tideserve_learning.evaluate import episode_run
+from tideserve_learning.sim import traces
+from tideserve_learning.sim.env import DEFAULT_PROFILE, EnvConfig, EpisodeLog, ServingClusterEnv
 
 RESULTS = ROOT / "bench" / "results" / "sim_to_real.json"
 # The live batcher's batches in flight per worker (per model instance; the default model has

@@ -2,7 +2,7 @@
 process runtime (which starts the workers), each a `python -m services.<name>` process on free
 loopback ports, plus an open-loop load generator that follows a rate schedule.
 
-Unlike `tideserve.launcher.Suite`, the scaler here takes any settings (policy, profile, SLO,
+Unlike `tideserve_tools.launcher.Suite`, the scaler here takes any settings (policy, profile, SLO,
 cooldowns), which these experiments vary."""
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tideserve import serving
 from tideserve.credentials import create_credentials, read_secret, token_path
-from tideserve.loadgen import sample_request
 from tideserve.procs import child_env, free_port
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2_grpc
+from tideserve_tools.loadgen import sample_request
 
 ROOT = Path(__file__).resolve().parent.parent
 

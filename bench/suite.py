@@ -1,4 +1,4 @@
-"""`tideserve bench`: the batching benchmark of issue 3, in one command, on this machine.
+"""`python -m bench.suite`: the batching benchmark of issue 3, in one command, on this machine.
 
 In one run, with the same models, thread counts and perf_analyzer command for every system:
   - the in-process limit: the TorchScript model called in a loop at the batch sizes in play;
@@ -11,7 +11,7 @@ In one run, with the same models, thread counts and perf_analyzer command for ev
 Writes results.json (machine, versions, settings, every figure), table.md and PNG plots into
 bench/results/<timestamp>/.
 
-    tideserve bench [--quick] [--rounds 3] [--skip-pytriton] [--out DIR]
+    python -m bench.suite [--quick] [--rounds 3] [--skip-pytriton] [--out DIR]
 
 The in-process limit, PyTriton and tideserve (one batcher process) are measured `--rounds`
 times per model in rotated order, and each figure is the run with the median throughput (kept
@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import baseline, inprocess, perf
-from tideserve.launcher import SuiteConfig
 from tideserve.procs import free_port
+from tideserve_tools.launcher import SuiteConfig
 
 HERE = Path(__file__).resolve().parent
 MODELS = baseline.MODELS
@@ -143,7 +143,7 @@ def tideserve(
         [
             sys.executable,
             "-m",
-            "tideserve.cli",
+            "tideserve_tools.cli",
             "up",
             "--model-repository",
             str(config.model_repository),
@@ -567,7 +567,9 @@ def plots(results: dict[str, Any], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tideserve bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.suite", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--quick", action="store_true", help="shorter windows (a smoke run)")
     parser.add_argument(
         "--rounds",

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the tideserve:dev image without a container registry (the documented offline path).
+# Build the tideserve images (one per role: tideserve-batcher, -balancer, -worker, -scaler, tag
+# dev) without a container registry (the documented offline path).
 #
 # Why: these machines reach Debian's apt mirror and PyPI but no container registry, and pip inside
 # a build container does not trust the host's proxy CA. So the base image is made locally with
@@ -13,14 +14,15 @@
 #   3. make the base image from a debootstrap rootfs unless it exists;
 #   4. pip-download the project's dependencies (torch==2.13.0 CPU from the local wheel dir that
 #      pip is configured with) into a cached wheelhouse, unless the requirement list is unchanged;
-#   5. serve the wheelhouse on a fixed loopback port (any free one if busy) and build
-#      tideserve:dev with --network host; the layer cache makes an unchanged rebuild ~1 s.
+#   5. serve the wheelhouse on a fixed loopback port (any free one if busy) and build each role's
+#      target of docker/Dockerfile with --network host; the layer cache makes an unchanged
+#      rebuild ~1 s.
 #
 # Usage (as root):  scripts/docker_offline.sh
 # Environment overrides:
 #   TIDESERVE_CACHE_DIR   wheelhouse and rootfs scratch  (default /var/cache/tideserve-docker)
 #   BASE_IMAGE            local base image tag           (default localbase/python:3.11-bookworm)
-#   IMAGE                 image to build                 (default tideserve:dev)
+#   IMAGE_TAG             tag of every image             (default dev: tideserve-<role>:dev)
 #   DEBIAN_MIRROR         debootstrap mirror             (default http://deb.debian.org/debian)
 #   PYTHON                Python with pip for downloading (default: the repo's .venv, else python3)
 #   TIDESERVE_WHEELHOUSE_PORT  loopback port of the wheelhouse server (default 18765; a fixed
@@ -30,11 +32,14 @@ set -Eeuo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE_DIR="${TIDESERVE_CACHE_DIR:-/var/cache/tideserve-docker}"
 BASE_IMAGE="${BASE_IMAGE:-localbase/python:3.11-bookworm}"
-IMAGE="${IMAGE:-tideserve:dev}"
+IMAGE_TAG="${IMAGE_TAG:-dev}"
+# The Dockerfile's targets, one image each.
+ROLES=(batcher balancer worker scaler)
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 TORCH_VERSION=2.13.0
-# The Dockerfile's EXTRAS default: the wheelhouse must hold their dependencies too.
-IMAGE_EXTRAS="$(sed -n 's/^ARG EXTRAS=//p' "$ROOT/docker/Dockerfile")"
+# The extras the Dockerfile's targets install by default (its ARG *_EXTRAS lines): the wheelhouse
+# must hold their dependencies too.
+IMAGE_EXTRAS="$(sed -n 's/^ARG [A-Z]*_EXTRAS=//p' "$ROOT/docker/Dockerfile" | paste -sd, -)"
 DOCKERD_LOG=/tmp/tideserve-dockerd.log
 HTTP_LOG=/tmp/tideserve-wheelhouse-http.log
 WHEELHOUSE_PORT="${TIDESERVE_WHEELHOUSE_PORT:-18765}"
@@ -122,8 +127,8 @@ make_base_image() {
     rm -rf "$rootfs"
 }
 
-# The requirement list: the project's dependencies, the extras the image installs (the
-# Dockerfile's EXTRAS default) and the build backend from pyproject.toml, with torch pinned to the
+# The requirement list: the project's dependencies, the extras the images install (the
+# Dockerfile's *_EXTRAS defaults) and the build backend from pyproject.toml, with torch pinned to the
 # CPU build the Dockerfile installs.
 write_requirements() {
     "$PYTHON" - "$ROOT/pyproject.toml" "$TORCH_VERSION" "$IMAGE_EXTRAS" >"$1" <<'PY'
@@ -208,13 +213,14 @@ serve_wheelhouse() {
 }
 
 build_image() {
+    local role=$1
     [[ -f "$ROOT/README.md" ]] || die "README.md is missing; pyproject.toml names it as the readme"
     # The legacy builder works with both the Debian 20.10 client and newer clients without buildx.
     DOCKER_BUILDKIT=0 timeout 1800 docker build --network host \
-        --file "$ROOT/docker/Dockerfile" --tag "$IMAGE" \
+        --file "$ROOT/docker/Dockerfile" --target "$role" --tag "tideserve-$role:$IMAGE_TAG" \
         --build-arg "BASE_IMAGE=$BASE_IMAGE" \
         --build-arg "PIP_EXTRA_ARGS=--no-index --find-links http://127.0.0.1:$PORT/" \
-        "$ROOT" || die "docker build failed"
+        "$ROOT" || die "docker build of $role failed"
 }
 
 stop_wheelhouse() {
@@ -238,7 +244,12 @@ else
 fi
 step "wheelhouse" build_wheelhouse
 step "serve wheelhouse" serve_wheelhouse
-step "build $IMAGE" build_image
+for role in "${ROLES[@]}"; do
+    step "build tideserve-$role:$IMAGE_TAG" build_image "$role"
+done
 step "stop wheelhouse server" stop_wheelhouse
-log "image $IMAGE: $(docker image inspect --format '{{.Size}}' "$IMAGE" | awk '{ printf "%.0f MB", $1 / 1e6 }')"
+for role in "${ROLES[@]}"; do
+    log "image tideserve-$role:$IMAGE_TAG: $(docker image inspect --format '{{.Size}}' \
+        "tideserve-$role:$IMAGE_TAG" | awk '{ printf "%.0f MB", $1 / 1e6 }')"
+done
 log "total $(elapsed "$SCRIPT_START") s"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create or update .venv/ at the repository root with tideserve and everything it needs.
+# Create or update .venv/ at the repository root with tideserve, every extra and the dev tools.
 # Idempotent: when .venv was set up from this very pyproject.toml, torch spec, Python and script
 # (a hash of them kept in .venv/.setup-stamp), a second run installs nothing and only checks that
 # the environment imports. torch is installed first, pinned, so that nothing pulls a multi-GB
@@ -27,6 +27,7 @@ fi
 rm -f "$stamp"
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "$torch_spec"
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+# Every role's extra: a developer runs and tests all of them.
+.venv/bin/python -m pip install --quiet -e ".[worker,scaler,kubernetes,learning,report,dev]"
 echo "$wanted" > "$stamp"
 echo "setup: .venv ready ($(.venv/bin/python -c "$report"))"

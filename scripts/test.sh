@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command (CI runs exactly this through .ci/run): set up .venv, check generated code and
-# lint, prepare the real external parts the tests drive (a Docker engine with the tideserve image,
+# lint, prepare the real external parts the tests drive (a Docker engine with the tideserve images,
 # Triton's perf_analyzer), then run every test. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/python scripts/gen_protos.py --check
 .venv/bin/ruff check .
+# The layers and the absence of import cycles ([tool.importlinter] in pyproject.toml).
+.venv/bin/lint-imports --no-logo
 
-# Docker: install and start an engine and build the image offline (see scripts/docker_offline.sh).
+# Docker: install and start an engine and build the images offline (see scripts/docker_offline.sh).
 # Only where no engine can be had at all do the Docker tests skip, saying why.
 if [ "${TIDESERVE_SKIP_DOCKER:-0}" != 1 ]; then
     scripts/docker_offline.sh || echo "test: no Docker engine could be prepared; Docker tests will skip"

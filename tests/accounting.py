@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from tideserve.errors import InvalidArgument
-from tideserve.loadgen import LoadResult
+from tideserve_tools.loadgen import LoadResult
 
 T = TypeVar("T")
 
@@ -55,8 +55,8 @@ def record(
 
 
 def record_load(fault: str, result: LoadResult, cases: int = 1) -> dict[str, Any]:
-    """`record` for a `tideserve.loadgen` run: a request is answered when it returned or failed
-    with a status."""
+    """`record` for a `tideserve_tools.loadgen` run: a request is answered when it returned or
+    failed with a status."""
     answered = result.ok + sum(result.errors.values())
     return record(fault, cases=cases, sent=result.sent, answered=answered, errors=result.errors)
 

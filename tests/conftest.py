@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import ROOT
+from harness.cluster import ROOT
 
 SHARED_WORKLOADS = ROOT.parent / "shared" / "workloads" / "make_models.py"
 

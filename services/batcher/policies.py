@@ -88,7 +88,7 @@ def throughput_cap(curve: Mapping[int, float], max_batch_size: int) -> int:
     smaller size serving rows CAP_MARGIN times as fast as every larger measured size. Some
     models' per-row cost grows past a size (caches, padding); there, a backlog taken in max-size
     batches is served slower than smaller batches would serve it (the default model measured on
-    one CPU thread, services/scaler/sim/profiles/default.json: 91 rows/s in batches of 24, 70
+    one CPU thread, tideserve_learning/sim/profiles/default.json: 91 rows/s in batches of 24, 70
     in batches of 64).
     Triton users get this by listing preferred batch sizes; here the measurement picks it."""
     rates = {b: b / t for b, t in curve.items() if t > 0 and 0 < b <= max_batch_size}

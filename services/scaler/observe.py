@@ -1,6 +1,6 @@
 """From the balancer's cluster snapshots to the `ScalingContext` a policy decides on.
 
-The live quantities are defined as the simulator defines them (`services.scaler.sim.env`), so a
+The live quantities are defined as the simulator defines them (`tideserve_learning.sim.env`), so a
 policy tuned or trained there sees the same numbers here:
 
 * utilisation = throughput / (ready workers x one worker's peak throughput), where throughput is

@@ -68,7 +68,7 @@ class ScalerSettings(TlsFields):
     # can read; for containers, a path inside the image or a mounted volume). "" = off.
     worker_service_profile: str = ""
     # docker runtime only.
-    worker_image: str = "tideserve:dev"
+    worker_image: str = "tideserve-worker:dev"
     worker_cpus: float = 1.0
     worker_memory: str = "2g"
     # swarm: placement constraints ("node.labels.gpu==true"); kubernetes: see the pod template.

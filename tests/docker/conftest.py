@@ -13,12 +13,19 @@ import docker.errors
 import pytest
 from docker.client import DockerClient
 
+from harness.cluster import Cluster
 from services.scaler.docker_runtime import OWNER_LABEL
-from tests.cluster import Cluster
 from tideserve.credentials import read_secret, write_secret
 
-IMAGE = os.environ.get("TIDESERVE_IMAGE", "tideserve:dev")
-# The image's unprivileged user (docker/Dockerfile).
+# One image per role (docker/Dockerfile's targets); TIDESERVE_<ROLE>_IMAGE names another tag.
+ROLES = ("batcher", "balancer", "worker", "scaler")
+IMAGES = {
+    role: os.environ.get(f"TIDESERVE_{role.upper()}_IMAGE", f"tideserve-{role}:dev")
+    for role in ROLES
+}
+WORKER_IMAGE = IMAGES["worker"]
+SCALER_IMAGE = IMAGES["scaler"]
+# The images' unprivileged user (docker/Dockerfile).
 IMAGE_UID = 10001
 # Every Docker API call of these tests is bounded by this (seconds).
 API_TIMEOUT_S = 60
@@ -27,12 +34,12 @@ API_TIMEOUT_S = 60
 def container_scaler_args(
     cluster: Cluster, runtime: str, owner: str, models: str, *, cpus: str, memory: str
 ) -> list[str]:
-    """The flags every container-runtime test gives its scaler: workers of IMAGE with `cpus` and
-    `memory` (docker's format), 1 to 3 replicas under the static policy, a 0.5 s tick, and the
-    run's tokens: the scaler's own, and the workers' as the image's user can read it."""
+    """The flags every container-runtime test gives its scaler: workers of WORKER_IMAGE with `cpus`
+    and `memory` (docker's format), 1 to 3 replicas under the static policy, a 0.5 s tick, and
+    the run's tokens: the scaler's own, and the workers' as the image's user can read it."""
     return [
         "--balancers", cluster.balancer, "--runtime", runtime, "--scaler-id", owner,
-        "--worker-image", IMAGE, "--model-repository", models,
+        "--worker-image", WORKER_IMAGE, "--model-repository", models,
         "--worker-cpus", cpus, "--worker-memory", memory,
         "--min-replicas", "1", "--max-replicas", "3", "--policy", "static", "--tick-s", "0.5",
         "--balancer-token-file", cluster.token_file("scaler"),
@@ -58,11 +65,15 @@ def client() -> Iterator[DockerClient]:
         pytest.skip(
             f"no Docker engine answers ({error}); start one, e.g. scripts/docker_offline.sh"
         )
-    try:
-        client.images.get(IMAGE)
-    except docker.errors.ImageNotFound:
+    missing = []
+    for image in IMAGES.values():
+        try:
+            client.images.get(image)
+        except docker.errors.ImageNotFound:
+            missing.append(image)
+    if missing:
         client.close()
-        pytest.fail(f"image {IMAGE} is missing: build it with scripts/docker_offline.sh")
+        pytest.fail(f"images {missing} are missing: build them with scripts/docker_offline.sh")
     yield client
     client.close()
 

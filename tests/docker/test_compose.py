@@ -18,10 +18,10 @@ import grpc
 import pytest
 from docker.client import DockerClient
 
+from harness.cluster import ROOT, free_port, wait_for, wait_healthy
 from services.scaler.docker_runtime import OWNER_LABEL
-from tests.cluster import ROOT, free_port, wait_for, wait_healthy
-from tideserve.loadgen import closed_loop
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2, inference_pb2_grpc
+from tideserve_tools.loadgen import closed_loop
 
 pytestmark = pytest.mark.docker
 

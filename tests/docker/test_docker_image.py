@@ -1,8 +1,8 @@
-"""The built image and DockerRuntime against a real Docker engine.
+"""The built images (one per role) and DockerRuntime against a real Docker engine.
 
-Needs the image (`scripts/docker_offline.sh` builds it; TIDESERVE_IMAGE names another tag) and a
-running engine; skipped only when no engine answers. Containers use host networking and are
-labelled with a per-test owner id, which the teardown uses to remove whatever a failing test
+Needs the images (`scripts/docker_offline.sh` builds them; TIDESERVE_<ROLE>_IMAGE names another
+tag) and a running engine; skipped only when no engine answers. Containers use host networking and
+are labelled with a per-test owner id, which the teardown uses to remove whatever a failing test
 left behind.
 """
 
@@ -10,42 +10,74 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker.errors
 import pytest
 from docker.client import DockerClient
 
-from services.scaler.docker_runtime import DockerRuntime
-from tests.docker.conftest import API_TIMEOUT_S, IMAGE
+from harness.cluster import wait_for
+from services.scaler.docker_runtime import OWNER_LABEL, DockerRuntime
+from tests.docker.conftest import IMAGES, SCALER_IMAGE, WORKER_IMAGE
+from tideserve.credentials import create_credentials
+from tideserve.healthprobe import probe
 from tideserve.procs import free_port
 
 pytestmark = pytest.mark.docker
 
+# The image's user (docker/Dockerfile), which must own the credentials it reads.
+IMAGE_USER = 10001
+# Libraries a role's image must not carry: the batcher and balancer are the plain install, the
+# scaler runs its learned policy in numpy.
+ABSENT = {
+    "batcher": ("torch", "docker", "stable_baselines3", "gymnasium", "matplotlib"),
+    "balancer": ("torch", "docker", "stable_baselines3", "gymnasium", "matplotlib"),
+    "scaler": ("torch", "stable_baselines3", "gymnasium", "matplotlib"),
+    "worker": ("docker", "stable_baselines3", "gymnasium", "matplotlib"),
+}
 
-def test_image_runs_a_service_entry_point(client: DockerClient) -> None:
-    container = client.containers.run(
-        IMAGE, ["python", "-m", "services.balancer", "--help"], detach=True, network_mode="host"
+
+@pytest.mark.parametrize("role", sorted(IMAGES))
+def test_image_runs_its_service_entry_point(client: DockerClient, role: str) -> None:
+    output = client.containers.run(
+        IMAGES[role],
+        ["python", "-m", f"services.{role}", "--help"],
+        remove=True,
+        network_mode="none",
     )
-    try:
-        result = container.wait(timeout=API_TIMEOUT_S)
-        output = container.logs().decode()
-    finally:
-        container.remove(force=True)
-    assert result["StatusCode"] == 0, output
-    assert "--routing-policy" in output
+    assert "--host" in output.decode()
 
 
-def test_image_runs_as_an_unprivileged_user(client: DockerClient) -> None:
-    output = client.containers.run(IMAGE, ["id", "-u"], remove=True, network_mode="host")
-    assert output.decode().strip() != "0"
+@pytest.mark.parametrize("role", sorted(IMAGES))
+def test_image_carries_only_its_roles_libraries(client: DockerClient, role: str) -> None:
+    probe_code = (
+        "import importlib.util, json, sys; "
+        "print(json.dumps([m for m in sys.argv[1:] if importlib.util.find_spec(m)]))"
+    )
+    output = client.containers.run(
+        IMAGES[role],
+        ["python", "-c", probe_code, *ABSENT[role], "grpc", "numpy"],
+        remove=True,
+        network_mode="none",
+    )
+    assert json.loads(output) == ["grpc", "numpy"]
 
 
-def test_image_has_no_setuid_or_setgid_file(client: DockerClient) -> None:
+@pytest.mark.parametrize("role", sorted(IMAGES))
+def test_image_runs_as_an_unprivileged_user(client: DockerClient, role: str) -> None:
+    output = client.containers.run(IMAGES[role], ["id", "-u"], remove=True, network_mode="none")
+    assert output.decode().strip() == str(IMAGE_USER)
+
+
+@pytest.mark.parametrize("role", sorted(IMAGES))
+def test_image_has_no_setuid_or_setgid_file(client: DockerClient, role: str) -> None:
     """No way to gain privileges inside, even where the engine cannot set no-new-privileges."""
     output = client.containers.run(
-        IMAGE,
+        IMAGES[role],
         ["find", "/", "-xdev", "-type", "f", "-perm", "/6000"],
         user="0",
         remove=True,
@@ -54,17 +86,129 @@ def test_image_has_no_setuid_or_setgid_file(client: DockerClient) -> None:
     assert output.decode().split() == []
 
 
-def test_image_loads_the_learned_policy_it_ships(client: DockerClient) -> None:
-    """The installed package carries the default policy: no fallback to the HPA rule."""
-    probe = (
-        "import json; from services.scaler.policies import create_policy; "
-        "policy = create_policy('learned'); "
-        "print(json.dumps([str(policy.policy_file), policy.fallback_reason]))"
+def test_scaler_image_runs_the_learned_policy_it_ships(client: DockerClient) -> None:
+    """The installed package carries the default policy, and the policy decides in numpy, with
+    no fallback to the HPA rule, in an image without torch."""
+    probe_code = (
+        "import json\n"
+        "from services.scaler.context import ScalingContext\n"
+        "from services.scaler.policies import create_policy\n"
+        "policy = create_policy('learned')\n"
+        "ctx = ScalingContext(now=0.0, current_replicas=2, ready_replicas=2, arrival_rate=60.0,\n"
+        "    queued_requests=0, ongoing_requests=5.0, latency_p99_s=0.25, slo_s=0.5,\n"
+        "    utilisation=0.5, service_rate_per_replica=48.0)\n"
+        "replicas = policy.decide(ctx)\n"
+        "print(json.dumps([str(policy.policy_file), policy.fallback_reason, replicas]))\n"
     )
-    output = client.containers.run(IMAGE, ["python", "-c", probe], remove=True, network_mode="none")
-    policy_file, reason = json.loads(output)
+    output = client.containers.run(
+        SCALER_IMAGE, ["python", "-c", probe_code], remove=True, network_mode="none"
+    )
+    policy_file, reason, replicas = json.loads(output)
     assert policy_file.startswith("/opt/venv/lib/")
     assert reason == ""
+    assert replicas >= 1
+
+
+@pytest.fixture
+def credentials(tmp_path: Path) -> Path:
+    """Tokens for every role, owned by the images' user as the credentials step of compose.yaml
+    hands them over."""
+    directory = tmp_path / "credentials"
+    create_credentials(directory)
+    for path in (directory, *directory.iterdir()):
+        os.chown(path, IMAGE_USER, IMAGE_USER)
+    return directory
+
+
+@pytest.fixture
+def containers(client: DockerClient) -> Iterator[list[Any]]:
+    started: list[Any] = []
+    yield started
+    for container in started:
+        container.remove(force=True)
+
+
+def run_service(
+    client: DockerClient,
+    containers: list[Any],
+    role: str,
+    environment: dict[str, str],
+    credentials: Path,
+) -> Any:
+    container = client.containers.run(
+        IMAGES[role],
+        detach=True,
+        network_mode="host",
+        environment=environment,
+        volumes={str(credentials): {"bind": str(credentials), "mode": "ro"}},
+        labels={OWNER_LABEL: "image-test"},
+    )
+    containers.append(container)
+    return container
+
+
+def wait_serving(container: Any, address: str, live: bool = False) -> None:
+    def answered() -> bool:
+        container.reload()
+        if container.status not in ("created", "running"):
+            pytest.fail(f"{container.name} exited:\n{container.logs().decode()}")
+        return probe(address, live=live)[0]
+
+    wait_for(answered, timeout_s=60, what=f"{address} health")
+
+
+def test_balancer_batcher_and_scaler_images_start_their_services(
+    client: DockerClient, containers: list[Any], credentials: Path
+) -> None:
+    balancer_port, batcher_port, scaler_port = free_port(), free_port(), free_port()
+    balancer = run_service(
+        client,
+        containers,
+        "balancer",
+        {
+            "TIDESERVE_BALANCER_HOST": "127.0.0.1",
+            "TIDESERVE_BALANCER_PORT": str(balancer_port),
+            "TIDESERVE_BALANCER_METRICS_PORT": str(free_port()),
+            "TIDESERVE_BALANCER_CREDENTIALS_DIR": str(credentials),
+        },
+        credentials,
+    )
+    wait_serving(balancer, f"127.0.0.1:{balancer_port}")
+    batcher = run_service(
+        client,
+        containers,
+        "batcher",
+        {
+            "TIDESERVE_BATCHER_HOST": "127.0.0.1",
+            "TIDESERVE_BATCHER_PORT": str(batcher_port),
+            "TIDESERVE_BATCHER_METRICS_PORT": str(free_port()),
+            "TIDESERVE_BATCHER_BALANCERS": f"127.0.0.1:{balancer_port}",
+            "TIDESERVE_BATCHER_BALANCER_TOKEN_FILE": str(credentials / "batcher.token"),
+        },
+        credentials,
+    )
+    # No worker serves a model here, so the batcher is alive but not ready.
+    wait_serving(batcher, f"127.0.0.1:{batcher_port}", live=True)
+    # No runtime reachable from here is needed: it never has to start a worker (0 replicas).
+    scaler = run_service(
+        client,
+        containers,
+        "scaler",
+        {
+            "TIDESERVE_SCALER_HOST": "127.0.0.1",
+            "TIDESERVE_SCALER_PORT": str(scaler_port),
+            "TIDESERVE_SCALER_METRICS_PORT": str(free_port()),
+            "TIDESERVE_SCALER_BALANCERS": f"127.0.0.1:{balancer_port}",
+            "TIDESERVE_SCALER_MIN_REPLICAS": "0",
+            "TIDESERVE_SCALER_MAX_REPLICAS": "1",
+            "TIDESERVE_SCALER_POLICY": "static",
+            "TIDESERVE_SCALER_BALANCER_TOKEN_FILE": str(credentials / "scaler.token"),
+            "TIDESERVE_SCALER_WORKER_TOKEN_FILE": str(credentials / "worker.token"),
+            "TIDESERVE_SCALER_ADMIN_TOKEN_FILE": str(credentials / "operator.token"),
+        },
+        credentials,
+    )
+    wait_serving(scaler, f"127.0.0.1:{scaler_port}", live=True)
 
 
 async def test_runtime_starts_a_worker_container_and_stop_removes_it(
@@ -72,7 +216,7 @@ async def test_runtime_starts_a_worker_container_and_stop_removes_it(
 ) -> None:
     runtime = DockerRuntime(
         client,
-        image=IMAGE,
+        image=WORKER_IMAGE,
         owner_id=owner_id,
         # Nothing listens there: the heartbeats reach no real balancer.
         balancers=[f"127.0.0.1:{free_port()}"],

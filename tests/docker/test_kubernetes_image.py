@@ -27,9 +27,9 @@ import yaml
 from docker.client import DockerClient
 from docker.models.containers import Container
 
+from harness.cluster import free_port, wait_for
 from services.scaler.kubernetes_runtime import OWNER_LABEL
-from tests.cluster import free_port, wait_for
-from tests.docker.conftest import IMAGE
+from tests.docker.conftest import SCALER_IMAGE, WORKER_IMAGE
 from tideserve.healthprobe import probe
 
 pytestmark = pytest.mark.docker
@@ -184,14 +184,14 @@ def test_scaler_runs_the_kubernetes_runtime_from_the_image(
                 "apiVersion": "v1",
                 "kind": "Pod",
                 "metadata": {"labels": {"app.kubernetes.io/name": "tideserve-worker"}},
-                "spec": {"containers": [{"name": "worker", "image": IMAGE}]},
+                "spec": {"containers": [{"name": "worker", "image": WORKER_IMAGE}]},
             }
         ),
     )
     port = free_port()
     owner = f"k8s-{port}"
     container = client.containers.run(
-        IMAGE,
+        SCALER_IMAGE,
         [
             "python",
             "-m",
@@ -240,7 +240,7 @@ def test_scaler_runs_the_kubernetes_runtime_from_the_image(
         for (namespace, _), pod in kubernetes_api.pods.items():
             assert namespace == NAMESPACE
             assert pod["metadata"]["labels"][OWNER_LABEL] == owner
-            assert pod["spec"]["containers"][0]["image"] == IMAGE
+            assert pod["spec"]["containers"][0]["image"] == WORKER_IMAGE
         assert ("GET", f"/api/v1/namespaces/{NAMESPACE}/pods") in kubernetes_api.requests
         # SIGTERM: the scaler drains and deletes the pods it made, then exits.
         container.stop(timeout=60)

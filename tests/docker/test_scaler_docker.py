@@ -15,12 +15,12 @@ import grpc
 import pytest
 from docker.client import DockerClient
 
+from harness.cluster import Cluster, free_port, wait_for, wait_healthy
 from services.scaler.docker_runtime import OWNER_LABEL
 from tests.accounting import record_load
-from tests.cluster import Cluster, free_port, wait_for, wait_healthy
-from tests.docker.conftest import IMAGE, container_scaler_args
-from tideserve.loadgen import LoadResult, closed_loop
+from tests.docker.conftest import WORKER_IMAGE, container_scaler_args
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
+from tideserve_tools.loadgen import LoadResult, closed_loop
 
 pytestmark = pytest.mark.docker
 
@@ -61,7 +61,7 @@ def test_scaler_runs_worker_containers_end_to_end(
 ) -> None:
     cluster = control_plane
     foreign = client.containers.run(
-        IMAGE,
+        WORKER_IMAGE,
         ["sleep", "300"],
         detach=True,
         network_mode="host",

@@ -18,11 +18,11 @@ import grpc
 import pytest
 from docker.client import DockerClient
 
+from harness.cluster import Cluster, free_port, wait_for, wait_healthy
 from services.scaler.docker_runtime import OWNER_LABEL, WORKER_ID_LABEL
-from tests.cluster import Cluster, free_port, wait_for, wait_healthy
 from tests.docker.conftest import container_scaler_args
-from tideserve.loadgen import closed_loop
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
+from tideserve_tools.loadgen import closed_loop
 
 pytestmark = pytest.mark.docker
 

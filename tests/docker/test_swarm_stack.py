@@ -18,12 +18,12 @@ import pytest
 from docker.client import DockerClient
 from docker.models.containers import Container
 
+from harness.cluster import ROOT, free_port, wait_for, wait_healthy
 from services.scaler.docker_runtime import OWNER_LABEL
-from tests.cluster import ROOT, free_port, wait_for, wait_healthy
-from tests.docker.conftest import IMAGE
+from tests.docker.conftest import IMAGES
 from tideserve.credentials import create_credentials
-from tideserve.loadgen import closed_loop, sample_request
 from tideserve.v1 import inference_pb2_grpc
+from tideserve_tools.loadgen import closed_loop, sample_request
 
 pytestmark = pytest.mark.docker
 
@@ -111,7 +111,7 @@ def test_stack_deploys_and_serves(
     env = {
         **os.environ,
         **ports,
-        "IMAGE": IMAGE,
+        **{f"{role.upper()}_IMAGE": image for role, image in IMAGES.items()},
         "SCALER_ID": owner,
         "MODEL_REPOSITORY": readable_models,
         "WORKER_CPUS": "0.5",

@@ -17,8 +17,8 @@ import pytest
 
 from bench.stack import LocalStack, open_loop
 from services.scaler.planner import ServiceProfile
-from services.scaler.sim.env import DEFAULT_PROFILE
 from services.worker.models import DEFAULT_MODEL
+from tideserve_learning.sim.env import DEFAULT_PROFILE
 
 pytestmark = pytest.mark.integration
 

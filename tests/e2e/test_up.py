@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import ROOT, free_port
+from harness.cluster import ROOT, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ def up_command(tmp_path: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "tideserve.cli",
+        "tideserve_tools.cli",
         "up",
         "--model-repository",
         str(tmp_path / "repo"),

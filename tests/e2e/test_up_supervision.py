@@ -26,13 +26,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from harness.cluster import ROOT
 from tests.accounting import record
-from tests.cluster import ROOT
 from tests.e2e.test_up import alive, descendants, up_command
 from tideserve.credentials import read_secret
-from tideserve.loadgen import sample_request
 from tideserve.serving import bearer
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2_grpc
+from tideserve_tools.loadgen import sample_request
 
 pytestmark = pytest.mark.integration
 

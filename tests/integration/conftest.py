@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster
+from harness.cluster import Cluster
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,9 @@ import grpc
 import numpy as np
 import pytest
 
+from harness.cluster import Cluster, sync_channel
 from services.worker.models import DEFAULT_MODEL
 from tests.accounting import record
-from tests.cluster import Cluster, sync_channel
 from tideserve import grpc_options
 from tideserve.shared_memory import BYTE_SIZE_PARAMETER, PREFIX, REGION_PARAMETER
 from tideserve.v1 import inference_pb2 as pb

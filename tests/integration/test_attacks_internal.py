@@ -19,8 +19,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.cluster import Cluster, sync_channel, wait_for
 from tests.accounting import record
-from tests.cluster import Cluster, sync_channel, wait_for
 from tests.integration.test_request_path import reference
 from tideserve import serving, shared_memory
 from tideserve.credentials import ROLES

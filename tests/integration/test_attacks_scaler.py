@@ -20,9 +20,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from harness.cluster import ROOT, Cluster, free_port, sync_channel, wait_for
 from tests.accounting import record
 from tests.certs import Certificates, make_certificates
-from tests.cluster import ROOT, Cluster, free_port, sync_channel, wait_for
 from tideserve.credentials import write_secret
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 

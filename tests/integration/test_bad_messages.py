@@ -7,8 +7,8 @@ import grpc
 import numpy as np
 import pytest
 
+from harness.cluster import Cluster
 from tests.accounting import record
-from tests.cluster import Cluster
 from tideserve.grpc_options import MAX_MESSAGE_BYTES
 from tideserve.v1 import inference_pb2 as pb
 from tideserve.v1 import inference_pb2_grpc

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.cluster import Cluster
 from tests.accounting import record_load
-from tests.cluster import Cluster
-from tideserve.loadgen import closed_loop
 from tideserve.v1 import cluster_pb2
+from tideserve_tools.loadgen import closed_loop
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.cluster import Cluster, wait_for
-from tideserve.loadgen import closed_loop
+from harness.cluster import Cluster, wait_for
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
+from tideserve_tools.loadgen import closed_loop
 
 pytestmark = pytest.mark.integration
 

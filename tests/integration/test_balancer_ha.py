@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster, free_port
-from tideserve.loadgen import closed_loop
+from harness.cluster import Cluster, free_port
+from tideserve_tools.loadgen import closed_loop
 
 pytestmark = pytest.mark.integration
 

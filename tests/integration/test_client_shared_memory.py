@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import ROOT, Cluster
+from harness.cluster import ROOT, Cluster
 
 pytestmark = pytest.mark.integration
 
@@ -48,9 +48,9 @@ def test_load_generator_sends_inputs_through_a_registered_region(cluster: Cluste
 
     import grpc
 
-    from tideserve.loadgen import closed_loop
     from tideserve.v1 import inference_pb2 as pb
     from tideserve.v1 import inference_pb2_grpc
+    from tideserve_tools.loadgen import closed_loop
 
     before = set(Path("/dev/shm").glob("loadgen-*"))
     result = asyncio.run(

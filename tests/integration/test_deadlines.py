@@ -9,8 +9,8 @@ import grpc
 import numpy as np
 import pytest
 
+from harness.cluster import Cluster
 from tests.accounting import record
-from tests.cluster import Cluster
 from tideserve.v1 import inference_pb2 as pb
 from tideserve.v1 import inference_pb2_grpc
 

@@ -22,12 +22,12 @@ import pytest
 import torch
 from torch import nn
 
+from harness.cluster import Cluster, free_port, wait_for, wait_healthy
 from services.worker.models import DEFAULT_MODEL, add_torchscript_model, write_default_model
 from tests.accounting import record
-from tests.cluster import Cluster, free_port, wait_for, wait_healthy
 from tideserve import serving
-from tideserve.loadgen import sample_request
 from tideserve.v1 import cluster_pb2, inference_pb2_grpc
+from tideserve_tools.loadgen import sample_request
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.cluster import ROOT, Cluster, free_port, sync_channel, wait_for
 from services.worker.models import DEFAULT_MODEL, write_default_model
-from tests.cluster import ROOT, Cluster, free_port, sync_channel, wait_for
 from tideserve.v1 import inference_pb2 as pb
 from tideserve.v1 import inference_pb2_grpc
 

@@ -14,8 +14,8 @@ import grpc
 import numpy as np
 import pytest
 
+from harness.cluster import Cluster, sync_channel, wait_for
 from services.worker.models import DEFAULT_MODEL, write_default_model
-from tests.cluster import Cluster, sync_channel, wait_for
 from tideserve.v1 import inference_pb2 as pb
 from tideserve.v1 import inference_pb2_grpc
 

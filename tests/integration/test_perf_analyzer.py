@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from bench import perf
+from harness.cluster import Cluster
 from services.worker.models import DEFAULT_MODEL
-from tests.cluster import Cluster
 
 pytestmark = pytest.mark.integration
 

@@ -15,9 +15,9 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from harness.cluster import Cluster, free_port, wait_for, wait_healthy
 from services.worker.models import DEFAULT_MODEL
-from tests.cluster import Cluster, free_port, wait_for, wait_healthy
-from tideserve.loadgen import closed_loop
+from tideserve_tools.loadgen import closed_loop
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from harness.cluster import Cluster, free_port, sync_channel, wait_for
 from services.batcher.server import SERVICE_NAME
-from tests.cluster import Cluster, free_port, sync_channel, wait_for
 from tideserve import healthprobe
 from tideserve.metadata import REASON_KEY
 from tideserve.v1 import inference_pb2 as pb

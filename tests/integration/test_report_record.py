@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.cluster import ROOT, Cluster
 from services.worker.models import DEFAULT_MODEL
-from tests.cluster import ROOT, Cluster
-from tideserve.loadgen import closed_loop
-from tideserve.report import PLOTS, load_run
+from tideserve.runs import load_run
+from tideserve_tools.loadgen import closed_loop
+from tideserve_tools.report import PLOTS
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +32,7 @@ async def _record_under_load(cluster: Cluster, out: Path) -> tuple[int, str, str
     """The CLI records for 2 s in a subprocess while this loop drives 3 s of closed-loop load, so
     the load covers the whole recording."""
     recorder = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tideserve.cli", "report", "--record", cluster.balancer,
+        sys.executable, "-m", "tideserve_tools.cli", "report", "--record", cluster.balancer,
         "--seconds", "2", "--interval", "0.25", "--slo-ms", "100", "--out", str(out),
         "--token-file", cluster.token_file("operator"),
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -59,7 +60,7 @@ def test_recording_a_live_stack_sees_its_load(one_worker: Cluster, tmp_path: Pat
     assert run.meta["balancer"] == one_worker.balancer
 
     plotted = subprocess.run(
-        [sys.executable, "-m", "tideserve.cli", "report", str(out), "--out", str(tmp_path)],
+        [sys.executable, "-m", "tideserve_tools.cli", "report", str(out), "--out", str(tmp_path)],
         capture_output=True, text=True, cwd=ROOT, timeout=60,
     )
     assert plotted.returncode == 0, plotted.stderr

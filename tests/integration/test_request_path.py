@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.cluster import ROOT, Cluster
+from harness.cluster import ROOT, Cluster
 from tideserve.v1 import inference_pb2 as pb
 from tideserve.v1 import inference_pb2_grpc
 

@@ -11,8 +11,8 @@ import grpc
 import pytest
 
 from bench.scale_up import SteadyLoad
+from harness.cluster import Cluster, free_port, wait_for, wait_healthy
 from tests.accounting import record
-from tests.cluster import Cluster, free_port, wait_for, wait_healthy
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
 pytestmark = pytest.mark.integration

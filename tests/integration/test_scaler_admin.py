@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster, free_port, wait_for, wait_healthy
+from harness.cluster import Cluster, free_port, wait_for, wait_healthy
 
 pytestmark = pytest.mark.integration
 

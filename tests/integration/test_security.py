@@ -14,13 +14,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from harness.cluster import ROOT, Cluster, free_port, sync_channel, wait_healthy
 from tests.accounting import record
 from tests.certs import Certificates, make_certificates
-from tests.cluster import ROOT, Cluster, free_port, sync_channel, wait_healthy
 from tideserve.credentials import write_secret
-from tideserve.loadgen import closed_loop
 from tideserve.serving import PLAINTEXT
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2, inference_pb2_grpc
+from tideserve_tools.loadgen import closed_loop
 
 pytestmark = pytest.mark.integration
 

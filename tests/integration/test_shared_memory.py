@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.cluster import Cluster, sync_channel, wait_for
+from harness.cluster import Cluster, sync_channel, wait_for
 from tests.integration.test_request_path import reference
 from tideserve import shared_memory
 from tideserve.v1 import inference_pb2 as pb

@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from tests.cluster import ROOT, Cluster
+from harness.cluster import ROOT, Cluster
 
 pytestmark = pytest.mark.integration
 
 
 def test_top_once_prints_the_workers(cluster: Cluster) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "tideserve.cli", "top", "--once"]
+        [sys.executable, "-m", "tideserve_tools.cli", "top", "--once"]
         + ["--balancer", cluster.balancer, "--scaler", ""]
         + ["--token-file", cluster.token_file("operator")],
         capture_output=True,

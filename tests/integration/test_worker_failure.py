@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.cluster import Cluster
 from tests.accounting import record_load
-from tests.cluster import Cluster
-from tideserve.loadgen import closed_loop
+from tideserve_tools.loadgen import closed_loop
 
 pytestmark = pytest.mark.integration
 

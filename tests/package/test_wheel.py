@@ -19,27 +19,29 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import ROOT
+from harness.cluster import ROOT
 
 pytestmark = pytest.mark.integration
 
 # Every file the installed package reads at run time lives beside the code in these packages.
-PACKAGES = ("tideserve", "services")
+PACKAGES = ("tideserve", "services", "tideserve_tools", "tideserve_learning")
 
 # Run inside the installed venv: where the code came from, and the default policy loaded through
 # the scaler's own factory, as `--policy learned` does.
 PROBE = """
 import json, sys
-import services, tideserve
+import services, tideserve, tideserve_learning, tideserve_tools
 from services.scaler.planner import ServiceProfile
 from services.scaler.policies import create_policy
-from services.scaler.sim.env import DEFAULT_PROFILE
+from tideserve_learning.sim.env import DEFAULT_PROFILE
 
 policy = create_policy("learned")
 profile = ServiceProfile.load(DEFAULT_PROFILE)
 json.dump({
     "tideserve": tideserve.__file__,
     "services": services.__file__,
+    "tideserve_tools": tideserve_tools.__file__,
+    "tideserve_learning": tideserve_learning.__file__,
     "policy_file": str(policy.policy_file),
     "learned": policy.learned is not None,
     "fallback_reason": policy.fallback_reason,
@@ -92,6 +94,7 @@ def runtime_data_files() -> set[str]:
 def test_the_wheel_holds_every_runtime_data_file(wheel: Path) -> None:
     wanted = runtime_data_files()
     assert "services/scaler/learning/default_policy.zip" in wanted
+    assert "tideserve_learning/sim/profiles/default.json" in wanted
     with zipfile.ZipFile(wheel) as archive:
         shipped = set(archive.namelist())
     assert wanted - shipped == set(), f"{wheel.name} lacks these files"
@@ -141,7 +144,7 @@ def test_the_installed_wheel_runs_the_learned_policy_without_fallback(
     )
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)
-    for package in ("tideserve", "services"):
+    for package in PACKAGES:
         assert Path(found[package]).is_relative_to(new_site), (package, found[package])
     assert Path(found["policy_file"]).is_relative_to(new_site)
     assert found["fallback_reason"] == ""

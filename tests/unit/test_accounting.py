@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.cluster import ROOT
 from tests.accounting import ENV, record
-from tests.cluster import ROOT
 
 SCRIPT = runpy.run_path(str(ROOT / "scripts" / "reliability_table.py"))
 

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness.cluster import ROOT
 from services.batcher.requests import parse_request
 from tests.accounting import Examples, record
 from tests.bad_input import SPECS, check_accepted
-from tests.cluster import ROOT
 from tideserve import codec
 from tideserve.errors import InvalidArgument
 from tideserve.v1 import inference_pb2 as pb

@@ -1,6 +1,6 @@
-"""`tideserve bench` measures its systems in rotated rounds and reports, for each figure, the run
-with the median throughput of its rounds: a whole run (its latencies belong to it), with every
-round's figure beside it."""
+"""`python -m bench.suite` measures its systems in rotated rounds and reports, for each figure,
+the run with the median throughput of its rounds: a whole run (its latencies belong to it), with
+every round's figure beside it."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tideserve.launcher import SuiteConfig, service_commands
+from tideserve_tools.launcher import SuiteConfig, service_commands
 
 
 def flag(command: list[str], name: str) -> str:

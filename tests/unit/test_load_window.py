@@ -11,9 +11,9 @@ import pytest
 
 from bench.gpu import summarize
 from tideserve import serving
-from tideserve.loadgen import Window, closed_loop
 from tideserve.v1 import inference_pb2 as pb
 from tideserve.v1 import inference_pb2_grpc
+from tideserve_tools.loadgen import Window, closed_loop
 
 SERVICE_S = 0.01
 

@@ -1,17 +1,20 @@
 """`tideserve report`: RUN.json in, three PNGs out; malformed files are refused by field; the
-recorder's snapshot -> sample mapping (tideserve/record.py) without a network."""
+recorder's snapshot -> sample mapping (tideserve_tools/record.py) without a network."""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
 
-from tideserve.record import sample_from_snapshot
-from tideserve.report import PLOTS, Run, RunFormatError, Sample, load_run, main
+from tideserve.runs import Run, RunFormatError, Sample, load_run
 from tideserve.v1 import cluster_pb2
+from tideserve_tools import cli
+from tideserve_tools.record import sample_from_snapshot
+from tideserve_tools.report import PLOTS, main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -161,3 +164,18 @@ def test_a_frontend_that_answered_nothing_has_no_latency() -> None:
     assert sample.latency_p50_ms is None
     assert sample.latency_p99_ms is None
     assert sample.arrival_rate == 0.0
+
+
+def test_without_the_report_extra_the_command_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = synthetic_run().write(tmp_path / "run.json")
+    # As on a plain install: matplotlib (the report extra) cannot be imported.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    # The process-wide logging setup of the command would outlive this test.
+    monkeypatch.setattr(cli, "configure_logging", lambda *args: None)
+    assert cli.main(["report", str(run), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "tideserve report: matplotlib is not installed" in err
+    assert "pip install 'tideserve[report]'" in err
+    assert not any((tmp_path / name).exists() for name in PLOTS)

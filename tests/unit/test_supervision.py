@@ -1,4 +1,4 @@
-"""The restart policy of `tideserve up` (tideserve.supervision) with fake processes and a fake
+"""The restart policy of `tideserve up` (tideserve_tools.supervision) with fake processes and a fake
 clock; tests/e2e/test_up_supervision.py kills the real services."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from tideserve.supervision import CrashLoop, RestartPolicy, Supervisor, describe_exit
+from tideserve_tools.supervision import CrashLoop, RestartPolicy, Supervisor, describe_exit
 
 
 class FakeProcess:

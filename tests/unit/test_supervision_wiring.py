@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tideserve import procs
-from tideserve.launcher import (
+from tideserve_tools.launcher import (
     WORKER_MEMORY_BYTES,
     host_max_replicas,
     remove_stale_worker_state,

@@ -1,4 +1,4 @@
-"""The learned scaling policy: what the live scaler runs, and the offline tools that make it.
+"""The learned scaling policy: what the live scaler runs.
 
 Run by the live scaler (numpy only; no torch, stable-baselines3 or gymnasium):
   fallback     LearnedWithFallback, the registry's `learned` policy: the trained policy with a rule
@@ -8,17 +8,13 @@ Run by the live scaler (numpy only; no torch, stable-baselines3 or gymnasium):
   actions      what each action means, shared with the simulator
   inference    the trained actor's deterministic action in numpy, read from <name>.npz
 
-Offline (stable-baselines3, torch, gymnasium; the simulator is services.scaler.sim):
-  train        `tideserve policy train`: PPO in the simulator; writes <name>.zip (the
-               stable-baselines3 policy), <name>.npz (its actor, exported) and <name>.json (how
-               it was trained)
-  evaluate     `tideserve policy eval`: the learned policy against tuned rule policies
-  export       `tideserve policy export [POLICY.zip]`: <name>.npz from <name>.zip
+The offline tools that make a policy (train, evaluate, export, and the simulator) are the
+tideserve_learning package, which needs torch, stable-baselines3 and gymnasium; nothing here
+imports it.
 
 The shipped policy is default_policy.zip/.json with default_policy.npz exported from that .zip by
-`tideserve policy export` (no argument: the shipped policy). A policy file without its .npz still
-loads where stable-baselines3 is installed (it is exported on load); elsewhere the scaler runs the
-fallback rule and says why in GetStatus.fallback_reason.
+`tideserve policy export` (no argument: the shipped policy). A policy file whose .npz is missing or
+stale is refused: the scaler runs the fallback rule and says why in GetStatus.fallback_reason.
 """
 
 from pathlib import Path

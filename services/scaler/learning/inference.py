@@ -18,7 +18,7 @@ VecNormalize(norm_obs=False), normalising rewards only, and the ObservationBuild
 every feature. The value network is left out; it is used only in training.
 
 The .npz records the SHA-256 of the .zip it was exported from, so a .zip retrained or replaced
-after the export is noticed instead of run with the old weights. `services.scaler.learning.export`
+after the export is noticed instead of run with the old weights. `tideserve_learning.export`
 writes the file (it needs stable-baselines3); this module only reads it.
 """
 

@@ -7,10 +7,10 @@ observation the policy was trained on (the ObservationBuilder the simulator uses
 its action means in the simulator (hold, or a count sized for the demand at a target load:
 `services.scaler.learning.actions`).
 
-The stable-baselines3 file (<name>.zip) is read only when the .npz is missing or was exported from
-another .zip, and only where stable-baselines3 is installed: the actor is then exported as
-`tideserve policy export` does (and written beside the .zip when that directory is writable).
-Without stable-baselines3 such a policy file is refused with the command that fixes it.
+The stable-baselines3 file (<name>.zip) is never read here: exporting it needs torch and
+stable-baselines3, which the scaler does not carry (they belong to the offline tideserve_learning
+package). A policy whose .npz is missing or was exported from another .zip is refused with the
+command that fixes it, `tideserve policy export`.
 
 It decides only on observations like those it was trained on. A feature that is not a finite
 number raises NonFiniteObservation; one outside the range seen in training raises
@@ -21,7 +21,6 @@ for that decision and says so (`services.scaler.learning.fallback`).
 from __future__ import annotations
 
 import json
-import logging
 import math
 from pathlib import Path
 
@@ -30,8 +29,6 @@ import numpy as np
 from services.scaler.context import ScalingContext
 from services.scaler.learning import DEFAULT_POLICY, actions, observation
 from services.scaler.learning.inference import NumpyActor, file_sha256
-
-logger = logging.getLogger(__name__)
 
 # Slack around the trained range, in units of each feature's observation-space span: noise at
 # the edges of the training distribution is not a reason to abandon the policy.
@@ -71,7 +68,7 @@ class NonFiniteObservation(UntrustedObservation):
 
 def load_actor(path: Path) -> NumpyActor:
     """The actor of the policy file `path` (.zip, .npz or the name without suffix): its .npz,
-    exported again from its .zip when the .npz is missing or was exported from another .zip."""
+    refused when it is missing or was exported from another .zip."""
     npz, zip_file = path.with_suffix(".npz"), path.with_suffix(".zip")
     if npz.exists():
         actor = NumpyActor.load(npz)
@@ -83,23 +80,10 @@ def load_actor(path: Path) -> NumpyActor:
     else:
         raise FileNotFoundError(f"policy file {npz} (or {zip_file.name} to export it from) "
                                 "is missing")
-    try:
-        # stable-baselines3 and torch: loaded only for a policy file that was never exported.
-        from services.scaler.learning.export import export
-    except ImportError as error:
-        raise PolicyFileError(
-            f"{why}, and it cannot be exported here ({error}): run `tideserve policy export "
-            f"{zip_file}` where stable-baselines3 is installed"
-        ) from error
-    logger.warning("exporting the policy's actor from its stable-baselines3 file",
-                   extra={"policy_file": str(zip_file), "why": why})
-    actor = export(zip_file)
-    try:
-        actor.save(npz)
-    except OSError as error:
-        logger.warning("cannot write the exported actor; it is used from memory",
-                       extra={"path": str(npz), "error": str(error)})
-    return actor
+    raise PolicyFileError(
+        f"{why}: run `tideserve policy export {zip_file}` where the learning extra "
+        "(tideserve[learning]) is installed"
+    )
 
 
 class LearnedPolicy:

@@ -147,7 +147,7 @@ def test_bad_policy_parameters_are_refused_when_the_config_is_read(
         spec(**parameters)
 
 
-# The default profile's tiny_cnn on one CPU worker (services/scaler/sim/profiles/default.json):
+# The default profile's tiny_cnn on one CPU worker (tideserve_learning/sim/profiles/default.json):
 # rows per second peak at batches of 24 (91/s) and fall to 70/s at 64.
 SUPERLINEAR = {1: 0.103, 8: 0.183, 16: 0.223, 24: 0.262, 32: 0.422, 48: 0.612, 64: 0.920}
 

@@ -12,8 +12,8 @@ from services.scaler.controller import ScalerController
 from services.scaler.guards import GuardConfig
 from services.scaler.planner import ServiceProfile
 from services.scaler.runtime import ManagedWorker
-from services.scaler.sim.env import DEFAULT_PROFILE
 from tideserve.v1 import cluster_pb2
+from tideserve_learning.sim.env import DEFAULT_PROFILE
 
 PROFILE = ServiceProfile.load(DEFAULT_PROFILE)
 SLO_S = 0.5

@@ -119,7 +119,7 @@ class FakeEngine:
 
 def make_runtime(engine: FakeEngine, **overrides: Any) -> DockerRuntime:
     kwargs: dict[str, Any] = {
-        "image": "tideserve:dev",
+        "image": "tideserve-worker:dev",
         "owner_id": OWNER,
         "balancers": ["127.0.0.1:8100", "127.0.0.1:8101"],
         "model_repository": "/srv/models",
@@ -144,7 +144,7 @@ async def test_start_runs_a_labelled_confined_worker_container(engine: FakeEngin
     assert worker.worker_id == "w1"
     assert worker.runtime_id in engine.containers_by_id
     assert worker.state == "starting"
-    assert call["image"] == "tideserve:dev"
+    assert call["image"] == "tideserve-worker:dev"
     assert call["command"] == ["python", "-m", "services.worker"]
     assert call["labels"] == {OWNER_LABEL: OWNER, WORKER_ID_LABEL: "w1"}
     assert call["environment"] == {

@@ -1,16 +1,16 @@
 """`tideserve policy eval --run-json`: a simulated episode becomes a RUN.json that
-`tideserve report` reads back (tideserve/report.py's schema)."""
+`tideserve report` reads back (tideserve/runs.py's schema)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from services.scaler.learning.evaluate import Result, run_episode, write_run_json
 from services.scaler.policies import create_policy
-from services.scaler.sim import traces
-from services.scaler.sim.env import EnvConfig
-from tideserve.report import load_run
+from tideserve.runs import load_run
+from tideserve_learning.evaluate import Result, run_episode, write_run_json
+from tideserve_learning.sim import traces
+from tideserve_learning.sim.env import EnvConfig
 
 
 def test_a_simulated_episode_round_trips_as_a_run(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.cluster import ROOT
 from services.scaler.kubernetes_runtime import KubernetesRuntime
-from tests.cluster import ROOT
 
 MANIFESTS = ROOT / "deploy" / "kubernetes"
 WORKLOADS = ("Deployment", "StatefulSet")

@@ -30,7 +30,7 @@ TEMPLATE: dict[str, Any] = {
         "containers": [
             {
                 "name": "worker",
-                "image": "tideserve:dev",
+                "image": "tideserve-worker:dev",
                 "env": [
                     {"name": "TIDESERVE_WORKER_MODEL_REPOSITORY", "value": "/models"},
                     {"name": "TIDESERVE_WORKER_WORKER_ID", "value": "from-template"},

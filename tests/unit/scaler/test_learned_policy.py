@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from stable_baselines3 import PPO
 
-from services.scaler.learning import actions, observation, train
+from services.scaler.learning import actions, observation
 from services.scaler.learning.inference import NumpyActor, file_sha256
 from services.scaler.learning.policy import LearnedPolicy, ObservationOutOfRange
-from services.scaler.sim import traces
-from services.scaler.sim.env import ServingClusterEnv
+from tideserve_learning import train
+from tideserve_learning.sim import traces
+from tideserve_learning.sim.env import ServingClusterEnv
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 from stable_baselines3 import PPO
 
-from services.scaler.learning import DEFAULT_POLICY, export, observation
+from services.scaler.learning import DEFAULT_POLICY, observation
 from services.scaler.learning.fallback import LearnedWithFallback
 from services.scaler.learning.inference import NumpyActor, file_sha256
 from services.scaler.learning.policy import LearnedPolicy, PolicyFileError
 from services.scaler.policies import HpaPolicy
-from services.scaler.sim import traces
-from services.scaler.sim.env import ServingClusterEnv
+from tideserve_learning import export
+from tideserve_learning.sim import traces
+from tideserve_learning.sim.env import ServingClusterEnv
 
 SHIPPED_NPZ = DEFAULT_POLICY.with_suffix(".npz")
 
@@ -111,34 +112,22 @@ def policy_without_npz(tmp_path: Path) -> Path:
     return tmp_path / "p.zip"
 
 
-def test_a_policy_file_without_npz_is_exported_on_load(tmp_path: Path) -> None:
-    path = policy_without_npz(tmp_path)
-    policy = LearnedPolicy(path)
-    assert (tmp_path / "p.npz").exists()
-    probe = bounds()
-    assert np.array_equal(policy.actor.act(probe), NumpyActor.load(SHIPPED_NPZ).act(probe))
-
-
-def block_stable_baselines3(monkeypatch: pytest.MonkeyPatch) -> None:
-    """As on a scaler installed without stable-baselines3: importing the exporter fails."""
-    monkeypatch.setitem(sys.modules, "services.scaler.learning.export", None)
-
-
-def test_without_npz_or_stable_baselines3_the_fallback_says_what_to_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_policy_file_without_npz_is_refused_with_the_command_that_exports_it(
+    tmp_path: Path,
 ) -> None:
     path = policy_without_npz(tmp_path)
-    block_stable_baselines3(monkeypatch)
     with pytest.raises(PolicyFileError, match="p.npz is missing"):
         LearnedPolicy(path)
     policy = LearnedWithFallback(HpaPolicy(), path)
     assert policy.learned is None
     assert f"tideserve policy export {path}" in policy.fallback_reason
+    assert export.main([str(path)]) == 0
+    probe = bounds()
+    assert np.array_equal(LearnedPolicy(path).actor.act(probe),
+                          NumpyActor.load(SHIPPED_NPZ).act(probe))
 
 
-def test_an_npz_exported_from_another_zip_is_not_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_npz_exported_from_another_zip_is_not_run(tmp_path: Path) -> None:
     path = policy_without_npz(tmp_path)
     stale = NumpyActor.load(SHIPPED_NPZ)
     NumpyActor(
@@ -148,10 +137,9 @@ def test_an_npz_exported_from_another_zip_is_not_run(
         stale.action_bias,
         source_sha256="0" * 64,
     ).save(tmp_path / "p.npz")
-    block_stable_baselines3(monkeypatch)
     with pytest.raises(PolicyFileError, match="exported from another p.zip"):
         LearnedPolicy(path)
-    monkeypatch.undo()
+    assert export.main([str(path)]) == 0
     assert LearnedPolicy(path).actor.source_sha256 == file_sha256(path), "exported again"
 
 
@@ -207,9 +195,4 @@ def test_the_running_scaler_imports_no_torch_sb3_gymnasium_or_offline_code() -> 
     assert "services.scaler.learning.inference" in modules
     heavy = [m for m in modules if m.split(".")[0] in {"torch", "stable_baselines3", "gymnasium"}]
     assert heavy == []
-    offline = {
-        "services.scaler.learning.train",
-        "services.scaler.learning.evaluate",
-        "services.scaler.learning.export",
-    }
-    assert [m for m in modules if m in offline or m.startswith("services.scaler.sim")] == []
+    assert [m for m in modules if m.split(".")[0] == "tideserve_learning"] == []

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from services.scaler import planner
-from services.scaler.sim.env import DEFAULT_PROFILE
+from tideserve_learning.sim.env import DEFAULT_PROFILE
+from tideserve_tools import plan
 
 
 @pytest.mark.parametrize(
@@ -64,8 +65,8 @@ def test_latency_shape_matches_its_quantiles() -> None:
 
 
 def test_cli_prints_the_seed_answer(capsys: pytest.CaptureFixture[str]) -> None:
-    code = planner.main(["--rate", "500", "--service-rate", "100", "--slo-ms", "200",
-                         "--profile", str(Path(DEFAULT_PROFILE).with_name("tiny_cnn_cpu.json"))])
+    code = plan.main(["--rate", "500", "--service-rate", "100", "--slo-ms", "200",
+                      "--profile", str(Path(DEFAULT_PROFILE).with_name("tiny_cnn_cpu.json"))])
     out = capsys.readouterr().out
     assert code == 0
     assert "mean latency <= 200 ms: 6 replicas" in out

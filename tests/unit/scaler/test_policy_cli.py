@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from services.scaler.learning import DEFAULT_POLICY, evaluate
-from services.scaler.sim import traces
-from tideserve import cli
+from services.scaler.learning import DEFAULT_POLICY
+from tideserve_learning import evaluate
+from tideserve_learning.sim import traces
+from tideserve_tools import cli
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +38,7 @@ def test_policy_eval_logs_and_draws_progress(
     assert code == 0
     out, err = capfd.readouterr()
     # 3 tuning episodes (one seed of each training shape) + learned and hpa on one trace.
-    assert "INFO cli services.scaler.learning.evaluate: tuning hpa on 3 training traces" in err
+    assert "INFO cli tideserve_learning.evaluate: tuning hpa on 3 training traces" in err
     assert "tuned hpa: {'target': 0.5}" in err
     assert re.search(r"validation: hpa: 100%\|.*\| 5/5", err), err
     assert "validation traces: 1" in out

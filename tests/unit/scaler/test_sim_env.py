@@ -10,8 +10,8 @@ from gymnasium.utils.env_checker import check_env
 
 from services.scaler.learning import actions, observation
 from services.scaler.policies import ScalingContext, create_policy
-from services.scaler.sim import traces
-from services.scaler.sim.env import EnvConfig, ServingClusterEnv
+from tideserve_learning.sim import traces
+from tideserve_learning.sim.env import EnvConfig, ServingClusterEnv
 
 
 def test_env_passes_the_checker() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bench.stack import arrival_times, per_second
-from services.scaler.sim.env import EnvConfig, ServingClusterEnv
+from tideserve_learning.sim.env import EnvConfig, ServingClusterEnv
 
 SECONDS = 30
 

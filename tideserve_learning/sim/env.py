@@ -66,7 +66,7 @@ import numpy as np
 from services.scaler.learning import actions, observation
 from services.scaler.planner import MEAN_OVER_TAU, P99_OVER_TAU, ServiceProfile, batch_latency_cdf
 from services.scaler.policies import ScalingContext
-from services.scaler.sim import traces
+from tideserve_learning.sim import traces
 
 DEFAULT_PROFILE = Path(__file__).parent / "profiles" / "default.json"
 

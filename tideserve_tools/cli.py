@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING
 from tideserve.logs import configure_logging
 
 if TYPE_CHECKING:
-    from tideserve.launcher import Suite, SuiteConfig
+    from tideserve_tools.launcher import Suite, SuiteConfig
+
+# The optional dependency group (pyproject.toml) each heavier command needs: `up` and `profile` run
+# workers (torch), `policy` trains and evaluates (stable-baselines3, gymnasium), `report` plots.
+COMMAND_EXTRAS = {"up": "worker", "profile": "worker", "policy": "learning", "report": "report"}
+OWN_PACKAGES = {"tideserve", "tideserve_tools", "tideserve_learning", "services"}
 
 
 def _add_up(commands: argparse._SubParsersAction) -> None:
@@ -45,7 +50,7 @@ def _add_up(commands: argparse._SubParsersAction) -> None:
         "--max-replicas",
         type=int,
         default=None,
-        help="default: fitted to this host (tideserve.launcher.host_max_replicas)",
+        help="default: fitted to this host (tideserve_tools.launcher.host_max_replicas)",
     )
     up.add_argument(
         "--scaler-policy",
@@ -101,7 +106,7 @@ async def _batch_sizes(balancer: str, token_file: str) -> dict[int, int]:
 async def _demo(
     args: argparse.Namespace, batcher: str, balancer: str, token_file: str, model: str
 ) -> None:
-    from tideserve.loadgen import closed_loop
+    from tideserve_tools.loadgen import closed_loop
 
     before = await _batch_sizes(balancer, token_file)
     mode = "stream" if args.demo_stream else "unary"
@@ -133,7 +138,7 @@ async def _demo(
 
 
 def _up(args: argparse.Namespace) -> int:
-    from tideserve.launcher import SuiteConfig, host_max_replicas
+    from tideserve_tools.launcher import SuiteConfig, host_max_replicas
 
     repository = args.model_repository
     if not repository.exists() or not any(repository.iterdir()):
@@ -174,7 +179,7 @@ async def _run_suite(args: argparse.Namespace, config: SuiteConfig) -> int:
     """Start the suite, then run until Ctrl-C/SIGTERM, the end of the demo with
     --exit-after-demo, or a service crash loop; stop everything either way. 1 if the suite
     failed (no ready model in time, crash loop), else 0."""
-    from tideserve.launcher import Suite
+    from tideserve_tools.launcher import Suite
 
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
@@ -246,48 +251,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser(
         "profile", help="measure t(b) and cold start; write a profile", add_help=False
     )
-    commands.add_parser(
-        "bench", help="batching benchmark vs Triton and the in-process limit", add_help=False
-    )
     args, rest = parser.parse_known_args(argv)
     # Configured here, once, before any command runs: `policy` reports its progress in INFO
     # lines, which a WARNING default would drop (the commands do not configure logging).
     configure_logging("cli", args.log_level or ("INFO" if args.command == "policy" else "WARNING"))
+    try:
+        return _run(parser, args, rest)
+    except ModuleNotFoundError as error:
+        # A plain install lacks the libraries of the heavier commands; say which extra has them.
+        extra = COMMAND_EXTRAS.get(args.command)
+        if extra is None or (error.name or "").split(".")[0] in OWN_PACKAGES:
+            raise
+        print(
+            f"tideserve {args.command}: {error.name} is not installed; it comes with the "
+            f"{extra} extra: pip install 'tideserve[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, rest: list[str]) -> int:
     if args.command == "up":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return _up(args)
     if args.command == "plan":
-        from services.scaler.planner import main as plan_main
+        from tideserve_tools.plan import main as plan_main
 
         return plan_main(rest) or 0
     if args.command == "top":
-        from tideserve.top import main as top_main
+        from tideserve_tools.top import main as top_main
 
         return top_main(rest)
     if args.command == "report":
-        from tideserve.report import main as report_main
+        from tideserve_tools.report import main as report_main
 
         return report_main(rest)
     if args.command == "profile":
-        from services.worker.profile import main as profile_main
+        from tideserve_tools.profile import main as profile_main
 
         return profile_main(rest) or 0
-    if args.command == "bench":
-        # The benchmark lives beside the package in the repository (bench/), not in it.
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from bench.suite import main as bench_main
-
-        return bench_main(rest)
     if args.action == "train":
-        from services.scaler.learning.train import main as train_main
+        from tideserve_learning.train import main as train_main
 
         return train_main(rest) or 0
     if args.action == "export":
-        from services.scaler.learning.export import main as export_main
+        from tideserve_learning.export import main as export_main
 
         return export_main(rest) or 0
-    from services.scaler.learning.evaluate import main as eval_main
+    from tideserve_learning.evaluate import main as eval_main
 
     return eval_main(rest) or 0
 

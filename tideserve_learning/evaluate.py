@@ -13,7 +13,7 @@ looking at the test traces.
 Prints a table (SLO attainment, pooled p99, worker-seconds, scaling actions) and writes one PNG
 per trace shape (load, replicas and p99 latency over time, one column per policy). With
 `--run-json DIR` it also writes each plotted episode as DIR/<shape>_<policy>.json in the RUN.json
-format of `tideserve report` (tideserve/report.py), to plot one policy's run on its own or beside
+format of `tideserve report` (tideserve/runs.py), to plot one policy's run on its own or beside
 a real one.
 """
 
@@ -35,10 +35,10 @@ from services.scaler.learning import DEFAULT_POLICY
 from services.scaler.learning.policy import LearnedPolicy, UntrustedObservation
 from services.scaler.planner import MEAN_OVER_TAU, batch_latency_cdf
 from services.scaler.policies import ScalingContext, ScalingPolicy, create_policy
-from services.scaler.sim import traces
-from services.scaler.sim.env import EnvConfig, EpisodeLog, ServingClusterEnv
 from tideserve.logs import configure_logging
-from tideserve.report import Run, Sample
+from tideserve.runs import Run, Sample
+from tideserve_learning.sim import traces
+from tideserve_learning.sim.env import EnvConfig, EpisodeLog, ServingClusterEnv
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
-"""Real tideserve processes on loopback for integration tests: each service is started the way
-an operator starts it (`python -m services.<name>`), on free ports, and torn down afterwards."""
+"""Real tideserve processes on loopback for integration tests and benchmarks: each service is
+started the way an operator starts it (`python -m services.<name>`), on free ports, and torn down
+afterwards."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`tideserve report --record`: capture a RUN.json (schema in tideserve/report.py) from a live
+"""`tideserve report --record`: capture a RUN.json (schema in tideserve/runs.py) from a live
 stack by sampling the balancer's WatchCluster stream.
 
 The balancer already holds everything a run plot needs: the batchers' frontend reports (arrival
@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from tideserve import serving
-from tideserve.report import Run, Sample, batch_size_delta
+from tideserve.runs import Run, Sample, batch_size_delta
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
 

@@ -2,7 +2,7 @@
 (which starts the workers) — with the default model repository made on first run.
 
 Each service is a separate process, supervised as compose's `restart: unless-stopped` would:
-one that exits is restarted (tideserve.supervision), and workers outlive a scaler crash so the
+one that exits is restarted (tideserve_tools.supervision), and workers outlive a scaler crash so the
 restarted scaler adopts them (tideserve.procs). On SIGINT/SIGTERM the services stop in order:
 batcher first (no new requests), then the scaler (drains and stops its workers), then the
 balancer; then anything still running below the launcher is stopped, so nothing outlives it
@@ -34,8 +34,8 @@ from tideserve.procs import (
     child_env,
     descendants,
 )
-from tideserve.supervision import RestartPolicy, Supervisor
 from tideserve.v1 import inference_pb2, inference_pb2_grpc
+from tideserve_tools.supervision import RestartPolicy, Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class ServiceProcess:
 
 
 class Suite:
-    """The services as supervised processes (tideserve.supervision): started on `start`,
+    """The services as supervised processes (tideserve_tools.supervision): started on `start`,
     restarted when they exit, stopped in order by `stop`, after which nothing started below the
     launcher is left running. Runs inside the event loop: it reaps children on SIGCHLD."""
 

@@ -31,11 +31,11 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecNormalize
 
 from services.scaler.learning import actions, observation
-from services.scaler.learning.export import actor_from_policy
 from services.scaler.learning.inference import file_sha256
-from services.scaler.sim import traces
-from services.scaler.sim.env import EnvConfig, ServingClusterEnv
 from tideserve.logs import configure_logging
+from tideserve_learning.export import actor_from_policy
+from tideserve_learning.sim import traces
+from tideserve_learning.sim.env import EnvConfig, ServingClusterEnv
 
 logger = logging.getLogger(__name__)
 
