@@ -185,7 +185,14 @@ async def kill_each_under_load(
 def account(kills: list[Kill], served: dict[str, float], calls: list[Call]) -> None:
     for i, kill in enumerate(kills):
         until = kills[i + 1].at if i + 1 < len(kills) else float("inf")
-        window = [c for c in calls if kill.in_flight(c) or kill.at <= c.start < until]
+        # A request still in flight at the next kill is that kill's, not this one's.
+        later = kills[i + 1 :]
+        window = [
+            c
+            for c in calls
+            if kill.in_flight(c)
+            or (kill.at <= c.start < until and not any(k.in_flight(c) for k in later))
+        ]
         record(
             f"SIGKILL the {kill.service} under load (tideserve up)",
             cases=1,
