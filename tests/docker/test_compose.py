@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -20,8 +22,9 @@ from docker.client import DockerClient
 
 from harness.cluster import ROOT, free_port, wait_for, wait_healthy
 from services.scaler.docker_runtime import OWNER_LABEL
+from tests.accounting import record
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2, inference_pb2_grpc
-from tideserve_tools.loadgen import closed_loop
+from tideserve_tools.loadgen import closed_loop, sample_request
 
 pytestmark = pytest.mark.docker
 
@@ -108,6 +111,33 @@ def learned_policy_decisions(
     return seen
 
 
+async def balancer_killed_under_load(
+    client: DockerClient, project: str, batcher: str
+) -> dict[str, object]:
+    """SIGKILL the balancer container under closed-loop load; the load's outcome and the seconds
+    from the kill to the first request that succeeded after it."""
+    (balancer,) = client.containers.list(
+        filters={"label": [f"com.docker.compose.project={project}",
+                           "com.docker.compose.service=balancer"]}
+    )
+    load = asyncio.create_task(
+        closed_loop(batcher, "tiny_cnn", concurrency=4, seconds=10, timeout_s=60)
+    )
+    await asyncio.sleep(3)
+    # As a crash: SIGKILL to its process from the host (`docker kill` counts as a manual stop,
+    # which the restart policy leaves stopped).
+    killed_at = time.monotonic()
+    os.kill(balancer.attrs["State"]["Pid"], signal.SIGKILL)
+    async with grpc.aio.insecure_channel(batcher) as channel:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = await sample_request(stub, "tiny_cnn")
+        await stub.ModelInfer(request, timeout=60)
+    served_after = time.monotonic() - killed_at
+    result = await load
+    return {"sent": result.sent, "errors": result.errors,
+            "seconds_until_served": round(served_after, 2)}
+
+
 def test_compose_brings_the_suite_up_and_serves(
     client: DockerClient, readable_models: str, tmp_path: Path
 ) -> None:
@@ -158,8 +188,11 @@ def test_compose_brings_the_suite_up_and_serves(
         )
         poller.start()
         try:
+            # Enough clients for a tail latency inside the policy's trained range (p99 at least
+            # a quarter of the SLO): with four, an idle machine answers too fast and every
+            # decision is the fallback's.
             result = asyncio.run(
-                closed_loop(batcher, "tiny_cnn", concurrency=4, seconds=8, timeout_s=60)
+                closed_loop(batcher, "tiny_cnn", concurrency=32, seconds=10, timeout_s=60)
             )
         finally:
             stop.set()
@@ -172,6 +205,14 @@ def test_compose_brings_the_suite_up_and_serves(
         assert not any("unusable" in r for r in reasons), reasons
         # Under load the learned policy itself decides at least once.
         assert "" in reasons, reasons
+
+        # A balancer that crashes under load is restarted by Docker, and the batcher holds the
+        # requests meanwhile: none of them fails.
+        outage = asyncio.run(balancer_killed_under_load(client, project, batcher))
+        assert outage["errors"] == {}, outage
+        record("SIGKILL the balancer under load (compose)", cases=1, sent=outage["sent"],
+               answered=outage["sent"], errors=outage["errors"],
+               detail={"seconds_until_served": outage["seconds_until_served"]})
     finally:
         compose(env, "logs", "--no-color", timeout_s=60)
         compose(env, "down", "--timeout", "60", timeout_s=240)
