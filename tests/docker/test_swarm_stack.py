@@ -20,10 +20,11 @@ from docker.models.containers import Container
 
 from harness.cluster import ROOT, free_port, wait_for, wait_healthy
 from services.scaler.docker_runtime import OWNER_LABEL
+from tests.accounting import record
 from tests.docker.conftest import IMAGES
 from tideserve.credentials import create_credentials
 from tideserve.v1 import inference_pb2_grpc
-from tideserve_tools.loadgen import closed_loop, sample_request
+from tideserve_tools.loadgen import LoadResult, closed_loop, sample_request
 
 pytestmark = pytest.mark.docker
 
@@ -62,7 +63,9 @@ def assert_hardened(container: Container) -> None:
     assert status.split() == ["NoNewPrivs:", "1"], status
 
 
-async def outage_after_kill(swarm: DockerClient, stack: str, batcher: str) -> float:
+async def outage_after_kill(
+    swarm: DockerClient, stack: str, batcher: str
+) -> tuple[float, LoadResult]:
     """Kill the balancer's task container (SIGKILL) while two clients keep the batcher busy;
     seconds from the kill until a request sent after Swarm started the replacement succeeds."""
     async with grpc.aio.insecure_channel(batcher) as channel:
@@ -89,7 +92,7 @@ async def outage_after_kill(swarm: DockerClient, stack: str, batcher: str) -> fl
         outage = time.monotonic() - killed
         result = await load
     assert result.ok > 0
-    return outage
+    return outage, result
 
 
 def test_stack_deploys_and_serves(
@@ -151,9 +154,11 @@ def test_stack_deploys_and_serves(
             for mode, _, uid, _ in modes.values():
                 assert (mode, uid) == ("-r--------", "10001"), (service, listing)
 
-        outage = asyncio.run(outage_after_kill(swarm, stack, batcher))
+        outage, load = asyncio.run(outage_after_kill(swarm, stack, batcher))
         # The figure goes to the notes; the bound only keeps a broken restart from passing.
-        print(f"swarm balancer killed under load: served again after {outage:.2f} s")
+        record("SIGKILL the balancer task under load (Swarm)", cases=1, sent=load.sent,
+               answered=load.sent, errors=load.errors,
+               detail={"seconds_until_served": round(outage, 2)})
         assert outage < 30
 
         # The scaler drains and removes its workers when stopped (while the balancer runs).
