@@ -1,4 +1,4 @@
-"""`python -m bench.suite`: the batching benchmark of issue 3, in one command, on this machine.
+"""`python -m bench.suite`: the batching benchmark against Triton, in one command, on this machine.
 
 In one run, with the same models, thread counts and perf_analyzer command for every system:
   - the in-process limit: the TorchScript model called in a loop at the batch sizes in play;
@@ -352,7 +352,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The targets of issue 3 as rows: figure, target, measured, met."""
+    """The batching targets as rows: figure, target, measured, met."""
     rows = []
     ts, pt = results["tideserve"], results.get("pytriton", {})
     mlp64 = ts["mlp"]["p1"].get("c64", {})
