@@ -151,64 +151,12 @@ def channel(address: str, tls: TlsSettings = PLAINTEXT) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 
-class Authorizer(Protocol):
-    def allows(self, metadata: Mapping[str, str], identities: frozenset[str]) -> bool:
-        """Whether a call with these request headers, from a peer whose verified certificate
-        names `identities` (empty without mutual TLS), may proceed."""
-        ...
-
-
 def peer_identities(context: grpc.aio.ServicerContext) -> frozenset[str]:
     """Common and subject-alternative names of the peer's certificate. gRPC fills these only for
     a certificate it verified against the server's CA (mutual TLS), so they can be trusted."""
     auth = context.auth_context() or {}
     names = [*auth.get("x509_common_name", ()), *auth.get("x509_subject_alternative_name", ())]
     return frozenset(n.decode() if isinstance(n, bytes) else str(n) for n in names)
-
-
-class RequireAuth(grpc.aio.ServerInterceptor):
-    """Refuses every call to `service` that `authorizer` does not allow with UNAUTHENTICATED,
-    before the handler runs, so a refused call changes nothing. Other services on the server
-    (health, reflection) stay open. The check runs inside the handler because only the
-    servicer context carries the peer's verified certificate; it supports unary methods, and a
-    streaming method of the protected service fails closed (TypeError) rather than run unchecked.
-    """
-
-    def __init__(self, service: str, authorizer: Authorizer) -> None:
-        self.prefix = f"/{service}/"
-        self.authorizer = authorizer
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
-        if handler is None or not method.startswith(self.prefix):
-            return handler
-        inner = handler.unary_unary
-        if inner is None:
-            raise TypeError(f"{method} is not unary; RequireAuth cannot guard it")
-        authorizer = self.authorizer
-
-        async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            metadata = {
-                key: value
-                for key, value in context.invocation_metadata() or ()
-                if isinstance(value, str)
-            }
-            if not authorizer.allows(metadata, peer_identities(context)):
-                await context.abort(
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    "admin RPCs need 'authorization: Bearer <token>' metadata or an allowed "
-                    "client certificate",
-                )
-            return await inner(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            checked, handler.request_deserializer, handler.response_serializer
-        )
 
 
 class RoleCheck(Protocol):

@@ -1,7 +1,7 @@
 """Who may call the scaler's admin RPCs (scale, pause, set policy, drain): an operator holding
 the bearer token, or a client whose mutual-TLS certificate names an allowed identity.
 
-Plain logic with no gRPC in it; `tideserve.serving.RequireAuth` applies it to the ScalerAdmin
+Plain logic with no gRPC in it; `tideserve.serving.RoleGuard` applies it to the ScalerAdmin
 service only, so health and reflection stay open to probes and tools.
 """
 
@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterable, Mapping
 
 from tideserve.credentials import presented_token, read_secret
+from tideserve.errors import Unauthenticated
 
 logger = logging.getLogger(__name__)
 
@@ -46,3 +47,11 @@ class AdminAuth:
             return False
         # Constant-time comparison: response timing reveals nothing about the token.
         return hmac.compare_digest(presented, self.token)
+
+    def check(self, method: str, metadata: Mapping[str, str], identities: Iterable[str]) -> None:
+        """Every admin method needs the same credential: raise Unauthenticated without it."""
+        if not self.allows(metadata, frozenset(identities)):
+            raise Unauthenticated(
+                "admin RPCs need 'authorization: Bearer <token>' metadata or an allowed "
+                "client certificate"
+            )

@@ -224,7 +224,7 @@ async def serve(settings: ScalerSettings) -> None:
         metrics.LoopCollector(asyncio.get_running_loop(), lambda: collect(controller, runtime.name))
     )
     metrics_server = metrics.start_metrics_server(settings.host, settings.metrics_port, registry)
-    server = serving.new_server(interceptors=[serving.RequireAuth(SERVICE_NAME, auth)])
+    server = serving.new_server(interceptors=[serving.RoleGuard(SERVICE_NAME, auth)])
     cluster_pb2_grpc.add_ScalerAdminServicer_to_server(
         ScalerAdminServicer(controller, runtime.name), server
     )

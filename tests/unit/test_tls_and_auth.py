@@ -113,7 +113,7 @@ async def admin(
 ) -> AsyncIterator[tuple[str, RecordingAdmin]]:
     servicer = RecordingAdmin()
     auth = AdminAuth(TOKEN, identities=["operator"])
-    server = serving.new_server(interceptors=[serving.RequireAuth(ADMIN, auth)])
+    server = serving.new_server(interceptors=[serving.RoleGuard(ADMIN, auth)])
     cluster_pb2_grpc.add_ScalerAdminServicer_to_server(servicer, server)
     port = serving.bind(server, "127.0.0.1:0", certs.node)
     await serving.add_health_and_reflection(server, [ADMIN])
