@@ -1,6 +1,6 @@
 """Baseline measurements: PyTriton (real Triton) and the in-process limit, saved as JSON.
 
-Why: the batcher's targets in issue 3 are ratios against these two numbers on this machine, so
+Why: the batcher's targets are ratios against these two numbers on this machine, so
 they are measured by one script with the settings recorded next to the figures.
 
     .venv/bin/python -m bench.baseline                 # the standard baseline set

@@ -12,7 +12,7 @@ command at one concurrency, unary and streaming, beside tideserve and PyTriton i
     python -m bench.front_door_floor [--rounds 3] [--concurrency 64] [--measurement-ms 4000]
                                      [--skip-tideserve] [--skip-pytriton] [--out FILE]
 
-Issue 3 asks 1.6x PyTriton's unary throughput and 2x over the stream. The floors bound what a
+The targets are 1.6x PyTriton's unary throughput and 2x over the stream. The floors bound what a
 server in tideserve's layout (`layout`, `layout + model`) or any Python gRPC front door (`bare`)
 reaches on this machine, to within the spread of their rounds. Traffic stays on 127.0.0.1.
 """

@@ -1,4 +1,4 @@
-"""GPU benchmark (issue 8): the whole suite on loopback on a GPU machine, against the in-process
+"""GPU benchmark: the whole suite on loopback on a GPU machine, against the in-process
 limit of the same model at the same batch sizes, in one run.
 
 For each workload (cnn.pt from the shared workloads, and a ResNet-50-sized model built here):

@@ -4,7 +4,7 @@ unary call that forwards the bytes untouched.
 
     python -m bench.hop_floor [--requests 3000] [--payload-bytes 1100]
 
-Prints the median round trip through 1, 2 and 3 such hops from a blocking client. Issue 3 asks
+Prints the median round trip through 1, 2 and 3 such hops from a blocking client. The target asks
 a lone request to cost at most the model's time + 1 ms end to end; three Python gRPC hops in
 series already cost more than that here, before any batching, routing or model code runs.
 Traffic stays on 127.0.0.1.

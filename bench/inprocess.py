@@ -1,6 +1,6 @@
 """The in-process limit: the TorchScript model called directly in a loop, no server, no network.
 
-Why: issue 3 asks every serving figure to be read against what the model alone can do on this
+Why: every serving figure is read against what the model alone can do on this
 machine at the same batch sizes and thread count. Whatever a server loses against this number is
 its overhead (serialization, queueing, hops, scheduling), so this is the ceiling for cnn.pt
 (compute-bound) and the yardstick that shows how overhead-bound mlp.pt is.

@@ -81,7 +81,7 @@ def parse_perf_analyzer_csv(text: str) -> list[dict[str, Any]]:
     """Turn perf_analyzer's ``-f`` CSV (one row per concurrency) into dicts with units in names.
 
     perf_analyzer writes latencies in microseconds; they are also given in ms because that is how
-    the issue's targets are stated.
+    the batcher's targets are stated.
     """
     rows: list[dict[str, Any]] = []
     for row in csv.DictReader(io.StringIO(text)):
@@ -315,7 +315,7 @@ def _summary(tally: _Tally, elapsed: float) -> dict[str, Any]:
 class _StreamClient:
     """One ModelStreamInfer stream with requests matched to responses by request ``id``.
 
-    ids are required rather than relying on order: the issue's batcher preserves order on a
+    ids are required rather than relying on order: the batcher preserves order on a
     stream, but a generator that assumed it would hide a violation as wrong latencies.
     """
 

@@ -1,6 +1,6 @@
 """Serve a TorchScript file with PyTriton (real Triton server + dynamic batcher) as the baseline.
 
-Why: issue 3 compares tideserve's batcher with a real Triton server on the same machine, model and
+Why: tideserve's batcher is compared with a real Triton server on the same machine, model and
 perf_analyzer command. PyTriton ships Triton's server binary and runs the model in a Python
 backend, so it is the closest "Triton as users actually deploy it on CPU" we can run here.
 

@@ -1,5 +1,5 @@
 """How cheap can a scaling rule be on the policy-eval traces if it is told each trace's shape?
-A reference point for issue 6's target (learned policy <= 0.85x the tuned HPA's worker-seconds
+A reference point for the scaler's target (learned policy <= 0.85x the tuned HPA's worker-seconds
 at >= 99% of requests within the SLO).
 
 The rules size on the highest `w`-second mean arrival rate of the last `D` seconds, plus queued

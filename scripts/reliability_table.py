@@ -1,5 +1,5 @@
 """Turn the accounting lines of the fault and bad-input tests (tests/accounting.py) into the
-markdown table of issue 9: fault or input class, cases tried, requests sent, lost, errors seen.
+markdown reliability table: fault or input class, cases tried, requests sent, lost, errors seen.
 
 Usage:
     TIDESERVE_ACCOUNTING=/tmp/accounting.jsonl .venv/bin/python -m pytest TESTS...

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 .venv/bin/python scripts/gen_protos.py --check
+# The performance pages' figure tables are rendered from docs/performance/results/*.json.
+.venv/bin/python -m bench.docs --check
 .venv/bin/ruff check .
 # The layers and the absence of import cycles ([tool.importlinter] in pyproject.toml).
 .venv/bin/lint-imports --no-logo

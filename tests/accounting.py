@@ -1,4 +1,4 @@
-"""What each fault and bad-input test did to the suite, for issue 9's table: the fault or input
+"""What each fault and bad-input test did to the suite, for the faults table: the fault or input
 class, the cases tried, the requests sent, how many of them were lost (no response and no clear
 status) and the error statuses seen.
 

@@ -30,7 +30,7 @@ T = TypeVar("T")
 def run_service(main: Coroutine[Any, Any, None]) -> None:
     """Run a service's main coroutine on uvloop's event loop. Each RPC of a grpc.aio server or
     channel is several event-loop callbacks; uvloop runs the loop in C, and on the 2-core
-    machine the whole stack served 10-20% more requests per second with it (docs/benchmarks.md).
+    machine the whole stack served 10-20% more requests per second with it (docs/performance).
 
     A secret refused at start (a key or token file others can read) ends the process with the
     refusal alone on stderr, which says which file and how to fix it: there is nothing a

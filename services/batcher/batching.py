@@ -80,7 +80,7 @@ class Coalescing:
     down, the balancer's and the worker's per-batch work: about 2 ms beyond mlp's compute), and
     a batch sent the moment a slot frees holds what happened to be parsed by then (10 rows).
     Waiting for a dense stream of arrivals to pause made batches of 15 and served 1.06-1.28x
-    the requests a second (alternating pairs), p99 no worse (docs/benchmarks.md).
+    the requests a second (alternating pairs), p99 no worse (docs/performance/batching.md).
 
     The gate on density is what keeps a lone request from waiting: at concurrency 1 requests
     come a round trip apart, far sparser than the gate, and leave at once; a fixed

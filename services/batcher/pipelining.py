@@ -5,7 +5,7 @@ With one batch in flight per instance, an instance idles for a whole round of ho
 batches (its answer travels back, the next batch travels down): cnn on the 2-core machine spent
 about 4 ms of every 30-55 ms batch that way. A second batch sent at once would remove the gap
 but leave with whatever is queued that instant, and small batches cost the CPU the hops need
-(mlp c=64: 532-1,763 infer/s against 2,448-2,509, bench/suite.py, session 2). Sent at the
+(mlp c=64 under perf_analyzer: 532-1,763 infer/s against 2,448-2,509 with one). Sent at the
 predicted end of the instance's current batch less the hop down, it arrives as the instance
 frees and holds every request that came in meanwhile.
 

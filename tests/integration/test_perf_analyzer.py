@@ -1,6 +1,6 @@
 """Triton's perf_analyzer completes a short measurement against tideserve's batcher without errors.
 
-Why: issue 3 promises drop-in compatibility with Triton's own benchmark client; perf_analyzer
+Why: tideserve promises drop-in compatibility with Triton's own benchmark client; perf_analyzer
 exits early on any gap (ServerMetadata, ModelMetadata, ModelConfig, statistics, response
 decoding), so one short run exercises the whole client-facing contract the benchmark relies on.
 
