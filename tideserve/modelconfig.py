@@ -4,7 +4,8 @@ protos/tideserve/v1/model_config.proto), read into a `ModelConfig` message and v
 
 tideserve-specific options live in `parameters`, as Triton keeps backend options there:
   instance_count      model instances (executor threads / CUDA streams) per worker, default 1
-  batching_policy     "fixed", "queue_length", "slo" or "aimd" (default: "slo" when slo_ms is set)
+  batching_policy     the batcher's batching policy by name, checked by the batcher against the
+                      policies it registers (services/batcher/policies.py)
   slo_ms              end-to-end latency target for the SLO-aware batching policy
   coalesce_window_us  how long a batch may stay for requests still arriving close together,
                       once it could leave (default 0: off; services/batcher/batching.py)
@@ -23,9 +24,6 @@ from google.protobuf import text_format
 from tideserve.codec import ELEMENT_SIZES
 from tideserve.errors import InvalidArgument, NotFound
 from tideserve.v1 import model_config_pb2 as mc
-
-# Batching policies the batcher implements (services/batcher/policies.py).
-BATCHING_POLICIES = ("fixed", "queue_length", "slo", "aimd")
 
 
 def datatype_name(data_type: int) -> str:
@@ -193,12 +191,6 @@ def select_versions(config: mc.ModelConfig, available: Iterable[int]) -> list[in
 
 
 def _check_parameters(model: str, parameters: dict[str, str]) -> None:
-    policy = parameters.get("batching_policy")
-    if policy is not None and policy not in BATCHING_POLICIES:
-        raise InvalidArgument(
-            f"model {model}: unknown batching_policy {policy!r}; choose one of "
-            f"{list(BATCHING_POLICIES)}"
-        )
     for name, zero_allowed in (
         ("slo_ms", False),
         ("instance_count", False),
@@ -212,8 +204,6 @@ def _check_parameters(model: str, parameters: dict[str, str]) -> None:
         if not valid:
             bound = ">= 0" if zero_allowed else "> 0"
             raise InvalidArgument(f"model {model}: parameter {name} must be a number {bound}")
-    if policy in ("slo", "aimd") and "slo_ms" not in parameters:
-        raise InvalidArgument(f"model {model}: batching_policy {policy} needs parameters.slo_ms")
 
 
 def read_config(path: Path, default_name: str) -> mc.ModelConfig:

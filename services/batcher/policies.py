@@ -11,6 +11,11 @@ feed it what it learns. The queue (batching.py) applies the answer; dispatch cap
 Default: `slo` when the model config sets `slo_ms`, else `fixed`. `fixed` and `queue_length`
 stop short of the max batch size where the measured curve shows a smaller batch serving rows
 clearly faster (`throughput_cap`).
+
+A model config names its policy in parameters.batching_policy; `create_policy` looks the name up
+in `POLICIES` (filled by `register`), and an unknown name is a ValueError that lists the valid
+ones. The shared runtime (tideserve/modelconfig.py) does not know these names: the batcher is the
+only reader of the parameter, and the layers keep services out of the runtime.
 """
 
 from __future__ import annotations
@@ -254,16 +259,51 @@ class AimdPolicy:
             self.size = min(float(self.max_batch_size), self.size + 1.0)
 
 
+# Builds a model's policy from its config and the workers' measured t(b).
+PolicyFactory = Callable[[ModelSpec, ServiceCurve], BatchPolicy]
+
+POLICIES: dict[str, PolicyFactory] = {}
+
+
+def register(name: str, factory: PolicyFactory) -> None:
+    """Make `factory` the policy a model config selects with batching_policy `name`."""
+    if name in POLICIES:
+        raise ValueError(f"batching policy {name!r} is already registered")
+    POLICIES[name] = factory
+
+
+def policy_name(spec: ModelSpec) -> str:
+    """The policy the model config asks for: parameters.batching_policy, else `slo` when it sets
+    slo_ms, else `fixed`."""
+    return spec.parameters.get("batching_policy") or ("slo" if spec.slo_ms else "fixed")
+
+
 def create_policy(spec: ModelSpec, curve: ServiceCurve) -> BatchPolicy:
-    """The policy the model config asks for (parameters.batching_policy); ModelSpec has already
-    checked the name and that slo/aimd come with an slo_ms."""
-    slo_ms = spec.slo_ms
-    name = spec.parameters.get("batching_policy") or ("slo" if slo_ms else "fixed")
-    max_batch = max(spec.max_batch_size, 1)
-    if name == "queue_length":
-        return QueueLengthPolicy(max_batch, curve)
-    if name == "slo" and slo_ms:
-        return SloPolicy(max_batch, slo_ms / 1000, curve)
-    if name == "aimd" and slo_ms:
-        return AimdPolicy(max_batch, slo_ms / 1000)
-    return FixedPolicy(max_batch, spec.batching.max_queue_delay_us / 1e6, curve)
+    """The policy the model config asks for; ValueError for a name no policy is registered
+    under, listing those that are, or for a config the policy cannot work with."""
+    name = policy_name(spec)
+    factory = POLICIES.get(name)
+    if factory is None:
+        raise ValueError(f"unknown batching_policy {name!r}; choose one of {sorted(POLICIES)}")
+    return factory(spec, curve)
+
+
+def _max_batch(spec: ModelSpec) -> int:
+    return max(spec.max_batch_size, 1)
+
+
+def _slo_s(spec: ModelSpec) -> float:
+    if not spec.slo_ms:
+        raise ValueError(f"batching_policy {policy_name(spec)} needs parameters.slo_ms")
+    return spec.slo_ms / 1000
+
+
+register(
+    FixedPolicy.name,
+    lambda spec, curve: FixedPolicy(
+        _max_batch(spec), spec.batching.max_queue_delay_us / 1e6, curve
+    ),
+)
+register(QueueLengthPolicy.name, lambda spec, curve: QueueLengthPolicy(_max_batch(spec), curve))
+register(SloPolicy.name, lambda spec, curve: SloPolicy(_max_batch(spec), _slo_s(spec), curve))
+register(AimdPolicy.name, lambda spec, curve: AimdPolicy(_max_batch(spec), _slo_s(spec)))

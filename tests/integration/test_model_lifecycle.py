@@ -182,6 +182,28 @@ def test_invalid_or_missing_models_are_refused_with_the_reason(
     assert triton(cluster, "infer", DEFAULT_MODEL, "1")["ok"] == 1
 
 
+def test_a_model_naming_an_unknown_batching_policy_is_refused_by_the_batcher(
+    cluster: Cluster, repository: Path
+) -> None:
+    """The batching policy is the batcher's alone: the worker loads the model whatever its
+    config names, and the batcher refuses its requests with the policies it knows."""
+    odd = repository / "odd_policy"
+    shutil.copytree(repository / DEFAULT_MODEL / "1", odd / "1")
+    config = (repository / DEFAULT_MODEL / "config.pbtxt").read_text()
+    (odd / "config.pbtxt").write_text(
+        config.replace(f'"{DEFAULT_MODEL}"', '"odd_policy"')
+        + 'parameters { key: "batching_policy" value { string_value: "magic" } }\n'
+    )
+    assert triton(cluster, "load", "odd_policy") == {"ok": True}
+
+    refused = triton(cluster, "infer", "odd_policy", "1")
+
+    assert refused["status"] == "StatusCode.FAILED_PRECONDITION", refused
+    assert "unknown batching_policy 'magic'" in refused["error"]
+    assert "['aimd', 'fixed', 'queue_length', 'slo']" in refused["error"]
+    assert triton(cluster, "infer", DEFAULT_MODEL, "1")["ok"] == 1, "the batcher serves on"
+
+
 def test_model_control_can_be_turned_off(cluster: Cluster) -> None:
     port = free_port()
     cluster.spawn(

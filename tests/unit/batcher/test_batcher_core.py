@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
+from services.batcher.admission import ADMISSION_MIN_BATCHES
 from services.batcher.batching import PendingRequest
 from services.batcher.catalog import CatalogEntry, ModelCatalog
-from services.batcher.core import ADMISSION_MIN_BATCHES, BatcherCore, ModelScheduler
-from services.batcher.policies import MeasuredCurve
+from services.batcher.core import BatcherCore
+from services.batcher.scheduler import ModelScheduler
 from tideserve.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -551,6 +552,7 @@ async def test_model_scheduler_directly_with_a_fixed_capacity(
 ) -> None:
     entry: CatalogEntry = catalog_with(model_config(delay_us=0)).get(MODEL)
     scheduler = ModelScheduler(entry, dispatcher, lambda: 1, clock)
+    scheduler.start()
     try:
         request = PendingRequest(
             request_id="direct",
@@ -614,23 +616,3 @@ async def test_before_any_batch_returns_deadlines_do_not_refuse_admission(
     assert len(core.schedulers[(MODEL, "")].queue) == 6, "admitted: nothing says it would be late"
     dispatcher.gate.set()
     await gather(futures)
-
-
-async def test_a_backlog_is_priced_in_the_batches_it_will_leave_in(clock: FakeClock) -> None:
-    """With the workers' curve t(b) = 40 ms + 1 ms x b, 40 queued rows of a max-16 model leave
-    as 16 + 16 + 9 (its own row last): 3 x 40 ms + 41 ms of compute, plus each batch's share of
-    the hops (the measured 60 ms round trip of 4-row batches minus their 44 ms compute)."""
-    entry: CatalogEntry = catalog_with(model_config(max_batch_size=16, delay_us=0)).get(MODEL)
-    curve = {1: 0.041, 4: 0.044, 16: 0.056}
-    scheduler = ModelScheduler(entry, EchoDispatcher(clock), lambda: 1, clock, lambda: curve)
-    try:
-        for _ in range(ADMISSION_MIN_BATCHES - 1):
-            scheduler._observe_round_trip(4, 0.060)
-        assert scheduler.expected_wait(40) == 0.0, "still measuring: nothing refused yet"
-        scheduler._observe_round_trip(4, 0.060)
-        assert scheduler.expected_wait(40) == pytest.approx(3 * 0.040 + 0.041 + 3 * 0.016)
-        # Without a curve every row costs its share of the round trip: 41 rows / 4 x 60 ms.
-        scheduler.curve = MeasuredCurve(dict)
-        assert scheduler.expected_wait(40) == pytest.approx((40 / 4 + 1) * 0.060)
-    finally:
-        scheduler.close()

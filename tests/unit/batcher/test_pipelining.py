@@ -8,8 +8,8 @@ import pytest
 
 from services.batcher.batching import PendingRequest
 from services.batcher.catalog import CatalogEntry
-from services.batcher.core import ModelScheduler
 from services.batcher.pipelining import InstanceTimeline
+from services.batcher.scheduler import ModelScheduler
 from tests.unit.batcher.test_batcher_core import (
     MODEL,
     WIDTH,
@@ -76,6 +76,7 @@ async def test_second_batch_leaves_when_the_first_is_predicted_done() -> None:
     curve = {1: 0.011, 8: 0.018}
     dispatcher = EchoDispatcher()
     scheduler = ModelScheduler(entry, dispatcher, lambda: 1, clock, lambda: curve, depth=2)
+    scheduler.start()
     try:
         await gather([scheduler.submit(pending(9, clock))])  # a round trip measured (no hops)
         dispatcher.gate.clear()  # the worker holds every batch from now
@@ -126,6 +127,7 @@ async def test_without_a_measured_curve_a_second_batch_waits_for_a_free_instance
     entry: CatalogEntry = catalog_with(model_config(max_batch_size=8, delay_us=0)).get(MODEL)
     dispatcher = EchoDispatcher()
     scheduler = ModelScheduler(entry, dispatcher, lambda: 1, clock, dict, depth=2)
+    scheduler.start()
     try:
         futures = await two_arrive_long_after_a_held_batch(scheduler, dispatcher, clock)
         assert dispatcher.batch_rows == [1], "nothing predicts when the instance frees"
@@ -147,6 +149,7 @@ async def test_a_model_that_computes_for_less_than_its_hops_is_not_pipelined() -
     curve = {1: 0.0002, 8: 0.0009}
     dispatcher = EchoDispatcher(clock, seconds_per_batch=0.003)
     scheduler = ModelScheduler(entry, dispatcher, lambda: 1, clock, lambda: curve, depth=2)
+    scheduler.start()
     try:
         await gather([scheduler.submit(pending(9, clock))])  # 3 ms round trip, all hops
         futures = await two_arrive_long_after_a_held_batch(scheduler, dispatcher, clock)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.batcher.policies import (
+    POLICIES,
     AimdPolicy,
     ArrivalRate,
     FixedPolicy,
@@ -13,6 +14,7 @@ from services.batcher.policies import (
     SloPolicy,
     create_policy,
     fit_affine,
+    register,
     throughput_cap,
 )
 from tideserve.errors import InvalidArgument
@@ -130,11 +132,38 @@ def test_model_config_selects_the_policy() -> None:
     assert isinstance(create_policy(spec(batching_policy="queue_length"), dict), QueueLengthPolicy)
 
 
+def test_every_policy_is_registered_under_its_name() -> None:
+    assert sorted(POLICIES) == ["aimd", "fixed", "queue_length", "slo"]
+    for name in POLICIES:
+        chosen = create_policy(spec(batching_policy=name, slo_ms="50"), dict)
+        assert chosen.name == name
+
+
+def test_an_unknown_policy_name_lists_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="unknown batching_policy 'magic'") as refused:
+        create_policy(spec(batching_policy="magic"), dict)
+    assert "['aimd', 'fixed', 'queue_length', 'slo']" in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["slo", "aimd"])
+def test_an_slo_policy_without_slo_ms_is_refused(name: str) -> None:
+    with pytest.raises(ValueError, match=f"batching_policy {name} needs parameters.slo_ms"):
+        create_policy(spec(batching_policy=name), dict)
+
+
+def test_a_registered_policy_can_be_chosen_and_names_are_not_reused() -> None:
+    register("test_only", lambda s, curve: QueueLengthPolicy(s.max_batch_size, curve))
+    try:
+        assert isinstance(create_policy(spec(batching_policy="test_only"), dict), QueueLengthPolicy)
+        with pytest.raises(ValueError, match="'test_only' is already registered"):
+            register("test_only", lambda s, curve: FixedPolicy(1, 0.0))
+    finally:
+        del POLICIES["test_only"]
+
+
 @pytest.mark.parametrize(
     ("parameters", "words"),
     [
-        ({"batching_policy": "magic"}, "unknown batching_policy 'magic'"),
-        ({"batching_policy": "slo"}, "needs parameters.slo_ms"),
         ({"slo_ms": "-5"}, "slo_ms must be a number > 0"),
         ({"instance_count": "two"}, "instance_count must be a number > 0"),
         ({"coalesce_window_us": "-1"}, "coalesce_window_us must be a number >= 0"),
