@@ -4,13 +4,22 @@ mapping and graceful shutdown. Services build their servicers and hand them to t
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
+import inspect
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol
 
 import grpc
 import uvloop
@@ -23,8 +32,6 @@ from tideserve.grpc_options import CHANNEL_OPTIONS, MAX_CONCURRENT_RPCS, SERVER_
 from tideserve.metadata import REASON_KEY
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 def run_service(main: Coroutine[Any, Any, None]) -> None:
@@ -122,9 +129,11 @@ def channel_credentials(tls: TlsSettings) -> grpc.ChannelCredentials:
 def new_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> grpc.aio.Server:
+    """A grpc.aio server with the shared options. `ErrorMapping` comes first, so it wraps every
+    handler and every other interceptor: whatever they raise is answered the same way."""
     return grpc.aio.server(
         options=SERVER_OPTIONS,
-        interceptors=interceptors,
+        interceptors=[ErrorMapping(), *interceptors],
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
     )
 
@@ -173,10 +182,11 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 
 class RoleGuard(grpc.aio.ServerInterceptor):
-    """Runs `guard.check` before every method of `service`, of any of the four call shapes, and
-    answers its error's status before the handler runs, so a refused call changes nothing.
-    Other services on the server (health, reflection) stay open. The check runs inside the
-    handler because only the servicer context carries the peer's verified certificate."""
+    """Runs `guard.check` before every method of `service`, of any of the four call shapes; its
+    error (answered by `ErrorMapping`) ends the call before the handler runs, so a refused call
+    changes nothing. Other services on the server (health, reflection) stay open. The check runs
+    inside the handler because only the servicer context carries the peer's verified
+    certificate."""
 
     def __init__(self, service: str, guard: RoleCheck) -> None:
         self.prefix = f"/{service}/"
@@ -194,7 +204,7 @@ class RoleGuard(grpc.aio.ServerInterceptor):
         method = path[len(self.prefix) :]
         guard = self.guard
 
-        async def admit(context: grpc.aio.ServicerContext) -> None:
+        def admit(context: grpc.aio.ServicerContext) -> None:
             metadata = {
                 key: value
                 for key, value in context.invocation_metadata() or ()
@@ -207,38 +217,123 @@ class RoleGuard(grpc.aio.ServerInterceptor):
                     "call refused",
                     extra={"method": method, "code": error.code, "peer": context.peer()},
                 )
-                await context.abort(status_code(error), str(error))
+                raise
 
-        args = (handler.request_deserializer, handler.response_serializer)
-        if handler.unary_unary is not None:
-            unary_unary = handler.unary_unary
+        def checked(behavior: Behavior) -> Behavior:
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                admit(context)
+                return await behavior(request, context)
 
-            async def checked_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await admit(context)
-                return await unary_unary(request, context)
+            return unary
 
-            return grpc.unary_unary_rpc_method_handler(checked_unary, *args)
-        if handler.stream_unary is not None:
-            stream_unary = handler.stream_unary
+        def checked_stream(behavior: Behavior) -> Behavior:
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                admit(context)
+                async with contextlib.aclosing(_responses(behavior(request, context))) as answers:
+                    async for response in answers:
+                        yield response
 
-            async def checked_stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                await admit(context)
-                return await stream_unary(requests, context)
+            return stream
 
-            return grpc.stream_unary_rpc_method_handler(checked_stream_unary, *args)
-        streaming = handler.unary_stream or handler.stream_stream
-        make = (
-            grpc.unary_stream_rpc_method_handler
-            if handler.unary_stream is not None
-            else grpc.stream_stream_rpc_method_handler
-        )
+        return _rewrapped(handler, checked, checked_stream)
 
-        async def checked_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await admit(context)
-            async for response in streaming(request, context):
-                yield response
 
-        return make(checked_stream, *args)
+# A handler's behaviour: (request or request iterator, context) -> response, or an async
+# iterator of responses for the server-streaming shapes.
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
+
+
+def _rewrapped(
+    handler: grpc.RpcMethodHandler,
+    wrap_unary: Callable[[Behavior], Behavior],
+    wrap_stream: Callable[[Behavior], Behavior],
+) -> grpc.RpcMethodHandler:
+    """`handler` with its behaviour wrapped: by `wrap_unary` for the shapes answering once
+    (unary-unary, stream-unary), by `wrap_stream` for those answering with a stream."""
+    args = (handler.request_deserializer, handler.response_serializer)
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(wrap_unary(handler.unary_unary), *args)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(wrap_unary(handler.stream_unary), *args)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(wrap_stream(handler.unary_stream), *args)
+    return grpc.stream_stream_rpc_method_handler(wrap_stream(handler.stream_stream), *args)
+
+
+async def _responses(result: Any) -> AsyncIterator[Any]:
+    """The responses of a streaming handler's `result`: an async generator, or a coroutine that
+    wrote them itself with `context.write`. Each wrapper closes what it relays (`aclosing`) when
+    its caller stops, so the handler's `finally` runs then, not when it is collected."""
+    if inspect.isawaitable(result):
+        await result
+        return
+    async with contextlib.aclosing(result) as responses:
+        async for response in responses:
+            yield response
+
+
+# What a client is told of a failure the code did not expect; the detail goes to the log only.
+INTERNAL_MESSAGE = "internal error; see the server log"
+
+
+class ErrorMapping(grpc.aio.ServerInterceptor):
+    """The one place a handler's exception becomes the call's status: a domain error gives its
+    code, message and reason (as the `REASON_KEY` trailer, for failures sharing a code); anything
+    else is INTERNAL with a generic message, its detail logged. For all four call shapes,
+    streaming ones included (an error raised while the handler yields or reads). Handlers raise;
+    none aborts by hand."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+
+        def mapped(behavior: Behavior) -> Behavior:
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await behavior(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as error:
+                    await answer_error(context, error, method)
+
+            return unary
+
+        def mapped_stream(behavior: Behavior) -> Behavior:
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    async with contextlib.aclosing(
+                        _responses(behavior(request, context))
+                    ) as answers:
+                        async for response in answers:
+                            yield response
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as error:
+                    await answer_error(context, error, method)
+
+            return stream
+
+        return _rewrapped(handler, mapped, mapped_stream)
+
+
+async def answer_error(
+    context: grpc.aio.ServicerContext, error: Exception, method: str
+) -> NoReturn:
+    """End the call with `error` mapped as `ErrorMapping` describes. Raises, as `context.abort`
+    does."""
+    if isinstance(error, TideserveError):
+        if error.reason:
+            context.set_trailing_metadata(((REASON_KEY, error.reason),))
+        await context.abort(status_code(error), str(error))
+    logger.error("unhandled error in %s", method, exc_info=error)
+    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+    raise AssertionError("unreachable: context.abort raises")
 
 
 async def add_health_and_reflection(
@@ -280,34 +375,6 @@ async def set_serving(
 
 def status_code(error: TideserveError) -> grpc.StatusCode:
     return grpc.StatusCode[error.code]
-
-
-async def abort(context: grpc.aio.ServicerContext, error: TideserveError) -> None:
-    """End the call with `error`'s status and message, and its reason (if any) as the
-    `REASON_KEY` trailer. Raises, as `context.abort` does."""
-    if error.reason:
-        context.set_trailing_metadata(((REASON_KEY, error.reason),))
-    await context.abort(status_code(error), str(error))
-
-
-def rpc_errors(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Map domain errors raised by a unary aio handler to gRPC statuses; anything else becomes
-    INTERNAL with a generic message (the detail goes to the log, not to the client)."""
-
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
-        try:
-            return await method(self, request, context)
-        except TideserveError as error:
-            await abort(context, error)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception:
-            logger.exception("unhandled error in %s", method.__qualname__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-        raise AssertionError("unreachable: context.abort raises")
-
-    return wrapper
 
 
 async def serve_until_signal(

@@ -57,7 +57,7 @@ class GrpcWorkerTransport:
                 raise WorkerLost(
                     f"the process at {address} refused the key its worker registered with"
                 ) from error
-            raise serving.error_from_status(error.code(), error.details()) from error
+            raise serving.error_from_rpc(error) from error
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if self._channels.get(address) is not channel and not (task and task.cancelling()):
@@ -75,6 +75,17 @@ class GrpcWorkerTransport:
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._channels.values()))
+
+
+def dispatch_rows(value: str) -> int:
+    """The batch's row count from its `ROWS_KEY` metadata, a whole number of at least 0."""
+    try:
+        rows = int(value)
+    except ValueError:
+        rows = -1
+    if rows < 0:
+        raise InvalidArgument(f"{ROWS_KEY} metadata must be a whole number of rows, not {value!r}")
+    return rows
 
 
 class BalancerServicer:
@@ -97,14 +108,8 @@ class BalancerServicer:
         except StopAsyncIteration:
             return
         if not first.HasField("registration"):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "the first heartbeat message must be a registration",
-            )
-        try:
-            session = await self.core.connect(first.registration)
-        except TideserveError as error:
-            await context.abort(serving.status_code(error), str(error))
+            raise InvalidArgument("the first heartbeat message must be a registration")
+        session = await self.core.connect(first.registration)
         reader = asyncio.create_task(self._read_reports(reports, session))
         try:
             while True:
@@ -134,8 +139,8 @@ class BalancerServicer:
         metadata = dict(context.invocation_metadata() or ())
         model = metadata.get(MODEL_KEY)
         if not model:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"missing {MODEL_KEY} metadata")
-        rows = int(metadata.get(ROWS_KEY, "1"))
+            raise InvalidArgument(f"missing {MODEL_KEY} metadata")
+        rows = dispatch_rows(metadata.get(ROWS_KEY, "1"))
         logger.debug(
             "dispatching batch",
             extra={"batch_id": metadata.get(BATCH_ID_KEY, ""), "model": model, "rows": rows},
@@ -147,12 +152,10 @@ class BalancerServicer:
             result = await self.core.dispatch(model, rows, payload, deadline)
         except TideserveError as error:
             self.metrics.dispatch_done(model, error.code, self.core.clock() - started)
-            await serving.abort(context, error)
             raise
         self.metrics.dispatch_done(model, "OK", self.core.clock() - started)
         return result
 
-    @serving.rpc_errors
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
@@ -167,14 +170,12 @@ class BalancerServicer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), interval)
 
-    @serving.rpc_errors
     async def ReportFrontend(
         self, request: pb.FrontendReport, context: grpc.aio.ServicerContext
     ) -> pb.FrontendReportAck:
         self.core.frontend_report(request)
         return pb.FrontendReportAck()
 
-    @serving.rpc_errors
     async def DrainWorker(
         self, request: pb.DrainWorkerRequest, context: grpc.aio.ServicerContext
     ) -> pb.DrainWorkerResponse:
@@ -182,7 +183,6 @@ class BalancerServicer:
         wait_s = (remaining if remaining is not None else 30.0) if request.wait else None
         return await self.core.drain(request.worker_id, wait_s)
 
-    @serving.rpc_errors
     async def SetRoutingPolicy(
         self, request: pb.SetRoutingPolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetRoutingPolicyResponse:
@@ -192,7 +192,6 @@ class BalancerServicer:
             raise InvalidArgument(str(error)) from error
         return pb.SetRoutingPolicyResponse(name=self.core.policy.name)
 
-    @serving.rpc_errors
     async def ControlModel(
         self, request: pb.ControlModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.ControlModelResponse:

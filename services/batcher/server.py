@@ -164,13 +164,11 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         if regions.enabled:
             self.extensions.append("system_shared_memory")
 
-    @serving.rpc_errors
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    @serving.rpc_errors
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerReadyResponse:
@@ -180,7 +178,6 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             ready=any(self.core.model_ready(m) for m in self.catalog.entries)
         )
 
-    @serving.rpc_errors
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
@@ -189,7 +186,6 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         )
         return pb.ModelReadyResponse(ready=ready)
 
-    @serving.rpc_errors
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
@@ -197,25 +193,21 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             name="tideserve", version=tideserve.__version__, extensions=self.extensions
         )
 
-    @serving.rpc_errors
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
         return self.catalog.get(request.name, request.version).metadata
 
-    @serving.rpc_errors
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
         return pb.ModelConfigResponse(config=self.catalog.get(request.name, request.version).config)
 
-    @serving.rpc_errors
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
         return self.statistics.report(request.name, request.version)
 
-    @serving.rpc_errors
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
@@ -227,7 +219,6 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 response.models.add(name=name, version=version, state=state, reason=reason)
         return response
 
-    @serving.rpc_errors
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
@@ -246,7 +237,6 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         )
         return pb.RepositoryModelLoadResponse()
 
-    @serving.rpc_errors
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
@@ -295,7 +285,6 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 f"the workers changed model {name!r}, but no cluster snapshot has shown it yet"
             ) from None
 
-    @serving.rpc_errors
     async def SystemSharedMemoryRegister(
         self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.SystemSharedMemoryRegisterResponse:
@@ -310,14 +299,12 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         )
         return pb.SystemSharedMemoryRegisterResponse()
 
-    @serving.rpc_errors
     async def SystemSharedMemoryUnregister(
         self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.SystemSharedMemoryUnregisterResponse:
         self.regions.unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
-    @serving.rpc_errors
     async def SystemSharedMemoryStatus(
         self, request: pb.SystemSharedMemoryStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.SystemSharedMemoryStatusResponse:
@@ -328,7 +315,6 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             status.offset, status.byte_size = region.offset, region.byte_size
         return response
 
-    @serving.rpc_errors
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
@@ -389,10 +375,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             # be read, which the client must hear about rather than see a quiet end.
             (outcome,) = await asyncio.gather(reader, return_exceptions=True)
             if isinstance(outcome, Exception) and not isinstance(outcome, grpc.aio.AbortError):
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"could not read a request on the stream: {outcome}",
-                )
+                raise InvalidArgument(f"could not read a request on the stream: {outcome}")
         finally:
             reader.cancel()
             # A cancelled stream's queued requests are not computed (the scheduler skips done

@@ -56,54 +56,46 @@ class ScalerAdminServicer(cluster_pb2_grpc.ScalerAdminServicer):
     def _status(self) -> pb.ScalerStatus:
         return self.controller.status(self.runtime_name)
 
-    @serving.rpc_errors
     async def GetStatus(
         self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScalerStatus:
         return self._status()
 
-    @serving.rpc_errors
     async def ListWorkers(
         self, request: pb.ListWorkersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListWorkersResponse:
         return pb.ListWorkersResponse(workers=self.controller.list_workers())
 
-    @serving.rpc_errors
     async def SetPolicy(
         self, request: pb.SetPolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScalerStatus:
         self.controller.set_policy(request.name, dict(request.parameters))
         return self._status()
 
-    @serving.rpc_errors
     async def ScaleTo(
         self, request: pb.ScaleToRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScalerStatus:
         self.controller.scale_to(None if request.release else request.replicas)
         return self._status()
 
-    @serving.rpc_errors
     async def SetBounds(
         self, request: pb.SetBoundsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScalerStatus:
         self.controller.set_bounds(request.min_replicas, request.max_replicas)
         return self._status()
 
-    @serving.rpc_errors
     async def Pause(
         self, request: pb.PauseRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScalerStatus:
         self.controller.paused = True
         return self._status()
 
-    @serving.rpc_errors
     async def Resume(
         self, request: pb.ResumeRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScalerStatus:
         self.controller.paused = False
         return self._status()
 
-    @serving.rpc_errors
     async def DrainWorker(
         self, request: pb.DrainWorkerRequest, context: grpc.aio.ServicerContext
     ) -> pb.DrainWorkerResponse:

@@ -36,7 +36,6 @@ class WorkerServicer(cluster_pb2_grpc.WorkerServicer):
         self.core = core
         self.metrics = metrics
 
-    @serving.rpc_errors
     async def Execute(
         self, request: cluster_pb2.Batch, context: grpc.aio.ServicerContext
     ) -> cluster_pb2.BatchResult:
