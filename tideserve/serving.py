@@ -23,6 +23,7 @@ from typing import Any, NoReturn, Protocol
 
 import grpc
 import uvloop
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -151,6 +152,13 @@ def bind(server: grpc.aio.Server, address: str, tls: TlsSettings = PLAINTEXT) ->
             f"cannot listen on {address}: another process holds the port, or the host is not "
             "an address of this machine; pick another with --port / --host"
         ) from error
+
+
+def method_path(service: ServiceDescriptor, method: str) -> str:
+    """The call path of `service`'s `method` ("/package.Service/Method"), from the generated
+    descriptor: a method renamed or removed in the proto fails where this is called (at import,
+    for module constants), not at the first call."""
+    return f"/{service.full_name}/{service.methods_by_name[method].name}"
 
 
 def channel(address: str, tls: TlsSettings = PLAINTEXT) -> grpc.aio.Channel:

@@ -1,5 +1,6 @@
-"""Balancer server wiring. Dispatch is registered with no (de)serializers: the balancer forwards
-the batch bytes to the worker untouched and routes on request metadata alone."""
+"""Balancer server wiring. The Balancer service is registered from the generated code, except
+Dispatch, registered again with no (de)serializers: the balancer forwards the batch bytes to the
+worker untouched and routes on request metadata alone."""
 
 from __future__ import annotations
 
@@ -19,11 +20,14 @@ from tideserve import metrics, serving
 from tideserve.errors import InvalidArgument, TideserveError
 from tideserve.metadata import BATCH_ID_KEY, MODEL_KEY, ROWS_KEY
 from tideserve.v1 import cluster_pb2 as pb
+from tideserve.v1 import cluster_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = "tideserve.v1.Balancer"
-WORKER_EXECUTE = "/tideserve.v1.Worker/Execute"
+BALANCER = pb.DESCRIPTOR.services_by_name["Balancer"]
+SERVICE_NAME = BALANCER.full_name
+DISPATCH = BALANCER.methods_by_name["Dispatch"].name
+WORKER_EXECUTE = serving.method_path(pb.DESCRIPTOR.services_by_name["Worker"], "Execute")
 # How long a ControlModel call without a deadline waits for the workers to load the model.
 CONTROL_TIMEOUT_S = 120.0
 
@@ -205,40 +209,16 @@ class BalancerServicer:
             request.model_name, request.action == pb.ControlModelRequest.LOAD, timeout_s
         )
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        def unary(method, request_type, response_type):  # type: ignore[no-untyped-def]
-            return grpc.unary_unary_rpc_method_handler(
-                method, request_type.FromString, response_type.SerializeToString
-            )
 
-        return grpc.method_handlers_generic_handler(
-            SERVICE_NAME,
-            {
-                "Heartbeat": grpc.stream_stream_rpc_method_handler(
-                    self.Heartbeat, pb.WorkerReport.FromString, pb.BalancerCommand.SerializeToString
-                ),
-                # Bytes in, bytes out: no (de)serializer.
-                "Dispatch": grpc.unary_unary_rpc_method_handler(self.Dispatch),
-                "ListModels": unary(self.ListModels, pb.ListModelsRequest, pb.ListModelsResponse),
-                "WatchCluster": grpc.unary_stream_rpc_method_handler(
-                    self.WatchCluster,
-                    pb.WatchClusterRequest.FromString,
-                    pb.ClusterSnapshot.SerializeToString,
-                ),
-                "ReportFrontend": unary(
-                    self.ReportFrontend, pb.FrontendReport, pb.FrontendReportAck
-                ),
-                "DrainWorker": unary(
-                    self.DrainWorker, pb.DrainWorkerRequest, pb.DrainWorkerResponse
-                ),
-                "SetRoutingPolicy": unary(
-                    self.SetRoutingPolicy, pb.SetRoutingPolicyRequest, pb.SetRoutingPolicyResponse
-                ),
-                "ControlModel": unary(
-                    self.ControlModel, pb.ControlModelRequest, pb.ControlModelResponse
-                ),
-            },
-        )
+def add_balancer_to_server(servicer: BalancerServicer, server: grpc.aio.Server) -> None:
+    """Register the Balancer service: every method as generated, then Dispatch again with bytes
+    in and bytes out. A registered method is looked up by its full path and the later
+    registration of a path replaces the earlier, so Dispatch is the raw one (a test checks the
+    payload arrives as bytes)."""
+    cluster_pb2_grpc.add_BalancerServicer_to_server(servicer, server)
+    server.add_registered_method_handlers(
+        SERVICE_NAME, {DISPATCH: grpc.unary_unary_rpc_method_handler(servicer.Dispatch)}
+    )
 
 
 async def _expire_loop(core: BalancerCore, period_s: float) -> None:
@@ -284,7 +264,7 @@ async def serve(settings: BalancerSettings) -> None:
     )
     server = serving.new_server([serving.RoleGuard(SERVICE_NAME, auth)])
     servicer = BalancerServicer(core, settings.snapshot_interval_s, balancer_metrics)
-    server.add_generic_rpc_handlers((servicer.handler(),))
+    add_balancer_to_server(servicer, server)
     port = serving.bind(server, f"{settings.host}:{settings.port}", tls)
     health = await serving.add_health_and_reflection(server, [SERVICE_NAME])
     await server.start()

@@ -39,8 +39,10 @@ from tideserve.v1 import inference_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = "inference.GRPCInferenceService"
-BALANCER_DISPATCH = "/tideserve.v1.Balancer/Dispatch"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+BALANCER_DISPATCH = serving.method_path(
+    cluster_pb2.DESCRIPTOR.services_by_name["Balancer"], "Dispatch"
+)
 # How long a starting batcher waits for its first model catalog before it takes requests.
 CATALOG_WAIT_S = 5.0
 # How long a load or unload without a deadline may take, the workers' loads included.
@@ -75,9 +77,7 @@ class BalancerPool:
     async def dispatch(
         self, model: str, rows: int, payload: bytes, timeout: float | None, batch_id: str = ""
     ) -> bytes:
-        metadata = (
-            (MODEL_KEY, model), (ROWS_KEY, str(rows)), (BATCH_ID_KEY, batch_id), *self.auth
-        )
+        metadata = ((MODEL_KEY, model), (ROWS_KEY, str(rows)), (BATCH_ID_KEY, batch_id), *self.auth)
         clock = asyncio.get_running_loop().time
         until = clock() + (self.hold_s if timeout is None else timeout)
         start = next(self._next)
@@ -232,8 +232,9 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         await self._shown(
             context,
             name,
-            lambda: self.core.model_ready(name)
-            and loaded <= set(self.catalog.served_versions(name)),
+            lambda: (
+                self.core.model_ready(name) and loaded <= set(self.catalog.served_versions(name))
+            ),
         )
         return pb.RepositoryModelLoadResponse()
 
@@ -567,11 +568,21 @@ def run_processes(settings: BatcherSettings, argv: list[str]) -> int:
     children = []
     for index in range(settings.processes):
         metrics_port = settings.metrics_port + index if settings.metrics_port else 0
-        children.append(subprocess.Popen(
-            [sys.executable, "-m", "services.batcher", *argv, "--processes", "1",
-             "--metrics-port", str(metrics_port)],
-            env=child_env(),
-        ))
+        children.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "services.batcher",
+                    *argv,
+                    "--processes",
+                    "1",
+                    "--metrics-port",
+                    str(metrics_port),
+                ],
+                env=child_env(),
+            )
+        )
 
     def forward(signum: int, frame: object) -> None:
         for child in children:
@@ -579,6 +590,8 @@ def run_processes(settings: BatcherSettings, argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    logger.info("batcher processes started", extra={"pids": [c.pid for c in children],
-                                                   "port": settings.port})
+    logger.info(
+        "batcher processes started",
+        extra={"pids": [c.pid for c in children], "port": settings.port},
+    )
     return max(child.wait() for child in children)

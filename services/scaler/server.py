@@ -24,7 +24,7 @@ from tideserve.v1 import cluster_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = "tideserve.v1.ScalerAdmin"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ScalerAdmin"].full_name
 
 
 class BalancerDrainer:

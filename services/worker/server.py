@@ -27,7 +27,7 @@ from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = "tideserve.v1.Worker"
+SERVICE_NAME = cluster_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 MAX_RECONNECT_BACKOFF_S = 2.0
 
 
@@ -194,7 +194,11 @@ async def serve(settings: WorkerSettings) -> None:
 
     def build(entry: RepositoryEntry) -> ModelRunner:
         runner = ModelRunner(
-            entry.config, entry.version, entry.model_path, device, settings.slowdown,
+            entry.config,
+            entry.version,
+            entry.model_path,
+            device,
+            settings.slowdown,
             service_profile,
         )
         runner.warm_up()
@@ -227,16 +231,20 @@ async def serve(settings: WorkerSettings) -> None:
     tasks = [
         asyncio.create_task(
             HeartbeatClient(
-                core, lifecycle, b, registration, settings.heartbeat_interval_s, released, tls,
+                core,
+                lifecycle,
+                b,
+                registration,
+                settings.heartbeat_interval_s,
+                released,
+                tls,
                 token,
             ).run()
         )
         for b in settings.balancers
     ]
     if settings.repository_poll_s > 0:
-        tasks.append(
-            asyncio.create_task(_poll_repository(lifecycle, settings.repository_poll_s))
-        )
+        tasks.append(asyncio.create_task(_poll_repository(lifecycle, settings.repository_poll_s)))
     released_task = asyncio.create_task(released.wait())
     signal_task = asyncio.create_task(
         serving.serve_until_signal(server, health, grace_seconds=settings.grace_s)
