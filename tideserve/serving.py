@@ -385,30 +385,69 @@ def status_code(error: TideserveError) -> grpc.StatusCode:
     return grpc.StatusCode[error.code]
 
 
-async def serve_until_signal(
-    server: grpc.aio.Server,
-    health_servicer: health.aio.HealthServicer,
-    *,
-    grace_seconds: float,
-    on_stop: Callable[[], Awaitable[None]] | None = None,
-    on_draining: Callable[[], None] | None = None,
-) -> None:
-    """Run a started server until SIGINT/SIGTERM, then shut down gracefully: report NOT_SERVING,
-    run `on_draining` (end streams that would otherwise run until the grace period cuts them),
-    let in-flight calls finish for `grace_seconds`, then run `on_stop` (close channels, release
-    devices or runtimes)."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    logger.info("shutting down", extra={"grace_seconds": grace_seconds})
-    await health_servicer.enter_graceful_shutdown()
-    if on_draining is not None:
-        on_draining()
-    await server.stop(grace_seconds)
-    if on_stop is not None:
-        await on_stop()
+Hook = Callable[[], Awaitable[None]]
+
+
+class Service:
+    """A built server with what starting and stopping it gracefully take; every service's
+    `build_server` returns one, so a test can run the service in-process on port 0 and stop it
+    as SIGTERM would.
+
+    `before_start` runs before the server takes calls (the batcher learns its catalog first),
+    `after_start` once it does (the worker loads its models while health says NOT_SERVING).
+    Shutdown, the same for every service: health NOT_SERVING, `on_draining` (end streams that
+    would otherwise run until the grace period cuts them), in-flight calls get `grace_s` to
+    finish, then `on_stop` closes what the service holds (channels, tasks, devices, runtimes)."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        health_servicer: health.aio.HealthServicer,
+        *,
+        grace_s: float,
+        before_start: Hook | None = None,
+        after_start: Hook | None = None,
+        on_draining: Callable[[], None] | None = None,
+        on_stop: Hook | None = None,
+    ) -> None:
+        self.server = server
+        self.health = health_servicer
+        self.grace_s = grace_s
+        self.before_start = before_start
+        self.after_start = after_start
+        self.on_draining = on_draining
+        self.on_stop = on_stop
+        # Set by SIGINT/SIGTERM (`wait_for_stop`), or by the service itself (a released worker).
+        self.stop_requested = asyncio.Event()
+
+    async def start(self) -> None:
+        if self.before_start is not None:
+            await self.before_start()
+        await self.server.start()
+        if self.after_start is not None:
+            await self.after_start()
+
+    async def wait_for_stop(self) -> None:
+        """Return on SIGINT, SIGTERM or `stop_requested`."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop_requested.set)
+        await self.stop_requested.wait()
+
+    async def shutdown(self) -> None:
+        logger.info("shutting down", extra={"grace_seconds": self.grace_s})
+        await self.health.enter_graceful_shutdown()
+        if self.on_draining is not None:
+            self.on_draining()
+        await self.server.stop(self.grace_s)
+        if self.on_stop is not None:
+            await self.on_stop()
+
+    async def run(self) -> None:
+        """Start, serve until told to stop, shut down gracefully: a service's whole life."""
+        await self.start()
+        await self.wait_for_stop()
+        await self.shutdown()
 
 
 # Codes a caller may retry elsewhere: the peer did not (or could not) answer.

@@ -227,7 +227,8 @@ async def _expire_loop(core: BalancerCore, period_s: float) -> None:
         await core.expire_stale()
 
 
-async def serve(settings: BalancerSettings) -> None:
+async def build_server(settings: BalancerSettings) -> tuple[serving.Service, int]:
+    """The balancer, built and bound but not started, and its port."""
     tls = serving.TlsSettings.of(settings)
     try:
         auth = BalancerAuth.from_settings(
@@ -267,26 +268,36 @@ async def serve(settings: BalancerSettings) -> None:
     add_balancer_to_server(servicer, server)
     port = serving.bind(server, f"{settings.host}:{settings.port}", tls)
     health = await serving.add_health_and_reflection(server, [SERVICE_NAME])
-    await server.start()
-    logger.info(
-        "balancer listening",
-        extra={
-            "address": f"{settings.host}:{port}",
-            "metrics": metrics_server.address,
-            "policy": settings.routing_policy,
-        },
-    )
-    expiry = asyncio.create_task(_expire_loop(core, settings.heartbeat_timeout_s / 4))
+    tasks: list[asyncio.Task] = []
+
+    async def started() -> None:
+        tasks.append(asyncio.create_task(_expire_loop(core, settings.heartbeat_timeout_s / 4)))
+        logger.info(
+            "balancer listening",
+            extra={
+                "address": f"{settings.host}:{port}",
+                "metrics": metrics_server.address,
+                "policy": settings.routing_policy,
+            },
+        )
 
     async def stop() -> None:
-        expiry.cancel()
+        for task in tasks:
+            task.cancel()
         await transport.close()
         metrics_server.close()
 
-    await serving.serve_until_signal(
+    service = serving.Service(
         server,
         health,
-        grace_seconds=settings.grace_s,
-        on_stop=stop,
+        grace_s=settings.grace_s,
+        after_start=started,
         on_draining=servicer.stopping.set,
+        on_stop=stop,
     )
+    return service, port
+
+
+async def serve(settings: BalancerSettings) -> None:
+    service, _ = await build_server(settings)
+    await service.run()

@@ -451,13 +451,16 @@ async def _watch_catalog(
         await asyncio.sleep(WATCH_RETRY_S)
 
 
-async def _first_catalog(catalog: ModelCatalog, timeout_s: float) -> None:
-    """Wait until a balancer has sent the catalog, or `timeout_s` (a balancer may be down; then
-    requests are answered UNAVAILABLE until one is reachable)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not catalog.synced and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.02)
-    if not catalog.synced:
+async def _first_catalog(
+    catalog: ModelCatalog, changed: asyncio.Condition, timeout_s: float
+) -> None:
+    """Wait until a balancer has sent the catalog (`changed` is notified at each snapshot), or
+    `timeout_s` (a balancer may be down; then requests are answered UNAVAILABLE until one is
+    reachable)."""
+    try:
+        async with changed:
+            await asyncio.wait_for(changed.wait_for(lambda: catalog.synced), timeout_s)
+    except TimeoutError:
         logger.warning("no balancer answered yet; serving anyway", extra={"waited_s": timeout_s})
 
 
@@ -471,7 +474,9 @@ async def _report_loop(core: BatcherCore, settings: BatcherSettings, pool: Balan
                 await stub.ReportFrontend(report, timeout=1.0, metadata=pool.auth)
 
 
-async def serve(settings: BatcherSettings) -> None:
+async def build_server(settings: BatcherSettings) -> tuple[serving.Service, int]:
+    """The batcher, built and bound but not started, and its port. Starting it opens the
+    balancers' cluster streams and waits (up to `CATALOG_WAIT_S`) for the first catalog."""
     tls = serving.TlsSettings.of(settings)
     links = BalancerLinks(settings.balancers)
     pool = BalancerPool(
@@ -529,27 +534,31 @@ async def serve(settings: BatcherSettings) -> None:
             await serving.set_serving(health, [SERVICE_NAME], links.live)
 
     port = serving.bind(server, f"{settings.host}:{settings.port}", tls)
-    tasks = [
-        asyncio.create_task(
-            _watch_catalog(
-                catalog, links, a, channel, publish_readiness, pool.auth, catalog_changed
+    tasks: list[asyncio.Task] = []
+
+    async def starting() -> None:
+        tasks.extend(
+            asyncio.create_task(
+                _watch_catalog(
+                    catalog, links, a, channel, publish_readiness, pool.auth, catalog_changed
+                )
             )
+            for a, channel in zip(settings.balancers, pool.channels, strict=True)
         )
-        for a, channel in zip(settings.balancers, pool.channels, strict=True)
-    ]
-    tasks.append(asyncio.create_task(_report_loop(core, settings, pool)))
-    # Learn what is served before answering: with several processes on one port, a client
-    # connection may land on a process that started a moment ago.
-    await _first_catalog(catalog, CATALOG_WAIT_S)
-    await server.start()
-    logger.info(
-        "batcher listening",
-        extra={
-            "address": f"{settings.host}:{port}",
-            "metrics": metrics_server.address,
-            "balancers": list(settings.balancers),
-        },
-    )
+        tasks.append(asyncio.create_task(_report_loop(core, settings, pool)))
+        # Learn what is served before answering: with several processes on one port, a client
+        # connection may land on a process that started a moment ago.
+        await _first_catalog(catalog, catalog_changed, CATALOG_WAIT_S)
+
+    async def started() -> None:
+        logger.info(
+            "batcher listening",
+            extra={
+                "address": f"{settings.host}:{port}",
+                "metrics": metrics_server.address,
+                "balancers": list(settings.balancers),
+            },
+        )
 
     async def stop() -> None:
         for task in tasks:
@@ -559,7 +568,20 @@ async def serve(settings: BatcherSettings) -> None:
         await pool.close()
         metrics_server.close()
 
-    await serving.serve_until_signal(server, health, grace_seconds=settings.grace_s, on_stop=stop)
+    service = serving.Service(
+        server,
+        health,
+        grace_s=settings.grace_s,
+        before_start=starting,
+        after_start=started,
+        on_stop=stop,
+    )
+    return service, port
+
+
+async def serve(settings: BatcherSettings) -> None:
+    service, _ = await build_server(settings)
+    await service.run()
 
 
 def run_processes(settings: BatcherSettings, argv: list[str]) -> int:

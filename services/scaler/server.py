@@ -179,7 +179,9 @@ async def _tick_loop(controller: ScalerController, period_s: float) -> None:
         await asyncio.sleep(period_s)
 
 
-async def serve(settings: ScalerSettings) -> None:
+async def build_server(settings: ScalerSettings) -> tuple[serving.Service, int]:
+    """The scaler, built and bound but not started, and its port. Its workers are adopted
+    here; the cluster watch and the tick loop run from start to shutdown."""
     auth = AdminAuth.from_settings(settings.admin_token_file, settings.admin_identities)
     if auth.open and not is_loopback(settings.host):
         logger.warning(
@@ -222,24 +224,28 @@ async def serve(settings: ScalerSettings) -> None:
     )
     health = await serving.add_health_and_reflection(server, [SERVICE_NAME])
     port = serving.bind(server, f"{settings.host}:{settings.port}", tls)
-    await server.start()
-    logger.info(
-        "scaler listening",
-        extra={
-            "address": f"{settings.host}:{port}",
-            "metrics": metrics_server.address,
-            "runtime": runtime.name,
-            "policy": settings.policy,
-            "min_replicas": settings.min_replicas,
-            "max_replicas": settings.max_replicas,
-            "replica_ceiling": settings.replica_ceiling,
-            "admin_auth": "open" if auth.open else "required",
-        },
-    )
-    tasks = [
-        asyncio.create_task(_watch(controller, channels[0], settings.balancers[0], balancer_auth)),
-        asyncio.create_task(_tick_loop(controller, settings.tick_s)),
-    ]
+    tasks: list[asyncio.Task] = []
+
+    async def started() -> None:
+        tasks.append(
+            asyncio.create_task(
+                _watch(controller, channels[0], settings.balancers[0], balancer_auth)
+            )
+        )
+        tasks.append(asyncio.create_task(_tick_loop(controller, settings.tick_s)))
+        logger.info(
+            "scaler listening",
+            extra={
+                "address": f"{settings.host}:{port}",
+                "metrics": metrics_server.address,
+                "runtime": runtime.name,
+                "policy": settings.policy,
+                "min_replicas": settings.min_replicas,
+                "max_replicas": settings.max_replicas,
+                "replica_ceiling": settings.replica_ceiling,
+                "admin_auth": "open" if auth.open else "required",
+            },
+        )
 
     async def stop() -> None:
         for task in tasks:
@@ -248,4 +254,12 @@ async def serve(settings: ScalerSettings) -> None:
         await asyncio.gather(*(c.close() for c in channels))
         metrics_server.close()
 
-    await serving.serve_until_signal(server, health, grace_seconds=settings.grace_s, on_stop=stop)
+    service = serving.Service(
+        server, health, grace_s=settings.grace_s, after_start=started, on_stop=stop
+    )
+    return service, port
+
+
+async def serve(settings: ScalerSettings) -> None:
+    service, _ = await build_server(settings)
+    await service.run()
