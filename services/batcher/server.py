@@ -24,6 +24,7 @@ from services.batcher.requests import check_model_name, quoted
 from services.batcher.settings import BatcherSettings
 from services.batcher.statistics import InferenceStatistics
 from tideserve import metrics, serving, shared_memory
+from tideserve.cluster_watch import Backoff, watch_cluster
 from tideserve.credentials import read_token_file
 from tideserve.errors import (
     BalancerUnreachable,
@@ -47,9 +48,11 @@ BALANCER_DISPATCH = serving.method_path(
 CATALOG_WAIT_S = 5.0
 # How long a load or unload without a deadline may take, the workers' loads included.
 MODEL_CONTROL_TIMEOUT_S = 120.0
-# Pause before reopening a cluster stream that failed (the channel's reconnect back-off, in
-# tideserve/grpc_options.py, paces the connection attempts themselves).
-WATCH_RETRY_S = 0.2
+# How often the balancers send a cluster snapshot: the catalog and readiness are this fresh.
+CLUSTER_INTERVAL_S = 0.25
+# A balancer back after a restart is followed again within a second: requests held meanwhile
+# (up to balancer_hold_s) go out once its stream is live.
+WATCH_BACKOFF = Backoff(initial_s=0.2, max_s=1.0)
 
 
 class BalancerPool:
@@ -402,45 +405,45 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ModelStreamInferResponse(infer_response=response)
 
 
-async def _watch_catalog(
-    catalog: ModelCatalog,
-    links: BalancerLinks,
-    address: str,
-    channel: grpc.aio.Channel,
-    on_change: Callable[[], Awaitable[None]],
-    auth: tuple[tuple[str, str], ...],
-    changed: asyncio.Condition,
-) -> None:
-    """Keep the catalog in step with the balancer's cluster snapshots, and `links` with whether
-    the stream is live: up at each snapshot, down the moment the stream breaks or ends (a killed
-    balancer resets the connection; a silent one fails the channel's keepalive). Reconnects.
-    `channel` is the one batches go over, so a live stream means batches can be sent now, not
-    after that channel's own reconnect back-off."""
-    stub = cluster_pb2_grpc.BalancerStub(channel)
-    while True:
-        failure = "the cluster stream ended"
-        try:
-            async for snapshot in stub.WatchCluster(
-                cluster_pb2.WatchClusterRequest(interval_seconds=0.25), metadata=auth
-            ):
-                updated = catalog.update(list(snapshot.models), unloaded_models(snapshot))
-                catalog.update_workers(snapshot)
-                async with changed:
-                    changed.notify_all()
-                if updated:
-                    logger.info("models updated", extra={"models": updated, "balancer": address})
-                if links.up(address):
-                    logger.info("balancer reachable; serving", extra={"balancer": address})
-                    await on_change()
-        except grpc.aio.AioRpcError as error:
-            failure = f"{error.code().name}: {error.details()}"
-        was_up = links.is_up(address)
-        if links.down(address, failure):
+class ClusterFeed:
+    """Keeps the catalog in step with the balancers' cluster snapshots, and `links` with which
+    streams are live: up at each snapshot, down the moment a stream breaks or ends (a killed
+    balancer resets the connection; a silent one fails the channel's keepalive). The streams run
+    over the channels batches go over, so a live stream means batches can be sent now, not after
+    that channel's own reconnect back-off. `on_change` runs when the batcher becomes live or
+    stops being so; `changed` is notified at every snapshot."""
+
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        links: BalancerLinks,
+        changed: asyncio.Condition,
+        on_change: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.catalog = catalog
+        self.links = links
+        self.changed = changed
+        self.on_change = on_change
+
+    async def snapshot(self, address: str, snapshot: cluster_pb2.ClusterSnapshot) -> None:
+        updated = self.catalog.update(list(snapshot.models), unloaded_models(snapshot))
+        self.catalog.update_workers(snapshot)
+        async with self.changed:
+            self.changed.notify_all()
+        if updated:
+            logger.info("models updated", extra={"models": updated, "balancer": address})
+        if self.links.up(address):
+            logger.info("balancer reachable; serving", extra={"balancer": address})
+            await self.on_change()
+
+    async def lost(self, address: str, failure: str) -> None:
+        was_up = self.links.is_up(address)
+        if self.links.down(address, failure):
             logger.warning(
                 "no balancer reachable; not serving, holding requests",
                 extra={"balancer": address, "error": failure},
             )
-            await on_change()
+            await self.on_change()
         else:
             # Retries while the balancer stays away are many; only the loss is news.
             logger.log(
@@ -448,7 +451,6 @@ async def _watch_catalog(
                 "cluster watch failed; retrying",
                 extra={"balancer": address, "error": failure},
             )
-        await asyncio.sleep(WATCH_RETRY_S)
 
 
 async def _first_catalog(
@@ -537,13 +539,19 @@ async def build_server(settings: BatcherSettings) -> tuple[serving.Service, int]
     tasks: list[asyncio.Task] = []
 
     async def starting() -> None:
-        tasks.extend(
+        feed = ClusterFeed(catalog, links, catalog_changed, publish_readiness)
+        channels = dict(zip(settings.balancers, pool.channels, strict=True))
+        tasks.append(
             asyncio.create_task(
-                _watch_catalog(
-                    catalog, links, a, channel, publish_readiness, pool.auth, catalog_changed
+                watch_cluster(
+                    channels,
+                    feed.snapshot,
+                    feed.lost,
+                    metadata=pool.auth,
+                    interval_s=CLUSTER_INTERVAL_S,
+                    backoff=WATCH_BACKOFF,
                 )
             )
-            for a, channel in zip(settings.balancers, pool.channels, strict=True)
         )
         tasks.append(asyncio.create_task(_report_loop(core, settings, pool)))
         # Learn what is served before answering: with several processes on one port, a client

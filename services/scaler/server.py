@@ -14,10 +14,12 @@ from services.scaler.auth import AdminAuth
 from services.scaler.controller import ScalerController
 from services.scaler.guards import GuardConfig
 from services.scaler.metrics import collect
+from services.scaler.observe import ClusterView
 from services.scaler.planner import ServiceProfile
 from services.scaler.runtime import ProcessRuntime, WorkerRuntime
 from services.scaler.settings import ScalerSettings
 from tideserve import metrics, serving
+from tideserve.cluster_watch import watch_cluster
 from tideserve.credentials import read_token_file
 from tideserve.v1 import cluster_pb2 as pb
 from tideserve.v1 import cluster_pb2_grpc
@@ -147,27 +149,21 @@ def build_runtime(settings: ScalerSettings) -> WorkerRuntime:
     )
 
 
-async def _watch(
-    controller: ScalerController,
-    channel: grpc.aio.Channel,
-    address: str,
-    auth: tuple[tuple[str, str], ...],
-) -> None:
-    stub = cluster_pb2_grpc.BalancerStub(channel)
-    while True:
-        try:
-            async for snapshot in stub.WatchCluster(pb.WatchClusterRequest(), metadata=auth):
-                controller.observe(snapshot)
-        except grpc.aio.AioRpcError as error:
-            logger.warning(
-                "cluster watch failed; retrying",
-                extra={
-                    "balancer": address,
-                    "code": error.code().name,
-                    "details": error.details(),
-                },
-            )
-        await asyncio.sleep(0.5)
+class ClusterFollower:
+    """Feeds the controller the cluster as every balancer sees it, merged (`ClusterView`)."""
+
+    def __init__(self, controller: ScalerController) -> None:
+        self.controller = controller
+        self.view = ClusterView()
+
+    async def snapshot(self, address: str, snapshot: pb.ClusterSnapshot) -> None:
+        self.controller.observe(self.view.update(address, snapshot))
+
+    async def lost(self, address: str, failure: str) -> None:
+        self.view.lost(address)
+        logger.warning(
+            "cluster watch failed; retrying", extra={"balancer": address, "error": failure}
+        )
 
 
 async def _tick_loop(controller: ScalerController, period_s: float) -> None:
@@ -227,9 +223,15 @@ async def build_server(settings: ScalerSettings) -> tuple[serving.Service, int]:
     tasks: list[asyncio.Task] = []
 
     async def started() -> None:
+        follower = ClusterFollower(controller)
         tasks.append(
             asyncio.create_task(
-                _watch(controller, channels[0], settings.balancers[0], balancer_auth)
+                watch_cluster(
+                    dict(zip(settings.balancers, channels, strict=True)),
+                    follower.snapshot,
+                    follower.lost,
+                    metadata=balancer_auth,
+                )
             )
         )
         tasks.append(asyncio.create_task(_tick_loop(controller, settings.tick_s)))
