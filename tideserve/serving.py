@@ -28,7 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tideserve.credentials import SecretRefused, check_private
-from tideserve.errors import TideserveError
+from tideserve.errors import TideserveError, error_for_code
 from tideserve.grpc_options import CHANNEL_OPTIONS, MAX_CONCURRENT_RPCS, SERVER_OPTIONS
 from tideserve.metadata import REASON_KEY
 
@@ -467,10 +467,7 @@ def error_from_status(
     """The domain error for a status a downstream service answered with, so it can be passed on:
     the class with that code and `reason`, else the plain class of that code (a reason this
     version does not know, or none: a failure of the call itself, not one a service named)."""
-    # Parents come before their subclasses, so the first of a code is its plain class.
-    classes = [cls for cls in _error_classes() if cls.code == code.name] or [TideserveError]
-    chosen = next((cls for cls in classes if reason and cls.reason == reason), classes[0])
-    return chosen(details or code.name)
+    return error_for_code(code.name, details or code.name, reason)
 
 
 def error_from_rpc(error: grpc.aio.AioRpcError) -> TideserveError:
@@ -485,12 +482,3 @@ def reason_of(error: grpc.aio.AioRpcError) -> str:
         if key == REASON_KEY:
             return value if isinstance(value, str) else value.decode()
     return ""
-
-
-def _error_classes() -> list[type[TideserveError]]:
-    pending, found = [TideserveError], []
-    while pending:
-        cls = pending.pop()
-        found.append(cls)
-        pending.extend(cls.__subclasses__())
-    return found

@@ -316,3 +316,15 @@ def test_unmapped_status_becomes_internal_domain_error() -> None:
 
     assert type(error) is errors.TideserveError
     assert status_code(error) == grpc.StatusCode.INTERNAL
+
+
+@pytest.mark.parametrize(("cls", "code"), DOMAIN_ERRORS)
+def test_error_carried_in_a_message_comes_back_as_the_same_class(
+    cls: type[errors.TideserveError], code: grpc.StatusCode
+) -> None:
+    # A worker's failure inside a BatchResult (code name and message) maps as a status does,
+    # a deadline included, whose only class has a reason.
+    error = errors.error_for_code(code.name, "detail")
+
+    assert type(error) is cls
+    assert str(error) == "detail"
