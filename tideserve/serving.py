@@ -289,17 +289,27 @@ class ErrorMapping(grpc.aio.ServerInterceptor):
     code, message and reason (as the `REASON_KEY` trailer, for failures sharing a code); anything
     else is INTERNAL with a generic message, its detail logged. For all four call shapes,
     streaming ones included (an error raised while the handler yields or reads). Handlers raise;
-    none aborts by hand."""
+    none aborts by hand.
+
+    The wrapped handler of each method is made once and kept: gRPC asks on every call, and the
+    handlers behind this interceptor (the services' and `RoleGuard`'s) depend on the method path
+    alone, so the inference path pays one dictionary lookup per call, not a new handler."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        known = self._handlers.get(method)
+        if known is not None:
+            return known
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
 
         def mapped(behavior: Behavior) -> Behavior:
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -308,7 +318,7 @@ class ErrorMapping(grpc.aio.ServerInterceptor):
                 except grpc.aio.AbortError:
                     raise
                 except Exception as error:
-                    await answer_error(context, error, method)
+                    await _answer_error(context, error, method)
 
             return unary
 
@@ -323,14 +333,15 @@ class ErrorMapping(grpc.aio.ServerInterceptor):
                 except grpc.aio.AbortError:
                     raise
                 except Exception as error:
-                    await answer_error(context, error, method)
+                    await _answer_error(context, error, method)
 
             return stream
 
-        return _rewrapped(handler, mapped, mapped_stream)
+        wrapped = self._handlers[method] = _rewrapped(handler, mapped, mapped_stream)
+        return wrapped
 
 
-async def answer_error(
+async def _answer_error(
     context: grpc.aio.ServicerContext, error: Exception, method: str
 ) -> NoReturn:
     """End the call with `error` mapped as `ErrorMapping` describes. Raises, as `context.abort`

@@ -328,3 +328,24 @@ def test_error_carried_in_a_message_comes_back_as_the_same_class(
 
     assert type(error) is cls
     assert str(error) == "detail"
+
+
+async def test_each_method_is_wrapped_once_and_still_maps_every_call() -> None:
+    asked = 0
+
+    async def call(request: str, context: FakeContext) -> str:
+        raise errors.NotFound(request)
+
+    async def continuation(details: object) -> grpc.RpcMethodHandler:
+        nonlocal asked
+        asked += 1
+        return grpc.unary_unary_rpc_method_handler(call)
+
+    mapping = ErrorMapping()
+    for request in ("first", "second"):
+        handler = await mapping.intercept_service(continuation, Details())
+        context = FakeContext()
+        with pytest.raises(grpc.aio.AbortError):
+            await handler.unary_unary(request, context)
+        assert context.aborted == (grpc.StatusCode.NOT_FOUND, request)
+    assert asked == 1
