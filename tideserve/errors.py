@@ -79,13 +79,20 @@ class PermissionDenied(TideserveError):
     code = "PERMISSION_DENIED"
 
 
-def error_for_code(code: str, message: str) -> TideserveError:
-    """The plain error class of status `code` (a name such as "NOT_FOUND"), for an error that
-    crossed a service as a code and message inside a message rather than as a call's status."""
-    pending: list[type[TideserveError]] = [TideserveError]
-    while pending:
-        cls = pending.pop(0)
-        if cls.code == code and not cls.reason:
-            return cls(message)
-        pending.extend(cls.__subclasses__())
-    return TideserveError(message)
+def error_for_code(code: str, message: str, reason: str = "") -> TideserveError:
+    """The domain error of status `code` (a name such as "NOT_FOUND") and `reason`: the class
+    with both, else the plain class of that code (a reason this version does not know, or none),
+    else TideserveError (INTERNAL) for a code no class maps. The one way back from a status, for
+    a failed call (`tideserve.serving.error_from_rpc`) and for an error that crossed a service as
+    a code and message inside a message."""
+    classes = [cls for cls in _classes() if cls.code == code]
+    plain = classes[0] if classes else TideserveError
+    return next((cls for cls in classes if reason and cls.reason == reason), plain)(message)
+
+
+def _classes() -> list[type[TideserveError]]:
+    """Every error class, each parent before its subclasses."""
+    found = [TideserveError]
+    for cls in found:
+        found.extend(cls.__subclasses__())
+    return found

@@ -8,5 +8,5 @@ ROWS_KEY = "tideserve-rows"
 BATCH_ID_KEY = "tideserve-batch-id"
 # Trailing metadata on a failed call: the machine-readable reason of a `TideserveError`
 # (`worker-lost`, `no-ready-worker`, `balancer-unreachable`, `deadline`), for failures that share
-# a status code. Set by `serving.abort`, read back by `serving.error_from_rpc`.
+# a status code. Set by `serving.ErrorMapping`, read back by `serving.error_from_rpc`.
 REASON_KEY = "tideserve-error-reason"

@@ -4,27 +4,35 @@ mapping and graceful shutdown. Services build their servicers and hand them to t
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
+import inspect
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol
 
 import grpc
 import uvloop
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tideserve.credentials import SecretRefused, check_private
-from tideserve.errors import TideserveError
+from tideserve.errors import TideserveError, error_for_code
 from tideserve.grpc_options import CHANNEL_OPTIONS, MAX_CONCURRENT_RPCS, SERVER_OPTIONS
 from tideserve.metadata import REASON_KEY
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 def run_service(main: Coroutine[Any, Any, None]) -> None:
@@ -122,9 +130,11 @@ def channel_credentials(tls: TlsSettings) -> grpc.ChannelCredentials:
 def new_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> grpc.aio.Server:
+    """A grpc.aio server with the shared options. `ErrorMapping` comes first, so it wraps every
+    handler and every other interceptor: whatever they raise is answered the same way."""
     return grpc.aio.server(
         options=SERVER_OPTIONS,
-        interceptors=interceptors,
+        interceptors=[ErrorMapping(), *interceptors],
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
     )
 
@@ -142,6 +152,13 @@ def bind(server: grpc.aio.Server, address: str, tls: TlsSettings = PLAINTEXT) ->
             f"cannot listen on {address}: another process holds the port, or the host is not "
             "an address of this machine; pick another with --port / --host"
         ) from error
+
+
+def method_path(service: ServiceDescriptor, method: str) -> str:
+    """The call path of `service`'s `method` ("/package.Service/Method"), from the generated
+    descriptor: a method renamed or removed in the proto fails where this is called (at import,
+    for module constants), not at the first call."""
+    return f"/{service.full_name}/{service.methods_by_name[method].name}"
 
 
 def channel(address: str, tls: TlsSettings = PLAINTEXT) -> grpc.aio.Channel:
@@ -173,10 +190,11 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 
 class RoleGuard(grpc.aio.ServerInterceptor):
-    """Runs `guard.check` before every method of `service`, of any of the four call shapes, and
-    answers its error's status before the handler runs, so a refused call changes nothing.
-    Other services on the server (health, reflection) stay open. The check runs inside the
-    handler because only the servicer context carries the peer's verified certificate."""
+    """Runs `guard.check` before every method of `service`, of any of the four call shapes; its
+    error (answered by `ErrorMapping`) ends the call before the handler runs, so a refused call
+    changes nothing. Other services on the server (health, reflection) stay open. The check runs
+    inside the handler because only the servicer context carries the peer's verified
+    certificate."""
 
     def __init__(self, service: str, guard: RoleCheck) -> None:
         self.prefix = f"/{service}/"
@@ -194,7 +212,7 @@ class RoleGuard(grpc.aio.ServerInterceptor):
         method = path[len(self.prefix) :]
         guard = self.guard
 
-        async def admit(context: grpc.aio.ServicerContext) -> None:
+        def admit(context: grpc.aio.ServicerContext) -> None:
             metadata = {
                 key: value
                 for key, value in context.invocation_metadata() or ()
@@ -207,38 +225,134 @@ class RoleGuard(grpc.aio.ServerInterceptor):
                     "call refused",
                     extra={"method": method, "code": error.code, "peer": context.peer()},
                 )
-                await context.abort(status_code(error), str(error))
+                raise
 
-        args = (handler.request_deserializer, handler.response_serializer)
-        if handler.unary_unary is not None:
-            unary_unary = handler.unary_unary
+        def checked(behavior: Behavior) -> Behavior:
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                admit(context)
+                return await behavior(request, context)
 
-            async def checked_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await admit(context)
-                return await unary_unary(request, context)
+            return unary
 
-            return grpc.unary_unary_rpc_method_handler(checked_unary, *args)
-        if handler.stream_unary is not None:
-            stream_unary = handler.stream_unary
+        def checked_stream(behavior: Behavior) -> Behavior:
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                admit(context)
+                async with contextlib.aclosing(_responses(behavior(request, context))) as answers:
+                    async for response in answers:
+                        yield response
 
-            async def checked_stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                await admit(context)
-                return await stream_unary(requests, context)
+            return stream
 
-            return grpc.stream_unary_rpc_method_handler(checked_stream_unary, *args)
-        streaming = handler.unary_stream or handler.stream_stream
-        make = (
-            grpc.unary_stream_rpc_method_handler
-            if handler.unary_stream is not None
-            else grpc.stream_stream_rpc_method_handler
-        )
+        return _rewrapped(handler, checked, checked_stream)
 
-        async def checked_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await admit(context)
-            async for response in streaming(request, context):
-                yield response
 
-        return make(checked_stream, *args)
+# A handler's behaviour: (request or request iterator, context) -> response, or an async
+# iterator of responses for the server-streaming shapes.
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
+
+
+def _rewrapped(
+    handler: grpc.RpcMethodHandler,
+    wrap_unary: Callable[[Behavior], Behavior],
+    wrap_stream: Callable[[Behavior], Behavior],
+) -> grpc.RpcMethodHandler:
+    """`handler` with its behaviour wrapped: by `wrap_unary` for the shapes answering once
+    (unary-unary, stream-unary), by `wrap_stream` for those answering with a stream."""
+    args = (handler.request_deserializer, handler.response_serializer)
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(wrap_unary(handler.unary_unary), *args)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(wrap_unary(handler.stream_unary), *args)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(wrap_stream(handler.unary_stream), *args)
+    return grpc.stream_stream_rpc_method_handler(wrap_stream(handler.stream_stream), *args)
+
+
+async def _responses(result: Any) -> AsyncIterator[Any]:
+    """The responses of a streaming handler's `result`: an async generator, or a coroutine that
+    wrote them itself with `context.write`. Each wrapper closes what it relays (`aclosing`) when
+    its caller stops, so the handler's `finally` runs then, not when it is collected."""
+    if inspect.isawaitable(result):
+        await result
+        return
+    async with contextlib.aclosing(result) as responses:
+        async for response in responses:
+            yield response
+
+
+# What a client is told of a failure the code did not expect; the detail goes to the log only.
+INTERNAL_MESSAGE = "internal error; see the server log"
+
+
+class ErrorMapping(grpc.aio.ServerInterceptor):
+    """The one place a handler's exception becomes the call's status: a domain error gives its
+    code, message and reason (as the `REASON_KEY` trailer, for failures sharing a code); anything
+    else is INTERNAL with a generic message, its detail logged. For all four call shapes,
+    streaming ones included (an error raised while the handler yields or reads). Handlers raise;
+    none aborts by hand.
+
+    The wrapped handler of each method is made once and kept: gRPC asks on every call, and the
+    handlers behind this interceptor (the services' and `RoleGuard`'s) depend on the method path
+    alone, so the inference path pays one dictionary lookup per call, not a new handler."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        known = self._handlers.get(method)
+        if known is not None:
+            return known
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+
+        def mapped(behavior: Behavior) -> Behavior:
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await behavior(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as error:
+                    await _answer_error(context, error, method)
+
+            return unary
+
+        def mapped_stream(behavior: Behavior) -> Behavior:
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    async with contextlib.aclosing(
+                        _responses(behavior(request, context))
+                    ) as answers:
+                        async for response in answers:
+                            yield response
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as error:
+                    await _answer_error(context, error, method)
+
+            return stream
+
+        wrapped = self._handlers[method] = _rewrapped(handler, mapped, mapped_stream)
+        return wrapped
+
+
+async def _answer_error(
+    context: grpc.aio.ServicerContext, error: Exception, method: str
+) -> NoReturn:
+    """End the call with `error` mapped as `ErrorMapping` describes. Raises, as `context.abort`
+    does."""
+    if isinstance(error, TideserveError):
+        if error.reason:
+            context.set_trailing_metadata(((REASON_KEY, error.reason),))
+        await context.abort(status_code(error), str(error))
+    logger.error("unhandled error in %s", method, exc_info=error)
+    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+    raise AssertionError("unreachable: context.abort raises")
 
 
 async def add_health_and_reflection(
@@ -282,58 +396,69 @@ def status_code(error: TideserveError) -> grpc.StatusCode:
     return grpc.StatusCode[error.code]
 
 
-async def abort(context: grpc.aio.ServicerContext, error: TideserveError) -> None:
-    """End the call with `error`'s status and message, and its reason (if any) as the
-    `REASON_KEY` trailer. Raises, as `context.abort` does."""
-    if error.reason:
-        context.set_trailing_metadata(((REASON_KEY, error.reason),))
-    await context.abort(status_code(error), str(error))
+Hook = Callable[[], Awaitable[None]]
 
 
-def rpc_errors(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Map domain errors raised by a unary aio handler to gRPC statuses; anything else becomes
-    INTERNAL with a generic message (the detail goes to the log, not to the client)."""
+class Service:
+    """A built server with what starting and stopping it gracefully take; every service's
+    `build_server` returns one, so a test can run the service in-process on port 0 and stop it
+    as SIGTERM would.
 
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
-        try:
-            return await method(self, request, context)
-        except TideserveError as error:
-            await abort(context, error)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception:
-            logger.exception("unhandled error in %s", method.__qualname__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-        raise AssertionError("unreachable: context.abort raises")
+    `before_start` runs before the server takes calls (the batcher learns its catalog first),
+    `after_start` once it does (the worker loads its models while health says NOT_SERVING).
+    Shutdown, the same for every service: health NOT_SERVING, `on_draining` (end streams that
+    would otherwise run until the grace period cuts them), in-flight calls get `grace_s` to
+    finish, then `on_stop` closes what the service holds (channels, tasks, devices, runtimes)."""
 
-    return wrapper
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        health_servicer: health.aio.HealthServicer,
+        *,
+        grace_s: float,
+        before_start: Hook | None = None,
+        after_start: Hook | None = None,
+        on_draining: Callable[[], None] | None = None,
+        on_stop: Hook | None = None,
+    ) -> None:
+        self.server = server
+        self.health = health_servicer
+        self.grace_s = grace_s
+        self.before_start = before_start
+        self.after_start = after_start
+        self.on_draining = on_draining
+        self.on_stop = on_stop
+        # Set by SIGINT/SIGTERM (`wait_for_stop`), or by the service itself (a released worker).
+        self.stop_requested = asyncio.Event()
 
+    async def start(self) -> None:
+        if self.before_start is not None:
+            await self.before_start()
+        await self.server.start()
+        if self.after_start is not None:
+            await self.after_start()
 
-async def serve_until_signal(
-    server: grpc.aio.Server,
-    health_servicer: health.aio.HealthServicer,
-    *,
-    grace_seconds: float,
-    on_stop: Callable[[], Awaitable[None]] | None = None,
-    on_draining: Callable[[], None] | None = None,
-) -> None:
-    """Run a started server until SIGINT/SIGTERM, then shut down gracefully: report NOT_SERVING,
-    run `on_draining` (end streams that would otherwise run until the grace period cuts them),
-    let in-flight calls finish for `grace_seconds`, then run `on_stop` (close channels, release
-    devices or runtimes)."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    logger.info("shutting down", extra={"grace_seconds": grace_seconds})
-    await health_servicer.enter_graceful_shutdown()
-    if on_draining is not None:
-        on_draining()
-    await server.stop(grace_seconds)
-    if on_stop is not None:
-        await on_stop()
+    async def wait_for_stop(self) -> None:
+        """Return on SIGINT, SIGTERM or `stop_requested`."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop_requested.set)
+        await self.stop_requested.wait()
+
+    async def shutdown(self) -> None:
+        logger.info("shutting down", extra={"grace_seconds": self.grace_s})
+        await self.health.enter_graceful_shutdown()
+        if self.on_draining is not None:
+            self.on_draining()
+        await self.server.stop(self.grace_s)
+        if self.on_stop is not None:
+            await self.on_stop()
+
+    async def run(self) -> None:
+        """Start, serve until told to stop, shut down gracefully: a service's whole life."""
+        await self.start()
+        await self.wait_for_stop()
+        await self.shutdown()
 
 
 # Codes a caller may retry elsewhere: the peer did not (or could not) answer.
@@ -353,10 +478,7 @@ def error_from_status(
     """The domain error for a status a downstream service answered with, so it can be passed on:
     the class with that code and `reason`, else the plain class of that code (a reason this
     version does not know, or none: a failure of the call itself, not one a service named)."""
-    # Parents come before their subclasses, so the first of a code is its plain class.
-    classes = [cls for cls in _error_classes() if cls.code == code.name] or [TideserveError]
-    chosen = next((cls for cls in classes if reason and cls.reason == reason), classes[0])
-    return chosen(details or code.name)
+    return error_for_code(code.name, details or code.name, reason)
 
 
 def error_from_rpc(error: grpc.aio.AioRpcError) -> TideserveError:
@@ -371,12 +493,3 @@ def reason_of(error: grpc.aio.AioRpcError) -> str:
         if key == REASON_KEY:
             return value if isinstance(value, str) else value.decode()
     return ""
-
-
-def _error_classes() -> list[type[TideserveError]]:
-    pending, found = [TideserveError], []
-    while pending:
-        cls = pending.pop()
-        found.append(cls)
-        pending.extend(cls.__subclasses__())
-    return found

@@ -1,5 +1,6 @@
-"""Balancer server wiring. Dispatch is registered with no (de)serializers: the balancer forwards
-the batch bytes to the worker untouched and routes on request metadata alone."""
+"""Balancer server wiring. The Balancer service is registered from the generated code, except
+Dispatch, registered again with no (de)serializers: the balancer forwards the batch bytes to the
+worker untouched and routes on request metadata alone."""
 
 from __future__ import annotations
 
@@ -19,11 +20,14 @@ from tideserve import metrics, serving
 from tideserve.errors import InvalidArgument, TideserveError
 from tideserve.metadata import BATCH_ID_KEY, MODEL_KEY, ROWS_KEY
 from tideserve.v1 import cluster_pb2 as pb
+from tideserve.v1 import cluster_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = "tideserve.v1.Balancer"
-WORKER_EXECUTE = "/tideserve.v1.Worker/Execute"
+BALANCER = pb.DESCRIPTOR.services_by_name["Balancer"]
+SERVICE_NAME = BALANCER.full_name
+DISPATCH = BALANCER.methods_by_name["Dispatch"].name
+WORKER_EXECUTE = serving.method_path(pb.DESCRIPTOR.services_by_name["Worker"], "Execute")
 # How long a ControlModel call without a deadline waits for the workers to load the model.
 CONTROL_TIMEOUT_S = 120.0
 
@@ -57,7 +61,7 @@ class GrpcWorkerTransport:
                 raise WorkerLost(
                     f"the process at {address} refused the key its worker registered with"
                 ) from error
-            raise serving.error_from_status(error.code(), error.details()) from error
+            raise serving.error_from_rpc(error) from error
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if self._channels.get(address) is not channel and not (task and task.cancelling()):
@@ -75,6 +79,17 @@ class GrpcWorkerTransport:
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._channels.values()))
+
+
+def dispatch_rows(value: str) -> int:
+    """The batch's row count from its `ROWS_KEY` metadata, a whole number of at least 0."""
+    try:
+        rows = int(value)
+    except ValueError:
+        rows = -1
+    if rows < 0:
+        raise InvalidArgument(f"{ROWS_KEY} metadata must be a whole number of rows, not {value!r}")
+    return rows
 
 
 class BalancerServicer:
@@ -97,14 +112,8 @@ class BalancerServicer:
         except StopAsyncIteration:
             return
         if not first.HasField("registration"):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "the first heartbeat message must be a registration",
-            )
-        try:
-            session = await self.core.connect(first.registration)
-        except TideserveError as error:
-            await context.abort(serving.status_code(error), str(error))
+            raise InvalidArgument("the first heartbeat message must be a registration")
+        session = await self.core.connect(first.registration)
         reader = asyncio.create_task(self._read_reports(reports, session))
         try:
             while True:
@@ -134,8 +143,8 @@ class BalancerServicer:
         metadata = dict(context.invocation_metadata() or ())
         model = metadata.get(MODEL_KEY)
         if not model:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"missing {MODEL_KEY} metadata")
-        rows = int(metadata.get(ROWS_KEY, "1"))
+            raise InvalidArgument(f"missing {MODEL_KEY} metadata")
+        rows = dispatch_rows(metadata.get(ROWS_KEY, "1"))
         logger.debug(
             "dispatching batch",
             extra={"batch_id": metadata.get(BATCH_ID_KEY, ""), "model": model, "rows": rows},
@@ -147,12 +156,10 @@ class BalancerServicer:
             result = await self.core.dispatch(model, rows, payload, deadline)
         except TideserveError as error:
             self.metrics.dispatch_done(model, error.code, self.core.clock() - started)
-            await serving.abort(context, error)
             raise
         self.metrics.dispatch_done(model, "OK", self.core.clock() - started)
         return result
 
-    @serving.rpc_errors
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
@@ -167,14 +174,12 @@ class BalancerServicer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), interval)
 
-    @serving.rpc_errors
     async def ReportFrontend(
         self, request: pb.FrontendReport, context: grpc.aio.ServicerContext
     ) -> pb.FrontendReportAck:
         self.core.frontend_report(request)
         return pb.FrontendReportAck()
 
-    @serving.rpc_errors
     async def DrainWorker(
         self, request: pb.DrainWorkerRequest, context: grpc.aio.ServicerContext
     ) -> pb.DrainWorkerResponse:
@@ -182,7 +187,6 @@ class BalancerServicer:
         wait_s = (remaining if remaining is not None else 30.0) if request.wait else None
         return await self.core.drain(request.worker_id, wait_s)
 
-    @serving.rpc_errors
     async def SetRoutingPolicy(
         self, request: pb.SetRoutingPolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetRoutingPolicyResponse:
@@ -192,7 +196,6 @@ class BalancerServicer:
             raise InvalidArgument(str(error)) from error
         return pb.SetRoutingPolicyResponse(name=self.core.policy.name)
 
-    @serving.rpc_errors
     async def ControlModel(
         self, request: pb.ControlModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.ControlModelResponse:
@@ -206,40 +209,16 @@ class BalancerServicer:
             request.model_name, request.action == pb.ControlModelRequest.LOAD, timeout_s
         )
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        def unary(method, request_type, response_type):  # type: ignore[no-untyped-def]
-            return grpc.unary_unary_rpc_method_handler(
-                method, request_type.FromString, response_type.SerializeToString
-            )
 
-        return grpc.method_handlers_generic_handler(
-            SERVICE_NAME,
-            {
-                "Heartbeat": grpc.stream_stream_rpc_method_handler(
-                    self.Heartbeat, pb.WorkerReport.FromString, pb.BalancerCommand.SerializeToString
-                ),
-                # Bytes in, bytes out: no (de)serializer.
-                "Dispatch": grpc.unary_unary_rpc_method_handler(self.Dispatch),
-                "ListModels": unary(self.ListModels, pb.ListModelsRequest, pb.ListModelsResponse),
-                "WatchCluster": grpc.unary_stream_rpc_method_handler(
-                    self.WatchCluster,
-                    pb.WatchClusterRequest.FromString,
-                    pb.ClusterSnapshot.SerializeToString,
-                ),
-                "ReportFrontend": unary(
-                    self.ReportFrontend, pb.FrontendReport, pb.FrontendReportAck
-                ),
-                "DrainWorker": unary(
-                    self.DrainWorker, pb.DrainWorkerRequest, pb.DrainWorkerResponse
-                ),
-                "SetRoutingPolicy": unary(
-                    self.SetRoutingPolicy, pb.SetRoutingPolicyRequest, pb.SetRoutingPolicyResponse
-                ),
-                "ControlModel": unary(
-                    self.ControlModel, pb.ControlModelRequest, pb.ControlModelResponse
-                ),
-            },
-        )
+def add_balancer_to_server(servicer: BalancerServicer, server: grpc.aio.Server) -> None:
+    """Register the Balancer service: every method as generated, then Dispatch again with bytes
+    in and bytes out. A registered method is looked up by its full path and the later
+    registration of a path replaces the earlier, so Dispatch is the raw one (a test checks the
+    payload arrives as bytes)."""
+    cluster_pb2_grpc.add_BalancerServicer_to_server(servicer, server)
+    server.add_registered_method_handlers(
+        SERVICE_NAME, {DISPATCH: grpc.unary_unary_rpc_method_handler(servicer.Dispatch)}
+    )
 
 
 async def _expire_loop(core: BalancerCore, period_s: float) -> None:
@@ -248,7 +227,8 @@ async def _expire_loop(core: BalancerCore, period_s: float) -> None:
         await core.expire_stale()
 
 
-async def serve(settings: BalancerSettings) -> None:
+async def build_server(settings: BalancerSettings) -> tuple[serving.Service, int]:
+    """The balancer, built and bound but not started, and its port."""
     tls = serving.TlsSettings.of(settings)
     try:
         auth = BalancerAuth.from_settings(
@@ -285,29 +265,39 @@ async def serve(settings: BalancerSettings) -> None:
     )
     server = serving.new_server([serving.RoleGuard(SERVICE_NAME, auth)])
     servicer = BalancerServicer(core, settings.snapshot_interval_s, balancer_metrics)
-    server.add_generic_rpc_handlers((servicer.handler(),))
+    add_balancer_to_server(servicer, server)
     port = serving.bind(server, f"{settings.host}:{settings.port}", tls)
     health = await serving.add_health_and_reflection(server, [SERVICE_NAME])
-    await server.start()
-    logger.info(
-        "balancer listening",
-        extra={
-            "address": f"{settings.host}:{port}",
-            "metrics": metrics_server.address,
-            "policy": settings.routing_policy,
-        },
-    )
-    expiry = asyncio.create_task(_expire_loop(core, settings.heartbeat_timeout_s / 4))
+    tasks: list[asyncio.Task] = []
+
+    async def started() -> None:
+        tasks.append(asyncio.create_task(_expire_loop(core, settings.heartbeat_timeout_s / 4)))
+        logger.info(
+            "balancer listening",
+            extra={
+                "address": f"{settings.host}:{port}",
+                "metrics": metrics_server.address,
+                "policy": settings.routing_policy,
+            },
+        )
 
     async def stop() -> None:
-        expiry.cancel()
+        for task in tasks:
+            task.cancel()
         await transport.close()
         metrics_server.close()
 
-    await serving.serve_until_signal(
+    service = serving.Service(
         server,
         health,
-        grace_seconds=settings.grace_s,
-        on_stop=stop,
+        grace_s=settings.grace_s,
+        after_start=started,
         on_draining=servicer.stopping.set,
+        on_stop=stop,
     )
+    return service, port
+
+
+async def serve(settings: BalancerSettings) -> None:
+    service, _ = await build_server(settings)
+    await service.run()

@@ -24,6 +24,7 @@ from services.batcher.requests import check_model_name, quoted
 from services.batcher.settings import BatcherSettings
 from services.batcher.statistics import InferenceStatistics
 from tideserve import metrics, serving, shared_memory
+from tideserve.cluster_watch import Backoff, watch_cluster
 from tideserve.credentials import read_token_file
 from tideserve.errors import (
     BalancerUnreachable,
@@ -39,15 +40,19 @@ from tideserve.v1 import inference_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = "inference.GRPCInferenceService"
-BALANCER_DISPATCH = "/tideserve.v1.Balancer/Dispatch"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+BALANCER_DISPATCH = serving.method_path(
+    cluster_pb2.DESCRIPTOR.services_by_name["Balancer"], "Dispatch"
+)
 # How long a starting batcher waits for its first model catalog before it takes requests.
 CATALOG_WAIT_S = 5.0
 # How long a load or unload without a deadline may take, the workers' loads included.
 MODEL_CONTROL_TIMEOUT_S = 120.0
-# Pause before reopening a cluster stream that failed (the channel's reconnect back-off, in
-# tideserve/grpc_options.py, paces the connection attempts themselves).
-WATCH_RETRY_S = 0.2
+# How often the balancers send a cluster snapshot: the catalog and readiness are this fresh.
+CLUSTER_INTERVAL_S = 0.25
+# A balancer back after a restart is followed again within a second: requests held meanwhile
+# (up to balancer_hold_s) go out once its stream is live.
+WATCH_BACKOFF = Backoff(initial_s=0.2, max_s=1.0)
 
 
 class BalancerPool:
@@ -75,9 +80,7 @@ class BalancerPool:
     async def dispatch(
         self, model: str, rows: int, payload: bytes, timeout: float | None, batch_id: str = ""
     ) -> bytes:
-        metadata = (
-            (MODEL_KEY, model), (ROWS_KEY, str(rows)), (BATCH_ID_KEY, batch_id), *self.auth
-        )
+        metadata = ((MODEL_KEY, model), (ROWS_KEY, str(rows)), (BATCH_ID_KEY, batch_id), *self.auth)
         clock = asyncio.get_running_loop().time
         until = clock() + (self.hold_s if timeout is None else timeout)
         start = next(self._next)
@@ -164,13 +167,11 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         if regions.enabled:
             self.extensions.append("system_shared_memory")
 
-    @serving.rpc_errors
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    @serving.rpc_errors
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerReadyResponse:
@@ -180,7 +181,6 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             ready=any(self.core.model_ready(m) for m in self.catalog.entries)
         )
 
-    @serving.rpc_errors
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
@@ -189,7 +189,6 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         )
         return pb.ModelReadyResponse(ready=ready)
 
-    @serving.rpc_errors
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
@@ -197,25 +196,21 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             name="tideserve", version=tideserve.__version__, extensions=self.extensions
         )
 
-    @serving.rpc_errors
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
         return self.catalog.get(request.name, request.version).metadata
 
-    @serving.rpc_errors
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
         return pb.ModelConfigResponse(config=self.catalog.get(request.name, request.version).config)
 
-    @serving.rpc_errors
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
         return self.statistics.report(request.name, request.version)
 
-    @serving.rpc_errors
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
@@ -227,7 +222,6 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 response.models.add(name=name, version=version, state=state, reason=reason)
         return response
 
-    @serving.rpc_errors
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
@@ -241,12 +235,12 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         await self._shown(
             context,
             name,
-            lambda: self.core.model_ready(name)
-            and loaded <= set(self.catalog.served_versions(name)),
+            lambda: (
+                self.core.model_ready(name) and loaded <= set(self.catalog.served_versions(name))
+            ),
         )
         return pb.RepositoryModelLoadResponse()
 
-    @serving.rpc_errors
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
@@ -295,7 +289,6 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 f"the workers changed model {name!r}, but no cluster snapshot has shown it yet"
             ) from None
 
-    @serving.rpc_errors
     async def SystemSharedMemoryRegister(
         self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.SystemSharedMemoryRegisterResponse:
@@ -310,14 +303,12 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         )
         return pb.SystemSharedMemoryRegisterResponse()
 
-    @serving.rpc_errors
     async def SystemSharedMemoryUnregister(
         self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.SystemSharedMemoryUnregisterResponse:
         self.regions.unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
-    @serving.rpc_errors
     async def SystemSharedMemoryStatus(
         self, request: pb.SystemSharedMemoryStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.SystemSharedMemoryStatusResponse:
@@ -328,7 +319,6 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             status.offset, status.byte_size = region.offset, region.byte_size
         return response
 
-    @serving.rpc_errors
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
@@ -389,10 +379,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             # be read, which the client must hear about rather than see a quiet end.
             (outcome,) = await asyncio.gather(reader, return_exceptions=True)
             if isinstance(outcome, Exception) and not isinstance(outcome, grpc.aio.AbortError):
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"could not read a request on the stream: {outcome}",
-                )
+                raise InvalidArgument(f"could not read a request on the stream: {outcome}")
         finally:
             reader.cancel()
             # A cancelled stream's queued requests are not computed (the scheduler skips done
@@ -418,45 +405,45 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ModelStreamInferResponse(infer_response=response)
 
 
-async def _watch_catalog(
-    catalog: ModelCatalog,
-    links: BalancerLinks,
-    address: str,
-    channel: grpc.aio.Channel,
-    on_change: Callable[[], Awaitable[None]],
-    auth: tuple[tuple[str, str], ...],
-    changed: asyncio.Condition,
-) -> None:
-    """Keep the catalog in step with the balancer's cluster snapshots, and `links` with whether
-    the stream is live: up at each snapshot, down the moment the stream breaks or ends (a killed
-    balancer resets the connection; a silent one fails the channel's keepalive). Reconnects.
-    `channel` is the one batches go over, so a live stream means batches can be sent now, not
-    after that channel's own reconnect back-off."""
-    stub = cluster_pb2_grpc.BalancerStub(channel)
-    while True:
-        failure = "the cluster stream ended"
-        try:
-            async for snapshot in stub.WatchCluster(
-                cluster_pb2.WatchClusterRequest(interval_seconds=0.25), metadata=auth
-            ):
-                updated = catalog.update(list(snapshot.models), unloaded_models(snapshot))
-                catalog.update_workers(snapshot)
-                async with changed:
-                    changed.notify_all()
-                if updated:
-                    logger.info("models updated", extra={"models": updated, "balancer": address})
-                if links.up(address):
-                    logger.info("balancer reachable; serving", extra={"balancer": address})
-                    await on_change()
-        except grpc.aio.AioRpcError as error:
-            failure = f"{error.code().name}: {error.details()}"
-        was_up = links.is_up(address)
-        if links.down(address, failure):
+class ClusterFeed:
+    """Keeps the catalog in step with the balancers' cluster snapshots, and `links` with which
+    streams are live: up at each snapshot, down the moment a stream breaks or ends (a killed
+    balancer resets the connection; a silent one fails the channel's keepalive). The streams run
+    over the channels batches go over, so a live stream means batches can be sent now, not after
+    that channel's own reconnect back-off. `on_change` runs when the batcher becomes live or
+    stops being so; `changed` is notified at every snapshot."""
+
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        links: BalancerLinks,
+        changed: asyncio.Condition,
+        on_change: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.catalog = catalog
+        self.links = links
+        self.changed = changed
+        self.on_change = on_change
+
+    async def snapshot(self, address: str, snapshot: cluster_pb2.ClusterSnapshot) -> None:
+        updated = self.catalog.update(list(snapshot.models), unloaded_models(snapshot))
+        self.catalog.update_workers(snapshot)
+        async with self.changed:
+            self.changed.notify_all()
+        if updated:
+            logger.info("models updated", extra={"models": updated, "balancer": address})
+        if self.links.up(address):
+            logger.info("balancer reachable; serving", extra={"balancer": address})
+            await self.on_change()
+
+    async def lost(self, address: str, failure: str) -> None:
+        was_up = self.links.is_up(address)
+        if self.links.down(address, failure):
             logger.warning(
                 "no balancer reachable; not serving, holding requests",
                 extra={"balancer": address, "error": failure},
             )
-            await on_change()
+            await self.on_change()
         else:
             # Retries while the balancer stays away are many; only the loss is news.
             logger.log(
@@ -464,16 +451,18 @@ async def _watch_catalog(
                 "cluster watch failed; retrying",
                 extra={"balancer": address, "error": failure},
             )
-        await asyncio.sleep(WATCH_RETRY_S)
 
 
-async def _first_catalog(catalog: ModelCatalog, timeout_s: float) -> None:
-    """Wait until a balancer has sent the catalog, or `timeout_s` (a balancer may be down; then
-    requests are answered UNAVAILABLE until one is reachable)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not catalog.synced and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.02)
-    if not catalog.synced:
+async def _first_catalog(
+    catalog: ModelCatalog, changed: asyncio.Condition, timeout_s: float
+) -> None:
+    """Wait until a balancer has sent the catalog (`changed` is notified at each snapshot), or
+    `timeout_s` (a balancer may be down; then requests are answered UNAVAILABLE until one is
+    reachable)."""
+    try:
+        async with changed:
+            await asyncio.wait_for(changed.wait_for(lambda: catalog.synced), timeout_s)
+    except TimeoutError:
         logger.warning("no balancer answered yet; serving anyway", extra={"waited_s": timeout_s})
 
 
@@ -487,7 +476,9 @@ async def _report_loop(core: BatcherCore, settings: BatcherSettings, pool: Balan
                 await stub.ReportFrontend(report, timeout=1.0, metadata=pool.auth)
 
 
-async def serve(settings: BatcherSettings) -> None:
+async def build_server(settings: BatcherSettings) -> tuple[serving.Service, int]:
+    """The batcher, built and bound but not started, and its port. Starting it opens the
+    balancers' cluster streams and waits (up to `CATALOG_WAIT_S`) for the first catalog."""
     tls = serving.TlsSettings.of(settings)
     links = BalancerLinks(settings.balancers)
     pool = BalancerPool(
@@ -545,27 +536,37 @@ async def serve(settings: BatcherSettings) -> None:
             await serving.set_serving(health, [SERVICE_NAME], links.live)
 
     port = serving.bind(server, f"{settings.host}:{settings.port}", tls)
-    tasks = [
-        asyncio.create_task(
-            _watch_catalog(
-                catalog, links, a, channel, publish_readiness, pool.auth, catalog_changed
+    tasks: list[asyncio.Task] = []
+
+    async def starting() -> None:
+        feed = ClusterFeed(catalog, links, catalog_changed, publish_readiness)
+        channels = dict(zip(settings.balancers, pool.channels, strict=True))
+        tasks.append(
+            asyncio.create_task(
+                watch_cluster(
+                    channels,
+                    feed.snapshot,
+                    feed.lost,
+                    metadata=pool.auth,
+                    interval_s=CLUSTER_INTERVAL_S,
+                    backoff=WATCH_BACKOFF,
+                )
             )
         )
-        for a, channel in zip(settings.balancers, pool.channels, strict=True)
-    ]
-    tasks.append(asyncio.create_task(_report_loop(core, settings, pool)))
-    # Learn what is served before answering: with several processes on one port, a client
-    # connection may land on a process that started a moment ago.
-    await _first_catalog(catalog, CATALOG_WAIT_S)
-    await server.start()
-    logger.info(
-        "batcher listening",
-        extra={
-            "address": f"{settings.host}:{port}",
-            "metrics": metrics_server.address,
-            "balancers": list(settings.balancers),
-        },
-    )
+        tasks.append(asyncio.create_task(_report_loop(core, settings, pool)))
+        # Learn what is served before answering: with several processes on one port, a client
+        # connection may land on a process that started a moment ago.
+        await _first_catalog(catalog, catalog_changed, CATALOG_WAIT_S)
+
+    async def started() -> None:
+        logger.info(
+            "batcher listening",
+            extra={
+                "address": f"{settings.host}:{port}",
+                "metrics": metrics_server.address,
+                "balancers": list(settings.balancers),
+            },
+        )
 
     async def stop() -> None:
         for task in tasks:
@@ -575,7 +576,20 @@ async def serve(settings: BatcherSettings) -> None:
         await pool.close()
         metrics_server.close()
 
-    await serving.serve_until_signal(server, health, grace_seconds=settings.grace_s, on_stop=stop)
+    service = serving.Service(
+        server,
+        health,
+        grace_s=settings.grace_s,
+        before_start=starting,
+        after_start=started,
+        on_stop=stop,
+    )
+    return service, port
+
+
+async def serve(settings: BatcherSettings) -> None:
+    service, _ = await build_server(settings)
+    await service.run()
 
 
 def run_processes(settings: BatcherSettings, argv: list[str]) -> int:
@@ -584,11 +598,21 @@ def run_processes(settings: BatcherSettings, argv: list[str]) -> int:
     children = []
     for index in range(settings.processes):
         metrics_port = settings.metrics_port + index if settings.metrics_port else 0
-        children.append(subprocess.Popen(
-            [sys.executable, "-m", "services.batcher", *argv, "--processes", "1",
-             "--metrics-port", str(metrics_port)],
-            env=child_env(),
-        ))
+        children.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "services.batcher",
+                    *argv,
+                    "--processes",
+                    "1",
+                    "--metrics-port",
+                    str(metrics_port),
+                ],
+                env=child_env(),
+            )
+        )
 
     def forward(signum: int, frame: object) -> None:
         for child in children:
@@ -596,6 +620,8 @@ def run_processes(settings: BatcherSettings, argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    logger.info("batcher processes started", extra={"pids": [c.pid for c in children],
-                                                   "port": settings.port})
+    logger.info(
+        "batcher processes started",
+        extra={"pids": [c.pid for c in children], "port": settings.port},
+    )
     return max(child.wait() for child in children)

@@ -31,6 +31,66 @@ from services.scaler.policies import ScalingContext
 from tideserve.v1 import cluster_pb2
 
 
+class ClusterView:
+    """One cluster snapshot made of the latest from every balancer the scaler follows. Workers
+    heartbeat to every balancer and batchers report to every one, so each balancer sees all
+    workers and frontends; what is split between them is the batches. So: workers and
+    frontends from the newest snapshot that has them, each worker's outstanding batches and rows
+    summed over the balancers, and `dispatched_rows` a counter of the rows all balancers
+    dispatched since the scaler started following them (each balancer's own counter restarts
+    with it, and a balancer first seen or seen again must not count its past as new rows)."""
+
+    def __init__(self) -> None:
+        self._latest: dict[str, cluster_pb2.ClusterSnapshot] = {}
+        self._last_rows: dict[str, int] = {}
+        self._rows = 0
+
+    def update(
+        self, address: str, snapshot: cluster_pb2.ClusterSnapshot
+    ) -> cluster_pb2.ClusterSnapshot:
+        """Take `address`'s new snapshot; returns the merged one."""
+        rows, last = snapshot.dispatched_rows, self._last_rows.get(address)
+        if last is not None:
+            # A counter that went back is a restarted balancer: all of it is new.
+            self._rows += rows - last if rows >= last else rows
+        self._last_rows[address] = rows
+        self._latest[address] = snapshot
+        return self.merged()
+
+    def lost(self, address: str) -> None:
+        """`address`'s stream broke: its workers and frontends are no longer current."""
+        self._latest.pop(address, None)
+
+    def merged(self) -> cluster_pb2.ClusterSnapshot:
+        snapshots = sorted(self._latest.values(), key=lambda s: s.timestamp_unix)
+        if not snapshots:
+            return cluster_pb2.ClusterSnapshot()
+        merged = cluster_pb2.ClusterSnapshot()
+        merged.CopyFrom(snapshots[-1])
+        merged.dispatched_rows = self._rows
+        outstanding: dict[str, tuple[int, int]] = defaultdict(lambda: (0, 0))
+        frontends: dict[str, cluster_pb2.FrontendReport] = {}
+        workers: dict[str, cluster_pb2.WorkerState] = {}
+        for snapshot in snapshots:
+            for worker in snapshot.workers:
+                batches, rows = outstanding[worker.worker_id]
+                outstanding[worker.worker_id] = (
+                    batches + worker.outstanding_batches,
+                    rows + worker.outstanding_rows,
+                )
+                workers[worker.worker_id] = worker
+            for frontend in snapshot.frontends:
+                frontends[frontend.batcher_id] = frontend
+        del merged.workers[:]
+        for worker_id, worker in workers.items():
+            added = merged.workers.add()
+            added.CopyFrom(worker)
+            added.outstanding_batches, added.outstanding_rows = outstanding[worker_id]
+        del merged.frontends[:]
+        merged.frontends.extend(frontends.values())
+        return merged
+
+
 @dataclass
 class ClusterObserver:
     slo_s: float
@@ -104,5 +164,9 @@ def live_curve(snapshot: cluster_pb2.ClusterSnapshot) -> ServiceProfile | None:
     largest = max([*declared, sizes[-1]])
     low = min(sizes[0], largest - 1) if largest > 1 else 1
     ends = (low, largest) if largest > low else (1, 2)
-    return ServiceProfile(model="live", batch_sizes=ends,
-                          seconds=tuple(alpha + beta * b for b in ends), cold_start_s=0.0)
+    return ServiceProfile(
+        model="live",
+        batch_sizes=ends,
+        seconds=tuple(alpha + beta * b for b in ends),
+        cold_start_s=0.0,
+    )

@@ -14,17 +14,19 @@ from services.scaler.auth import AdminAuth
 from services.scaler.controller import ScalerController
 from services.scaler.guards import GuardConfig
 from services.scaler.metrics import collect
+from services.scaler.observe import ClusterView
 from services.scaler.planner import ServiceProfile
 from services.scaler.runtime import ProcessRuntime, WorkerRuntime
 from services.scaler.settings import ScalerSettings
 from tideserve import metrics, serving
+from tideserve.cluster_watch import watch_cluster
 from tideserve.credentials import read_token_file
 from tideserve.v1 import cluster_pb2 as pb
 from tideserve.v1 import cluster_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = "tideserve.v1.ScalerAdmin"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ScalerAdmin"].full_name
 
 
 class BalancerDrainer:
@@ -56,54 +58,46 @@ class ScalerAdminServicer(cluster_pb2_grpc.ScalerAdminServicer):
     def _status(self) -> pb.ScalerStatus:
         return self.controller.status(self.runtime_name)
 
-    @serving.rpc_errors
     async def GetStatus(
         self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScalerStatus:
         return self._status()
 
-    @serving.rpc_errors
     async def ListWorkers(
         self, request: pb.ListWorkersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListWorkersResponse:
         return pb.ListWorkersResponse(workers=self.controller.list_workers())
 
-    @serving.rpc_errors
     async def SetPolicy(
         self, request: pb.SetPolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScalerStatus:
         self.controller.set_policy(request.name, dict(request.parameters))
         return self._status()
 
-    @serving.rpc_errors
     async def ScaleTo(
         self, request: pb.ScaleToRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScalerStatus:
         self.controller.scale_to(None if request.release else request.replicas)
         return self._status()
 
-    @serving.rpc_errors
     async def SetBounds(
         self, request: pb.SetBoundsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScalerStatus:
         self.controller.set_bounds(request.min_replicas, request.max_replicas)
         return self._status()
 
-    @serving.rpc_errors
     async def Pause(
         self, request: pb.PauseRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScalerStatus:
         self.controller.paused = True
         return self._status()
 
-    @serving.rpc_errors
     async def Resume(
         self, request: pb.ResumeRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScalerStatus:
         self.controller.paused = False
         return self._status()
 
-    @serving.rpc_errors
     async def DrainWorker(
         self, request: pb.DrainWorkerRequest, context: grpc.aio.ServicerContext
     ) -> pb.DrainWorkerResponse:
@@ -155,27 +149,21 @@ def build_runtime(settings: ScalerSettings) -> WorkerRuntime:
     )
 
 
-async def _watch(
-    controller: ScalerController,
-    channel: grpc.aio.Channel,
-    address: str,
-    auth: tuple[tuple[str, str], ...],
-) -> None:
-    stub = cluster_pb2_grpc.BalancerStub(channel)
-    while True:
-        try:
-            async for snapshot in stub.WatchCluster(pb.WatchClusterRequest(), metadata=auth):
-                controller.observe(snapshot)
-        except grpc.aio.AioRpcError as error:
-            logger.warning(
-                "cluster watch failed; retrying",
-                extra={
-                    "balancer": address,
-                    "code": error.code().name,
-                    "details": error.details(),
-                },
-            )
-        await asyncio.sleep(0.5)
+class ClusterFollower:
+    """Feeds the controller the cluster as every balancer sees it, merged (`ClusterView`)."""
+
+    def __init__(self, controller: ScalerController) -> None:
+        self.controller = controller
+        self.view = ClusterView()
+
+    async def snapshot(self, address: str, snapshot: pb.ClusterSnapshot) -> None:
+        self.controller.observe(self.view.update(address, snapshot))
+
+    async def lost(self, address: str, failure: str) -> None:
+        self.view.lost(address)
+        logger.warning(
+            "cluster watch failed; retrying", extra={"balancer": address, "error": failure}
+        )
 
 
 async def _tick_loop(controller: ScalerController, period_s: float) -> None:
@@ -187,7 +175,9 @@ async def _tick_loop(controller: ScalerController, period_s: float) -> None:
         await asyncio.sleep(period_s)
 
 
-async def serve(settings: ScalerSettings) -> None:
+async def build_server(settings: ScalerSettings) -> tuple[serving.Service, int]:
+    """The scaler, built and bound but not started, and its port. Its workers are adopted
+    here; the cluster watch and the tick loop run from start to shutdown."""
     auth = AdminAuth.from_settings(settings.admin_token_file, settings.admin_identities)
     if auth.open and not is_loopback(settings.host):
         logger.warning(
@@ -230,24 +220,34 @@ async def serve(settings: ScalerSettings) -> None:
     )
     health = await serving.add_health_and_reflection(server, [SERVICE_NAME])
     port = serving.bind(server, f"{settings.host}:{settings.port}", tls)
-    await server.start()
-    logger.info(
-        "scaler listening",
-        extra={
-            "address": f"{settings.host}:{port}",
-            "metrics": metrics_server.address,
-            "runtime": runtime.name,
-            "policy": settings.policy,
-            "min_replicas": settings.min_replicas,
-            "max_replicas": settings.max_replicas,
-            "replica_ceiling": settings.replica_ceiling,
-            "admin_auth": "open" if auth.open else "required",
-        },
-    )
-    tasks = [
-        asyncio.create_task(_watch(controller, channels[0], settings.balancers[0], balancer_auth)),
-        asyncio.create_task(_tick_loop(controller, settings.tick_s)),
-    ]
+    tasks: list[asyncio.Task] = []
+
+    async def started() -> None:
+        follower = ClusterFollower(controller)
+        tasks.append(
+            asyncio.create_task(
+                watch_cluster(
+                    dict(zip(settings.balancers, channels, strict=True)),
+                    follower.snapshot,
+                    follower.lost,
+                    metadata=balancer_auth,
+                )
+            )
+        )
+        tasks.append(asyncio.create_task(_tick_loop(controller, settings.tick_s)))
+        logger.info(
+            "scaler listening",
+            extra={
+                "address": f"{settings.host}:{port}",
+                "metrics": metrics_server.address,
+                "runtime": runtime.name,
+                "policy": settings.policy,
+                "min_replicas": settings.min_replicas,
+                "max_replicas": settings.max_replicas,
+                "replica_ceiling": settings.replica_ceiling,
+                "admin_auth": "open" if auth.open else "required",
+            },
+        )
 
     async def stop() -> None:
         for task in tasks:
@@ -256,4 +256,12 @@ async def serve(settings: ScalerSettings) -> None:
         await asyncio.gather(*(c.close() for c in channels))
         metrics_server.close()
 
-    await serving.serve_until_signal(server, health, grace_seconds=settings.grace_s, on_stop=stop)
+    service = serving.Service(
+        server, health, grace_s=settings.grace_s, after_start=started, on_stop=stop
+    )
+    return service, port
+
+
+async def serve(settings: ScalerSettings) -> None:
+    service, _ = await build_server(settings)
+    await service.run()

@@ -8,7 +8,7 @@ import logging
 import resource
 import time
 
-from services.worker.runner import ModelRunner
+from services.worker.runner import Runner
 from tideserve import codec, shared_memory
 from tideserve.errors import (
     DeadlineExceeded,
@@ -26,7 +26,7 @@ class WorkerCore:
     def __init__(
         self,
         worker_id: str,
-        runners: dict[str, dict[str, ModelRunner]],
+        runners: dict[str, dict[str, Runner]],
         shared_inputs: shared_memory.SegmentReader | None = None,
     ) -> None:
         self.worker_id = worker_id
@@ -108,7 +108,7 @@ class WorkerCore:
         result.output_seconds = time.perf_counter() - done
         return result
 
-    def _runner(self, model: str, version: str) -> ModelRunner:
+    def _runner(self, model: str, version: str) -> Runner:
         """The runner of `version` of `model`; the latest served when `version` is empty."""
         versions = self.runners.get(model)
         if not versions:
@@ -127,7 +127,7 @@ class WorkerCore:
                 self.shared_inputs.done(view)
 
     def _decode_inputs(
-        self, runner: ModelRunner, batch: cluster_pb2.Batch, views: list[memoryview]
+        self, runner: Runner, batch: cluster_pb2.Batch, views: list[memoryview]
     ) -> list:
         """The batch's inputs as arrays; the shared-memory views they read go in `views`."""
         by_name = {t.name: t for t in batch.inputs}

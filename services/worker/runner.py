@@ -58,17 +58,12 @@ class ModelRunner:
         version: str,
         path: Path,
         device: torch.device,
-        slowdown: float = 1.0,
-        service_profile: ServiceTimeProfile | None = None,
     ) -> None:
         self.config = config
         self.spec = ModelSpec.from_config(config)
         spec = self.spec
         self.version = version
         self.device = device
-        self.slowdown = slowdown
-        # Emulated device: each batch is padded up to this profile's t(b) (tideserve/profiles.py).
-        self.service_profile = service_profile
         self.module = load_module(path, device)
         precision = spec.parameters.get("precision", "fp32")
         if precision not in PRECISIONS:
@@ -125,24 +120,26 @@ class ModelRunner:
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run one batch; inputs in the config's input order, outputs in its output order.
-        Records the batch's compute time by batch size: times the configured slowdown, and with a
-        service profile padded up to its t(rows), so the balancer and batcher see the emulated
-        device's time (the wall time the batch really took)."""
+        Records the batch's compute time by batch size."""
         started = time.perf_counter()
-        arrays = self._instance().forward(inputs)
-        elapsed = time.perf_counter() - started
-        if self.slowdown > 1.0:
-            time.sleep(elapsed * (self.slowdown - 1.0))
-            elapsed *= self.slowdown
-        rows = inputs[0].shape[0] if self.spec.batches and inputs else 1
-        if self.service_profile is not None:
-            time.sleep(max(0.0, self.service_profile.seconds_for(rows) - elapsed))
-            elapsed = time.perf_counter() - started
+        arrays = self.compute(inputs)
+        self.record(self.rows(inputs), time.perf_counter() - started)
+        return arrays
+
+    def compute(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """The forward pass alone, on the calling executor thread's instance; nothing recorded."""
+        return self._instance().forward(inputs)
+
+    def rows(self, inputs: list[np.ndarray]) -> int:
+        return inputs[0].shape[0] if self.spec.batches and inputs else 1
+
+    def record(self, rows: int, seconds: float) -> None:
+        """Fold a batch of `rows` that took `seconds` into the smoothed service time reported to
+        the balancer and batcher."""
         previous = self.service_times.get(rows)
         self.service_times[rows] = (
-            elapsed if previous is None else previous + SERVICE_TIME_ALPHA * (elapsed - previous)
+            seconds if previous is None else previous + SERVICE_TIME_ALPHA * (seconds - previous)
         )
-        return arrays
 
     def _ordered_outputs(self, result: object) -> list[torch.Tensor]:
         names = [o.name for o in self.spec.outputs]
@@ -164,6 +161,54 @@ class ModelRunner:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
+
+
+class EmulatedDeviceRunner:
+    """A runner standing in for a slower device, for benchmarks on a machine without it: each
+    batch's compute time is multiplied by `slowdown`, then padded up to the profile's t(rows)
+    (tideserve/profiles.py; never shortened), and that emulated time is the one recorded, so the
+    balancer and batcher see the emulated device's service time (the wall time the batch really
+    took). The worker's wiring picks it when the emulation settings are on; otherwise the model's
+    own runner serves and pays nothing for emulation."""
+
+    def __init__(
+        self,
+        runner: ModelRunner,
+        slowdown: float = 1.0,
+        service_profile: ServiceTimeProfile | None = None,
+    ) -> None:
+        if slowdown < 1.0:
+            raise ValueError("slowdown must be >= 1.0")
+        self.runner = runner
+        self.slowdown = slowdown
+        self.service_profile = service_profile
+        # What the worker reads of a runner, shared with the wrapped one.
+        self.config = runner.config
+        self.spec = runner.spec
+        self.version = runner.version
+        self.executor = runner.executor
+        self.service_times = runner.service_times
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        started = time.perf_counter()
+        arrays = self.runner.compute(inputs)
+        elapsed = time.perf_counter() - started
+        if self.slowdown > 1.0:
+            time.sleep(elapsed * (self.slowdown - 1.0))
+            elapsed *= self.slowdown
+        rows = self.runner.rows(inputs)
+        if self.service_profile is not None:
+            time.sleep(max(0.0, self.service_profile.seconds_for(rows) - elapsed))
+            elapsed = time.perf_counter() - started
+        self.runner.record(rows, elapsed)
+        return arrays
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+# A model's runner as the worker holds it: its own, or wrapped to emulate a slower device.
+Runner = ModelRunner | EmulatedDeviceRunner
 
 
 def configure_threads(threads: int) -> None:

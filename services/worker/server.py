@@ -17,7 +17,13 @@ from services.worker.execution import CudaHostPinning
 from services.worker.lifecycle import ModelLifecycle
 from services.worker.metrics import WorkerMetrics, collect
 from services.worker.repository import RepositoryEntry, scan
-from services.worker.runner import ModelRunner, configure_threads, resolve_device
+from services.worker.runner import (
+    EmulatedDeviceRunner,
+    ModelRunner,
+    Runner,
+    configure_threads,
+    resolve_device,
+)
 from services.worker.settings import WorkerSettings
 from tideserve import metrics, serving, shared_memory
 from tideserve.credentials import read_token_file
@@ -27,7 +33,7 @@ from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = "tideserve.v1.Worker"
+SERVICE_NAME = cluster_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 MAX_RECONNECT_BACKOFF_S = 2.0
 
 
@@ -36,7 +42,6 @@ class WorkerServicer(cluster_pb2_grpc.WorkerServicer):
         self.core = core
         self.metrics = metrics
 
-    @serving.rpc_errors
     async def Execute(
         self, request: cluster_pb2.Batch, context: grpc.aio.ServicerContext
     ) -> cluster_pb2.BatchResult:
@@ -66,7 +71,7 @@ class HeartbeatClient:
     def __init__(
         self,
         core: WorkerCore,
-        lifecycle: ModelLifecycle[ModelRunner],
+        lifecycle: ModelLifecycle[Runner],
         balancer: str,
         registration: Callable[[], cluster_pb2.WorkerRegistration],
         interval_s: float,
@@ -161,13 +166,16 @@ class HeartbeatClient:
             self.updates.put_nowait(self.lifecycle.update(command.control_id, error))
 
 
-async def _poll_repository(lifecycle: ModelLifecycle[ModelRunner], period_s: float) -> None:
+async def _poll_repository(lifecycle: ModelLifecycle[Runner], period_s: float) -> None:
     while True:
         await asyncio.sleep(period_s)
         await lifecycle.poll()
 
 
-async def serve(settings: WorkerSettings) -> None:
+async def build_server(settings: WorkerSettings) -> tuple[serving.Service, int]:
+    """The worker, built and bound but not started, and its port. Starting it loads the models
+    (health NOT_SERVING until they are), then registers with every balancer; a worker started
+    with `exit_on_release` asks to stop once a balancer released it and its batches are done."""
     configure_threads(settings.threads)
     device = resolve_device(settings.device)
     entries = scan(Path(settings.model_repository), settings.models)
@@ -181,7 +189,8 @@ async def serve(settings: WorkerSettings) -> None:
     service_profile = (
         ServiceTimeProfile.load(settings.service_profile) if settings.service_profile else None
     )
-    runners: dict[str, dict[str, ModelRunner]] = {}
+    emulated = settings.slowdown > 1.0 or service_profile is not None
+    runners: dict[str, dict[str, Runner]] = {}
     pinning = CudaHostPinning() if device.type == "cuda" and settings.pin_shared_memory else None
     reader = shared_memory.SegmentReader(pinning=pinning) if settings.shared_memory else None
     shared_inputs = reader if reader is not None and reader.domain else None
@@ -191,31 +200,17 @@ async def serve(settings: WorkerSettings) -> None:
     registry.register(metrics.LoopCollector(asyncio.get_running_loop(), lambda: collect(core)))
     metrics_server = metrics.start_metrics_server(settings.host, settings.metrics_port, registry)
     cluster_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(core, worker_metrics), server)
-    await server.start()
 
-    def build(entry: RepositoryEntry) -> ModelRunner:
-        runner = ModelRunner(
-            entry.config, entry.version, entry.model_path, device, settings.slowdown,
-            service_profile,
-        )
+    def build(entry: RepositoryEntry) -> Runner:
+        runner = ModelRunner(entry.config, entry.version, entry.model_path, device)
         runner.warm_up()
+        if emulated:
+            return EmulatedDeviceRunner(runner, settings.slowdown, service_profile)
         return runner
 
-    for entry in entries:
-        versions = runners.setdefault(entry.config.name, {})
-        versions[entry.version] = await asyncio.to_thread(build, entry)
     lifecycle = ModelLifecycle(Path(settings.model_repository), runners, build)
-    await serving.set_serving(health, [SERVICE_NAME])
-    logger.info(
-        "worker ready",
-        extra={
-            "worker_id": settings.worker_id,
-            "address": address,
-            "metrics": metrics_server.address,
-            "device": str(device),
-            "models": sorted(runners),
-        },
-    )
+    released = asyncio.Event()
+    tasks: list[asyncio.Task] = []
 
     def registration() -> cluster_pb2.WorkerRegistration:
         current = core.registration(address, str(device))
@@ -224,39 +219,64 @@ async def serve(settings: WorkerSettings) -> None:
         current.model_statuses.extend(lifecycle.statuses())
         return current
 
-    released = asyncio.Event()
-    tasks = [
-        asyncio.create_task(
-            HeartbeatClient(
-                core, lifecycle, b, registration, settings.heartbeat_interval_s, released, tls,
-                token,
-            ).run()
-        )
-        for b in settings.balancers
-    ]
-    if settings.repository_poll_s > 0:
-        tasks.append(
-            asyncio.create_task(_poll_repository(lifecycle, settings.repository_poll_s))
-        )
-    released_task = asyncio.create_task(released.wait())
-    signal_task = asyncio.create_task(
-        serving.serve_until_signal(server, health, grace_seconds=settings.grace_s)
-    )
-    done, _ = await asyncio.wait(
-        [signal_task, released_task] if settings.exit_on_release else [signal_task],
-        return_when=asyncio.FIRST_COMPLETED,
-    )
-    if released_task in done:
+    async def exit_when_released() -> None:
+        await released.wait()
         logger.info("drained and released; exiting")
         await core.wait_idle()
-        await health.enter_graceful_shutdown()
-        await server.stop(settings.grace_s)
-        signal_task.cancel()
-    released_task.cancel()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    for versions in runners.values():
-        for runner in versions.values():
-            runner.close()
-    metrics_server.close()
+        service.stop_requested.set()
+
+    async def started() -> None:
+        for entry in entries:
+            versions = runners.setdefault(entry.config.name, {})
+            versions[entry.version] = await asyncio.to_thread(build, entry)
+        await serving.set_serving(health, [SERVICE_NAME])
+        logger.info(
+            "worker ready",
+            extra={
+                "worker_id": settings.worker_id,
+                "address": address,
+                "metrics": metrics_server.address,
+                "device": str(device),
+                "models": sorted(runners),
+            },
+        )
+        tasks.extend(
+            asyncio.create_task(
+                HeartbeatClient(
+                    core,
+                    lifecycle,
+                    b,
+                    registration,
+                    settings.heartbeat_interval_s,
+                    released,
+                    tls,
+                    token,
+                ).run()
+            )
+            for b in settings.balancers
+        )
+        if settings.repository_poll_s > 0:
+            tasks.append(
+                asyncio.create_task(_poll_repository(lifecycle, settings.repository_poll_s))
+            )
+        if settings.exit_on_release:
+            tasks.append(asyncio.create_task(exit_when_released()))
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for versions in runners.values():
+            for runner in versions.values():
+                runner.close()
+        metrics_server.close()
+
+    service = serving.Service(
+        server, health, grace_s=settings.grace_s, after_start=started, on_stop=stop
+    )
+    return service, port
+
+
+async def serve(settings: WorkerSettings) -> None:
+    service, _ = await build_server(settings)
+    await service.run()

@@ -57,8 +57,7 @@ async def echo(payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
 
 
 async def no_ready_worker(payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
-    await serving.abort(context, errors.NoReadyWorker("no ready worker serves model 'm'"))
-    return b""
+    raise errors.NoReadyWorker("no ready worker serves model 'm'")
 
 
 @pytest.fixture

@@ -172,9 +172,6 @@ class FakeContext:
     def time_remaining(self) -> float | None:
         return None
 
-    async def abort(self, code: Any, details: str) -> None:
-        raise RuntimeError(details)
-
 
 async def test_worker_counts_batches_and_times_them() -> None:
     core = FakeWorkerCore()
@@ -184,7 +181,7 @@ async def test_worker_counts_batches_and_times_them() -> None:
         await servicer.Execute(
             cluster_pb2.Batch(batch_id=f"b{index}", model_name=MODEL), FakeContext()
         )
-    with pytest.raises(RuntimeError):
+    with pytest.raises(NotFound):
         await servicer.Execute(cluster_pb2.Batch(model_name="other"), FakeContext())
 
     assert value(registry, "tideserve_worker_batches_total", model=MODEL, code="OK") == 3

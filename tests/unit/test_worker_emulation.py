@@ -1,5 +1,7 @@
-"""A worker with a service profile emulates that device: each batch is padded up to the profile's
-t(b), never shortened, and the padded time is the service time it reports to the balancer."""
+"""A worker with a service profile emulates that device: its wiring wraps each model's runner in
+an EmulatedDeviceRunner, each batch is padded up to the profile's t(b), never shortened, and the
+padded time is the service time it reports to the balancer. Without emulation settings the
+model's own runner serves, unpadded."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch
 from services.scaler.settings import ScalerSettings
 from services.worker.core import WorkerCore
 from services.worker.repository import scan
-from services.worker.runner import ModelRunner
+from services.worker.runner import EmulatedDeviceRunner, ModelRunner
 from services.worker.settings import parse
 from tideserve.profiles import ServiceTimeProfile
 
@@ -27,7 +29,7 @@ class Double(torch.nn.Module):
 PROFILE = ServiceTimeProfile(batch_sizes=(1, 8, 16), seconds=(0.02, 0.05, 0.09))
 
 
-def runner(tmp_path: Path, module: torch.nn.Module, profile: ServiceTimeProfile) -> ModelRunner:
+def runner(tmp_path: Path, module: torch.nn.Module) -> ModelRunner:
     model_dir = tmp_path / "double"
     (model_dir / "1").mkdir(parents=True)
     torch.jit.script(module).save(str(model_dir / "1" / "model.pt"))
@@ -37,11 +39,14 @@ def runner(tmp_path: Path, module: torch.nn.Module, profile: ServiceTimeProfile)
         'output [ { name: "y" data_type: TYPE_FP32 dims: [4] } ]\n'
     )
     (entry,) = scan(tmp_path)
-    return ModelRunner(entry.config, entry.version, entry.model_path, torch.device("cpu"),
-                       service_profile=profile)
+    return ModelRunner(entry.config, entry.version, entry.model_path, torch.device("cpu"))
 
 
-def timed_run(model: ModelRunner, rows: int) -> float:
+def emulated(tmp_path: Path, module: torch.nn.Module) -> EmulatedDeviceRunner:
+    return EmulatedDeviceRunner(runner(tmp_path, module), service_profile=PROFILE)
+
+
+def timed_run(model: ModelRunner | EmulatedDeviceRunner, rows: int) -> float:
     x = np.ones((rows, 4), dtype=np.float32)
     started = time.perf_counter()
     (y,) = model.run([x])
@@ -67,8 +72,8 @@ def test_profile_loads_what_tideserve_profile_writes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("rows", [1, 8, 16])
 def test_batch_is_padded_to_the_profile_and_reported_so(tmp_path: Path, rows: int) -> None:
-    model = runner(tmp_path, Double(), PROFILE)
-    model.warm_up()
+    model = emulated(tmp_path, Double())
+    model.runner.warm_up()
     target = PROFILE.seconds_for(rows)
     took = timed_run(model, rows)
     assert target <= took < target + 0.03
@@ -83,8 +88,8 @@ def test_batch_is_padded_to_the_profile_and_reported_so(tmp_path: Path, rows: in
 def test_a_batch_slower_than_the_profile_is_never_shortened(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = runner(tmp_path, Double(), PROFILE)
-    (instance,) = model.instances
+    model = emulated(tmp_path, Double())
+    (instance,) = model.runner.instances
     forward = instance.forward
 
     def slow_forward(inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -97,6 +102,42 @@ def test_a_batch_slower_than_the_profile_is_never_shortened(
     # No padding on top of real compute that already exceeds t(1) = 20 ms.
     assert model.service_times[1] == pytest.approx(took, abs=0.01)
     model.close()
+
+
+def test_without_emulation_the_batch_is_not_padded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = runner(tmp_path, Double())
+    model.warm_up()
+    sleeps: list[float] = []
+    monkeypatch.setattr(time, "sleep", sleeps.append)
+    took = timed_run(model, 1)
+    assert sleeps == []
+    assert 0 < model.service_times[1] <= took
+    model.close()
+
+
+def test_slowdown_multiplies_the_compute_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = EmulatedDeviceRunner(runner(tmp_path, Double()), slowdown=3.0)
+    (instance,) = model.runner.instances
+    forward = instance.forward
+
+    def slow_forward(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        time.sleep(0.02)
+        return forward(inputs)
+
+    monkeypatch.setattr(instance, "forward", slow_forward)
+    took = timed_run(model, 1)
+    assert took >= 0.06
+    assert model.service_times[1] >= 0.06
+    model.close()
+
+
+def test_slowdown_below_one_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="slowdown"):
+        EmulatedDeviceRunner(runner(tmp_path, Double()), slowdown=0.5)
 
 
 def test_setting_reaches_workers_started_by_the_scaler() -> None:

@@ -16,7 +16,7 @@ from services.balancer.auth import METHOD_ROLES, BalancerAuth
 from services.balancer.core import BalancerCore
 from services.balancer.metrics import BalancerMetrics
 from services.balancer.registry import WorkerTable
-from services.balancer.server import SERVICE_NAME, BalancerServicer
+from services.balancer.server import SERVICE_NAME, BalancerServicer, add_balancer_to_server
 from tests.certs import Certificates, make_certificates
 from tideserve import metrics, serving
 from tideserve.credentials import ROLES, create_credentials, read_secret
@@ -131,7 +131,7 @@ async def balancer(
     core = BalancerCore(WorkerTable(), NoWorkers())
     servicer = BalancerServicer(core, 0.05, BalancerMetrics(metrics.new_registry()))
     server = serving.new_server([serving.RoleGuard(SERVICE_NAME, auth)])
-    server.add_generic_rpc_handlers((servicer.handler(),))
+    add_balancer_to_server(servicer, server)
     port = serving.bind(server, "127.0.0.1:0", tls)
     await serving.add_health_and_reflection(server, [SERVICE_NAME])
     await server.start()
