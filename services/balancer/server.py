@@ -206,6 +206,15 @@ class BalancerServicer:
             request.model_name, request.action == pb.ControlModelRequest.LOAD, timeout_s
         )
 
+    @serving.rpc_errors
+    async def SetCanaryWeights(
+        self, request: pb.SetCanaryWeightsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetCanaryWeightsResponse:
+        if not request.model_name:
+            raise InvalidArgument("SetCanaryWeights needs a model_name")
+        weights = self.core.set_canary_weights(request.model_name, dict(request.weights))
+        return pb.SetCanaryWeightsResponse(weights=weights)
+
     def handler(self) -> grpc.GenericRpcHandler:
         def unary(method, request_type, response_type):  # type: ignore[no-untyped-def]
             return grpc.unary_unary_rpc_method_handler(
@@ -237,6 +246,9 @@ class BalancerServicer:
                 ),
                 "ControlModel": unary(
                     self.ControlModel, pb.ControlModelRequest, pb.ControlModelResponse
+                ),
+                "SetCanaryWeights": unary(
+                    self.SetCanaryWeights, pb.SetCanaryWeightsRequest, pb.SetCanaryWeightsResponse
                 ),
             },
         )

@@ -507,7 +507,9 @@ async def serve(settings: BatcherSettings) -> None:
     )
     registry = metrics.new_registry()
     statistics = InferenceStatistics(catalog)
-    batcher_metrics = BatcherMetrics(registry, lambda model: model in catalog.entries, statistics)
+    batcher_metrics = BatcherMetrics(
+        registry, lambda model: model in catalog.entries, statistics, catalog.served_versions
+    )
     core = BatcherCore(
         catalog,
         pool,
