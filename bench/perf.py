@@ -28,6 +28,7 @@ import json
 import math
 import os
 import random
+import re
 import shlex
 import subprocess
 import sys
@@ -111,6 +112,26 @@ def parse_perf_analyzer_csv(text: str) -> list[dict[str, Any]]:
         }
         rows.append(rec)
     return rows
+
+
+def parse_server_section(text: str) -> dict[str, float]:
+    """The "Server:" section perf_analyzer prints from the server's ModelStatistics (Triton's
+    statistics extension), read from its standard output: counts, and the average request
+    latency with its parts in microseconds. Empty when the section is missing (a server without
+    the extension). The last section wins: perf_analyzer prints one per concurrency level."""
+    sections = re.split(r"^\s*Server:\s*$", text, flags=re.MULTILINE)
+    if len(sections) < 2:
+        return {}
+    section: dict[str, float] = {}
+    for line in sections[-1].strip("\n").split("\n\n")[0].splitlines():
+        name, _, value = line.strip().partition(":")
+        key = name.lower().replace(" ", "_")
+        number, _, parts = value.strip().partition(" usec")
+        with contextlib.suppress(ValueError):
+            section[f"{key}_us" if parts else key] = float(number)
+        for part, usec in re.findall(r"([a-z][a-z ]*?) (\d+(?:\.\d+)?) usec", parts):
+            section[f"{part.strip().replace(' ', '_')}_us"] = float(usec)
+    return section
 
 
 def _cpu_times() -> tuple[int, int]:
@@ -203,6 +224,7 @@ def run_perf_analyzer(
     }
     if rows:
         record.update({k: v for k, v in rows[-1].items() if k != "concurrency"})
+    record["server"] = parse_server_section(proc.stdout or "")
     if not ok:
         record["error"] = out[-2000:]
     return record

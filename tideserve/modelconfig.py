@@ -10,6 +10,11 @@ tideserve-specific options live in `parameters`, as Triton keeps backend options
   coalesce_window_us  how long a batch may stay for requests still arriving close together,
                       once it could leave (default 0: off; services/batcher/batching.py)
   precision           "fp32" (default), "fp16" or "bf16" execution on GPU
+  canary_weights      "VERSION:WEIGHT,..." (e.g. "1:90,2:10"): the batcher splits the model's
+                      unversioned requests between those of the named versions that are served,
+                      each getting weight / sum of weights (0: none); the version_policy must
+                      serve them. Unset, or no weighted version served: the latest takes all.
+                      An operator moves it at run time with the balancer's SetCanaryWeights.
 """
 
 from __future__ import annotations
@@ -99,6 +104,11 @@ class ModelSpec:
     @property
     def coalesce_window_s(self) -> float:
         return float(self.parameters.get("coalesce_window_us", "0")) / 1e6
+
+    @property
+    def canary_weights(self) -> dict[str, int]:
+        raw = self.parameters.get("canary_weights")
+        return parse_version_weights(self.name, raw) if raw else {}
 
     def input_named(self, name: str) -> TensorSpec | None:
         return next((t for t in self.inputs if t.name == name), None)
@@ -190,7 +200,29 @@ def select_versions(config: mc.ModelConfig, available: Iterable[int]) -> list[in
     return have[-count:]
 
 
+def parse_version_weights(model: str, text: str) -> dict[str, int]:
+    """"1:90,2:10" -> {"1": 90, "2": 10}; InvalidArgument names what is wrong."""
+    weights: dict[str, int] = {}
+    for item in text.split(","):
+        version, sep, weight = item.strip().partition(":")
+        version, weight = version.strip(), weight.strip()
+        if not (sep and version.isdigit() and weight.isdigit()) or version in weights:
+            raise InvalidArgument(
+                f"model {model}: parameter canary_weights must read VERSION:WEIGHT,... with each "
+                f"version once and whole weights >= 0 (e.g. \"1:90,2:10\"); got {text!r}"
+            )
+        weights[version] = int(weight)
+    if not any(weights.values()):
+        raise InvalidArgument(
+            f"model {model}: parameter canary_weights gives every version weight 0; give some "
+            "version a weight above 0, or leave the parameter out"
+        )
+    return weights
+
+
 def _check_parameters(model: str, parameters: dict[str, str]) -> None:
+    if "canary_weights" in parameters:
+        parse_version_weights(model, parameters["canary_weights"])
     for name, zero_allowed in (
         ("slo_ms", False),
         ("instance_count", False),

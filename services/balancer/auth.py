@@ -30,6 +30,8 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     "SetRoutingPolicy": frozenset({"scaler", "operator"}),
     # The batcher relays its clients' Triton load/unload calls; operators may call it directly.
     "ControlModel": frozenset({"batcher", "operator"}),
+    # Moving a canary's traffic is an operator's decision alone.
+    "SetCanaryWeights": frozenset({"operator"}),
 }
 
 

@@ -19,7 +19,9 @@ from tideserve.errors import (
     AlreadyExists,
     BatchLost,
     DeadlineExceeded,
+    InvalidArgument,
     NoReadyWorker,
+    NotFound,
     TideserveError,
     Unavailable,
     error_for_code,
@@ -107,6 +109,9 @@ class BalancerCore:
         # later is told the same, so a scaled-up worker serves what the running ones serve.
         self.model_plan: dict[str, bool] = {}
         self._control_ids = itertools.count(1)
+        # The operator's split of each model's unversioned requests between its versions
+        # (SetCanaryWeights), sent to the batchers with the served models.
+        self.canary_weights: dict[str, dict[str, int]] = {}
         # Answers awaited from workers, by (worker id, control id).
         self._controls: dict[tuple[str, int], asyncio.Future[cluster_pb2.ModelUpdate]] = {}
 
@@ -224,6 +229,36 @@ class BalancerCore:
             extra={"model": name, "workers": len(answers)},
         )
         return response
+
+    def set_canary_weights(self, name: str, weights: dict[str, int]) -> dict[str, int]:
+        """Split `name`'s unversioned requests by `weights` (version -> weight) from now on;
+        empty: back to the config's canary_weights. Returns the weights in force. NotFound if
+        no worker serves the model; InvalidArgument if all weights are 0 or a weighted version
+        is not served (load it first: a version_policy serving both)."""
+        served = self.table.models.get(name)
+        if served is None:
+            raise NotFound(
+                f"no worker serves model {name!r}; served models are {sorted(self.table.models)}"
+            )
+        if not weights:
+            self.canary_weights.pop(name, None)
+            logger.info("canary weights cleared", extra={"model": name})
+            return {}
+        if not any(weights.values()):
+            raise InvalidArgument(
+                f"canary weights for model {name!r} are all 0: give some version a weight "
+                "above 0, or send no weights to go back to the config's"
+            )
+        unserved = sorted(v for v, w in weights.items() if w and v not in served.versions)
+        if unserved:
+            raise InvalidArgument(
+                f"model {name!r} versions {unserved} are not served (served: "
+                f"{list(served.versions)}); load them first with a version_policy that serves "
+                "every version given a weight"
+            )
+        self.canary_weights[name] = dict(weights)
+        logger.info("canary weights set", extra={"model": name, "weights": weights})
+        return dict(weights)
 
     async def expire_stale(self) -> list[str]:
         expired = []
@@ -397,7 +432,16 @@ class BalancerCore:
         self.frontends[report.batcher_id] = (self.clock(), report)
 
     def models(self) -> list[cluster_pb2.ServedModel]:
-        return list(self.table.models.values())
+        """The served models, each with the operator's canary weights if any."""
+        models = []
+        for name, served in self.table.models.items():
+            weights = self.canary_weights.get(name)
+            if weights:
+                served = cluster_pb2.ServedModel(
+                    config=served.config, versions=served.versions, version_weights=weights
+                )
+            models.append(served)
+        return models
 
     def snapshot(self) -> cluster_pb2.ClusterSnapshot:
         now = self.clock()

@@ -209,6 +209,14 @@ class BalancerServicer:
             request.model_name, request.action == pb.ControlModelRequest.LOAD, timeout_s
         )
 
+    async def SetCanaryWeights(
+        self, request: pb.SetCanaryWeightsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetCanaryWeightsResponse:
+        if not request.model_name:
+            raise InvalidArgument("SetCanaryWeights needs a model_name")
+        weights = self.core.set_canary_weights(request.model_name, dict(request.weights))
+        return pb.SetCanaryWeightsResponse(weights=weights)
+
 
 def add_balancer_to_server(servicer: BalancerServicer, server: grpc.aio.Server) -> None:
     """Register the Balancer service: every method as generated, then Dispatch again with bytes

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from services.batcher.canary import WeightedSplit, effective_weights
 from services.batcher.requests import check_model_name, quoted
 from tideserve.errors import BalancerUnreachable, NotFound
 from tideserve.modelconfig import ModelSpec
@@ -19,6 +20,21 @@ class CatalogEntry:
     config: object  # inference.ModelConfig
     versions: tuple[str, ...]
     metadata: inference_pb2.ModelMetadataResponse
+    # The operator's split of unversioned requests as the balancer sent it (empty: none).
+    override: dict[str, int]
+    # Which served version each unversioned request goes to; None: the latest (no canary).
+    split: WeightedSplit | None
+
+    def version_for(self, requested: str) -> str:
+        """The version to send a request for `requested` to ("" lets the worker take the
+        latest)."""
+        if requested or self.split is None:
+            return requested
+        return self.split.choose()
+
+    @property
+    def weights(self) -> dict[str, int]:
+        return dict(self.split.weights) if self.split is not None else {}
 
 
 def _metadata(
@@ -109,16 +125,25 @@ class ModelCatalog:
             name = served.config.name
             self.last_seen[name] = now
             current = self.entries.get(name)
+            override = dict(served.version_weights)
             if (
                 current is not None
                 and current.config == served.config
                 and current.versions == tuple(served.versions)
+                and current.override == override
             ):
                 entries[name] = current
                 continue
             spec = ModelSpec.from_config(served.config)
+            versions = tuple(served.versions)
+            weights = effective_weights(versions, spec.canary_weights, override)
             entries[name] = CatalogEntry(
-                spec, served.config, tuple(served.versions), _metadata(spec, served)
+                spec,
+                served.config,
+                versions,
+                _metadata(spec, served),
+                override,
+                WeightedSplit(weights) if weights else None,
             )
             changed.append(name)
         self.entries = entries

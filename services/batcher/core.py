@@ -168,7 +168,8 @@ class BatcherCore:
         now = self.clock()
         self.requests_total += 1
         entry = self.catalog.get(request.model_name, request.model_version)
-        return self._scheduler(entry, request.model_version).submit(
+        # An unversioned request may be sent to a canary version (config or operator weights).
+        return self._scheduler(entry, entry.version_for(request.model_version)).submit(
             parse_request(request, entry.spec, now, deadline, raw_inputs)
         )
 

@@ -12,7 +12,7 @@ from prometheus_client.metrics_core import Metric
 
 from services.batcher.core import BatcherCore
 from services.batcher.statistics import InferenceStatistics
-from tideserve.metrics import BATCH_SIZE_BUCKETS, latency_histogram, requests_counter
+from tideserve.metrics import BATCH_SIZE_BUCKETS, latency_histogram
 from tideserve.v1 import cluster_pb2
 
 # Requests for models the batcher does not serve share one label value, so a client sending
@@ -31,19 +31,26 @@ class BatcherMetrics:
         registry: CollectorRegistry,
         served: Callable[[str], bool],
         statistics: InferenceStatistics | None = None,
+        versions: Callable[[str], tuple[str, ...]] = lambda model: (),
     ) -> None:
         self.served = served
+        self.versions = versions
         self.statistics = statistics
-        self.requests = requests_counter(
-            registry,
+        self.requests = Counter(
             "tideserve_batcher_requests",
-            "Inference requests answered, by model and gRPC status code.",
+            "Inference requests answered, by model, version and gRPC status code. The version "
+            "is the one that answered, or the one asked for if it failed; empty when none was "
+            "asked for or the one asked for is not served.",
+            ["model", "version", "code"],
+            registry=registry,
         )
         self.request_seconds = latency_histogram(
             registry,
             "tideserve_batcher_request_duration_seconds",
             "End-to-end latency of successful requests as the batcher sees them: arrival to "
-            "response, queueing, dispatch and compute included.",
+            "response, queueing, dispatch and compute included; by model and the version that "
+            "answered.",
+            ("model", "version"),
         )
         self.queue_seconds = latency_histogram(
             registry,
@@ -64,8 +71,9 @@ class BatcherMetrics:
             buckets=BATCH_SIZE_BUCKETS,
         )
         # Label children cached: `.labels()` takes a lock and hashes its arguments each call.
-        self._requests: dict[tuple[str, str], Counter] = {}
-        self._latency: dict[str, Histogram] = {}
+        self._requests: dict[tuple[str, str, str], Counter] = {}
+        self._latency: dict[tuple[str, str], Histogram] = {}
+        self._labelled: set[tuple[str, str]] = set()
 
     def request_done(
         self, model: str, code: str, latency_s: float | None, version: str = ""
@@ -76,14 +84,25 @@ class BatcherMetrics:
             model = UNKNOWN_MODEL
         elif self.statistics is not None:
             self.statistics.request_done(model, version, latency_s)
-        child = self._requests.get((model, code))
+        # Only served versions get a label value: a client naming arbitrary versions cannot
+        # grow the number of series. A version labelled once keeps its label after it retires.
+        if version and (model, version) not in self._labelled:
+            if model != UNKNOWN_MODEL and version in self.versions(model):
+                self._labelled.add((model, version))
+            else:
+                version = ""
+        child = self._requests.get((model, version, code))
         if child is None:
-            child = self._requests[(model, code)] = self.requests.labels(model, code)
+            child = self._requests[(model, version, code)] = self.requests.labels(
+                model, version, code
+            )
         child.inc()
         if latency_s is not None:
-            histogram = self._latency.get(model)
+            histogram = self._latency.get((model, version))
             if histogram is None:
-                histogram = self._latency[model] = self.request_seconds.labels(model)
+                histogram = self._latency[(model, version)] = self.request_seconds.labels(
+                    model, version
+                )
             histogram.observe(latency_s)
 
     def batch_done(self, model: str, rows: int, queue_wait_s: float, dispatch_s: float) -> None:

@@ -498,7 +498,9 @@ async def build_server(settings: BatcherSettings) -> tuple[serving.Service, int]
     )
     registry = metrics.new_registry()
     statistics = InferenceStatistics(catalog)
-    batcher_metrics = BatcherMetrics(registry, lambda model: model in catalog.entries, statistics)
+    batcher_metrics = BatcherMetrics(
+        registry, lambda model: model in catalog.entries, statistics, catalog.served_versions
+    )
     core = BatcherCore(
         catalog,
         pool,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from services.worker.repository import RepositoryEntry, scan
+from services.worker.repository import MODEL_FILES, RepositoryEntry, scan
 from tideserve.errors import InvalidArgument, TideserveError
 from tideserve.v1 import cluster_pb2
 from tideserve.v1 import model_config_pb2 as mc
@@ -49,6 +49,23 @@ class VersionState:
     reason: str = ""
 
 
+def _fingerprint(model_dir: Path) -> tuple[tuple[str, int, int, int], ...]:
+    """Path, inode, size and modification time of a model's config and model files: what a
+    load reads, so a change to any of them (or one renamed into place) gives another."""
+    paths = [model_dir / "config.pbtxt"]
+    paths += [p for name in MODEL_FILES for p in model_dir.glob(f"*/{name}")]
+    found = []
+    for path in sorted(paths):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        found.append(
+            (str(path.relative_to(model_dir)), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        )
+    return tuple(found)
+
+
 class ModelLifecycle(Generic[R]):
     """Owns the worker's `runners` (model name -> version -> runner, ascending versions;
     WorkerCore routes batches by it). `build(entry)` makes a warm runner and blocks (it runs in
@@ -66,6 +83,9 @@ class ModelLifecycle(Generic[R]):
         self.build = build
         self.states: dict[tuple[str, str], VersionState] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # The repository as it was at each model's last failed poll-triggered load: polls skip
+        # the model until it changes, rather than failing the same load every period.
+        self._failed_polls: dict[str, tuple[tuple[str, int, int, int], ...]] = {}
         self._subscribers: list[Callable[[cluster_pb2.ModelUpdate], None]] = []
 
     def subscribe(self, callback: Callable[[cluster_pb2.ModelUpdate], None]) -> None:
@@ -82,8 +102,12 @@ class ModelLifecycle(Generic[R]):
             try:
                 entries = await asyncio.to_thread(scan, self.repository, [name])
             except TideserveError as error:
-                if not current:
-                    self._set(name, "", VersionState(UNAVAILABLE, str(error)))
+                # Shown on the model's version-less row: the config is the model's, not one
+                # version's. The versions serving keep the config they were loaded with.
+                reason = str(error)
+                if current:
+                    reason += f"; versions {list(current)} go on serving as loaded before"
+                self._set(name, "", VersionState(UNAVAILABLE, reason))
                 raise
             kept = {
                 e.version: current[e.version]
@@ -126,7 +150,9 @@ class ModelLifecycle(Generic[R]):
                     if isinstance(error, TideserveError)
                     else InvalidArgument(
                         f"model {name} version {entry.version}: {entry.model_path.name} could "
-                        f"not be loaded: {error}"
+                        f"not be loaded ({error}); versions {list(current)} go on serving. "
+                        "Replace the file with a TorchScript or torch.export archive that "
+                        "loads, then load the model again"
                     )
                 )
                 for other in entries:
@@ -166,13 +192,19 @@ class ModelLifecycle(Generic[R]):
             if not (self.repository / name / "config.pbtxt").is_file():
                 await self.unload(name)
                 continue
+            seen = await asyncio.to_thread(_fingerprint, self.repository / name)
+            if self._failed_polls.get(name) == seen:
+                continue
             try:
                 await self.load(name)
             except TideserveError as error:
+                self._failed_polls[name] = seen
                 logger.warning(
                     "repository poll could not load a model; serving what was served",
                     extra={"model": name, "error": str(error)},
                 )
+            else:
+                self._failed_polls.pop(name, None)
 
     def served(self) -> list[cluster_pb2.ServedModel]:
         return [

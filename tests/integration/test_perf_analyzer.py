@@ -46,7 +46,8 @@ def test_perf_analyzer_short_measurement(
     concurrency: int,
     extra_args: list[str],
 ) -> None:
-    """A 1-second-window measurement finishes, reports throughput, and logs no errors.
+    """A 1-second-window measurement finishes, reports throughput and the server-side
+    breakdown, and logs no errors.
 
     perf_analyzer runs under its own ``timeout`` (120 s), so the test is bounded in time without
     pytest-timeout.
@@ -69,3 +70,11 @@ def test_perf_analyzer_short_measurement(
     assert not record["timed_out"]
     assert (record["throughput_infer_per_s"] or 0) > 0
     assert (record["p99_us"] or 0) > 0
+    # The server-side section perf_analyzer prints from ModelStatistics (Triton's statistics
+    # extension, read before and after each window): counts and the latency's parts.
+    server = record["server"]
+    for count in ("inference_count", "execution_count", "successful_request_count"):
+        assert server.get(count, 0) > 0, (count, server)
+    for part in ("queue_us", "compute_input_us", "compute_infer_us", "compute_output_us"):
+        assert part in server, (part, server)
+    assert server["compute_infer_us"] > 0, server

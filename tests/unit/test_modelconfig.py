@@ -218,3 +218,31 @@ def test_version_policy_that_cannot_be_met_says_why() -> None:
     text_format.Parse("version_policy: { latest: { num_versions: 0 } }", config)
     with pytest.raises(InvalidArgument, match="num_versions >= 1"):
         select_versions(config, [1, 2])
+
+
+CANARY = 'name: "m" input { name: "x" } output { name: "y" } '
+
+
+def canary(value: str) -> str:
+    return CANARY + f'parameters {{ key: "canary_weights" value {{ string_value: "{value}" }} }}'
+
+
+def test_canary_weights_parameter() -> None:
+    assert spec_of(canary("1:90, 2:10")).canary_weights == {"1": 90, "2": 10}
+    assert spec_of(canary("3:0,4:1")).canary_weights == {"3": 0, "4": 1}
+    assert spec_of(CANARY).canary_weights == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("1=90", "VERSION:WEIGHT"),
+        ("1:90,1:10", "each version once"),
+        ("a:1", "VERSION:WEIGHT"),
+        ("1:-5", "VERSION:WEIGHT"),
+        ("1:0,2:0", "every version weight 0"),
+    ],
+)
+def test_invalid_canary_weights_name_the_fault(value: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        spec_of(canary(value))

@@ -50,7 +50,9 @@ async def settle() -> None:
 async def test_batcher_counts_requests_and_batches_and_reads_queue_depth() -> None:
     dispatcher = EchoDispatcher()
     registry = metrics.new_registry()
-    batcher_metrics = BatcherMetrics(registry, lambda model: model == MODEL)
+    batcher_metrics = BatcherMetrics(
+        registry, lambda model: model == MODEL, versions=lambda model: ("1", "2")
+    )
     core = BatcherCore(
         catalog_with(batcher_model_config(max_batch_size=8)),
         dispatcher,
@@ -72,22 +74,27 @@ async def test_batcher_counts_requests_and_batches_and_reads_queue_depth() -> No
     await asyncio.gather(*futures)
     await settle()
     for _ in futures:
-        batcher_metrics.request_done(MODEL, "OK", 0.002)
-    batcher_metrics.request_done("no-such-model", "NOT_FOUND", None)
+        batcher_metrics.request_done(MODEL, "OK", 0.002, "1")
+    batcher_metrics.request_done(MODEL, "OK", 0.004, "2")
+    batcher_metrics.request_done(MODEL, "NOT_FOUND", None, "99")
+    batcher_metrics.request_done("no-such-model", "NOT_FOUND", None, "1")
     batcher_metrics.request_done("x" * 1000, "INVALID_ARGUMENT", None)
 
-    assert value(registry, "tideserve_batcher_requests_total", model=MODEL, code="OK") == 5
-    assert (
-        value(registry, "tideserve_batcher_requests_total", model="(unknown)", code="NOT_FOUND")
-        == 1
-    )
-    assert (
-        value(
-            registry, "tideserve_batcher_requests_total", model="(unknown)", code="INVALID_ARGUMENT"
+    def requests(model: str, version: str, code: str) -> float:
+        return value(
+            registry, "tideserve_batcher_requests_total", model=model, version=version, code=code
         )
-        == 1
-    ), "a model the batcher does not serve gets no series of its own, whatever the code"
-    assert value(registry, "tideserve_batcher_request_duration_seconds_count", model=MODEL) == 5
+
+    assert requests(MODEL, "1", "OK") == 5
+    assert requests(MODEL, "2", "OK") == 1
+    assert requests(MODEL, "", "NOT_FOUND") == 1, "a version not served gets no series"
+    assert requests("(unknown)", "", "NOT_FOUND") == 1
+    assert requests("(unknown)", "", "INVALID_ARGUMENT") == 1, (
+        "a model the batcher does not serve gets no series of its own, whatever the code"
+    )
+    duration = "tideserve_batcher_request_duration_seconds"
+    assert value(registry, f"{duration}_count", model=MODEL, version="1") == 5
+    assert value(registry, f"{duration}_sum", model=MODEL, version="2") == pytest.approx(0.004)
     assert value(registry, "tideserve_batcher_batch_size_rows_count", model=MODEL) == 2
     assert value(registry, "tideserve_batcher_batch_size_rows_sum", model=MODEL) == 5
     assert value(registry, "tideserve_batcher_queue_depth_requests", model=MODEL) == 0

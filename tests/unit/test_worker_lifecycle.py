@@ -176,3 +176,41 @@ async def test_poll_follows_version_directories_and_removed_models(
     await lifecycle.poll()
     assert "m" not in lifecycle.runners
     assert states(lifecycle)[("m", "1")] == ("UNAVAILABLE", "unloaded")
+
+
+async def test_a_poll_shows_why_a_change_failed_and_tries_again_only_once_it_changes(
+    lifecycle: ModelLifecycle[FakeRunner], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await lifecycle.load("m")
+    served = lifecycle.runners["m"]["1"]
+    builds: list[str] = []
+    monkeypatch.setattr(lifecycle, "build", lambda e: builds.append(e.version) or build(e))
+
+    add_version(tmp_path, "m", "2", b"corrupt")
+    await lifecycle.poll()
+    await lifecycle.poll()
+    assert builds == ["2"], "an unchanged repository is not loaded again"
+    state, reason = states(lifecycle)[("m", "2")]
+    assert state == "UNAVAILABLE"
+    assert "model.pt could not be loaded" in reason
+    assert "versions ['1'] go on serving" in reason
+    assert lifecycle.runners["m"] == {"1": served}
+
+    config = tmp_path / "m" / "config.pbtxt"
+    config.write_text("max_batch_size: {{ not pbtxt\n")
+    await lifecycle.poll()
+    state, reason = states(lifecycle)[("m", "")]
+    assert state == "UNAVAILABLE"
+    assert "config.pbtxt" in reason
+    assert "versions ['1'] go on serving as loaded before" in reason
+    assert states(lifecycle)[("m", "1")] == ("READY", "")
+    assert lifecycle.runners["m"] == {"1": served}
+
+    config.write_text(CONFIG)
+    (tmp_path / "m" / "2" / "model.pt").write_bytes(b"weights v2")
+    await lifecycle.poll()
+    assert builds == ["2", "2"]
+    assert list(lifecycle.runners["m"]) == ["2"]
+    assert ("m", "") not in states(lifecycle)
+    assert states(lifecycle)[("m", "2")] == ("READY", "")
+    assert served.closed

@@ -69,12 +69,21 @@ class BatchResult(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., worker_id: _Optional[str] = ..., queue_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., input_seconds: _Optional[float] = ..., output_seconds: _Optional[float] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ServedModel(_message.Message):
-    __slots__ = ("config", "versions")
+    __slots__ = ("config", "versions", "version_weights")
+    class VersionWeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     config: _model_config_pb2.ModelConfig
     versions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, config: _Optional[_Union[_model_config_pb2.ModelConfig, _Mapping]] = ..., versions: _Optional[_Iterable[str]] = ...) -> None: ...
+    version_weights: _containers.ScalarMap[str, int]
+    def __init__(self, config: _Optional[_Union[_model_config_pb2.ModelConfig, _Mapping]] = ..., versions: _Optional[_Iterable[str]] = ..., version_weights: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class WorkerRegistration(_message.Message):
     __slots__ = ("worker_id", "address", "models", "device", "metrics_address", "shared_memory_domain", "execute_key", "model_statuses")
@@ -344,6 +353,34 @@ class ControlModelRequest(_message.Message):
     model_name: str
     action: ControlModelRequest.Action
     def __init__(self, model_name: _Optional[str] = ..., action: _Optional[_Union[ControlModelRequest.Action, str]] = ...) -> None: ...
+
+class SetCanaryWeightsRequest(_message.Message):
+    __slots__ = ("model_name", "weights")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    weights: _containers.ScalarMap[str, int]
+    def __init__(self, model_name: _Optional[str] = ..., weights: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class SetCanaryWeightsResponse(_message.Message):
+    __slots__ = ("weights",)
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    weights: _containers.ScalarMap[str, int]
+    def __init__(self, weights: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class ControlModelResponse(_message.Message):
     __slots__ = ("workers", "statuses")

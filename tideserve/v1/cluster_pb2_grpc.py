@@ -146,6 +146,11 @@ class BalancerStub:
                 request_serializer=tideserve_dot_v1_dot_cluster__pb2.ControlModelRequest.SerializeToString,
                 response_deserializer=tideserve_dot_v1_dot_cluster__pb2.ControlModelResponse.FromString,
                 _registered_method=True)
+        self.SetCanaryWeights = channel.unary_unary(
+                '/tideserve.v1.Balancer/SetCanaryWeights',
+                request_serializer=tideserve_dot_v1_dot_cluster__pb2.SetCanaryWeightsRequest.SerializeToString,
+                response_deserializer=tideserve_dot_v1_dot_cluster__pb2.SetCanaryWeightsResponse.FromString,
+                _registered_method=True)
 
 
 class BalancerServicer:
@@ -201,6 +206,15 @@ class BalancerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetCanaryWeights(self, request, context):
+        """Move a model's split of unversioned requests between its served versions (a canary); the
+        batchers apply it from the next cluster snapshot. Each balancer holds its own setting, as
+        with SetRoutingPolicy: with several balancers, set it on each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BalancerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -243,6 +257,11 @@ def add_BalancerServicer_to_server(servicer, server):
                     servicer.ControlModel,
                     request_deserializer=tideserve_dot_v1_dot_cluster__pb2.ControlModelRequest.FromString,
                     response_serializer=tideserve_dot_v1_dot_cluster__pb2.ControlModelResponse.SerializeToString,
+            ),
+            'SetCanaryWeights': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetCanaryWeights,
+                    request_deserializer=tideserve_dot_v1_dot_cluster__pb2.SetCanaryWeightsRequest.FromString,
+                    response_serializer=tideserve_dot_v1_dot_cluster__pb2.SetCanaryWeightsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -461,6 +480,33 @@ class Balancer:
             '/tideserve.v1.Balancer/ControlModel',
             tideserve_dot_v1_dot_cluster__pb2.ControlModelRequest.SerializeToString,
             tideserve_dot_v1_dot_cluster__pb2.ControlModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetCanaryWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tideserve.v1.Balancer/SetCanaryWeights',
+            tideserve_dot_v1_dot_cluster__pb2.SetCanaryWeightsRequest.SerializeToString,
+            tideserve_dot_v1_dot_cluster__pb2.SetCanaryWeightsResponse.FromString,
             options,
             channel_credentials,
             insecure,

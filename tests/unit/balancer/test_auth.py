@@ -49,6 +49,7 @@ def test_the_role_table_is_the_documented_one() -> None:
     assert METHOD_ROLES["DrainWorker"] == {"scaler", "operator"}
     assert METHOD_ROLES["SetRoutingPolicy"] == {"scaler", "operator"}
     assert METHOD_ROLES["ControlModel"] == {"batcher", "operator"}
+    assert METHOD_ROLES["SetCanaryWeights"] == {"operator"}
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 
 from services.balancer.core import BalancerCore, WorkerSession
 from services.balancer.registry import WorkerTable
-from tideserve.errors import InvalidArgument, Unavailable
+from tideserve.errors import InvalidArgument, NotFound, Unavailable
 from tideserve.v1 import cluster_pb2
 
 LOAD = cluster_pb2.BalancerCommand.LOAD_MODEL
@@ -128,3 +128,26 @@ async def test_draining_workers_are_left_alone(core: BalancerCore) -> None:
     call = asyncio.create_task(core.control_model("m", False, timeout_s=5))
     await answer(core, a)
     assert (await call).workers == 1
+
+
+async def test_canary_weights_reach_the_served_models_and_are_checked(core: BalancerCore) -> None:
+    worker = registration("w1", "m")
+    worker.models[0].versions[:] = ["1", "2"]
+    await core.connect(worker)
+    assert core.set_canary_weights("m", {"1": 90, "2": 10}) == {"1": 90, "2": 10}
+    (model,) = core.models()
+    assert dict(model.version_weights) == {"1": 90, "2": 10}
+    assert list(model.versions) == ["1", "2"]
+    # The table's own entry is left as the worker reported it.
+    assert not core.table.models["m"].version_weights
+
+    with pytest.raises(InvalidArgument, match=r"versions \['3'\] are not served"):
+        core.set_canary_weights("m", {"2": 50, "3": 50})
+    with pytest.raises(InvalidArgument, match="all 0"):
+        core.set_canary_weights("m", {"1": 0, "2": 0})
+    with pytest.raises(NotFound, match="no worker serves model 'other'"):
+        core.set_canary_weights("other", {"1": 1})
+    assert dict(core.models()[0].version_weights) == {"1": 90, "2": 10}
+
+    assert core.set_canary_weights("m", {}) == {}
+    assert not core.models()[0].version_weights
