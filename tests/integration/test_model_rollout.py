@@ -5,19 +5,16 @@ and unloads. Every request is counted and none fails."""
 from __future__ import annotations
 
 import shutil
-import threading
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
-import numpy as np
 import pytest
 
 from harness.cluster import Cluster, sync_channel, wait_for
 from services.worker.models import DEFAULT_MODEL, write_default_model
 from tideserve.v1 import inference_pb2 as pb
 from tideserve.v1 import inference_pb2_grpc
+from tideserve_tools.loadgen import SteadyLoad
 
 pytestmark = pytest.mark.integration
 
@@ -35,51 +32,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     running.stop()
 
 
-class SteadyLoad:
-    """CLIENTS threads sending one-row requests back to back until stopped; every answer is
-    counted by the version that computed it, every failure by its status code."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.versions: Counter[str] = Counter()
-        self.failures: Counter[str] = Counter()
-        self.sent = 0
-        self.last_versions: list[str] = []
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._client, args=(i,)) for i in range(CLIENTS)]
-
-    def _client(self, index: int) -> None:
-        rng = np.random.default_rng(index)
-        with sync_channel(self.address) as channel:
-            stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
-            while not self.stop.is_set():
-                request = pb.ModelInferRequest(model_name=DEFAULT_MODEL)
-                request.inputs.add(name="INPUT__0", datatype="FP32", shape=[1, 1, 28, 28])
-                request.raw_input_contents.append(rng.random(784, np.float32).tobytes())
-                with self.lock:
-                    self.sent += 1
-                try:
-                    version = stub.ModelInfer(request, timeout=30).model_version
-                except grpc.RpcError as error:
-                    with self.lock:
-                        self.failures[f"{error.code().name}: {error.details()}"] += 1
-                    continue
-                with self.lock:
-                    self.versions[version] += 1
-                    self.last_versions = [*self.last_versions[-19:], version]
-
-    def __enter__(self) -> SteadyLoad:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(60)
-
-
 def index(cluster: Cluster) -> dict[str, str]:
     with sync_channel(cluster.batcher) as channel:
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -89,7 +41,7 @@ def index(cluster: Cluster) -> dict[str, str]:
 
 def test_a_new_version_rolls_out_under_load_without_a_failed_request(cluster: Cluster) -> None:
     model_dir = cluster.repository / DEFAULT_MODEL
-    with SteadyLoad(cluster.batcher) as load:
+    with SteadyLoad(cluster.batcher, DEFAULT_MODEL, clients=CLIENTS) as load:
         wait_for(lambda: load.versions["1"] >= 20, 60, "requests served by version 1")
         # Copied under a name the scan ignores, then renamed into place at once.
         shutil.copytree(model_dir / "1", model_dir / ".incoming")
