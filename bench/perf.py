@@ -25,9 +25,7 @@ import contextlib
 import csv
 import io
 import json
-import math
 import os
-import random
 import shlex
 import subprocess
 import sys
@@ -36,6 +34,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tideserve_tools.latency import percentile
+from tideserve_tools.loadgen import steady_arrivals
 
 HERE = Path(__file__).resolve().parent
 PERF_ANALYZER = HERE / ".tools" / "bin" / "perf_analyzer"
@@ -243,22 +244,13 @@ def make_request(
     return req
 
 
-def interarrival_sampler(arrival: str, rate: float, cv: float, seed: int) -> Any:
-    """Return a function giving the next gap in seconds for the arrival process.
-
-    Poisson: exponential gaps (CV 1). Gamma: shape k = 1/cv^2 and mean 1/rate, so ``cv`` > 1 gives
-    burstier traffic than Poisson at the same mean rate, which is what stresses a batcher's delay.
-    """
-    rng = random.Random(seed)
-    if arrival == "poisson":
-        return lambda: rng.expovariate(rate)
-    if arrival == "gamma":
-        k = 1.0 / (cv * cv)
-        theta = 1.0 / (rate * k)
-        return lambda: rng.gammavariate(k, theta)
-    if arrival == "uniform":
-        return lambda: 1.0 / rate
-    raise ValueError(f"unknown arrival process {arrival!r}")
+def arrival_cv(arrival: str, cv: float) -> float:
+    """The inter-arrival CV of tideserve_tools.loadgen's schedule for an arrival process:
+    Poisson 1, Gamma the given ``cv`` (above 1 burstier than Poisson at the same mean rate,
+    which is what stresses a batcher's delay), uniform 0 (evenly spaced)."""
+    if arrival not in ("poisson", "gamma", "uniform"):
+        raise ValueError(f"unknown arrival process {arrival!r}")
+    return {"poisson": 1.0, "gamma": cv, "uniform": 0.0}[arrival]
 
 
 @dataclass
@@ -292,10 +284,7 @@ def _summary(tally: _Tally, elapsed: float) -> dict[str, Any]:
     lat = sorted(tally.latencies)
 
     def pct(q: float) -> float | None:
-        if not lat:
-            return None
-        i = min(len(lat) - 1, max(0, math.ceil(q / 100.0 * len(lat)) - 1))
-        return round(lat[i] * 1e3, 3)
+        return round(percentile(lat, q) * 1e3, 3) if lat else None
 
     return {
         "sent": tally.sent,
@@ -446,15 +435,11 @@ async def _loadgen(
         await asyncio.gather(*(client(i) for i in range(concurrency)))
         elapsed = time.perf_counter() - tally.window_start
     else:
-        gap = interarrival_sampler(arrival, rate, cv, seed)
+        times = steady_arrivals(rate, warmup_s + seconds, cv=arrival_cv(arrival, cv), seed=seed)
         if stream:
             streams = [_StreamClient(stub, tally, stream_life)]
-        next_t = loop_t0
-        while True:
-            next_t += gap()
-            if next_t >= end_all:
-                break
-            delay = next_t - time.perf_counter()
+        for at in times:
+            delay = loop_t0 + at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             if stream:
