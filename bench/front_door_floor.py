@@ -35,6 +35,7 @@ from typing import Any
 import grpc
 
 from bench.hop_floor import forwarding_to, hop_stub, serve_hop
+from harness.repeats import rotated_rounds
 from tideserve import serving
 from tideserve.modelconfig import ModelSpec, read_config
 from tideserve.procs import free_port
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                 "layout + model": floor(2, suite.MODELS / "mlp.pt")}
     if not args.skip_tideserve:
         systems["tideserve"] = tideserve
-    rounds = suite.rotated_rounds(systems, args.rounds)
+    rounds = rotated_rounds(systems, args.rounds)
     summary = {
         name: {mode: statistics.median(r[name][mode] for r in rounds) for mode in rounds[0][name]}
         for name in systems

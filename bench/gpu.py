@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from harness.cluster import Cluster
+from harness.repeats import summarize
 from tideserve_tools.latency import LatencyRecord
 from tideserve_tools.loadgen import LoadResult, Window, closed_loop, open_loop
 
@@ -641,21 +642,6 @@ def saturate(
         **gpu,
         "batch_sizes": sizes,
         "mean_batch": sum(s * n for s, n in sizes.items()) / max(batches, 1),
-    }
-
-
-def summarize(repeats: list[dict[str, Any]]) -> dict[str, Any]:
-    """The median repeat's figures, with the spread of throughput across repeats."""
-    rates = sorted(run["samples_per_s"] for run in repeats)
-    median = statistics.median(rates)
-    middle = min(repeats, key=lambda run: abs(run["samples_per_s"] - median))
-    return {
-        **{k: v for k, v in middle.items() if k != "samples_per_s"},
-        "samples_per_s": median,
-        "samples_per_s_min": rates[0],
-        "samples_per_s_max": rates[-1],
-        "throughput": median / middle["rows_per_request"],
-        "client_bound": any(run["client_bound"] for run in repeats),
     }
 
 

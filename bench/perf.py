@@ -2,9 +2,8 @@
 
 Two drivers, one result shape:
 
-* ``run_perf_analyzer``: Triton's own perf_analyzer (installed by ``bench/setup.sh``), so tideserve
-  and a real Triton are measured by exactly the same client. It is run under ``timeout`` and an
-  address-space limit because its ``--streaming`` mode was seen to grow to 17 GB in two minutes.
+* ``run_perf_analyzer`` (harness.perf_analyzer): Triton's own perf_analyzer, so tideserve and a
+  real Triton are measured by exactly the same client.
 * ``run_loadgen``: a grpc.aio generator for what perf_analyzer does not do: open-loop arrivals
   (Poisson or Gamma at a given rate, so queueing under a fixed offered load can be seen; a closed
   loop slows down with the server and hides it), and a closed loop over ModelStreamInfer that does
@@ -14,7 +13,6 @@ CLI:
     python -m bench.perf pa --url 127.0.0.1:8011 --model mlp --concurrency 64 [--streaming]
     python -m bench.perf load --url 127.0.0.1:8001 --model mlp --mode open --rate 2000 \
         [--arrival gamma --cv 2] [--stream] --seconds 10
-(``python bench/perf.py ...`` works too.)
 """
 
 from __future__ import annotations
@@ -22,191 +20,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import csv
-import io
 import json
 import os
-import shlex
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.perf_analyzer import DEFAULT_MEM_LIMIT, run_perf_analyzer
 from tideserve_tools.latency import percentile
 from tideserve_tools.loadgen import steady_arrivals
 
 HERE = Path(__file__).resolve().parent
-PERF_ANALYZER = HERE / ".tools" / "bin" / "perf_analyzer"
-DEFAULT_MEM_LIMIT = 4 << 30  # address space; perf_analyzer at c=64 unary stays far below this
 
 # Per-sample input shapes of the standard workloads, for the Python generator.
 INPUT_SHAPES: dict[str, tuple[int, ...]] = {"mlp": (256,), "cnn": (3, 64, 64)}
-
-
-# --------------------------------------------------------------------------------------------
-# perf_analyzer
-# --------------------------------------------------------------------------------------------
-
-
-def perf_analyzer_command(
-    url: str,
-    model: str,
-    concurrency: int,
-    *,
-    streaming: bool = False,
-    measurement_ms: int = 5000,
-    batch_size: int = 1,
-    csv_path: Path,
-    extra_args: list[str] | None = None,
-) -> list[str]:
-    """The perf_analyzer argument list (without the timeout/limit wrapper); one place to read it."""
-    cmd = [
-        str(PERF_ANALYZER),
-        "-m", model,
-        "-u", url,
-        "-i", "grpc",
-        "--concurrency-range", str(concurrency),
-        "-b", str(batch_size),
-        "--measurement-interval", str(measurement_ms),
-        "-f", str(csv_path),
-    ]
-    if streaming:
-        cmd.append("--streaming")
-    return cmd + list(extra_args or [])
-
-
-def parse_perf_analyzer_csv(text: str) -> list[dict[str, Any]]:
-    """Turn perf_analyzer's ``-f`` CSV (one row per concurrency) into dicts with units in names.
-
-    perf_analyzer writes latencies in microseconds; they are also given in ms because that is how
-    the issue's targets are stated.
-    """
-    rows: list[dict[str, Any]] = []
-    for row in csv.DictReader(io.StringIO(text)):
-        if not row.get("Concurrency"):
-            continue
-
-        def num(key: str, r: dict[str, str] = row) -> float | None:
-            v = r.get(key)
-            return float(v) if v not in (None, "") else None
-
-        rec: dict[str, Any] = {
-            "concurrency": int(float(row["Concurrency"])),
-            "throughput_infer_per_s": num("Inferences/Second"),
-        }
-        for q in ("p50", "p90", "p95", "p99"):
-            us = num(f"{q} latency")
-            rec[f"{q}_us"] = us
-            rec[f"{q}_ms"] = None if us is None else round(us / 1000.0, 3)
-        rec["breakdown_us"] = {
-            k: num(k)
-            for k in (
-                "Client Send", "Network+Server Send/Recv", "Server Queue",
-                "Server Compute Input", "Server Compute Infer", "Server Compute Output",
-                "Client Recv",
-            )
-            if k in row
-        }
-        rows.append(rec)
-    return rows
-
-
-def _cpu_times() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs from /proc/stat: tells a quiet machine from a busy one."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except OSError:
-        return (0, 0)
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields) - idle, sum(fields))
-
-
-def _busy_fraction(a: tuple[int, int], b: tuple[int, int]) -> float | None:
-    """Fraction of all CPU time that was busy between two ``_cpu_times`` readings."""
-    total = b[1] - a[1]
-    return round((b[0] - a[0]) / total, 3) if total > 0 else None
-
-
-def run_perf_analyzer(
-    url: str,
-    model: str,
-    concurrency: int,
-    *,
-    streaming: bool = False,
-    measurement_ms: int = 5000,
-    batch_size: int = 1,
-    timeout_s: float = 180.0,
-    mem_limit_bytes: int = DEFAULT_MEM_LIMIT,
-    stability_pct: float = 20.0,
-    max_trials: int = 10,
-    extra_args: list[str] | None = None,
-) -> dict[str, Any]:
-    """Run perf_analyzer once (one concurrency level) and return the parsed figures as a dict.
-
-    ``timeout`` (SIGTERM, then SIGKILL 5 s later) and ``prlimit --as`` bound its time and memory so
-    a runaway client cannot take the machine down with the server under test. Never raises on a
-    failed run: ``ok`` is False and ``error`` holds the tail of its output, so a sweep continues.
-
-    ``stability_pct``: perf_analyzer repeats windows until 3 in a row agree within this percentage
-    (its default is 10). On this 2-core machine, where client and server share the cores, 10% often
-    never settles at high concurrency, so the default here is looser; it is recorded in the result.
-    """
-    if not PERF_ANALYZER.exists():
-        raise FileNotFoundError(f"{PERF_ANALYZER} missing: run bench/setup.sh")
-    with tempfile.TemporaryDirectory(prefix="tideserve-pa-") as tmp:
-        csv_path = Path(tmp) / "pa.csv"
-        pa = perf_analyzer_command(
-            url, model, concurrency, streaming=streaming, measurement_ms=measurement_ms,
-            batch_size=batch_size, csv_path=csv_path,
-            extra_args=[
-                "--stability-percentage", str(stability_pct),
-                "--max-trials", str(max_trials),
-                *(extra_args or []),
-            ],
-        )
-        cmd = [
-            "timeout", "--kill-after=5", str(int(timeout_s)),
-            "prlimit", f"--as={mem_limit_bytes}", "--", *pa,
-        ]
-        cpu0 = _cpu_times()
-        load0 = os.getloadavg()[0]
-        t0 = time.monotonic()
-        # cwd=tmp: perf_analyzer may drop files in its working directory.
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, check=False)
-        wall = time.monotonic() - t0
-        cpu1 = _cpu_times()
-        csv_text = csv_path.read_text() if csv_path.exists() else ""
-    rows = parse_perf_analyzer_csv(csv_text)
-    out = (proc.stdout or "") + (proc.stderr or "")
-    ok = proc.returncode == 0 and bool(rows)
-    record: dict[str, Any] = {
-        "driver": "perf_analyzer",
-        "url": url,
-        "model": model,
-        "concurrency": concurrency,
-        "batch_size": batch_size,
-        "streaming": streaming,
-        "measurement_ms": measurement_ms,
-        "stability_pct": stability_pct,
-        "mem_limit_bytes": mem_limit_bytes,
-        "command": shlex.join(pa),
-        "returncode": proc.returncode,
-        "timed_out": proc.returncode in (124, 137),
-        "wall_s": round(wall, 1),
-        # Other load on the shared 2-core machine skews every figure; record it with the result.
-        "loadavg_1m_before": round(load0, 2),
-        "cpu_busy_fraction_during": _busy_fraction(cpu0, cpu1),
-        "ok": ok,
-    }
-    if rows:
-        record.update({k: v for k, v in rows[-1].items() if k != "concurrency"})
-    if not ok:
-        record["error"] = out[-2000:]
-    return record
 
 
 # --------------------------------------------------------------------------------------------
