@@ -6,8 +6,8 @@ Poisson load at `--load` (80%) of it is sent straight to the balancer's Dispatch
 raw Batch bytes and metadata the batcher sends, so no batching policy blurs the routing), once
 per policy on the same arrival trace, switching
 policy at runtime with SetRoutingPolicy. shortest_expected_delay is join-shortest-queue by expected
-completion time and serves as the JSQ reference. Latency runs from each request's scheduled send
-time, so a lagging client cannot hide queueing (no coordinated omission).
+completion time and serves as the JSQ reference. Latency is tideserve_tools.latency's: from just
+before each RPC is issued to its answer.
 
 The hop: a separate balancer with one unslowed worker; batch-1 requests alternate between the
 worker's Execute (batcher -> worker direct) and that balancer's Dispatch (through the balancer).
@@ -31,14 +31,13 @@ import asyncio
 import json
 import os
 import platform
-import random
 import secrets
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
 from pathlib import Path
 
 import grpc
@@ -51,6 +50,14 @@ from tideserve.grpc_options import CHANNEL_OPTIONS
 from tideserve.metadata import MODEL_KEY, ROWS_KEY
 from tideserve.serving import bearer
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
+from tideserve_tools.loadgen import (
+    LoadResult,
+    Send,
+    drive_closed_loop,
+    drive_open_loop,
+    steady_arrivals,
+    timed,
+)
 
 RESULTS = Path(__file__).parent / "results"
 SHARED_WORKLOADS = Path(__file__).resolve().parents[2] / "shared" / "workloads" / "make_models.py"
@@ -72,26 +79,15 @@ JSQ = "shortest_expected_delay"
 REQUEST_TIMEOUT_S = 10.0
 
 
-@dataclass
-class Run:
-    """Latencies (seconds) and failures of one load phase."""
-
-    latencies: list[float] = field(default_factory=list)
-    errors: Counter[str] = field(default_factory=Counter)
-    seconds: float = 0.0
-
-    def ms(self, q: float) -> float:
-        return float(np.percentile(self.latencies, q) * 1000) if self.latencies else float("nan")
-
-    def summary(self) -> dict:
-        return {
-            "ok": len(self.latencies),
-            "errors": dict(self.errors),
-            "throughput": len(self.latencies) / self.seconds if self.seconds else 0.0,
-            "p50_ms": self.ms(50),
-            "p99_ms": self.ms(99),
-            "max_ms": max(self.latencies, default=float("nan")) * 1000,
-        }
+def summary(run: LoadResult) -> dict:
+    return {
+        "ok": run.ok,
+        "errors": dict(run.errors),
+        "throughput": run.throughput,
+        "p50_ms": run.percentile_ms(50),
+        "p99_ms": run.percentile_ms(99),
+        "max_ms": run.percentile_ms(100),
+    }
 
 
 def batch_bytes(model: str, auth: tuple = ()) -> tuple[bytes, tuple]:
@@ -114,15 +110,13 @@ def model_repository(root: Path, model: str) -> Path:
     return repository
 
 
-async def timed(
-    call: grpc.aio.UnaryUnaryMultiCallable, payload: tuple[bytes, tuple], since: float, run: Run
-) -> None:
-    try:
-        await call(payload[0], timeout=REQUEST_TIMEOUT_S, metadata=payload[1])
-    except grpc.aio.AioRpcError as error:
-        run.errors[error.code().name] += 1
-        return
-    run.latencies.append(time.perf_counter() - since)
+def dispatch(call: grpc.aio.UnaryUnaryMultiCallable, payload: tuple[bytes, tuple]) -> Send:
+    """One raw call of `call` with `payload` (serialized request, metadata)."""
+
+    def send() -> Awaitable[object]:
+        return call(payload[0], timeout=REQUEST_TIMEOUT_S, metadata=payload[1])
+
+    return send
 
 
 async def open_loop(
@@ -131,25 +125,12 @@ async def open_loop(
     rate: float,
     seconds: float,
     seed: int,
-) -> Run:
-    """Poisson arrivals at `rate` for `seconds`; each latency counts from the scheduled send."""
-    rng = random.Random(seed)
-    run = Run()
-    tasks: set[asyncio.Task] = set()
-    start = time.perf_counter()
-    scheduled = start
-    while True:
-        scheduled += rng.expovariate(rate)
-        if scheduled - start > seconds:
-            break
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        task = asyncio.create_task(timed(call, payload, scheduled, run))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    await asyncio.gather(*tasks)
-    run.seconds = time.perf_counter() - start
+) -> LoadResult:
+    """Poisson arrivals at `rate` for `seconds` (tideserve_tools.loadgen's open loop)."""
+    run = LoadResult()
+    began = time.perf_counter()
+    await drive_open_loop(dispatch(call, payload), steady_arrivals(rate, seconds, seed=seed), run)
+    run.seconds = time.perf_counter() - began
     return run
 
 
@@ -158,17 +139,14 @@ async def closed_loop(
     payload: tuple[bytes, tuple],
     concurrency: int,
     seconds: float,
-) -> Run:
-    run = Run()
-    stop_at = time.perf_counter() + seconds
-
-    async def client() -> None:
-        while time.perf_counter() < stop_at:
-            await timed(call, payload, time.perf_counter(), run)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    run.seconds = time.perf_counter() - start
+) -> LoadResult:
+    run = LoadResult()
+    began = time.perf_counter()
+    stop_at = began + seconds
+    await drive_closed_loop(
+        [dispatch(call, payload)] * concurrency, run, running=lambda: time.perf_counter() < stop_at
+    )
+    run.seconds = time.perf_counter() - began
     return run
 
 
@@ -194,7 +172,7 @@ async def policies(cluster: Cluster, args: argparse.Namespace) -> dict:
         call = channel.unary_unary(DISPATCH)
         await closed_loop(call, payload, concurrency=8, seconds=args.warmup)
         capacity_run = await closed_loop(call, payload, concurrency=16, seconds=args.capacity_s)
-        capacity = capacity_run.summary()["throughput"]
+        capacity = capacity_run.throughput
         # What each worker says one batch costs it (compute and slowdown, no overhead).
         measured = {
             w.worker_id: 1.0 / t.seconds
@@ -216,7 +194,7 @@ async def policies(cluster: Cluster, args: argparse.Namespace) -> dict:
             before = await asyncio.to_thread(cluster.snapshot)
             run = await open_loop(call, payload, rate, args.seconds, seed=args.seed)
             after = await asyncio.to_thread(cluster.snapshot)
-            results[name] = {**run.summary(), "batches_per_worker": worker_shares(before, after)}
+            results[name] = {**summary(run), "batches_per_worker": worker_shares(before, after)}
             print(
                 f"  {name:<24} p50 {results[name]['p50_ms']:8.1f} ms  "
                 f"p99 {results[name]['p99_ms']:8.1f} ms  errors {dict(run.errors)}"
@@ -235,25 +213,25 @@ async def hop(cluster: Cluster, requests: int, execute_key: str) -> dict:
     payload = batch_bytes(DEFAULT_MODEL, cluster.auth("batcher"))
     direct_payload = (payload[0], bearer(execute_key))
     address = cluster.snapshot().workers[0].address
-    direct, balanced = Run(), Run()
+    direct, balanced = LoadResult(), LoadResult()
     async with (
         grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as to_worker,
         grpc.aio.insecure_channel(cluster.balancer, options=CHANNEL_OPTIONS) as to_balancer,
     ):
         execute = to_worker.unary_unary(EXECUTE)
-        dispatch = to_balancer.unary_unary(DISPATCH)
+        to_balancer_call = to_balancer.unary_unary(DISPATCH)
         for index in range(requests):
-            pairs = ((execute, direct_payload, direct), (dispatch, payload, balanced))
+            pairs = ((execute, direct_payload, direct), (to_balancer_call, payload, balanced))
             for call, sent, run in pairs[:: 1 - 2 * (index % 2)]:
-                await timed(call, sent, time.perf_counter(), run)
+                await timed(dispatch(call, sent), run)
     return {
         "requests_each": requests,
-        "direct_p50_ms": direct.ms(50),
-        "via_balancer_p50_ms": balanced.ms(50),
-        "added_p50_ms": balanced.ms(50) - direct.ms(50),
-        "direct_p99_ms": direct.ms(99),
-        "via_balancer_p99_ms": balanced.ms(99),
-        "errors": dict(direct.errors + balanced.errors),
+        "direct_p50_ms": direct.percentile_ms(50),
+        "via_balancer_p50_ms": balanced.percentile_ms(50),
+        "added_p50_ms": balanced.percentile_ms(50) - direct.percentile_ms(50),
+        "direct_p99_ms": direct.percentile_ms(99),
+        "via_balancer_p99_ms": balanced.percentile_ms(99),
+        "errors": dict(Counter(direct.errors) + Counter(balanced.errors)),
     }
 
 

@@ -29,7 +29,7 @@ ROOT = HERE.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import perf  # noqa: E402
+from harness.perf_analyzer import run_perf_analyzer  # noqa: E402
 
 RESULTS = HERE / "results"
 MODELS = HERE / ".tools" / "models"
@@ -156,7 +156,7 @@ def sweep(measurement_ms: int) -> dict[str, Any]:
         cfg = {"instances": instances, "queue_delay_us": delay, "torch_threads": tthreads}
         with pytriton(MODELS / "mlp.pt", "mlp", **cfg) as url:
             for c in (64, 1):
-                r = perf.run_perf_analyzer(url, "mlp", c, measurement_ms=measurement_ms)
+                r = run_perf_analyzer(url, "mlp", c, measurement_ms=measurement_ms)
                 row = {**cfg, "concurrency": c, **{
                     k: r.get(k) for k in ("ok", "throughput_infer_per_s", "p50_ms", "p99_ms")
                 }}
@@ -176,7 +176,7 @@ def baseline(measurement_ms: int, pytriton_cfg: dict[str, Any]) -> dict[str, Any
     for model, levels in (("mlp", (1, 64)), ("cnn", (16,))):
         with pytriton(MODELS / f"{model}.pt", model, **pytriton_cfg) as url:
             for c in levels:
-                r = perf.run_perf_analyzer(url, model, c, measurement_ms=measurement_ms)
+                r = run_perf_analyzer(url, model, c, measurement_ms=measurement_ms)
                 out[f"pytriton_{model}_c{c}"] = r
                 print(model, c, r.get("throughput_infer_per_s"), r.get("p50_ms"),
                       r.get("p99_ms"), r.get("ok"), flush=True)

@@ -35,6 +35,7 @@ from typing import Any
 import grpc
 
 from bench.hop_floor import forwarding_to, hop_stub, serve_hop
+from harness.repeats import rotated_rounds
 from tideserve import serving
 from tideserve.modelconfig import ModelSpec, read_config
 from tideserve.procs import free_port
@@ -76,22 +77,55 @@ def _hop_server(port: int, downstream: int | None, model: Path | None, ready: An
     serving.run_service(main())
 
 
-class FloorFrontDoor(inference_pb2_grpc.GRPCInferenceServiceServicer):
-    """The KServe v2 calls perf_analyzer makes, answered with the least work: zeros at once
-    (`downstream` None), or through a batch sent down the hops."""
+class BatchingFrontDoor(inference_pb2_grpc.GRPCInferenceServiceServicer):
+    """The KServe v2 calls a load generator makes, answered with the least work. What a
+    subclass queues with `queued` leaves as one batch through `run_batch` whenever one of
+    `inflight` batch slots is free, with everything queued up to `max_batch_rows` (Triton's rule
+    with no delay); each request gets its share of the batch's answer."""
 
-    def __init__(self, config: Any, downstream: int | None, inflight: int = 1) -> None:
+    def __init__(self, config: Any, inflight: int, max_batch_rows: int) -> None:
         self.config = config
-        spec = ModelSpec.from_config(config)
-        self.metadata = pb.ModelMetadataResponse(name=MODEL, platform=spec.platform)
-        for tensor, target in ((spec.inputs[0], self.metadata.inputs),
-                               (spec.outputs[0], self.metadata.outputs)):
-            target.add(name=tensor.name, datatype=tensor.datatype, shape=[-1, *tensor.dims])
-        self.output_name = spec.outputs[0].name
-        self.forward = None if downstream is None else hop_stub(downstream)
-        self.pending: deque[tuple[int, bytes, asyncio.Future]] = deque()
-        self.max_inflight = inflight
-        self.inflight = 0
+        self.spec = ModelSpec.from_config(config)
+        self.metadata = pb.ModelMetadataResponse(name=config.name, platform=self.spec.platform)
+        for tensors, target in (
+            (self.spec.inputs, self.metadata.inputs),
+            (self.spec.outputs, self.metadata.outputs),
+        ):
+            for tensor in tensors:
+                target.add(name=tensor.name, datatype=tensor.datatype, shape=[-1, *tensor.dims])
+        self.pending: deque[tuple[int, Any, asyncio.Future]] = deque()
+        self.free_slots = inflight
+        self.max_batch_rows = max_batch_rows
+
+    async def answer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        raise NotImplementedError
+
+    async def run_batch(self, items: list[tuple[int, Any]]) -> list[Any]:
+        """The answers to a batch of (rows, payload), one per item."""
+        raise NotImplementedError
+
+    async def queued(self, rows: int, payload: Any) -> Any:
+        """`payload`'s share of the answer to the batch it joins."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.pending.append((rows, payload, future))
+        if self.free_slots:
+            self.free_slots -= 1
+            loop.create_task(self._dispatch())
+        return await future
+
+    async def _dispatch(self) -> None:
+        """One batch slot: a batch leaves with what is queued when this slot's last came back."""
+        while self.pending:
+            batch, rows = [], 0
+            while self.pending and rows + self.pending[0][0] <= self.max_batch_rows:
+                item = self.pending.popleft()
+                batch.append(item)
+                rows += item[0]
+            answers = await self.run_batch([(rows, payload) for rows, payload, _ in batch])
+            for (_, _, future), answer in zip(batch, answers, strict=True):
+                future.set_result(answer)
+        self.free_slots += 1
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: Context
@@ -126,7 +160,7 @@ class FloorFrontDoor(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
-        return await self._answer(request)
+        return await self.answer(request)
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Context
@@ -136,7 +170,7 @@ class FloorFrontDoor(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
         async def read() -> None:
             async for request in requests:
-                answers.put_nowait(asyncio.ensure_future(self._answer(request)))
+                answers.put_nowait(asyncio.ensure_future(self.answer(request)))
             answers.put_nowait(None)
 
         reader = asyncio.create_task(read())
@@ -144,56 +178,79 @@ class FloorFrontDoor(inference_pb2_grpc.GRPCInferenceServiceServicer):
             yield pb.ModelStreamInferResponse(infer_response=await answer)
         await reader
 
-    async def _answer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+
+class FloorFrontDoor(BatchingFrontDoor):
+    """Zeros at once (`downstream` None), or each batch sent as one message down the hops."""
+
+    def __init__(self, config: Any, downstream: int | None, inflight: int = 1) -> None:
+        super().__init__(config, inflight, MAX_BATCH_ROWS)
+        self.output_name = self.spec.outputs[0].name
+        self.forward = None if downstream is None else hop_stub(downstream)
+
+    async def answer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         rows = request.inputs[0].shape[0]
         if self.forward is None:
             raw = bytes(rows * OUTPUT_ROW_BYTES)
         else:
-            future = asyncio.get_running_loop().create_future()
-            self.pending.append((rows, request.raw_input_contents[0], future))
-            if self.inflight < self.max_inflight:
-                self.inflight += 1
-                asyncio.get_running_loop().create_task(self._dispatch())
-            raw = await future
+            raw = await self.queued(rows, request.raw_input_contents[0])
         response = pb.ModelInferResponse(model_name=MODEL, id=request.id)
         response.outputs.add(name=self.output_name, datatype="FP32", shape=[rows, *OUTPUT_DIMS])
         response.raw_output_contents.append(raw)
         return response
 
-    async def _dispatch(self) -> None:
-        """One of `inflight` dispatch loops: a batch leaves with what is queued (up to the max
-        batch) when this loop's last one came back, as one message with the inputs
-        concatenated; the answer is split by row."""
-        while self.pending:
-            batch, rows = [], 0
-            while self.pending and rows + self.pending[0][0] <= MAX_BATCH_ROWS:
-                item = self.pending.popleft()
-                batch.append(item)
-                rows += item[0]
-            answer = await self.forward(b"".join(item[1] for item in batch))
-            offset = 0
-            for item_rows, _, future in batch:
-                end = offset + item_rows * OUTPUT_ROW_BYTES
-                future.set_result(answer[offset:end])
-                offset = end
-        self.inflight -= 1
+    async def run_batch(self, items: list[tuple[int, Any]]) -> list[Any]:
+        """The inputs concatenated into one message; the answer split by row."""
+        answer = await self.forward(b"".join(payload for _, payload in items))
+        parts, offset = [], 0
+        for rows, _ in items:
+            parts.append(answer[offset : offset + rows * OUTPUT_ROW_BYTES])
+            offset += rows * OUTPUT_ROW_BYTES
+        return parts
+
+
+async def serve_front_door(port: int, servicer: BatchingFrontDoor, ready: Any) -> None:
+    """Serve `servicer` on 127.0.0.1:`port` (shared with other processes: SO_REUSEPORT) until
+    terminated; set `ready` once listening."""
+    server = serving.new_server()
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    serving.bind(server, f"127.0.0.1:{port}")
+    await server.start()
+    ready.set()
+    await server.wait_for_termination()
 
 
 def _front_door(
     port: int, config_path: Path, downstream: int | None, inflight: int, ready: Any
 ) -> None:
     async def main() -> None:
-        server = serving.new_server()
         config = read_config(config_path, MODEL)
-        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            FloorFrontDoor(config, downstream, inflight), server
-        )
-        serving.bind(server, f"127.0.0.1:{port}")
-        await server.start()
-        ready.set()
-        await server.wait_for_termination()
+        await serve_front_door(port, FloorFrontDoor(config, downstream, inflight), ready)
 
     serving.run_service(main())
+
+
+@contextmanager
+def floor_processes() -> Iterator[Callable[..., mp.Process]]:
+    """`start(target, *args)` runs `target(*args, ready)` in a spawned process and returns once
+    it has set `ready` (it listens); every process started is terminated on exit."""
+    context = mp.get_context("spawn")
+    processes: list[mp.Process] = []
+
+    def start(target: Callable[..., None], *args: Any) -> mp.Process:
+        ready = context.Event()
+        process = context.Process(target=target, args=(*args, ready))
+        process.start()
+        processes.append(process)
+        if not ready.wait(120):
+            raise TimeoutError(f"a floor server ({target.__name__}) did not start")
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in processes:
+            process.terminate()
+            process.join(10)
 
 
 @contextmanager
@@ -202,34 +259,15 @@ def floor_server(
 ) -> Iterator[str]:
     """A front door on a free port with `hops` bare hops behind it (0: it answers itself),
     keeping up to `inflight` batches down them at once; the last hop runs `model` if given."""
-    context = mp.get_context("spawn")
-    processes = []
     downstream = None
-    try:
+    with floor_processes() as start:
         for _ in range(hops):
-            port, ready = free_port(), context.Event()
-            last = downstream is None
-            process = context.Process(
-                target=_hop_server, args=(port, downstream, model if last else None, ready)
-            )
-            process.start()
-            processes.append(process)
-            if not ready.wait(60):
-                raise TimeoutError("a hop server did not start")
+            port = free_port()
+            start(_hop_server, port, downstream, model if downstream is None else None)
             downstream = port
-        port, ready = free_port(), context.Event()
-        process = context.Process(
-            target=_front_door, args=(port, config_path, downstream, inflight, ready)
-        )
-        process.start()
-        processes.append(process)
-        if not ready.wait(60):
-            raise TimeoutError("the floor front door did not start")
+        port = free_port()
+        start(_front_door, port, config_path, downstream, inflight)
         yield f"127.0.0.1:{port}"
-    finally:
-        for process in processes:
-            process.terminate()
-            process.join(10)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                 "layout + model": floor(2, suite.MODELS / "mlp.pt")}
     if not args.skip_tideserve:
         systems["tideserve"] = tideserve
-    rounds = suite.rotated_rounds(systems, args.rounds)
+    rounds = rotated_rounds(systems, args.rounds)
     summary = {
         name: {mode: statistics.median(r[name][mode] for r in rounds) for mode in rounds[0][name]}
         for name in systems

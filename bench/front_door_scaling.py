@@ -24,19 +24,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing as mp
 import shutil
 import subprocess
 import sys
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 
+from bench.front_door_floor import BatchingFrontDoor, floor_processes, serve_front_door
 from bench.gpu import (
     ROOT,
     CpuMeter,
@@ -48,58 +46,26 @@ from bench.gpu import (
 )
 from harness.cluster import Cluster
 from tideserve import codec, serving
-from tideserve.modelconfig import ModelSpec
 from tideserve.procs import free_port
 from tideserve.v1 import inference_pb2 as pb
-from tideserve.v1 import inference_pb2_grpc
 
-Context = grpc.aio.ServicerContext
 # (datatype, input dims, output dims) of the shared workloads.
 WORKLOADS = {"cnn": ("FP32", [3, 64, 64], [10]), "mlp": ("FP32", [256], [10])}
 
 
-class InProcessFrontDoor(inference_pb2_grpc.GRPCInferenceServiceServicer):
-    """The KServe v2 calls the load generator makes, answered by running the model here: one
-    batch in flight per model instance, each formed from everything queued (up to the model's
-    max batch) when an instance comes free."""
+class InProcessFrontDoor(BatchingFrontDoor):
+    """The model run here, with the worker's own ModelRunner: one batch in flight per model
+    instance, each formed from everything queued (up to the model's max batch) when an
+    instance comes free."""
 
     def __init__(self, runner: Any, config: Any) -> None:
+        super().__init__(config, len(runner.instances), config.max_batch_size)
         self.runner = runner
-        self.spec = ModelSpec.from_config(config)
-        self.max_batch = config.max_batch_size
-        self.metadata = pb.ModelMetadataResponse(name=config.name, platform=self.spec.platform)
-        for tensors, target in (
-            (self.spec.inputs, self.metadata.inputs),
-            (self.spec.outputs, self.metadata.outputs),
-        ):
-            for tensor in tensors:
-                target.add(name=tensor.name, datatype=tensor.datatype, shape=[-1, *tensor.dims])
-        self.pending: deque[tuple[np.ndarray, asyncio.Future]] = deque()
-        self.idle_instances = len(runner.instances)
 
-    async def ServerLive(self, request: Any, context: Context) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=True)
-
-    async def ServerReady(self, request: Any, context: Context) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=True)
-
-    async def ModelReady(self, request: Any, context: Context) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=True)
-
-    async def ModelMetadata(self, request: Any, context: Context) -> pb.ModelMetadataResponse:
-        return self.metadata
-
-    async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: Context
-    ) -> pb.ModelInferResponse:
+    async def answer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         tensor = request.inputs[0]
         rows = codec.decode(tensor.datatype, tensor.shape, request.raw_input_contents[0])
-        future = asyncio.get_running_loop().create_future()
-        self.pending.append((rows, future))
-        if self.idle_instances:
-            self.idle_instances -= 1
-            asyncio.get_running_loop().create_task(self._dispatch())
-        outputs = await future
+        outputs = await self.queued(len(rows), rows)
         response = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
         for spec, output in zip(self.spec.outputs, outputs, strict=True):
             datatype, shape, raw = codec.encode(output)
@@ -107,22 +73,16 @@ class InProcessFrontDoor(inference_pb2_grpc.GRPCInferenceServiceServicer):
             response.raw_output_contents.append(raw)
         return response
 
-    async def _dispatch(self) -> None:
+    async def run_batch(self, items: list[tuple[int, Any]]) -> list[Any]:
+        """The rows concatenated into one batch for the runner; its outputs split by row."""
+        batch = np.concatenate([rows for _, rows in items])
         loop = asyncio.get_running_loop()
-        while self.pending:
-            items, rows = [], 0
-            while self.pending and rows + len(self.pending[0][0]) <= self.max_batch:
-                item = self.pending.popleft()
-                items.append(item)
-                rows += len(item[0])
-            batch = np.concatenate([rows for rows, _ in items])
-            outputs = await loop.run_in_executor(self.runner.executor, self.runner.run, [batch])
-            offset = 0
-            for part, future in items:
-                end = offset + len(part)
-                future.set_result([output[offset:end] for output in outputs])
-                offset = end
-        self.idle_instances += 1
+        outputs = await loop.run_in_executor(self.runner.executor, self.runner.run, [batch])
+        parts, offset = [], 0
+        for count, _ in items:
+            parts.append([output[offset : offset + count] for output in outputs])
+            offset += count
+        return parts
 
 
 def _floor_process(port: int, repository: Path, model: str, device: str, ready: Any) -> None:
@@ -135,14 +95,7 @@ def _floor_process(port: int, repository: Path, model: str, device: str, ready: 
         (entry,) = scan(repository, [model])
         runner = ModelRunner(entry.config, entry.version, entry.model_path, torch.device(device))
         runner.warm_up()
-        server = serving.new_server()
-        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InProcessFrontDoor(runner, entry.config), server
-        )
-        serving.bind(server, f"127.0.0.1:{port}")
-        await server.start()
-        ready.set()
-        await server.wait_for_termination()
+        await serve_front_door(port, InProcessFrontDoor(runner, entry.config), ready)
 
     serving.run_service(main())
 
@@ -150,24 +103,11 @@ def _floor_process(port: int, repository: Path, model: str, device: str, ready: 
 @contextmanager
 def floor(repository: Path, model: str, processes: int, device: str) -> Iterator[list[int]]:
     """`processes` in-process front doors sharing one free port; yields it and their pids."""
-    context = mp.get_context("spawn")
     port = free_port()
-    started = []
-    try:
-        for _ in range(processes):
-            ready = context.Event()
-            process = context.Process(
-                target=_floor_process, args=(port, repository, model, device, ready)
-            )
-            process.start()
-            started.append(process)
-            if not ready.wait(120):
-                raise TimeoutError("a floor front door did not start")
+    with floor_processes() as start:
+        started = [start(_floor_process, port, repository, model, device)
+                   for _ in range(processes)]
         yield [port, *(p.pid for p in started)]
-    finally:
-        for process in started:
-            process.terminate()
-            process.join(10)
 
 
 class _PidsCluster:

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 
 from harness.cluster import Cluster
+from harness.repeats import summarize
+from tideserve_tools.latency import LatencyRecord
 from tideserve_tools.loadgen import LoadResult, Window, closed_loop, open_loop
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,11 +207,7 @@ def _client(args: tuple[str, str, str, tuple[float, float], float, int, int, boo
     else:
         result = asyncio.run(open_loop(address, model, rate=level, seconds=0, seed=seed, **common))
     return {
-        "ok": result.ok,
-        "sent": result.sent,
-        "errors": result.errors,
-        "seconds": result.seconds,
-        "latencies": result.latencies,
+        "record": LatencyRecord(result.latencies, result.errors, result.error_latencies),
         "client_cores": result.client_cpu_s / window.seconds,
         # A client that began after the window opened missed its warm-up and part of the window.
         "late_s": max(0.0, began - start),
@@ -271,11 +269,7 @@ def drive(
         )
     merged = LoadResult(seconds=window.seconds)
     for part in parts:
-        merged.ok += part["ok"]
-        merged.sent += part["sent"]
-        merged.latencies += part["latencies"]
-        for code, count in part["errors"].items():
-            merged.errors[code] = merged.errors.get(code, 0) + count
+        merged.merge(part["record"])
     client_cores = [part["client_cores"] for part in parts]
     return {
         "throughput": merged.throughput,
@@ -648,21 +642,6 @@ def saturate(
         **gpu,
         "batch_sizes": sizes,
         "mean_batch": sum(s * n for s, n in sizes.items()) / max(batches, 1),
-    }
-
-
-def summarize(repeats: list[dict[str, Any]]) -> dict[str, Any]:
-    """The median repeat's figures, with the spread of throughput across repeats."""
-    rates = sorted(run["samples_per_s"] for run in repeats)
-    median = statistics.median(rates)
-    middle = min(repeats, key=lambda run: abs(run["samples_per_s"] - median))
-    return {
-        **{k: v for k, v in middle.items() if k != "samples_per_s"},
-        "samples_per_s": median,
-        "samples_per_s_min": rates[0],
-        "samples_per_s_max": rates[-1],
-        "throughput": median / middle["rows_per_request"],
-        "client_bound": any(run["client_bound"] for run in repeats),
     }
 
 

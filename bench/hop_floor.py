@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
-import statistics
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import grpc
 
 from tideserve.procs import free_port
+from tideserve_tools.latency import percentile
 
 METHOD = "/floor.Hop/Forward"
 
@@ -89,7 +89,7 @@ def median_round_trip_ms(port: int, requests: int, payload: bytes) -> float:
             started = time.perf_counter()
             call(payload)
             times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
+    return percentile(times, 50) * 1000
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from tideserve_tools.latency import percentile
+
 # Per-sample input shapes of the standard workloads (/work/shared/workloads/make_models.py).
 INPUT_SHAPES: dict[str, tuple[int, ...]] = {"mlp": (256,), "cnn": (3, 64, 64)}
 
@@ -37,14 +39,6 @@ def input_shape_for(model_path: Path) -> tuple[int, ...]:
         if model_path.stem.startswith(prefix):
             return shape
     raise ValueError(f"unknown input shape for {model_path}; name it mlp*.pt or cnn*.pt")
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return float("nan")
-    idx = min(len(sorted_values) - 1, max(0, round(q / 100.0 * len(sorted_values)) - 1))
-    return sorted_values[idx]
 
 
 def measure(
@@ -104,8 +98,8 @@ def measure(
         "calls_per_s": round(calls / elapsed, 1),
         "call_ms": {
             "mean": round(statistics.fmean(merged) * 1e3, 3) if merged else None,
-            "p50": round(_percentile(merged, 50) * 1e3, 3),
-            "p99": round(_percentile(merged, 99) * 1e3, 3),
+            "p50": round(percentile(merged, 50) * 1e3, 3),
+            "p99": round(percentile(merged, 99) * 1e3, 3),
         },
     }
 

@@ -14,8 +14,8 @@ under overload the shed traffic slows the workers and capacity falls with it. Ph
 Reported: goodput (OK responses/s during the overload) against capacity, the shed fraction
 (RESOURCE_EXHAUSTED) and how long a rejection took, p99 of accepted requests, every other status
 seen, the batcher's RSS before, at peak and after (bounded memory: no unbounded queue), and p99
-in the recovery window. Latency runs from each request's scheduled send time, so a lagging client
-cannot hide queueing. `--max-queue-rows-default 0` runs the same with an unbounded queue.
+in the recovery window. Latency is tideserve_tools.latency's: from just before each RPC is issued
+to its answer. `--max-queue-rows-default 0` runs the same with an unbounded queue.
 
     python -m bench.overload [--seconds 30] [--workers 1] [--device-ms 20,2]
                              [--slowdown 1] [--max-queue-rows-default 256]
@@ -28,56 +28,42 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import tempfile
-import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-
-import grpc
-import numpy as np
 
 from harness.cluster import Cluster
 from services.worker.models import DEFAULT_MODEL, add_torchscript_model, write_default_model
-from tideserve import serving
-from tideserve.v1 import inference_pb2_grpc
-from tideserve_tools.loadgen import closed_loop, sample_request
+from tideserve_tools.latency import OK, percentile
+from tideserve_tools.loadgen import LoadResult, closed_loop, open_loop
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REJECTED = "RESOURCE_EXHAUSTED"
 
 
-@dataclass
-class Phase:
-    """Every request of one open-loop phase: its status and its latency from scheduled send."""
+def summary(phase: LoadResult, seconds: float) -> dict:
+    """One open-loop phase: every status seen, goodput, the shed share, and the latencies of
+    accepted and of rejected requests apart (a rejection should be quick)."""
 
-    seconds: float
-    codes: Counter = field(default_factory=Counter)
-    ok_latencies: list[float] = field(default_factory=list)
-    reject_latencies: list[float] = field(default_factory=list)
-    other_latencies: list[float] = field(default_factory=list)
+    def ms(q: float, code: str = OK) -> float | None:
+        value = phase.percentile_ms(q, code)
+        return None if math.isnan(value) else round(value, 2)
 
-    @property
-    def sent(self) -> int:
-        return sum(self.codes.values())
-
-    def summary(self) -> dict:
-        def pct(values: list[float], q: float) -> float | None:
-            return round(float(np.percentile(values, q)) * 1000, 2) if values else None
-
-        return {
-            "seconds": round(self.seconds, 2),
-            "sent": self.sent,
-            "codes": dict(self.codes),
-            "goodput_per_s": round(self.codes["OK"] / self.seconds, 1),
-            "shed_fraction": round(self.codes["RESOURCE_EXHAUSTED"] / max(self.sent, 1), 3),
-            "ok_p50_ms": pct(self.ok_latencies, 50),
-            "ok_p99_ms": pct(self.ok_latencies, 99),
-            "reject_p50_ms": pct(self.reject_latencies, 50),
-            "reject_p99_ms": pct(self.reject_latencies, 99),
-            "other_max_ms": pct(self.other_latencies, 100),
-        }
+    others = [x for code, xs in phase.error_latencies.items() if code != REJECTED for x in xs]
+    return {
+        "seconds": round(seconds, 2),
+        "sent": phase.sent,
+        "codes": phase.codes(),
+        "goodput_per_s": round(phase.ok / seconds, 1),
+        "shed_fraction": round(phase.errors.get(REJECTED, 0) / max(phase.sent, 1), 3),
+        "ok_p50_ms": ms(50),
+        "ok_p99_ms": ms(99),
+        "reject_p50_ms": ms(50, REJECTED),
+        "reject_p99_ms": ms(99, REJECTED),
+        "other_max_ms": round(percentile(others, 100) * 1000, 2) if others else None,
+    }
 
 
 def rss_mib(pid: int) -> float:
@@ -85,44 +71,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-async def open_loop(
-    address: str, rate: float, seconds: float, timeout_s: float, seed: int
-) -> Phase:
-    """Poisson arrivals; every request's outcome is kept (none is dropped client-side)."""
-    rng = np.random.default_rng(seed)
-    async with serving.channel(address) as channel:
-        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
-        request = await sample_request(stub, DEFAULT_MODEL)
-        phase = Phase(seconds)
-        tasks: set[asyncio.Task] = set()
-
-        async def one(scheduled: float) -> None:
-            try:
-                await stub.ModelInfer(request, timeout=timeout_s)
-                code = "OK"
-            except grpc.aio.AioRpcError as error:
-                code = error.code().name
-            latency = time.perf_counter() - scheduled
-            phase.codes[code] += 1
-            bucket = {"OK": phase.ok_latencies, "RESOURCE_EXHAUSTED": phase.reject_latencies}
-            bucket.get(code, phase.other_latencies).append(latency)
-
-        began = time.perf_counter()
-        scheduled = began
-        while True:
-            scheduled += rng.exponential(1.0 / rate)
-            if scheduled >= began + seconds:
-                break
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            task = asyncio.create_task(one(scheduled))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        await asyncio.gather(*tasks)
-    return phase
 
 
 async def sample_rss(pid: int, samples: list[float], stop: asyncio.Event) -> None:
@@ -143,14 +91,15 @@ async def measure(cluster: Cluster, args: argparse.Namespace) -> dict:
     samples: list[float] = []
     stop = asyncio.Event()
     sampler = asyncio.create_task(sample_rss(batcher_pid, samples, stop))
-    overload = await open_loop(
-        cluster.batcher, args.overload * capacity, args.seconds, args.timeout_s, seed=1
-    )
-    recovery = await open_loop(cluster.batcher, args.recovery * capacity, 5.0, args.timeout_s,
-                               seed=2)
+    # Every arrival is sent: none is dropped by the client, whatever the backlog.
+    common = {"timeout_s": args.timeout_s, "max_outstanding": 1 << 30}
+    overload = await open_loop(cluster.batcher, DEFAULT_MODEL, rate=args.overload * capacity,
+                               seconds=args.seconds, seed=1, **common)
+    recovery = await open_loop(cluster.batcher, DEFAULT_MODEL, rate=args.recovery * capacity,
+                               seconds=5.0, seed=2, **common)
     stop.set()
     await sampler
-    over = overload.summary()
+    over = summary(overload, args.seconds)
     return {
         "capacity_per_s": round(capacity, 1),
         "capacity_p99_ms": round(capacity_run.percentile_ms(99), 2),
@@ -159,7 +108,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace) -> dict:
         "overload": over,
         "goodput_vs_capacity": round(over["goodput_per_s"] / capacity, 3) if capacity else None,
         "recovery_rate_per_s": round(args.recovery * capacity, 1),
-        "recovery": recovery.summary(),
+        "recovery": summary(recovery, 5.0),
         "batcher_rss_mib": {
             "before": round(rss_before, 1),
             "peak": round(max(samples), 1),

@@ -2,9 +2,8 @@
 
 Two drivers, one result shape:
 
-* ``run_perf_analyzer``: Triton's own perf_analyzer (installed by ``bench/setup.sh``), so tideserve
-  and a real Triton are measured by exactly the same client. It is run under ``timeout`` and an
-  address-space limit because its ``--streaming`` mode was seen to grow to 17 GB in two minutes.
+* ``run_perf_analyzer`` (harness.perf_analyzer): Triton's own perf_analyzer, so tideserve and a
+  real Triton are measured by exactly the same client.
 * ``run_loadgen``: a grpc.aio generator for what perf_analyzer does not do: open-loop arrivals
   (Poisson or Gamma at a given rate, so queueing under a fixed offered load can be seen; a closed
   loop slows down with the server and hides it), and a closed loop over ModelStreamInfer that does
@@ -14,7 +13,6 @@ CLI:
     python -m bench.perf pa --url 127.0.0.1:8011 --model mlp --concurrency 64 [--streaming]
     python -m bench.perf load --url 127.0.0.1:8001 --model mlp --mode open --rate 2000 \
         [--arrival gamma --cv 2] [--stream] --seconds 10
-(``python bench/perf.py ...`` works too.)
 """
 
 from __future__ import annotations
@@ -22,212 +20,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import csv
-import io
 import json
-import math
 import os
-import random
-import re
-import shlex
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.perf_analyzer import DEFAULT_MEM_LIMIT, run_perf_analyzer
+from tideserve_tools.latency import percentile
+from tideserve_tools.loadgen import steady_arrivals
+
 HERE = Path(__file__).resolve().parent
-PERF_ANALYZER = HERE / ".tools" / "bin" / "perf_analyzer"
-DEFAULT_MEM_LIMIT = 4 << 30  # address space; perf_analyzer at c=64 unary stays far below this
 
 # Per-sample input shapes of the standard workloads, for the Python generator.
 INPUT_SHAPES: dict[str, tuple[int, ...]] = {"mlp": (256,), "cnn": (3, 64, 64)}
-
-
-# --------------------------------------------------------------------------------------------
-# perf_analyzer
-# --------------------------------------------------------------------------------------------
-
-
-def perf_analyzer_command(
-    url: str,
-    model: str,
-    concurrency: int,
-    *,
-    streaming: bool = False,
-    measurement_ms: int = 5000,
-    batch_size: int = 1,
-    csv_path: Path,
-    extra_args: list[str] | None = None,
-) -> list[str]:
-    """The perf_analyzer argument list (without the timeout/limit wrapper); one place to read it."""
-    cmd = [
-        str(PERF_ANALYZER),
-        "-m", model,
-        "-u", url,
-        "-i", "grpc",
-        "--concurrency-range", str(concurrency),
-        "-b", str(batch_size),
-        "--measurement-interval", str(measurement_ms),
-        "-f", str(csv_path),
-    ]
-    if streaming:
-        cmd.append("--streaming")
-    return cmd + list(extra_args or [])
-
-
-def parse_perf_analyzer_csv(text: str) -> list[dict[str, Any]]:
-    """Turn perf_analyzer's ``-f`` CSV (one row per concurrency) into dicts with units in names.
-
-    perf_analyzer writes latencies in microseconds; they are also given in ms because that is how
-    the batcher's targets are stated.
-    """
-    rows: list[dict[str, Any]] = []
-    for row in csv.DictReader(io.StringIO(text)):
-        if not row.get("Concurrency"):
-            continue
-
-        def num(key: str, r: dict[str, str] = row) -> float | None:
-            v = r.get(key)
-            return float(v) if v not in (None, "") else None
-
-        rec: dict[str, Any] = {
-            "concurrency": int(float(row["Concurrency"])),
-            "throughput_infer_per_s": num("Inferences/Second"),
-        }
-        for q in ("p50", "p90", "p95", "p99"):
-            us = num(f"{q} latency")
-            rec[f"{q}_us"] = us
-            rec[f"{q}_ms"] = None if us is None else round(us / 1000.0, 3)
-        rec["breakdown_us"] = {
-            k: num(k)
-            for k in (
-                "Client Send", "Network+Server Send/Recv", "Server Queue",
-                "Server Compute Input", "Server Compute Infer", "Server Compute Output",
-                "Client Recv",
-            )
-            if k in row
-        }
-        rows.append(rec)
-    return rows
-
-
-def parse_server_section(text: str) -> dict[str, float]:
-    """The "Server:" section perf_analyzer prints from the server's ModelStatistics (Triton's
-    statistics extension), read from its standard output: counts, and the average request
-    latency with its parts in microseconds. Empty when the section is missing (a server without
-    the extension). The last section wins: perf_analyzer prints one per concurrency level."""
-    sections = re.split(r"^\s*Server:\s*$", text, flags=re.MULTILINE)
-    if len(sections) < 2:
-        return {}
-    section: dict[str, float] = {}
-    for line in sections[-1].strip("\n").split("\n\n")[0].splitlines():
-        name, _, value = line.strip().partition(":")
-        key = name.lower().replace(" ", "_")
-        number, _, parts = value.strip().partition(" usec")
-        with contextlib.suppress(ValueError):
-            section[f"{key}_us" if parts else key] = float(number)
-        for part, usec in re.findall(r"([a-z][a-z ]*?) (\d+(?:\.\d+)?) usec", parts):
-            section[f"{part.strip().replace(' ', '_')}_us"] = float(usec)
-    return section
-
-
-def _cpu_times() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs from /proc/stat: tells a quiet machine from a busy one."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except OSError:
-        return (0, 0)
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields) - idle, sum(fields))
-
-
-def _busy_fraction(a: tuple[int, int], b: tuple[int, int]) -> float | None:
-    """Fraction of all CPU time that was busy between two ``_cpu_times`` readings."""
-    total = b[1] - a[1]
-    return round((b[0] - a[0]) / total, 3) if total > 0 else None
-
-
-def run_perf_analyzer(
-    url: str,
-    model: str,
-    concurrency: int,
-    *,
-    streaming: bool = False,
-    measurement_ms: int = 5000,
-    batch_size: int = 1,
-    timeout_s: float = 180.0,
-    mem_limit_bytes: int = DEFAULT_MEM_LIMIT,
-    stability_pct: float = 20.0,
-    max_trials: int = 10,
-    extra_args: list[str] | None = None,
-) -> dict[str, Any]:
-    """Run perf_analyzer once (one concurrency level) and return the parsed figures as a dict.
-
-    ``timeout`` (SIGTERM, then SIGKILL 5 s later) and ``prlimit --as`` bound its time and memory so
-    a runaway client cannot take the machine down with the server under test. Never raises on a
-    failed run: ``ok`` is False and ``error`` holds the tail of its output, so a sweep continues.
-
-    ``stability_pct``: perf_analyzer repeats windows until 3 in a row agree within this percentage
-    (its default is 10). On this 2-core machine, where client and server share the cores, 10% often
-    never settles at high concurrency, so the default here is looser; it is recorded in the result.
-    """
-    if not PERF_ANALYZER.exists():
-        raise FileNotFoundError(f"{PERF_ANALYZER} missing: run bench/setup.sh")
-    with tempfile.TemporaryDirectory(prefix="tideserve-pa-") as tmp:
-        csv_path = Path(tmp) / "pa.csv"
-        pa = perf_analyzer_command(
-            url, model, concurrency, streaming=streaming, measurement_ms=measurement_ms,
-            batch_size=batch_size, csv_path=csv_path,
-            extra_args=[
-                "--stability-percentage", str(stability_pct),
-                "--max-trials", str(max_trials),
-                *(extra_args or []),
-            ],
-        )
-        cmd = [
-            "timeout", "--kill-after=5", str(int(timeout_s)),
-            "prlimit", f"--as={mem_limit_bytes}", "--", *pa,
-        ]
-        cpu0 = _cpu_times()
-        load0 = os.getloadavg()[0]
-        t0 = time.monotonic()
-        # cwd=tmp: perf_analyzer may drop files in its working directory.
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, check=False)
-        wall = time.monotonic() - t0
-        cpu1 = _cpu_times()
-        csv_text = csv_path.read_text() if csv_path.exists() else ""
-    rows = parse_perf_analyzer_csv(csv_text)
-    out = (proc.stdout or "") + (proc.stderr or "")
-    ok = proc.returncode == 0 and bool(rows)
-    record: dict[str, Any] = {
-        "driver": "perf_analyzer",
-        "url": url,
-        "model": model,
-        "concurrency": concurrency,
-        "batch_size": batch_size,
-        "streaming": streaming,
-        "measurement_ms": measurement_ms,
-        "stability_pct": stability_pct,
-        "mem_limit_bytes": mem_limit_bytes,
-        "command": shlex.join(pa),
-        "returncode": proc.returncode,
-        "timed_out": proc.returncode in (124, 137),
-        "wall_s": round(wall, 1),
-        # Other load on the shared 2-core machine skews every figure; record it with the result.
-        "loadavg_1m_before": round(load0, 2),
-        "cpu_busy_fraction_during": _busy_fraction(cpu0, cpu1),
-        "ok": ok,
-    }
-    if rows:
-        record.update({k: v for k, v in rows[-1].items() if k != "concurrency"})
-    record["server"] = parse_server_section(proc.stdout or "")
-    if not ok:
-        record["error"] = out[-2000:]
-    return record
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,22 +73,13 @@ def make_request(
     return req
 
 
-def interarrival_sampler(arrival: str, rate: float, cv: float, seed: int) -> Any:
-    """Return a function giving the next gap in seconds for the arrival process.
-
-    Poisson: exponential gaps (CV 1). Gamma: shape k = 1/cv^2 and mean 1/rate, so ``cv`` > 1 gives
-    burstier traffic than Poisson at the same mean rate, which is what stresses a batcher's delay.
-    """
-    rng = random.Random(seed)
-    if arrival == "poisson":
-        return lambda: rng.expovariate(rate)
-    if arrival == "gamma":
-        k = 1.0 / (cv * cv)
-        theta = 1.0 / (rate * k)
-        return lambda: rng.gammavariate(k, theta)
-    if arrival == "uniform":
-        return lambda: 1.0 / rate
-    raise ValueError(f"unknown arrival process {arrival!r}")
+def arrival_cv(arrival: str, cv: float) -> float:
+    """The inter-arrival CV of tideserve_tools.loadgen's schedule for an arrival process:
+    Poisson 1, Gamma the given ``cv`` (above 1 burstier than Poisson at the same mean rate,
+    which is what stresses a batcher's delay), uniform 0 (evenly spaced)."""
+    if arrival not in ("poisson", "gamma", "uniform"):
+        raise ValueError(f"unknown arrival process {arrival!r}")
+    return {"poisson": 1.0, "gamma": cv, "uniform": 0.0}[arrival]
 
 
 @dataclass
@@ -314,10 +113,7 @@ def _summary(tally: _Tally, elapsed: float) -> dict[str, Any]:
     lat = sorted(tally.latencies)
 
     def pct(q: float) -> float | None:
-        if not lat:
-            return None
-        i = min(len(lat) - 1, max(0, math.ceil(q / 100.0 * len(lat)) - 1))
-        return round(lat[i] * 1e3, 3)
+        return round(percentile(lat, q) * 1e3, 3) if lat else None
 
     return {
         "sent": tally.sent,
@@ -337,7 +133,7 @@ def _summary(tally: _Tally, elapsed: float) -> dict[str, Any]:
 class _StreamClient:
     """One ModelStreamInfer stream with requests matched to responses by request ``id``.
 
-    ids are required rather than relying on order: the batcher preserves order on a
+    ids are required rather than relying on order: the issue's batcher preserves order on a
     stream, but a generator that assumed it would hide a violation as wrong latencies.
     """
 
@@ -468,15 +264,11 @@ async def _loadgen(
         await asyncio.gather(*(client(i) for i in range(concurrency)))
         elapsed = time.perf_counter() - tally.window_start
     else:
-        gap = interarrival_sampler(arrival, rate, cv, seed)
+        times = steady_arrivals(rate, warmup_s + seconds, cv=arrival_cv(arrival, cv), seed=seed)
         if stream:
             streams = [_StreamClient(stub, tally, stream_life)]
-        next_t = loop_t0
-        while True:
-            next_t += gap()
-            if next_t >= end_all:
-                break
-            delay = next_t - time.perf_counter()
+        for at in times:
+            delay = loop_t0 + at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             if stream:

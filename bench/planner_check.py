@@ -28,13 +28,14 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from bench.sim_to_real import emulated_profile
-from bench.stack import ROOT, LocalStack, open_loop
+from harness.cluster import ROOT
+from harness.stack import LocalStack
 from services.scaler.planner import P99_OVER_TAU, ServiceProfile, replicas_for_batching
 from services.worker.models import DEFAULT_MODEL, write_default_model
 from tideserve_learning.sim.env import DEFAULT_PROFILE
+from tideserve_tools.latency import percentile
+from tideserve_tools.loadgen import arrival_times, open_loop
 
 RESULTS = ROOT / "bench" / "results" / "planner_check.json"
 WARM_UP_S = 5
@@ -55,15 +56,16 @@ def measure(repository: Path, log_dir: Path, replicas: int, rate: float, seconds
     stack = LocalStack(repository, log_dir, args).start()
     try:
         stack.wait_ready_workers(replicas)
-        result = asyncio.run(open_loop(stack.address("batcher"), DEFAULT_MODEL,
-                                       [rate] * (seconds + WARM_UP_S), seed=replicas))
+        times = arrival_times([rate] * (seconds + WARM_UP_S), seed=replicas)
+        result = asyncio.run(open_loop(stack.address("batcher"), DEFAULT_MODEL, times=times,
+                                       max_outstanding=2000))
     finally:
         stack.stop()
-    counted = np.asarray([lat for t, lat in zip(result.sent_at, result.latency, strict=True)
-                          if t >= WARM_UP_S])
-    finite = counted[np.isfinite(counted)]
-    p99 = float(np.percentile(finite, 99)) if finite.size else math.inf
-    return p99, float(np.mean(counted <= slo_s)), result.failed
+    counted = [latency for t, latency in result.requests if t >= WARM_UP_S]
+    finite = [latency for latency in counted if math.isfinite(latency)]
+    p99 = percentile(finite, 99) if finite else math.inf
+    within = sum(latency <= slo_s for latency in counted) / len(counted) if counted else 1.0
+    return p99, within, result.failed
 
 
 def main(argv: Sequence[str] | None = None) -> int:

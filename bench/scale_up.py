@@ -13,20 +13,19 @@ Docker needs a running engine and the tideserve-worker:dev image (scripts/docker
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import platform
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import grpc
 
 from harness.cluster import Cluster, free_port, wait_for, wait_healthy
-from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2, inference_pb2_grpc
-from tideserve_tools.loadgen import sample_request
+from services.worker.models import DEFAULT_MODEL, write_default_model
+from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
+from tideserve_tools.loadgen import SteadyLoad
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -58,7 +57,7 @@ def measure(runtime: str, rounds: int, repository: Path, work: Path) -> list[flo
     admin = cluster_pb2_grpc.ScalerAdminStub(grpc.insecure_channel(f"127.0.0.1:{scaler_port}"))
     samples: list[float] = []
     try:
-        with SteadyLoad(cluster.batcher) as load:
+        with SteadyLoad(cluster.batcher, DEFAULT_MODEL) as load:
             for _ in range(rounds):
                 known = cluster.registered()
                 began = time.monotonic()
@@ -69,52 +68,11 @@ def measure(runtime: str, rounds: int, repository: Path, work: Path) -> list[flo
                 admin.ScaleTo(cluster_pb2.ScaleToRequest(replicas=1), timeout=10)
                 wait_for(lambda: len(cluster.registered()) == 1, 120, "scale back to 1")
         if load.errors:
-            raise RuntimeError(f"{load.errors} requests failed during the measurement")
+            raise RuntimeError(f"{load.errors} requests failed during the measurement: "
+                               f"{dict(load.failures)}")
     finally:
         cluster.stop()
     return samples
-
-
-class SteadyLoad:
-    """Two client threads sending requests back to back until stopped, so that a new worker
-    gets a batch as soon as the balancer may route to it."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.stop = threading.Event()
-        self.sent = 0
-        self.errors = 0
-        # Each failure's status and message, so a failed run says what went wrong.
-        self.failures: list[str] = []
-        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(2)]
-
-    def _client(self) -> None:
-        with grpc.insecure_channel(self.address) as channel:
-            stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
-            request = asyncio.run(_sample(self.address))
-            while not self.stop.is_set():
-                self.sent += 1
-                try:
-                    stub.ModelInfer(request, timeout=30)
-                except grpc.RpcError as error:
-                    self.errors += 1
-                    self.failures.append(f"{error.code().name}: {error.details()}")
-
-    def __enter__(self) -> SteadyLoad:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(60)
-
-
-async def _sample(address: str) -> inference_pb2.ModelInferRequest:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
-        return await sample_request(stub, "tiny_cnn")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,8 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--runtimes", default="process,docker")
     args = parser.parse_args(argv)
-    from services.worker.models import write_default_model
-
     report: dict[str, object] = {"machine": platform.node(), "cpus": platform.processor(),
                                  "rounds": args.rounds, "runtimes": {}}
     with tempfile.TemporaryDirectory() as tmp:

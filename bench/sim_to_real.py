@@ -65,7 +65,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench.stack import ROOT, LocalStack, OpenLoopResult, arrival_times, open_loop, per_second
+from harness.cluster import ROOT
+from harness.stack import LocalStack
 from services.batcher.core import ARRIVAL_WINDOW_S
 from services.batcher.settings import BatcherSettings
 from services.scaler.guards import GuardConfig, Guards
@@ -78,6 +79,8 @@ from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 from tideserve_learning.evaluate import episode_run
 from tideserve_learning.sim import traces
 from tideserve_learning.sim.env import DEFAULT_PROFILE, EnvConfig, EpisodeLog, ServingClusterEnv
+from tideserve_tools.latency import OK, percentile
+from tideserve_tools.loadgen import LoadResult, arrival_times, open_loop, per_second
 
 RESULTS = ROOT / "bench" / "results" / "sim_to_real.json"
 # The live batcher's batches in flight per worker (per model instance; the default model has
@@ -207,7 +210,8 @@ def emulated_profile(source: Path, cold_start_s: float, out: Path) -> Path:
 def list_workers(stack: LocalStack) -> list[cluster_pb2.ManagedWorker]:
     with grpc.insecure_channel(stack.address("scaler")) as channel:
         stub = cluster_pb2_grpc.ScalerAdminStub(channel)
-        return list(stub.ListWorkers(cluster_pb2.ListWorkersRequest(), timeout=5).workers)
+        return list(stub.ListWorkers(cluster_pb2.ListWorkersRequest(), timeout=5,
+                                     metadata=stack.operator_auth()).workers)
 
 
 class ColdStarts:
@@ -238,7 +242,8 @@ def measure_cold_start(setup: Setup, repository: Path, log_dir: Path, starts: in
             admin = cluster_pb2_grpc.ScalerAdminStub(channel)
             for _ in range(starts):
                 known = set(colds.seconds)
-                admin.ScaleTo(cluster_pb2.ScaleToRequest(replicas=2), timeout=5)
+                admin.ScaleTo(cluster_pb2.ScaleToRequest(replicas=2), timeout=5,
+                              metadata=stack.operator_auth())
                 deadline = time.monotonic() + 60
                 while set(colds.seconds) == known:
                     if time.monotonic() > deadline:
@@ -247,7 +252,8 @@ def measure_cold_start(setup: Setup, repository: Path, log_dir: Path, starts: in
                     colds.poll(stack)
                 (new,) = set(colds.seconds) - known
                 delays.append(colds.seconds[new])
-                admin.ScaleTo(cluster_pb2.ScaleToRequest(replicas=1), timeout=5)
+                admin.ScaleTo(cluster_pb2.ScaleToRequest(replicas=1), timeout=5,
+                              metadata=stack.operator_auth())
                 while len(list_workers(stack)) > 1:
                     time.sleep(0.2)
     finally:
@@ -312,38 +318,47 @@ def batch_size_counts(stack: LocalStack) -> dict[int, int]:
     return dict(snapshot.batch_size_counts)
 
 
-def timeline(result: OpenLoopResult, seconds: int, replicas: list[tuple[float, int, int]],
+def sent_and_latency(result: LoadResult) -> tuple[np.ndarray, np.ndarray]:
+    """Each request's send time (s) and latency (s, inf if it failed), as two arrays."""
+    pairs = np.asarray(result.requests, dtype=float).reshape(-1, 2)
+    return pairs[:, 0], pairs[:, 1]
+
+
+def timeline(result: LoadResult, seconds: int, replicas: list[tuple[float, int, int]],
              slo_s: float) -> list[Sample]:
     """Per trace second: the requests sent in it, the p50/p99 of those answered (as the client
     saw them; failures leave the percentiles and count only in the rate) and the scaler's last
     (ready, desired) replicas polled at or before it. `replicas` holds (seconds since the load
     began, ready, desired)."""
-    sent, latency = np.asarray(result.sent_at), np.asarray(result.latency)
+    sent, latency = sent_and_latency(result)
     samples = []
     for second in range(seconds):
         in_second = (sent >= second) & (sent < second + 1)
         answered = latency[in_second & np.isfinite(latency)] * 1e3
         polled = [r for r in replicas if r[0] <= second] or replicas[:1]
         _, ready, desired = polled[-1]
-        p50, p99 = (np.percentile(answered, [50, 99]) if answered.size else (None, None))
+        p50, p99 = ((percentile(answered, 50), percentile(answered, 99)) if answered.size
+                    else (None, None))
         samples.append(Sample(float(second), float(in_second.sum()), ready, desired,
-                              None if p50 is None else float(p50),
-                              None if p99 is None else float(p99), slo_s * 1e3))
+                              p50, p99, slo_s * 1e3))
     return samples
 
 
-def measured_part(result: OpenLoopResult, lead_in_s: float) -> OpenLoopResult:
+def measured_part(result: LoadResult, lead_in_s: float) -> LoadResult:
     """The requests sent after the lead-in, with send times from the end of the lead-in."""
-    kept = [(t - lead_in_s, x) for t, x in zip(result.sent_at, result.latency, strict=True)
-            if t >= lead_in_s]
-    failed = sum(1 for _, x in kept if not math.isfinite(x))
-    return OpenLoopResult([t for t, _ in kept], [x for _, x in kept],
-                          {"FAILED": failed} if failed else {},
-                          result.started_unix + lead_in_s)
+    part = LoadResult(started_unix=result.started_unix + lead_in_s)
+    for t, latency in result.requests:
+        if t >= lead_in_s:
+            part.requests.append((t - lead_in_s, latency))
+            if math.isfinite(latency):
+                part.add(OK, latency)
+            else:
+                part.error("FAILED")
+    return part
 
 
-def within_per_second(result: OpenLoopResult, seconds: int, slo_s: float) -> list[float | None]:
-    sent, latency = np.asarray(result.sent_at), np.asarray(result.latency)
+def within_per_second(result: LoadResult, seconds: int, slo_s: float) -> list[float | None]:
+    sent, latency = sent_and_latency(result)
     second = np.floor(sent).astype(int)
     return [float(np.mean(latency[second == s] <= slo_s)) if (second == s).any() else None
             for s in range(seconds)]
@@ -382,8 +397,8 @@ def run_real(setup: Setup, policy: str, rates: list[float], times: list[float],
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
         everything = asyncio.run(open_loop(
-            stack.address("batcher"), DEFAULT_MODEL, rates,
-            times=[*lead_in, *(t + lead_in_s for t in times)]))
+            stack.address("batcher"), DEFAULT_MODEL,
+            times=[*lead_in, *(t + lead_in_s for t in times)], max_outstanding=2000))
         result = measured_part(everything, lead_in_s)
         began, ended = result.started_unix, result.started_unix + len(rates)
         done.set()
@@ -396,15 +411,14 @@ def run_real(setup: Setup, policy: str, rates: list[float], times: list[float],
     for (t0, n), (t1, _) in zip(samples, samples[1:], strict=False):
         lo, hi = max(t0, began), min(t1, ended)
         worker_seconds += n * max(hi - lo, 0.0)
-    finite = sorted(x for x in result.latency if math.isfinite(x))
-    p99 = finite[int(0.99 * (len(finite) - 1))] if finite else math.inf
+    p99 = percentile(result.latencies, 99) if result.latencies else math.inf
     run = Run(timeline(result, len(rates), [(t - began, r, d) for t, r, d in replicas],
                        setup.slo_s), batch_sizes,
               {"source": "bench.sim_to_real (real stack)", "policy": policy,
                "title": f"{policy} (real)", "failed": result.failed})
     changes = [(round(t - began, 2), *d) for t, d in sorted(decisions.items())
                if 0 <= t - began < len(rates)]
-    return Measured(result.within(setup.slo_s), worker_seconds, len(result.latency),
+    return Measured(result.within(setup.slo_s), worker_seconds, result.sent,
                     result.failed, max(n for t, n in samples if began <= t <= ended), p99, run,
                     [s for w, s in colds.seconds.items() if w not in initial], changes,
                     watcher.per_second(began, len(rates)),

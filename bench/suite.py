@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import baseline, inprocess, perf
+from harness.perf_analyzer import PERF_ANALYZER, run_perf_analyzer
+from harness.repeats import median_inprocess, median_run, rotated_rounds
 from tideserve.procs import free_port
 from tideserve_tools.launcher import SuiteConfig
 
@@ -200,7 +202,7 @@ def tideserve(
 
 
 def pa(url: str, model: str, concurrency: int, measurement_ms: int, **kwargs: Any) -> dict:
-    record = perf.run_perf_analyzer(
+    record = run_perf_analyzer(
         url, model, concurrency, measurement_ms=measurement_ms, **kwargs
     )
     print(
@@ -284,44 +286,6 @@ def slo_experiment(
             flush=True,
         )
     return out
-
-
-def rotated_rounds(
-    systems: dict[str, Callable[[], Any]], rounds: int, label: str = ""
-) -> list[dict[str, Any]]:
-    """Each system measured `rounds` times, the order rotated every round so that no system
-    always runs first or right after the same neighbour: each round's figures by name."""
-    order = list(systems)
-    results = []
-    for index in range(rounds):
-        shift = index % len(order)
-        figures = {}
-        for name in order[shift:] + order[:shift]:
-            print(f"round {index + 1}: {name}{label}", flush=True)
-            figures[name] = systems[name]()
-        results.append(figures)
-    return results
-
-
-def median_run(runs: list[dict[str, Any]], key: str = "throughput_infer_per_s") -> dict[str, Any]:
-    """The run with the median `key` (the lower middle for an even count), with every run's
-    figure beside it."""
-    ranked = sorted(runs, key=lambda r: r.get(key) or 0)
-    return {**ranked[(len(ranked) - 1) // 2], "rounds": [r.get(key) for r in runs]}
-
-
-def median_inprocess(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """One in-process record whose rows are, per batch size, the median of the rounds."""
-    by_size: dict[int, list[dict[str, Any]]] = {}
-    for record in records:
-        for row in record["results"]:
-            by_size.setdefault(row["batch_size"], []).append(row)
-    rows = [median_run(runs, "samples_per_s") for _, runs in sorted(by_size.items())]
-    return {
-        **records[0],
-        "results": rows,
-        "best_samples_per_s": max(r["samples_per_s"] for r in rows),
-    }
 
 
 def measure_limit(workload: Workload, seconds: float) -> dict[str, Any]:
@@ -583,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    if not perf.PERF_ANALYZER.exists():
+    if not PERF_ANALYZER.exists():
         subprocess.run([str(HERE / "setup.sh")], check=True)
     baseline.ensure_models()
     measurement_ms = 2000 if args.quick else 5000

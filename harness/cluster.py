@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tideserve.credentials import create_credentials, read_secret, token_path
 from tideserve.grpc_options import CHANNEL_OPTIONS
+from tideserve.healthprobe import wait_serving
 from tideserve.procs import free_port
 from tideserve.serving import PLAINTEXT, TlsSettings, bearer, channel_credentials
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2, inference_pb2_grpc
@@ -244,22 +244,20 @@ def wait_healthy(
     process: subprocess.Popen | None = None,
     log: Path | None = None,
 ) -> None:
-    """Until `address` answers SERVING. Given the `process` meant to serve there, fail as soon as
-    it exits; given its `log`, a failure carries the log's tail, which is why it failed."""
+    """Until `address` answers SERVING (tideserve.healthprobe.wait_serving). Given the `process`
+    meant to serve there, fail as soon as it exits; given its `log`, a failure carries the log's
+    tail, which is why it failed."""
 
-    def serving() -> bool:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the process for {address} exited with {process.returncode}"
-                               f"{log_tail(log)}")
-        status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-        return status == health_pb2.HealthCheckResponse.SERVING
+    def gone() -> str | None:
+        if process is None or process.poll() is None:
+            return None
+        return f"the process for {address} exited with {process.returncode}{log_tail(log)}"
 
-    with sync_channel(address, tls) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            wait_for(serving, timeout_s, f"{address} SERVING")
-        except TimeoutError as error:
-            raise TimeoutError(f"{error}{log_tail(log)}") from None
+    credentials = channel_credentials(tls) if tls.secure_client else None
+    try:
+        wait_serving(address, timeout_s, credentials=credentials, gone=gone, interval_s=0.05)
+    except TimeoutError as error:
+        raise TimeoutError(f"{error}{log_tail(log)}") from None
 
 
 def log_tail(log: Path | None, lines: int = 30) -> str:

@@ -8,17 +8,21 @@ batcher waiting for its balancer to return is alive and holding requests; restar
 an orchestrator does to a task failing its liveness check) would only lose them.
 
 Container healthchecks use it because the image has no grpcurl or grpc_health_probe binary, and
-every tideserve server already runs grpc.health.v1.
+every tideserve server already runs grpc.health.v1. `wait_serving` is the one wait for a starting
+server used by the launcher, the test harness and the benchmarks.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tideserve.grpc_options import CHANNEL_OPTIONS
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -37,6 +41,45 @@ def probe(
             return False, f"{error.code().name}: {error.details()}"
     status_name = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     return live or response.status == SERVING, status_name
+
+
+def _still_there() -> str | None:
+    return None
+
+
+def wait_serving(
+    address: str,
+    timeout_s: float,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    gone: Callable[[], str | None] = _still_there,
+    interval_s: float = 0.1,
+) -> None:
+    """Return once `address` answers SERVING for the whole server, asking every `interval_s`
+    (TLS with `credentials`). Raise TimeoutError after `timeout_s`, or RuntimeError with the
+    reason as soon as `gone()` gives one: the process meant to serve there has exited, so
+    waiting longer cannot help."""
+    deadline = time.monotonic() + timeout_s
+    channel = (
+        grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+        if credentials
+        else grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    )
+    with channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            reason = gone()
+            if reason:
+                raise RuntimeError(reason)
+            try:
+                response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if response.status == SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{address} not SERVING after {timeout_s:g} s")
+            time.sleep(interval_s)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

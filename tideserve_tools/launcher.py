@@ -17,16 +17,17 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tideserve import serving
 from tideserve.credentials import create_credentials, token_path
+from tideserve.healthprobe import wait_serving
 from tideserve.procs import (
     ADOPTER_ENV,
     ProcessWatch,
@@ -83,6 +84,9 @@ class SuiteConfig:
     # Where the scaler keeps its workers' pids (worker_state_dir).
     state_dir: Path = Path(".tideserve/state")
     ready_timeout_s: float = 90.0
+    # Further scaler flags, after the ones above (a later flag wins): the policy's parameters,
+    # profile, SLO and cooldowns that experiments vary.
+    scaler_args: tuple[str, ...] = ()
 
     @property
     def credentials(self) -> Path:
@@ -171,6 +175,7 @@ def service_commands(config: SuiteConfig) -> dict[str, list[str]]:
             config.token_file("operator"),
             "--worker-state-dir",
             str(config.worker_state_dir),
+            *config.scaler_args,
         ],
     }
 
@@ -264,8 +269,22 @@ class Suite:
     async def wait_ready(self, model: str | None) -> None:
         """Until every service reports SERVING and the batcher has a ready model (or `model`)."""
         deadline = time.monotonic() + self.config.ready_timeout_s
-        for address in (self.config.balancer, self.config.scaler, self.config.batcher):
-            await _wait_serving(address, deadline)
+        # The wait runs in a thread; a cancelled launcher (Ctrl-C while starting) ends it at once
+        # rather than leave it polling until the deadline.
+        stopped = threading.Event()
+
+        def gone() -> str | None:
+            return "the launcher stopped waiting" if stopped.is_set() else None
+
+        try:
+            for address in (self.config.balancer, self.config.scaler, self.config.batcher):
+                remaining = max(0.0, deadline - time.monotonic())
+                try:
+                    await asyncio.to_thread(wait_serving, address, remaining, gone=gone)
+                except TimeoutError:
+                    raise TimeoutError(f"{address} did not become healthy in time") from None
+        finally:
+            stopped.set()
         async with serving.channel(self.config.batcher) as channel:
             stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
             while True:
@@ -329,16 +348,3 @@ async def _end_descendants(grace_s: float) -> None:
             watch.send_signal(signal.SIGKILL)
             await watch.wait(grace_s)
         watch.close()
-
-
-async def _wait_serving(address: str, deadline: float) -> None:
-    async with serving.channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{address} did not become healthy in time")
-            await asyncio.sleep(0.1)

@@ -1,13 +1,23 @@
-"""A bounded closed-loop load generator over the client API (unary or ModelStreamInfer), used by
-`tideserve up --demo` and the tests. It builds a valid batch-1 request from the model's metadata."""
+"""The load drivers of `tideserve up --demo`, the tests and the benchmarks: one closed loop (a fixed
+number of clients, each sending one request after another) and one open loop (requests sent at
+scheduled times whatever the answers do), with the arrival schedules the open loop follows. Each
+request's outcome goes to a `LatencyRecord` (tideserve_tools.latency), which fixes where latency
+is measured from and what a percentile is.
+
+Both drivers take any `Send` (a coroutine function issuing one RPC), so a benchmark of the
+balancer's Dispatch or a worker's Execute uses the same loops as the KServe front door; the
+`closed_loop`/`open_loop` wrappers send ModelInfer built from the model's metadata."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -16,6 +26,13 @@ import numpy as np
 from tideserve import codec, serving, shared_memory
 from tideserve.v1 import inference_pb2 as pb
 from tideserve.v1 import inference_pb2_grpc
+from tideserve_tools.latency import OK, LatencyRecord
+
+# Issues one RPC and returns when it is answered; raises grpc.aio.AioRpcError when it fails.
+Send = Callable[[], Awaitable[object]]
+# An arrival the open loop could not issue because `max_outstanding` were already in flight: the
+# generator bounds itself rather than become the bottleneck, and says so.
+CLIENT_OVERLOAD = "CLIENT_OVERLOAD"
 
 
 @dataclass(frozen=True)
@@ -39,24 +56,25 @@ class Window:
 
 
 @dataclass
-class LoadResult:
-    sent: int = 0
-    ok: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-    latencies: list[float] = field(default_factory=list)
+class LoadResult(LatencyRecord):
+    """A load run's requests (LatencyRecord) over `seconds`. Open loops also keep `requests`:
+    per arrival, its scheduled send time (s from the start) and its latency (inf if it failed),
+    for figures per second of a schedule."""
+
     seconds: float = 0.0
     # CPU seconds this client process used inside the measured window (0 without a window).
     client_cpu_s: float = 0.0
+    requests: list[tuple[float, float]] = field(default_factory=list)
+    # Wall-clock time (`time.time()`) of send time 0 of an open loop.
+    started_unix: float = 0.0
 
     @property
     def throughput(self) -> float:
         return self.ok / self.seconds if self.seconds else 0.0
 
-    def percentile_ms(self, q: float) -> float:
-        return float(np.percentile(self.latencies, q) * 1000) if self.latencies else float("nan")
-
-    def error(self, code: str) -> None:
-        self.errors[code] = self.errors.get(code, 0) + 1
+    def within(self, slo_s: float) -> float:
+        """The share of requests answered within `slo_s`; failures count as misses."""
+        return sum(x <= slo_s for x in self.latencies) / self.sent if self.sent else 1.0
 
 
 async def sample_request(
@@ -111,6 +129,204 @@ async def inputs_in_shared_memory(
         path.unlink(missing_ok=True)
 
 
+# ---------------------------------------------------------------------------------------------
+# Arrival schedules of the open loop
+# ---------------------------------------------------------------------------------------------
+
+
+def arrival_times(rates: Sequence[float], *, cv: float = 1.0, seed: int = 0) -> list[float]:
+    """Send times (s from the start) for `rates[k]` requests/s during second k. Inter-arrival
+    times are drawn from a Gamma with coefficient of variation `cv` (1 is Poisson, above 1
+    burstier, 0 evenly spaced), restarted at each second so that each second follows its rate."""
+    rng = np.random.default_rng(seed)
+    times: list[float] = []
+    for second, rate in enumerate(rates):
+        t = float(second)
+        while rate > 0:
+            t += 1.0 / rate if cv == 0 else rng.gamma(1.0 / cv**2, cv**2 / rate)
+            if t >= second + 1:
+                break
+            times.append(t)
+    return times
+
+
+def steady_arrivals(rate: float, seconds: float, *, cv: float = 1.0, seed: int = 0) -> list[float]:
+    """`arrival_times` at one `rate` for `seconds` (which need not be whole)."""
+    times = arrival_times([rate] * math.ceil(seconds), cv=cv, seed=seed)
+    return [t for t in times if t < seconds]
+
+
+def per_second(times: Sequence[float], seconds: int) -> list[int]:
+    """How many of `times` fall in each of the first `seconds` seconds."""
+    counts, _ = np.histogram(times, bins=seconds, range=(0, seconds))
+    return [int(c) for c in counts]
+
+
+# ---------------------------------------------------------------------------------------------
+# The two drivers, over any Send
+# ---------------------------------------------------------------------------------------------
+
+
+class RequestFailed(Exception):
+    """A request that failed inside an RPC that did not (a stream's response carrying an
+    error_message): `code` is its outcome in the record."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+# Whether a request issued at `started` and answered at `finished` (perf_counter) is counted.
+Counted = Callable[[float, float], bool]
+
+
+def _always(started: float, finished: float) -> bool:
+    return True
+
+
+async def _issue(send: Send) -> tuple[str, float, float]:
+    """One request: (outcome, issued at, answered at). The clock starts just before the RPC is
+    issued and stops when its response or error arrives: the latency of the record."""
+    started = time.perf_counter()
+    try:
+        await send()
+        code = OK
+    except grpc.aio.AioRpcError as error:
+        code = error.code().name
+    except RequestFailed as error:
+        code = error.code
+    return code, started, time.perf_counter()
+
+
+async def timed(send: Send, record: LatencyRecord) -> None:
+    """One request, its outcome and latency added to `record`."""
+    code, started, finished = await _issue(send)
+    record.add(code, finished - started)
+
+
+async def drive_closed_loop(
+    clients: Sequence[Send],
+    result: LatencyRecord,
+    *,
+    running: Callable[[], bool],
+    counted: Counted = _always,
+) -> None:
+    """Each of `clients` sends one request after another while `running()`; the requests
+    `counted` go to `result`. A closed loop slows down with the server, so it measures what
+    the server sustains at a given concurrency, not how it queues under a given rate."""
+
+    async def client(send: Send) -> None:
+        while running():
+            code, started, finished = await _issue(send)
+            if counted(started, finished):
+                result.add(code, finished - started)
+
+    await asyncio.gather(*(client(send) for send in clients))
+
+
+async def drive_open_loop(
+    send: Send,
+    times: Sequence[float],
+    result: LoadResult,
+    *,
+    max_outstanding: int = 10_000,
+    counted: Counted = _always,
+) -> None:
+    """Send at each of `times` (s from now) whatever earlier requests do: a slow server sees
+    its queue grow, as under real traffic. An arrival beyond `max_outstanding` in flight is not
+    sent but counted as CLIENT_OVERLOAD, so the generator neither piles up nor hides it. The
+    requests `counted` go to `result`, with their scheduled times in `result.requests` (in the
+    order they end)."""
+    pending: set[asyncio.Task] = set()
+    began = time.perf_counter()
+    result.started_unix = time.time()
+
+    async def one(at: float) -> None:
+        code, started, finished = await _issue(send)
+        if counted(started, finished):
+            latency = finished - started
+            result.add(code, latency)
+            result.requests.append((at, latency if code == OK else math.inf))
+
+    for at in times:
+        delay = began + at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if len(pending) >= max_outstanding:
+            now = time.perf_counter()
+            if counted(now, now):
+                result.error(CLIENT_OVERLOAD)
+                result.requests.append((at, math.inf))
+            continue
+        task = asyncio.create_task(one(at))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    await asyncio.gather(*pending)
+
+
+# ---------------------------------------------------------------------------------------------
+# ModelInfer through the front door
+# ---------------------------------------------------------------------------------------------
+
+
+def unary_send(
+    stub: inference_pb2_grpc.GRPCInferenceServiceStub,
+    request: pb.ModelInferRequest,
+    timeout_s: float,
+) -> Send:
+    def send() -> Awaitable[object]:
+        return stub.ModelInfer(request, timeout=timeout_s)
+
+    return send
+
+
+def stream_send(
+    stub: inference_pb2_grpc.GRPCInferenceServiceStub, request: pb.ModelInferRequest
+) -> Send:
+    """One client's ModelStreamInfer: each send writes `request` and reads its response. A
+    stream that ends or fails is replaced by a new one on the next send."""
+    call: grpc.aio.StreamStreamCall | None = None
+
+    async def send() -> None:
+        nonlocal call
+        if call is None:
+            call = stub.ModelStreamInfer()
+        try:
+            await call.write(request)
+            response = await call.read()
+        except grpc.aio.AioRpcError:
+            call = None
+            raise
+        if response is grpc.aio.EOF:
+            call = None
+            raise RequestFailed("STREAM_ERROR")
+        if response.error_message:
+            raise RequestFailed("STREAM_ERROR")
+
+    return send
+
+
+@contextlib.asynccontextmanager
+async def _front_door(
+    address: str,
+    model: str,
+    tls: serving.TlsSettings,
+    request: pb.ModelInferRequest | None,
+    rows: int,
+    seed: int,
+    shared_memory_inputs: bool,
+) -> AsyncIterator[tuple[inference_pb2_grpc.GRPCInferenceServiceStub, pb.ModelInferRequest]]:
+    """A stub for `address` and the request to send (`request`, else one made from the
+    model's metadata), its inputs in a registered shared-memory region if asked."""
+    async with contextlib.AsyncExitStack() as stack:
+        channel = await stack.enter_async_context(serving.channel(address, tls))
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = request or await sample_request(stub, model, seed, rows)
+        if shared_memory_inputs:
+            request = await stack.enter_async_context(inputs_in_shared_memory(stub, request))
+        yield stub, request
+
+
 async def closed_loop(
     address: str,
     model: str,
@@ -126,69 +342,153 @@ async def closed_loop(
     window: Window | None = None,
 ) -> LoadResult:
     """`concurrency` clients each sending one request (of `rows` rows) after another for
-    `seconds`; with `shared_memory_inputs`, the inputs are read from a registered region. With
-    a `window`, `seconds` is ignored: the clients send until the window ends and count only
-    what completes inside it."""
+    `seconds`, unary or each on its own ModelStreamInfer; with `shared_memory_inputs`, the
+    inputs are read from a registered region. With a `window`, `seconds` is ignored: the
+    clients send until the window ends and count only what completes inside it; without one
+    every request counts, the last ones in flight included."""
     result = LoadResult()
-    async with contextlib.AsyncExitStack() as stack:
-        channel = await stack.enter_async_context(serving.channel(address, tls))
-        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
-        request = request or await sample_request(stub, model, rows=rows)
-        if shared_memory_inputs:
-            request = await stack.enter_async_context(inputs_in_shared_memory(stub, request))
-        count_from, stop_at = (
-            window.on_perf_counter()
-            if window
-            else (time.perf_counter(), time.perf_counter() + seconds)
-        )
+    async with _front_door(address, model, tls, request, rows, 0, shared_memory_inputs) as (
+        stub,
+        request,
+    ):
+        began = time.perf_counter()
+        count_from, stop_at = window.on_perf_counter() if window else (began, began + seconds)
         meter = _WindowCpu(count_from, stop_at)
 
-        def record(started: float, error: str | None) -> None:
-            finished = time.perf_counter()
+        def counted(started: float, finished: float) -> bool:
             meter.sample(finished)
-            # Without a window every request counts, the last ones in flight included.
-            if window and not count_from <= finished <= stop_at:
-                return
-            result.sent += 1
-            if error is not None:
-                result.error(error)
-                return
-            result.ok += 1
-            result.latencies.append(finished - started)
+            return not window or count_from <= finished <= stop_at
 
-        async def unary_client() -> None:
-            while time.perf_counter() < stop_at:
-                started = time.perf_counter()
-                try:
-                    await stub.ModelInfer(request, timeout=timeout_s)
-                except grpc.aio.AioRpcError as error:
-                    record(started, error.code().name)
-                    continue
-                record(started, None)
-
-        async def stream_client() -> None:
-            call = stub.ModelStreamInfer()
-            try:
-                while time.perf_counter() < stop_at:
-                    started = time.perf_counter()
-                    await call.write(request)
-                    response = await call.read()
-                    if response is grpc.aio.EOF or response.error_message:
-                        record(started, "STREAM_ERROR")
-                        if response is grpc.aio.EOF:
-                            return
-                        continue
-                    record(started, None)
-                await call.done_writing()
-            except grpc.aio.AioRpcError as error:
-                record(time.perf_counter(), error.code().name)
-
-        began = time.perf_counter()
-        client = stream_client if stream else unary_client
-        await asyncio.gather(*(client() for _ in range(concurrency)))
+        clients = [
+            stream_send(stub, request) if stream else unary_send(stub, request, timeout_s)
+            for _ in range(concurrency)
+        ]
+        await drive_closed_loop(
+            clients, result, running=lambda: time.perf_counter() < stop_at, counted=counted
+        )
         result.seconds = window.seconds if window else time.perf_counter() - began
         result.client_cpu_s = meter.cpu_s
     return result
+
+
+async def open_loop(
+    address: str,
+    model: str,
+    *,
+    rate: float = 0.0,
+    seconds: float = 0.0,
+    times: Sequence[float] | None = None,
+    cv: float = 1.0,
+    seed: int = 0,
+    request: pb.ModelInferRequest | None = None,
+    timeout_s: float = 10.0,
+    max_outstanding: int = 10_000,
+    rows: int = 1,
+    tls: serving.TlsSettings = serving.PLAINTEXT,
+    shared_memory_inputs: bool = False,
+    window: Window | None = None,
+) -> LoadResult:
+    """Unary requests at `times` (s from the start; see `arrival_times`), or else at `rate`/s
+    for `seconds` with inter-arrival CV `cv` (1: Poisson). With a `window`, arrivals at `rate`
+    run from now until its end and only requests issued and answered inside it count."""
+    result = LoadResult()
+    async with _front_door(address, model, tls, request, rows, seed, shared_memory_inputs) as (
+        stub,
+        request,
+    ):
+        began = time.perf_counter()
+        count_from, stop_at = window.on_perf_counter() if window else (began, math.inf)
+        meter = _WindowCpu(count_from, stop_at)
+
+        def counted(started: float, finished: float) -> bool:
+            meter.sample(finished)
+            return started >= count_from and finished <= stop_at
+
+        if times is None:
+            span = stop_at - began if window else seconds
+            times = steady_arrivals(rate, span, cv=cv, seed=seed)
+        await drive_open_loop(
+            unary_send(stub, request, timeout_s),
+            times,
+            result,
+            max_outstanding=max_outstanding,
+            counted=counted,
+        )
+        result.seconds = window.seconds if window else time.perf_counter() - began
+        result.client_cpu_s = meter.cpu_s
+    return result
+
+
+class SteadyLoad:
+    """`clients` closed-loop clients sending one request after another, from a background
+    thread, while the `with` block runs: load for a test or benchmark that changes the cluster
+    meanwhile (adds or drains a worker, rolls out a model version) and then checks that no
+    request failed. The counts are live; read them under `lock`."""
+
+    def __init__(
+        self, address: str, model: str, *, clients: int = 2, timeout_s: float = 30.0
+    ) -> None:
+        self.address, self.model = address, model
+        self.clients, self.timeout_s = clients, timeout_s
+        self.result = LoadResult()
+        self.sent = 0
+        # Answers per model version, and the versions of the last 20 answers.
+        self.versions: Counter[str] = Counter()
+        self.last_versions: list[str] = []
+        # Each failure's status and message, so a failed run says what went wrong.
+        self.failures: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._error: BaseException | None = None
+
+    @property
+    def errors(self) -> int:
+        return sum(self.failures.values())
+
+    @property
+    def unanswered(self) -> int:
+        """Requests sent but neither answered nor failed (after the block: stuck ones)."""
+        with self.lock:
+            return self.sent - sum(self.versions.values()) - self.errors
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._load())
+        except BaseException as error:  # re-raised in the caller's thread by __exit__
+            self._error = error
+
+    async def _load(self) -> None:
+        async with serving.channel(self.address) as channel:
+            stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+            request = await sample_request(stub, self.model)
+
+            async def send() -> None:
+                with self.lock:
+                    self.sent += 1
+                try:
+                    response = await stub.ModelInfer(request, timeout=self.timeout_s)
+                except grpc.aio.AioRpcError as error:
+                    with self.lock:
+                        self.failures[f"{error.code().name}: {error.details()}"] += 1
+                    raise
+                with self.lock:
+                    self.versions[response.model_version] += 1
+                    self.last_versions = [*self.last_versions[-19:], response.model_version]
+
+            await drive_closed_loop(
+                [send] * self.clients, self.result, running=lambda: not self._stop.is_set()
+            )
+
+    def __enter__(self) -> SteadyLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(self.timeout_s * 2)
+        if self._error is not None:
+            raise RuntimeError(f"the load on {self.address} stopped") from self._error
 
 
 class _WindowCpu:
@@ -210,74 +510,3 @@ class _WindowCpu:
     @property
     def cpu_s(self) -> float:
         return 0.0 if self._first is None else self._last - self._first
-
-
-async def open_loop(
-    address: str,
-    model: str,
-    *,
-    rate: float,
-    seconds: float,
-    seed: int = 0,
-    request: pb.ModelInferRequest | None = None,
-    timeout_s: float = 10.0,
-    max_outstanding: int = 10_000,
-    rows: int = 1,
-    tls: serving.TlsSettings = serving.PLAINTEXT,
-    shared_memory_inputs: bool = False,
-    window: Window | None = None,
-) -> LoadResult:
-    """Poisson arrivals at `rate`/s for `seconds`, each a unary request that does not wait for
-    the previous ones (so a slow server sees its queue grow, as under real traffic). Arrivals
-    beyond `max_outstanding` in flight count as a "CLIENT_OVERLOAD" error instead of piling up.
-    With a `window`, arrivals run from now until its end and only requests that arrive and
-    complete inside it count."""
-    result = LoadResult()
-    rng = np.random.default_rng(seed)
-    async with contextlib.AsyncExitStack() as stack:
-        channel = await stack.enter_async_context(serving.channel(address, tls))
-        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
-        request = request or await sample_request(stub, model, seed, rows)
-        if shared_memory_inputs:
-            request = await stack.enter_async_context(inputs_in_shared_memory(stub, request))
-        pending: set[asyncio.Task] = set()
-        began = time.perf_counter()
-        count_from, stop_at = window.on_perf_counter() if window else (began, began + seconds)
-        meter = _WindowCpu(count_from, stop_at)
-
-        def counted(started: float, finished: float) -> bool:
-            meter.sample(finished)
-            return not window or (started >= count_from and finished <= stop_at)
-
-        async def one(started: float) -> None:
-            try:
-                await stub.ModelInfer(request, timeout=timeout_s)
-            except grpc.aio.AioRpcError as error:
-                if counted(started, time.perf_counter()):
-                    result.sent += 1
-                    result.error(error.code().name)
-                return
-            finished = time.perf_counter()
-            if counted(started, finished):
-                result.sent += 1
-                result.ok += 1
-                result.latencies.append(finished - started)
-
-        next_at = began
-        while next_at < stop_at:
-            next_at += rng.exponential(1.0 / rate)
-            delay = next_at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if len(pending) >= max_outstanding:
-                if counted(next_at, next_at):
-                    result.sent += 1
-                    result.error("CLIENT_OVERLOAD")
-                continue
-            task = asyncio.create_task(one(time.perf_counter()))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        await asyncio.gather(*pending)
-        result.seconds = window.seconds if window else time.perf_counter() - began
-        result.client_cpu_s = meter.cpu_s
-    return result

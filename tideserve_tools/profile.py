@@ -27,13 +27,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.worker.repository import scan
 from services.worker.runner import ModelRunner, configure_threads, resolve_device
 from tideserve.errors import InvalidArgument
+from tideserve.healthprobe import wait_serving
 from tideserve.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,20 +95,15 @@ def measure_cold_start(
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"worker exited with code {process.returncode}")
-                try:
-                    status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                except grpc.RpcError:
-                    status = None
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return time.monotonic() - started
-                if time.monotonic() - started > timeout_s:
-                    raise TimeoutError(f"worker not SERVING after {timeout_s} s")
-                time.sleep(0.02)
+        wait_serving(
+            f"127.0.0.1:{port}",
+            timeout_s,
+            gone=lambda: None
+            if process.poll() is None
+            else f"worker exited with code {process.returncode}",
+            interval_s=0.02,
+        )
+        return time.monotonic() - started
     finally:
         process.send_signal(signal.SIGTERM)
         try:

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.stack import LocalStack, open_loop
+from harness.stack import LocalStack
 from services.scaler.planner import ServiceProfile
 from services.worker.models import DEFAULT_MODEL
 from tideserve_learning.sim.env import DEFAULT_PROFILE
+from tideserve_tools.loadgen import arrival_times, open_loop
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,8 @@ async def _load_and_watch(stack: LocalStack, rate: float) -> tuple[int, dict[str
             await asyncio.sleep(0.5)
 
     watcher = asyncio.create_task(watch())
-    result = await open_loop(stack.address("batcher"), DEFAULT_MODEL, [rate] * LOAD_S, seed=1)
+    times = arrival_times([rate] * LOAD_S, seed=1)
+    result = await open_loop(stack.address("batcher"), DEFAULT_MODEL, times=times)
     watcher.cancel()
     return most, result.errors
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import perf
 from harness.cluster import Cluster
+from harness.perf_analyzer import PERF_ANALYZER, run_perf_analyzer
 from services.worker.models import DEFAULT_MODEL
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def batcher_address(cluster: Cluster) -> str:
-    if not perf.PERF_ANALYZER.exists():
+    if not PERF_ANALYZER.exists():
         pytest.skip("perf_analyzer not installed: run bench/setup.sh")
     return cluster.batcher
 
@@ -55,7 +55,7 @@ def test_perf_analyzer_short_measurement(
     cap keeps a runaway ``--streaming`` client (seen growing to 17 GB) from hurting the machine.
     """
     model = "mlp" if (model_repository / "mlp").exists() else DEFAULT_MODEL
-    record = perf.run_perf_analyzer(
+    record = run_perf_analyzer(
         batcher_address,
         model,
         concurrency,

@@ -10,10 +10,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from bench.scale_up import SteadyLoad
 from harness.cluster import Cluster, free_port, wait_for, wait_healthy
+from services.worker.models import DEFAULT_MODEL
 from tests.accounting import record
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
+from tideserve_tools.loadgen import SteadyLoad
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,7 @@ def test_twenty_scale_down_events_under_load_lose_nothing(
         cluster.wait_workers(1, timeout_s=60)
         admin = cluster_pb2_grpc.ScalerAdminStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
         removed: set[str] = set()
-        with SteadyLoad(cluster.batcher) as load:
+        with SteadyLoad(cluster.batcher, DEFAULT_MODEL) as load:
             for _ in range(CYCLES):
                 admin.ScaleTo(cluster_pb2.ScaleToRequest(replicas=HIGH), timeout=10)
                 wait_for(lambda: len(cluster.registered()) == HIGH, 90, f"{HIGH} workers")
@@ -48,10 +49,9 @@ def test_twenty_scale_down_events_under_load_lose_nothing(
                 admin.ScaleTo(cluster_pb2.ScaleToRequest(replicas=1), timeout=10)
                 wait_for(lambda: len(cluster.registered()) == 1, 90, "back to one worker")
                 removed |= before - cluster.registered()
-        # A client thread still alive after the load stopped has its one request unanswered.
-        stuck = sum(thread.is_alive() for thread in load.threads)
         record("scale-down: worker drained and stopped, under load", cases=len(removed),
-               sent=load.sent, answered=load.sent - stuck, errors={"RpcError": load.errors})
+               sent=load.sent, answered=load.sent - load.unanswered,
+               errors={"RpcError": load.errors})
         assert len(removed) >= 20
         assert load.errors == 0, load.failures
         assert load.sent > 100

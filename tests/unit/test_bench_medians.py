@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.suite import median_inprocess, median_run, rotated_rounds
+from harness.repeats import median_inprocess, median_run, rotated_rounds
 
 
 def test_median_run_keeps_the_middle_run_whole() -> None:

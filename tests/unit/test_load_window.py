@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from bench.gpu import summarize
+from harness.repeats import summarize
 from tideserve import serving
 from tideserve.v1 import inference_pb2 as pb
 from tideserve.v1 import inference_pb2_grpc

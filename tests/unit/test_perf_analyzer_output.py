@@ -3,7 +3,7 @@ as tritonclient 2.48's perf_analyzer printed it against tideserve."""
 
 from __future__ import annotations
 
-from bench.perf import parse_server_section
+from harness.perf_analyzer import parse_server_section
 
 OUTPUT = """\
 Request concurrency: 4

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.stack import arrival_times, per_second
 from tideserve_learning.sim.env import EnvConfig, ServingClusterEnv
+from tideserve_tools.loadgen import arrival_times, per_second
 
 SECONDS = 30
 
