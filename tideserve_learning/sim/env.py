@@ -16,8 +16,12 @@ than per-request events, so an episode of 600 s runs in milliseconds:
   instances; 1 live for a one-instance model) a new batch also waits for the k - 1 queued at the
   worker ahead of it. Per-step SLO attainment is that
   distribution's CDF at the SLO, averaged over the backlog at the start and end of the step;
-* scaling up starts a worker that serves after the profile's cold start; scaling down removes a
-  starting worker first, else a ready one; starting workers cost like ready ones;
+* scaling up starts a worker that serves after its cold start (the profile's, measured by
+  `tideserve profile`, or `EnvConfig.cold_start_s`); scaling down removes a starting worker first,
+  else a ready one. A starting worker is paid like a ready one and serves nothing, so every start
+  costs its cold start in worker-seconds (`EpisodeLog.cold_worker_seconds` counts them apart);
+* a trace with a fixed `scale` (one read from an operator's CSV or recorded run) is replayed at
+  its own requests/s instead of being scaled to a drawn share of the cluster's capacity;
 * the arrival rate the policy sees is the mean over the last `rate_window_s` (the live batcher
   reports its arrivals over 5 s);
 * utilisation is throughput over the ready workers' peak throughput. With work-conserving dynamic
@@ -91,6 +95,8 @@ class EnvConfig:
     # The window of the utilisation's throughput (live: 2 s, services/scaler/observe.py) is kept
     # at the training cluster's one step for the same reason.
     inflight_per_worker: int = 1
+    # Seconds from a worker's start to its first request; None: the profile's measured figure.
+    cold_start_s: float | None = None
     rate_window_s: float = 1.0
     util_window_s: float = 1.0
     observation_delay_steps: int = 0
@@ -107,6 +113,8 @@ class EnvConfig:
             raise ValueError(f"need inflight_per_worker >= 1, got {self.inflight_per_worker}")
         if min(self.rate_window_s, self.util_window_s) < self.step_s:
             raise ValueError("need rate_window_s and util_window_s >= step_s")
+        if self.cold_start_s is not None and not self.cold_start_s >= 0:
+            raise ValueError(f"need cold_start_s >= 0, got {self.cold_start_s}")
         if self.observation_delay_steps < 0:
             raise ValueError("need observation_delay_steps >= 0")
         if not 0 < self.peak_load[0] <= self.peak_load[1]:
@@ -125,7 +133,13 @@ class EpisodeLog:
     replicas: list[int] = field(default_factory=list)
     ready: list[int] = field(default_factory=list)
     changes: int = 0
+    starts: int = 0  # workers started
     worker_seconds: float = 0.0
+    cold_worker_seconds: float = 0.0  # paid for workers still starting, serving nothing
+
+    def actions_per_hour(self, step_s: float = 1.0) -> float:
+        """Changes of the replica count per hour of the episode."""
+        return 3600.0 * self.changes / max(len(self.arrivals) * step_s, 1e-12)
 
     def slo_attainment(self) -> float:
         arrivals = np.asarray(self.arrivals)
@@ -156,7 +170,10 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
     def __init__(
         self, config: EnvConfig | None = None,
         trace_keys: Sequence[tuple[str, int]] | None = None,
+        preloaded: Sequence[traces.Trace] = (),
     ) -> None:
+        """`trace_keys`: the (shape, seed) traces an episode draws from (default: the training
+        set); `preloaded`: traces used for their keys instead of generated ones (`preload`)."""
         self.config = config or EnvConfig()
         self.profile = ServiceProfile.load(self.config.profile_path)
         self.trace_keys = list(trace_keys or traces.train_set())
@@ -166,10 +183,14 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
         if self.rate_within_slo <= 0:
             raise ValueError("the profile cannot meet the SLO even at batch size 1")
         self.peak_throughput = self.profile.peak_throughput
+        self.cold_start_s = (self.profile.cold_start_s if self.config.cold_start_s is None
+                             else self.config.cold_start_s)
         self.action_space = gym.spaces.Discrete(actions.N_ACTIONS)
         self.observation_space = gym.spaces.Box(observation.LOW, observation.HIGH)
         self._observer = observation.ObservationBuilder(self.config.max_replicas)
         self._traces: dict[tuple[str, int], traces.Trace] = {}
+        for trace in preloaded:
+            self.preload(trace)
         self.log = EpisodeLog()
 
     def preload(self, trace: traces.Trace) -> None:
@@ -193,7 +214,8 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
         self._given_arrivals = self._arrivals_option(options)
         peak = self.np_random.uniform(*cfg.peak_load)
         capacity = cfg.max_replicas * self.rate_within_slo
-        self.rate_scale = peak * capacity / float(self.trace.rates.max())
+        self.rate_scale = (peak * capacity / float(self.trace.rates.max())
+                           if self.trace.scale is None else self.trace.scale)
         self.t = 0
         self.backlog = 0.0
         first = self.trace.rates[0] * self.rate_scale
@@ -267,7 +289,8 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
         changed = target != self.replicas
         now = self.t * cfg.step_s
         while self.replicas < target:
-            self.starting.append(now + self.profile.cold_start_s)
+            self.starting.append(now + self.cold_start_s)
+            self.log.starts += 1
         while self.replicas > target:
             if self.starting:
                 self.starting.pop()
@@ -332,5 +355,6 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
         log.replicas.append(self.replicas)
         log.ready.append(self.ready)
         log.worker_seconds += self.replicas * dt
+        log.cold_worker_seconds += len(self.starting) * dt
         self.t += 1
         return 1.0 - within, arrivals / max(self.rate_scale * dt, 1e-12)
