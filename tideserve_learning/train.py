@@ -10,8 +10,9 @@ was never trained on) and <log-dir>/progress.csv (SB3's training log; no TensorB
 With `--traces DIR` it fine-tunes a trained policy (`--init`, the shipped one by default) on an
 operator's own traffic instead: every .csv (`second,rate`) and RUN.json in DIR
 (`tideserve_learning.sim.trace_files`), replayed at its own requests/s against the simulated
-cluster of `--profile`. The fine-tuned policy's trusted range is the union of what it saw here and
-what `--init` was trained on, since it keeps what it learned there.
+cluster of `--profile`. `--init` alone fine-tunes on the generated traces (e.g. at other reward
+weights). A fine-tuned policy's trusted range is the union of what it saw here and what `--init`
+was trained on, since it keeps what it learned there.
 """
 
 from __future__ import annotations
@@ -126,16 +127,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cv", type=float, default=1.0,
                         help="--traces: coefficient of variation of the arrivals within a second "
                              "(1: Poisson)")
-    parser.add_argument("--init", type=Path, default=DEFAULT_POLICY,
-                        help="--traces: the policy to fine-tune (default: the shipped one)")
+    parser.add_argument("--init", type=Path,
+                        help="fine-tune this policy instead of starting afresh (with --traces "
+                             "the shipped one by default)")
     parser.add_argument("--profile", type=Path, default=DEFAULT_PROFILE,
                         help="the served model's profile (`tideserve profile`)")
+    parser.add_argument("--live-guards", action="store_true",
+                        help="pass each action through the live scaler's default guards "
+                             "(cooldowns, steps), as it will run")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     # A 64x64 MLP gains nothing from intra-op threads; one thread avoids oversubscription.
     torch.set_num_threads(1)
     config = EnvConfig(profile_path=args.profile, slo_weight=args.slo_weight,
-                       cost_weight=args.cost_weight, churn_weight=args.churn_weight)
+                       cost_weight=args.cost_weight, churn_weight=args.churn_weight,
+                       live_guards=args.live_guards)
     own: list[traces.Trace] = []
     if args.traces is not None:
         try:
@@ -156,16 +162,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Returns run to thousands per episode; normalising rewards (training only: observations are
     # already scaled, so the saved policy needs no statistics) keeps the value loss in range.
     venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=GAMMA)
-    if own:
-        model = PPO.load(args.init.with_suffix(".zip"), env=venv, device="cpu", seed=args.seed)
+    init = args.init or (DEFAULT_POLICY if own else None)
+    if init is not None:
+        model = PPO.load(init.with_suffix(".zip"), env=venv, device="cpu", seed=args.seed)
     else:
         model = PPO("MlpPolicy", venv, seed=args.seed, device="cpu", verbose=0, **PPO_PARAMS)
     model.set_logger(configure(str(args.log_dir), ["csv"]))
     logger.info("training PPO for %d steps on %d traces with %d environments -> %s",
                 args.timesteps, len(train_keys), args.n_envs, args.out / f"{args.name}.zip")
     ranges = FeatureRange()
-    if own:
-        trained = json.loads(args.init.with_suffix(".json").read_text())
+    if init is not None:
+        trained = json.loads(init.with_suffix(".json").read_text())
         ranges.low = np.minimum(ranges.low, trained["feature_low"])
         ranges.high = np.maximum(ranges.high, trained["feature_high"])
     started = time.monotonic()
@@ -188,8 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "n_envs": args.n_envs,
         "hyperparameters": PPO_PARAMS,
         "env": _jsonable(config),
+        "fine_tuned_from": None if init is None else str(init),
         "train_traces": ({"files": str(args.traces), "traces": [t.shape for t in own],
-                          "cv": args.cv, "fine_tuned_from": str(args.init)} if own else
+                          "cv": args.cv} if own else
                          {"shapes": list(traces.TRAIN_SHAPES),
                           "seeds": [min(traces.TRAIN_SEEDS), max(traces.TRAIN_SEEDS)],
                           "validation_seeds": [min(traces.VALIDATION_SEEDS),

@@ -49,7 +49,10 @@ within a cold start) and keeps smooth load near 99.7%. A change costs half a wor
 scale-up.
 
 Actions are `services.scaler.learning.actions`: HOLD, or a count sized for the observed demand at
-one of a few target loads (`step`); `step_to` sets a count directly, for the rule policies.
+one of a few target loads (`step`); `step_to` sets a count directly, for the rule policies. With
+`live_guards` an action's count passes the live scaler's default guards first (cooldowns, steps),
+so a policy trains on the dynamics it will run under; evaluation drives the whole live controller
+instead (`tideserve_learning.sim.scaler`).
 
 The observation is `services.scaler.learning.observation` applied to `scaling_context()`, the same
 ScalingContext the rule policies get, so learned and rule policies run in the same simulator.
@@ -67,12 +70,26 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from services.scaler.guards import GuardConfig, Guards
 from services.scaler.learning import actions, observation
 from services.scaler.planner import MEAN_OVER_TAU, P99_OVER_TAU, ServiceProfile, batch_latency_cdf
 from services.scaler.policies import ScalingContext
+from services.scaler.settings import ScalerSettings
 from tideserve_learning.sim import traces
 
 DEFAULT_PROFILE = Path(__file__).parent / "profiles" / "default.json"
+
+
+def live_guards(min_replicas: int, max_replicas: int) -> GuardConfig:
+    """The live scaler's default cooldowns and steps, within the simulated cluster's bounds."""
+    return GuardConfig(
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        up_cooldown_s=ScalerSettings.up_cooldown_s,
+        down_cooldown_s=ScalerSettings.down_cooldown_s,
+        max_step_up=ScalerSettings.max_step_up,
+        max_step_down=ScalerSettings.max_step_down,
+    )
 
 
 @dataclass(frozen=True)
@@ -100,6 +117,7 @@ class EnvConfig:
     rate_window_s: float = 1.0
     util_window_s: float = 1.0
     observation_delay_steps: int = 0
+    live_guards: bool = False
     slo_weight: float = 8.5
     cost_weight: float = 1.0
     churn_weight: float = 0.05
@@ -223,6 +241,8 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
                                  cfg.max_replicas))
         self.starting: list[float] = []
         self.log = EpisodeLog()
+        self._guards = (Guards(live_guards(cfg.min_replicas, cfg.max_replicas))
+                        if cfg.live_guards else None)
         self._observer.reset()
         # The episode starts in steady state at the first second's rate, as if already running:
         # the measurement windows are full of it.
@@ -279,7 +299,11 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if not self.action_space.contains(action):
             raise ValueError(f"action must be in 0..{actions.N_ACTIONS - 1}, got {action!r}")
-        return self.step_to(actions.replicas_for(int(action), self.scaling_context()))
+        ctx = self.scaling_context()
+        target = actions.replicas_for(int(action), ctx)
+        if self._guards is not None:
+            target, _ = self._guards.apply(ctx.current_replicas, target, ctx.now)
+        return self.step_to(target)
 
     def step_to(self, target: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Set the replica count to `target` (clipped to the bounds), then advance one step.

@@ -20,23 +20,9 @@ from typing import Any
 
 from services.scaler.context import ScalingContext, ScalingPolicy
 from services.scaler.controller import ScalerController
-from services.scaler.guards import GuardConfig
 from services.scaler.runtime import ManagedWorker
-from services.scaler.settings import ScalerSettings
 from tideserve_learning.sim import traces
-from tideserve_learning.sim.env import EnvConfig, EpisodeLog, ServingClusterEnv
-
-
-def live_guards(min_replicas: int, max_replicas: int) -> GuardConfig:
-    """The live scaler's default cooldowns and steps, within the simulated cluster's bounds."""
-    return GuardConfig(
-        min_replicas=min_replicas,
-        max_replicas=max_replicas,
-        up_cooldown_s=ScalerSettings.up_cooldown_s,
-        down_cooldown_s=ScalerSettings.down_cooldown_s,
-        max_step_up=ScalerSettings.max_step_up,
-        max_step_down=ScalerSettings.max_step_down,
-    )
+from tideserve_learning.sim.env import EnvConfig, EpisodeLog, ServingClusterEnv, live_guards
 
 
 @dataclass(frozen=True)
@@ -154,12 +140,13 @@ def run_episode(
     """The trace `key` (reset with its seed) under the live controller running `spec`.
     `preload`: traces to use instead of generated ones (an operator's, a compressed one)."""
     env = ServingClusterEnv(config, trace_keys=[key], preloaded=list(preload))
-    return asyncio.run(_drive(env, spec, key[1], options))
+    return asyncio.run(drive(env, spec, key[1], options))
 
 
-async def _drive(
-    env: ServingClusterEnv, spec: PolicySpec, seed: int, options: dict[str, Any] | None
+async def drive(
+    env: ServingClusterEnv, spec: PolicySpec, seed: int, options: dict[str, Any] | None = None
 ) -> Episode:
+    """Reset `env` with `seed` and run its trace to the end under the live controller."""
     env.reset(seed=seed, options=options)
     scaler = SimulatedScaler(spec, env.config)
     await scaler.adopt(env.replicas)

@@ -60,7 +60,7 @@ def test_train_on_own_traces_writes_a_loadable_fine_tuned_policy(tmp_path: Path)
 
     record = json.loads((out / "mine.json").read_text())
     assert record["train_traces"]["traces"] == ["burst", "weekday"]
-    assert record["train_traces"]["fine_tuned_from"] == str(DEFAULT_POLICY)
+    assert record["fine_tuned_from"] == str(DEFAULT_POLICY)
     shipped = json.loads(DEFAULT_POLICY.with_suffix(".json").read_text())
     assert np.all(np.asarray(record["feature_low"]) <= np.asarray(shipped["feature_low"]))
     assert np.all(np.asarray(record["feature_high"]) >= np.asarray(shipped["feature_high"]))
