@@ -100,11 +100,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="learned policies to place (default: the shipped one); repeatable",
     )
     parser.add_argument("--hpa-target", type=float, default=0.55)
+    parser.add_argument(
+        "--kinds",
+        default="hpa,learned,foresight",
+        help="which settings to run (HPA at --hpa-target always runs)",
+    )
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
-    settings: list[Setting] = [("hpa", f"{t:g}") for t in HPA_TARGETS]
-    settings += [("learned", str(p)) for p in args.policy or [DEFAULT_POLICY]]
-    settings += [("foresight", f"{n}/{load:g}") for n, load in itertools.product(HORIZONS_S, LOADS)]
+    kinds = set(args.kinds.split(","))
+    settings: list[Setting] = []
+    if "hpa" in kinds:
+        settings += [("hpa", f"{t:g}") for t in HPA_TARGETS]
+    if "learned" in kinds:
+        settings += [("learned", str(p)) for p in args.policy or [DEFAULT_POLICY]]
+    if "foresight" in kinds:
+        settings += [
+            ("foresight", f"{n}/{load:g}") for n, load in itertools.product(HORIZONS_S, LOADS)
+        ]
     reference = ("hpa", f"{args.hpa_target:g}")
     if reference not in settings:
         settings.append(reference)

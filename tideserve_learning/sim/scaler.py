@@ -20,6 +20,7 @@ from typing import Any
 
 from services.scaler.context import ScalingContext, ScalingPolicy
 from services.scaler.controller import ScalerController
+from services.scaler.guards import GuardConfig
 from services.scaler.runtime import ManagedWorker
 from tideserve_learning.sim import traces
 from tideserve_learning.sim.env import EnvConfig, EpisodeLog, ServingClusterEnv, live_guards
@@ -83,15 +84,18 @@ class InstantDrainer:
 
 
 class SimulatedScaler:
-    """A ScalerController with the live defaults on a simulated clock and runtime."""
+    """A ScalerController with the live defaults on a simulated clock and runtime. `guards`
+    replaces the live default guards (to mirror a scaler started with other settings)."""
 
-    def __init__(self, spec: PolicySpec, config: EnvConfig) -> None:
+    def __init__(
+        self, spec: PolicySpec, config: EnvConfig, guards: GuardConfig | None = None
+    ) -> None:
         self.clock = SimulatedClock()
         self.runtime = SimulatedRuntime(self.clock)
         self.controller = ScalerController(
             self.runtime,
             InstantDrainer(),
-            live_guards(config.min_replicas, config.max_replicas),
+            guards or live_guards(config.min_replicas, config.max_replicas),
             policy=spec.name,
             policy_parameters=spec.parameters,
             slo_s=config.slo_s,
@@ -127,6 +131,7 @@ class SimulatedScaler:
 class Episode:
     log: EpisodeLog
     fallbacks: int  # decisions the learned policy left to its fallback rule
+    contexts: list[ScalingContext]  # what the controller decided on, each second
 
 
 def run_episode(
@@ -144,17 +149,23 @@ def run_episode(
 
 
 async def drive(
-    env: ServingClusterEnv, spec: PolicySpec, seed: int, options: dict[str, Any] | None = None
+    env: ServingClusterEnv,
+    spec: PolicySpec,
+    seed: int,
+    options: dict[str, Any] | None = None,
+    guards: GuardConfig | None = None,
 ) -> Episode:
-    """Reset `env` with `seed` and run its trace to the end under the live controller."""
+    """Reset `env` with `seed` (and `options`, e.g. given arrivals) and run its trace to the end
+    under the live controller (with `guards` instead of the live defaults, if given)."""
     env.reset(seed=seed, options=options)
-    scaler = SimulatedScaler(spec, env.config)
+    scaler = SimulatedScaler(spec, env.config, guards)
     await scaler.adopt(env.replicas)
-    truncated = False
+    truncated, contexts = False, []
     while not truncated:
-        replicas = await scaler.step(env.scaling_context())
+        contexts.append(env.scaling_context())
+        replicas = await scaler.step(contexts[-1])
         _, _, _, truncated, _ = env.step_to(replicas)
-    return Episode(env.log, scaler.fallbacks)
+    return Episode(env.log, scaler.fallbacks, contexts)
 
 
 def replay(contexts: Iterable[ScalingContext], spec: PolicySpec, config: EnvConfig) -> list[int]:
