@@ -6,7 +6,8 @@ The rules size on the highest `w`-second mean arrival rate of the last `D` secon
 requests / 5 s, at target load L: ceil(demand / (L x per-replica rate within the SLO)). A rise is
 followed at once, a fall only once D seconds of lower rates have passed (HPA's scale-down
 stabilisation; D = 1 is none). Every (L, w, D) of the grid runs on every trace of the split, in the
-simulator and through the guards `tideserve policy eval` uses. The oracle then picks one setting
+simulator and through the live controller `tideserve policy eval` runs
+(`tideserve_learning.sim.scaler`). The oracle then picks one setting
 per trace shape, with the outcomes in hand, for the fewest pooled worker-seconds with >= 99% of the
 split's requests within the SLO. A policy that sees only the past can know neither the shape in
 advance nor the outcomes, so within this family it does no better than the oracle.
@@ -31,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from services.scaler.policies import ScalingContext, create_policy
-from tideserve_learning.evaluate import SLO_GOAL, run_episode
+from services.scaler.policies import ScalingContext
+from tideserve_learning.evaluate import SLO_GOAL
 from tideserve_learning.sim import traces
 from tideserve_learning.sim.env import EnvConfig
+from tideserve_learning.sim.scaler import PolicySpec, run_episode
 
 LOADS = tuple(round(0.6 + 0.05 * i, 2) for i in range(13))
 SMOOTHING_S = (1, 3)
@@ -48,6 +50,8 @@ Outcome = tuple[float, float, float]  # (requests within the SLO, requests, work
 class StabilisedRule:
     """Sizes on the highest `smoothing_s` mean rate of the last `stabilisation_s` decisions (one a
     second in the simulator)."""
+
+    name = "stabilised_rule"
 
     def __init__(self, load: float, smoothing_s: int, stabilisation_s: int) -> None:
         self.load = load
@@ -65,7 +69,7 @@ def score(setting: Setting, keys: list[tuple[str, int]]) -> dict[str, Outcome]:
     """Per shape: requests within the SLO, requests and worker-seconds under `setting`."""
     config, totals = EnvConfig(), {}
     for key in keys:
-        log = run_episode(key, StabilisedRule(*setting).decide, config)
+        log = run_episode(key, PolicySpec(policy=StabilisedRule(*setting)), config).log
         within, total, cost = totals.get(key[0], (0.0, 0.0, 0.0))
         totals[key[0]] = (
             within + float(np.dot(log.arrivals, log.within_slo)),
@@ -118,8 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         scored = dict(zip(settings, pool.map(score, settings, itertools.repeat(keys)), strict=True))
     hpa_cost = sum(
         run_episode(
-            k, create_policy("hpa", target=args.hpa_target).decide, EnvConfig()
-        ).worker_seconds
+            k, PolicySpec("hpa", {"target": args.hpa_target}), EnvConfig()
+        ).log.worker_seconds
         for k in keys
     )
     print(

@@ -6,6 +6,13 @@ command, simulator settings, hyperparameters, trace split, versions, wall time, 
 every observation feature seen in training, which the live scaler uses to detect inputs the policy
 was never trained on) and <log-dir>/progress.csv (SB3's training log; no TensorBoard). With
 --checkpoint-every, also the model every so many steps, to score prefixes of one run on validation.
+
+With `--traces DIR` it fine-tunes a trained policy (`--init`, the shipped one by default) on an
+operator's own traffic instead: every .csv (`second,rate`) and RUN.json in DIR
+(`tideserve_learning.sim.trace_files`), replayed at its own requests/s against the simulated
+cluster of `--profile`. `--init` alone fine-tunes on the generated traces (e.g. at other reward
+weights). A fine-tuned policy's trusted range is the union of what it saw here and what `--init`
+was trained on, since it keeps what it learned there.
 """
 
 from __future__ import annotations
@@ -30,12 +37,12 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecNormalize
 
-from services.scaler.learning import actions, observation
+from services.scaler.learning import DEFAULT_POLICY, actions, observation
 from services.scaler.learning.inference import file_sha256
 from tideserve.logs import configure_logging
 from tideserve_learning.export import actor_from_policy
-from tideserve_learning.sim import traces
-from tideserve_learning.sim.env import EnvConfig, ServingClusterEnv
+from tideserve_learning.sim import trace_files, traces
+from tideserve_learning.sim.env import DEFAULT_PROFILE, EnvConfig, ServingClusterEnv
 
 logger = logging.getLogger(__name__)
 
@@ -114,28 +121,60 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also save the model every STEPS steps (a multiple of n_steps x "
                              "n_envs, 2048 by default) as <out>/checkpoints/<name>_<n>_steps.zip, "
                              "to score prefixes of one run; each is the model --timesteps n gives")
+    parser.add_argument("--traces", type=Path, metavar="DIR",
+                        help="fine-tune --init on the traces in DIR (*.csv of second,rate, or "
+                             "RUN.json) instead of training from scratch on the generated ones")
+    parser.add_argument("--cv", type=float, default=1.0,
+                        help="--traces: coefficient of variation of the arrivals within a second "
+                             "(1: Poisson)")
+    parser.add_argument("--init", type=Path,
+                        help="fine-tune this policy instead of starting afresh (with --traces "
+                             "the shipped one by default)")
+    parser.add_argument("--profile", type=Path, default=DEFAULT_PROFILE,
+                        help="the served model's profile (`tideserve profile`)")
+    parser.add_argument("--live-guards", action="store_true",
+                        help="pass each action through the live scaler's default guards "
+                             "(cooldowns, steps), as it will run")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     # A 64x64 MLP gains nothing from intra-op threads; one thread avoids oversubscription.
     torch.set_num_threads(1)
-    config = EnvConfig(slo_weight=args.slo_weight, cost_weight=args.cost_weight,
-                       churn_weight=args.churn_weight)
-    train_keys = traces.train_set(args.mmpp_repeat)
-    weights = shape_weights(args.mmpp_repeat) if args.reweight_shapes else None
+    config = EnvConfig(profile_path=args.profile, slo_weight=args.slo_weight,
+                       cost_weight=args.cost_weight, churn_weight=args.churn_weight,
+                       live_guards=args.live_guards)
+    own: list[traces.Trace] = []
+    if args.traces is not None:
+        try:
+            own = trace_files.load_dir(args.traces, args.cv)
+        except trace_files.TraceFileError as error:
+            parser.error(str(error))
+        config = dataclasses.replace(config, duration_s=max(len(t.rates) for t in own))
+        train_keys = [(t.shape, t.seed) for t in own]
+    else:
+        train_keys = traces.train_set(args.mmpp_repeat)
+    weights = shape_weights(args.mmpp_repeat) if args.reweight_shapes and not own else None
     venv = make_vec_env(
         ServingClusterEnv, n_envs=args.n_envs, seed=args.seed,
-        env_kwargs={"config": config, "trace_keys": train_keys},
+        env_kwargs={"config": config, "trace_keys": train_keys, "preloaded": own},
         wrapper_class=ShapeWeightedReward if weights else None,
         wrapper_kwargs={"weights": weights} if weights else None,
     )
     # Returns run to thousands per episode; normalising rewards (training only: observations are
     # already scaled, so the saved policy needs no statistics) keeps the value loss in range.
     venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=GAMMA)
-    model = PPO("MlpPolicy", venv, seed=args.seed, device="cpu", verbose=0, **PPO_PARAMS)
+    init = args.init or (DEFAULT_POLICY if own else None)
+    if init is not None:
+        model = PPO.load(init.with_suffix(".zip"), env=venv, device="cpu", seed=args.seed)
+    else:
+        model = PPO("MlpPolicy", venv, seed=args.seed, device="cpu", verbose=0, **PPO_PARAMS)
     model.set_logger(configure(str(args.log_dir), ["csv"]))
     logger.info("training PPO for %d steps on %d traces with %d environments -> %s",
                 args.timesteps, len(train_keys), args.n_envs, args.out / f"{args.name}.zip")
     ranges = FeatureRange()
+    if init is not None:
+        trained = json.loads(init.with_suffix(".json").read_text())
+        ranges.low = np.minimum(ranges.low, trained["feature_low"])
+        ranges.high = np.maximum(ranges.high, trained["feature_high"])
     started = time.monotonic()
     callbacks: list[BaseCallback] = [ranges]
     if args.checkpoint_every > 0:
@@ -156,12 +195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "n_envs": args.n_envs,
         "hyperparameters": PPO_PARAMS,
         "env": _jsonable(config),
-        "train_traces": {"shapes": list(traces.TRAIN_SHAPES),
-                         "seeds": [min(traces.TRAIN_SEEDS), max(traces.TRAIN_SEEDS)],
-                         "validation_seeds": [min(traces.VALIDATION_SEEDS),
-                                              max(traces.VALIDATION_SEEDS)],
-                         "mmpp_repeat": args.mmpp_repeat,
-                         "reward_weights": weights},
+        "fine_tuned_from": None if init is None else str(init),
+        "train_traces": ({"files": str(args.traces), "traces": [t.shape for t in own],
+                          "cv": args.cv} if own else
+                         {"shapes": list(traces.TRAIN_SHAPES),
+                          "seeds": [min(traces.TRAIN_SEEDS), max(traces.TRAIN_SEEDS)],
+                          "validation_seeds": [min(traces.VALIDATION_SEEDS),
+                                               max(traces.VALIDATION_SEEDS)],
+                          "mmpp_repeat": args.mmpp_repeat,
+                          "reward_weights": weights}),
         "action": actions.ACTION_SCHEME,
         "features": list(observation.FEATURES),
         "feature_low": ranges.low.tolist(),

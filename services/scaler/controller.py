@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
+from services.scaler.context import ScalingContext
 from services.scaler.guards import GuardConfig, Guards
 from services.scaler.observe import ClusterObserver
 from services.scaler.planner import ServiceProfile
@@ -189,6 +190,7 @@ class ScalerController:
             logger.info("adopted workers", extra={"workers": sorted(self.workers)})
 
     async def tick(self) -> None:
+        """Measure, decide and reconcile: one turn of the live loop."""
         for dead in await self.runtime.reap():
             if self.workers.pop(dead.worker_id, None) is not None:
                 logger.warning("worker died; will replace", extra={"worker_id": dead.worker_id})
@@ -199,25 +201,18 @@ class ScalerController:
             if worker.state == "starting" and worker.worker_id in registered:
                 worker.state = "ready"
         active = self.active()
-        current = len(active)
         ready = sum(1 for w in active if w.state == "ready")
-        now = self.clock()
-        context = self.observer.context(self.snapshot, now, current, ready)
-        if self.pinned is not None:
-            proposed, override = self.pinned, "pinned by operator"
-        elif self.paused:
-            proposed, override = self.desired, "paused"
-        else:
-            proposed, override = self.policy.decide(context), ""
-        applied, reason = self.guards.apply(current, proposed, now)
-        if override:
-            reason = f"{override}; {reason}"
-        elif self._note_fallback():
-            reason = f"{reason}; fallback: {self.fallback_reason}"
-        target = self.guards.bounded(proposed)
-        if target != self.desired or applied != current:
-            self._record(current, proposed, applied, reason, context)
-        self.desired = target
+        await self.step(self.observer.context(self.snapshot, self.clock(), len(active), ready))
+
+    async def step(self, context: ScalingContext) -> int:
+        """Decide on `context` and start or retire workers to the applied count; returns it.
+
+        The live loop measures `context` from the balancer's snapshots; the simulator
+        (`tideserve_learning.sim.scaler`) computes it, with a simulated runtime and clock, so an
+        evaluation runs this very step rather than a copy of it."""
+        active = self.active()
+        current = len(active)
+        applied = self.decide(context)
         for _ in range(applied - current):
             await self._start()
         if applied < current:
@@ -227,6 +222,30 @@ class ScalerController:
                 task = asyncio.create_task(self._retire(worker))
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
+        return applied
+
+    def decide(self, context: ScalingContext) -> int:
+        """The decision step, without I/O: what asks for a count (the operator's pin, the count
+        held while paused, else the policy, which falls back to its rule where it is not
+        trusted), then the guards (cooldowns and steps, timed by `context.now`) and the bounds.
+        Returns the count to run from `context.current_replicas`; records any change."""
+        current = context.current_replicas
+        if self.pinned is not None:
+            proposed, override = self.pinned, "pinned by operator"
+        elif self.paused:
+            proposed, override = self.desired, "paused"
+        else:
+            proposed, override = self.policy.decide(context), ""
+        applied, reason = self.guards.apply(current, proposed, context.now)
+        if override:
+            reason = f"{override}; {reason}"
+        elif self._note_fallback():
+            reason = f"{reason}; fallback: {self.fallback_reason}"
+        target = self.guards.bounded(proposed)
+        if target != self.desired or applied != current:
+            self._record(current, proposed, applied, reason, context)
+        self.desired = target
+        return applied
 
     def _create_policy(self, name: str, parameters: dict[str, float]) -> ScalingPolicy:
         extra = {"policy_file": self.policy_file} if name == "learned" and self.policy_file else {}
@@ -246,7 +265,7 @@ class ScalerController:
         return reason
 
     def _record(
-        self, current: int, proposed: int, applied: int, reason: str, context: object
+        self, current: int, proposed: int, applied: int, reason: str, context: ScalingContext
     ) -> None:
         inputs = {k: float(v) for k, v in vars(context).items() if isinstance(v, int | float)}
         decision = cluster_pb2.ScalingDecision(

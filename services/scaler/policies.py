@@ -55,7 +55,10 @@ class _TimedSamples:
         self._samples: deque[tuple[float, float]] = deque()
 
     def add(self, now: float, value: float) -> None:
-        self._samples.append((now, value))
+        # A NaN or infinite reading is not kept: in the window it would make every mean over the
+        # next window_s NaN, and ceil() of that raises, stalling the policy for as long.
+        if math.isfinite(value):
+            self._samples.append((now, value))
         while self._samples and self._samples[0][0] < now - self._horizon:
             self._samples.popleft()
 

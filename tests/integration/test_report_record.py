@@ -1,5 +1,5 @@
 """`tideserve report --record` against a real local stack under a little load: the RUN.json it
-writes sees the load, the worker and the batches, and plots."""
+writes sees the load, the worker and the batches, plots, and reads back as a traffic trace."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from harness.cluster import ROOT, Cluster
 from services.worker.models import DEFAULT_MODEL
 from tideserve.runs import load_run
+from tideserve_learning.sim import trace_files
 from tideserve_tools.loadgen import closed_loop
 from tideserve_tools.report import PLOTS
 
@@ -58,6 +59,11 @@ def test_recording_a_live_stack_sees_its_load(one_worker: Cluster, tmp_path: Pat
     assert all(s.slo_ms == 100.0 for s in run.samples)
     assert sum(run.batch_size_counts.values()) > 0
     assert run.meta["balancer"] == one_worker.balancer
+    # The recording is a trace `tideserve policy eval --trace` and `policy train --traces` read.
+    trace = trace_files.load(out)
+    assert len(trace.rates) >= 2
+    assert trace.scale is not None
+    assert trace.scale > 0
 
     plotted = subprocess.run(
         [sys.executable, "-m", "tideserve_tools.cli", "report", str(out), "--out", str(tmp_path)],

@@ -16,8 +16,12 @@ than per-request events, so an episode of 600 s runs in milliseconds:
   instances; 1 live for a one-instance model) a new batch also waits for the k - 1 queued at the
   worker ahead of it. Per-step SLO attainment is that
   distribution's CDF at the SLO, averaged over the backlog at the start and end of the step;
-* scaling up starts a worker that serves after the profile's cold start; scaling down removes a
-  starting worker first, else a ready one; starting workers cost like ready ones;
+* scaling up starts a worker that serves after its cold start (the profile's, measured by
+  `tideserve profile`, or `EnvConfig.cold_start_s`); scaling down removes a starting worker first,
+  else a ready one. A starting worker is paid like a ready one and serves nothing, so every start
+  costs its cold start in worker-seconds (`EpisodeLog.cold_worker_seconds` counts them apart);
+* a trace with a fixed `scale` (one read from an operator's CSV or recorded run) is replayed at
+  its own requests/s instead of being scaled to a drawn share of the cluster's capacity;
 * the arrival rate the policy sees is the mean over the last `rate_window_s` (the live batcher
   reports its arrivals over 5 s);
 * utilisation is throughput over the ready workers' peak throughput. With work-conserving dynamic
@@ -45,7 +49,10 @@ within a cold start) and keeps smooth load near 99.7%. A change costs half a wor
 scale-up.
 
 Actions are `services.scaler.learning.actions`: HOLD, or a count sized for the observed demand at
-one of a few target loads (`step`); `step_to` sets a count directly, for the rule policies.
+one of a few target loads (`step`); `step_to` sets a count directly, for the rule policies. With
+`live_guards` an action's count passes the live scaler's default guards first (cooldowns, steps),
+so a policy trains on the dynamics it will run under; evaluation drives the whole live controller
+instead (`tideserve_learning.sim.scaler`).
 
 The observation is `services.scaler.learning.observation` applied to `scaling_context()`, the same
 ScalingContext the rule policies get, so learned and rule policies run in the same simulator.
@@ -63,12 +70,26 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from services.scaler.guards import GuardConfig, Guards
 from services.scaler.learning import actions, observation
 from services.scaler.planner import MEAN_OVER_TAU, P99_OVER_TAU, ServiceProfile, batch_latency_cdf
 from services.scaler.policies import ScalingContext
+from services.scaler.settings import ScalerSettings
 from tideserve_learning.sim import traces
 
 DEFAULT_PROFILE = Path(__file__).parent / "profiles" / "default.json"
+
+
+def live_guards(min_replicas: int, max_replicas: int) -> GuardConfig:
+    """The live scaler's default cooldowns and steps, within the simulated cluster's bounds."""
+    return GuardConfig(
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        up_cooldown_s=ScalerSettings.up_cooldown_s,
+        down_cooldown_s=ScalerSettings.down_cooldown_s,
+        max_step_up=ScalerSettings.max_step_up,
+        max_step_down=ScalerSettings.max_step_down,
+    )
 
 
 @dataclass(frozen=True)
@@ -91,9 +112,12 @@ class EnvConfig:
     # The window of the utilisation's throughput (live: 2 s, services/scaler/observe.py) is kept
     # at the training cluster's one step for the same reason.
     inflight_per_worker: int = 1
+    # Seconds from a worker's start to its first request; None: the profile's measured figure.
+    cold_start_s: float | None = None
     rate_window_s: float = 1.0
     util_window_s: float = 1.0
     observation_delay_steps: int = 0
+    live_guards: bool = False
     slo_weight: float = 8.5
     cost_weight: float = 1.0
     churn_weight: float = 0.05
@@ -107,6 +131,8 @@ class EnvConfig:
             raise ValueError(f"need inflight_per_worker >= 1, got {self.inflight_per_worker}")
         if min(self.rate_window_s, self.util_window_s) < self.step_s:
             raise ValueError("need rate_window_s and util_window_s >= step_s")
+        if self.cold_start_s is not None and not self.cold_start_s >= 0:
+            raise ValueError(f"need cold_start_s >= 0, got {self.cold_start_s}")
         if self.observation_delay_steps < 0:
             raise ValueError("need observation_delay_steps >= 0")
         if not 0 < self.peak_load[0] <= self.peak_load[1]:
@@ -125,7 +151,13 @@ class EpisodeLog:
     replicas: list[int] = field(default_factory=list)
     ready: list[int] = field(default_factory=list)
     changes: int = 0
+    starts: int = 0  # workers started
     worker_seconds: float = 0.0
+    cold_worker_seconds: float = 0.0  # paid for workers still starting, serving nothing
+
+    def actions_per_hour(self, step_s: float = 1.0) -> float:
+        """Changes of the replica count per hour of the episode."""
+        return 3600.0 * self.changes / max(len(self.arrivals) * step_s, 1e-12)
 
     def slo_attainment(self) -> float:
         arrivals = np.asarray(self.arrivals)
@@ -156,7 +188,10 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
     def __init__(
         self, config: EnvConfig | None = None,
         trace_keys: Sequence[tuple[str, int]] | None = None,
+        preloaded: Sequence[traces.Trace] = (),
     ) -> None:
+        """`trace_keys`: the (shape, seed) traces an episode draws from (default: the training
+        set); `preloaded`: traces used for their keys instead of generated ones (`preload`)."""
         self.config = config or EnvConfig()
         self.profile = ServiceProfile.load(self.config.profile_path)
         self.trace_keys = list(trace_keys or traces.train_set())
@@ -166,10 +201,14 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
         if self.rate_within_slo <= 0:
             raise ValueError("the profile cannot meet the SLO even at batch size 1")
         self.peak_throughput = self.profile.peak_throughput
+        self.cold_start_s = (self.profile.cold_start_s if self.config.cold_start_s is None
+                             else self.config.cold_start_s)
         self.action_space = gym.spaces.Discrete(actions.N_ACTIONS)
         self.observation_space = gym.spaces.Box(observation.LOW, observation.HIGH)
         self._observer = observation.ObservationBuilder(self.config.max_replicas)
         self._traces: dict[tuple[str, int], traces.Trace] = {}
+        for trace in preloaded:
+            self.preload(trace)
         self.log = EpisodeLog()
 
     def preload(self, trace: traces.Trace) -> None:
@@ -193,7 +232,8 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
         self._given_arrivals = self._arrivals_option(options)
         peak = self.np_random.uniform(*cfg.peak_load)
         capacity = cfg.max_replicas * self.rate_within_slo
-        self.rate_scale = peak * capacity / float(self.trace.rates.max())
+        self.rate_scale = (peak * capacity / float(self.trace.rates.max())
+                           if self.trace.scale is None else self.trace.scale)
         self.t = 0
         self.backlog = 0.0
         first = self.trace.rates[0] * self.rate_scale
@@ -201,6 +241,8 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
                                  cfg.max_replicas))
         self.starting: list[float] = []
         self.log = EpisodeLog()
+        self._guards = (Guards(live_guards(cfg.min_replicas, cfg.max_replicas))
+                        if cfg.live_guards else None)
         self._observer.reset()
         # The episode starts in steady state at the first second's rate, as if already running:
         # the measurement windows are full of it.
@@ -257,7 +299,11 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if not self.action_space.contains(action):
             raise ValueError(f"action must be in 0..{actions.N_ACTIONS - 1}, got {action!r}")
-        return self.step_to(actions.replicas_for(int(action), self.scaling_context()))
+        ctx = self.scaling_context()
+        target = actions.replicas_for(int(action), ctx)
+        if self._guards is not None:
+            target, _ = self._guards.apply(ctx.current_replicas, target, ctx.now)
+        return self.step_to(target)
 
     def step_to(self, target: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Set the replica count to `target` (clipped to the bounds), then advance one step.
@@ -267,7 +313,8 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
         changed = target != self.replicas
         now = self.t * cfg.step_s
         while self.replicas < target:
-            self.starting.append(now + self.profile.cold_start_s)
+            self.starting.append(now + self.cold_start_s)
+            self.log.starts += 1
         while self.replicas > target:
             if self.starting:
                 self.starting.pop()
@@ -332,5 +379,6 @@ class ServingClusterEnv(gym.Env[np.ndarray, int]):
         log.replicas.append(self.replicas)
         log.ready.append(self.ready)
         log.worker_seconds += self.replicas * dt
+        log.cold_worker_seconds += len(self.starting) * dt
         self.t += 1
         return 1.0 - within, arrivals / max(self.rate_scale * dt, 1e-12)

@@ -16,6 +16,15 @@ The split is fixed: training uses seeds 0-89 of diurnal, ramp and mmpp; validati
 trained candidates or reward weights) uses seeds 90-99 of the same shapes; evaluation uses seeds
 1000-1004 of all four, so `spike` is a shape the learned policy never saw and every evaluation
 trace is a seed it never saw.
+
+Out of family, never trained or tuned on (seeds 2000-2004), two shapes real services show that
+none of the four is:
+
+  double_peak  two daily peaks of different heights (morning and evening) over a base of 1, plus
+               a flash crowd that jumps 2-3x within 2-5 s, holds 20-60 s and decays in 10-30 s;
+               CV 1-2
+  staircase    4-7 sudden jumps between levels 1-5 (releases, batch jobs, a failover moving
+               traffic), each held 40-150 s; CV 1-2
 """
 
 from __future__ import annotations
@@ -26,22 +35,28 @@ from dataclasses import dataclass
 import numpy as np
 
 SHAPES = ("diurnal", "ramp", "spike", "mmpp")
+OUT_OF_FAMILY_SHAPES = ("double_peak", "staircase")
 TRAIN_SHAPES = ("diurnal", "ramp", "mmpp")
 HELD_OUT_SHAPES = ("spike",)
 TRAIN_SEEDS = tuple(range(90))
 VALIDATION_SEEDS = tuple(range(90, 100))
 TEST_SEEDS = tuple(range(1000, 1005))
+OUT_OF_FAMILY_SEEDS = tuple(range(2000, 2005))
 DEFAULT_DURATION_S = 600
 
 
 @dataclass(frozen=True)
 class Trace:
-    """Relative arrival rate per second (mean 1.0) and the within-second inter-arrival CV."""
+    """Relative arrival rate per second (mean 1.0) and the within-second inter-arrival CV.
+
+    `scale` is the trace's own requests/s per unit of rate (its mean rate) when it comes from real
+    traffic; None for a generated shape, which the simulator scales to its cluster."""
 
     shape: str
     seed: int
     rates: np.ndarray
     cv: float
+    scale: float | None = None
 
     @property
     def peak_to_mean(self) -> float:
@@ -86,16 +101,42 @@ def _mmpp(rng: np.random.Generator, n: int) -> np.ndarray:
     return rates
 
 
+def _double_peak(rng: np.random.Generator, n: int) -> np.ndarray:
+    t = np.arange(n, dtype=float)
+    rates = np.ones(n)
+    for centre, height in ((rng.uniform(0.2, 0.35), rng.uniform(1.0, 2.0)),
+                           (rng.uniform(0.6, 0.8), rng.uniform(1.5, 2.5))):
+        width = rng.uniform(0.06, 0.1) * n
+        rates += height * np.exp(-0.5 * ((t - centre * n) / width) ** 2)
+    start = rng.uniform(0.1, 0.85) * n
+    rise, hold, decay = rng.uniform(2, 5), rng.uniform(20, 60), rng.uniform(10, 30)
+    up = np.clip((t - start) / rise, 0.0, 1.0)
+    down = np.exp(-np.clip(t - start - rise - hold, 0.0, None) / decay)
+    return rates * (1.0 + rng.uniform(1.0, 2.0) * up * down)
+
+
+def _staircase(rng: np.random.Generator, n: int) -> np.ndarray:
+    rates = np.empty(n)
+    i, level = 0, rng.uniform(1.0, 2.0)
+    while i < n:
+        length = int(rng.uniform(40, 150))
+        rates[i : i + length] = level
+        i += length
+        level = float(np.clip(level * rng.choice([0.5, 1.8, 2.5]), 1.0, 5.0))
+    return rates
+
+
 _GENERATORS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     "diurnal": _diurnal, "ramp": _ramp, "spike": _spike, "mmpp": _mmpp,
+    "double_peak": _double_peak, "staircase": _staircase,
 }
 
 
 def generate(shape: str, seed: int, duration_s: int = DEFAULT_DURATION_S) -> Trace:
     """The trace of `shape` for `seed`: the same arrays on every machine and every call."""
     if shape not in _GENERATORS:
-        raise ValueError(f"unknown trace shape {shape!r}; choose one of {', '.join(SHAPES)}")
-    rng = np.random.default_rng([seed, SHAPES.index(shape)])
+        raise ValueError(f"unknown trace shape {shape!r}; choose one of {', '.join(_GENERATORS)}")
+    rng = np.random.default_rng([seed, list(_GENERATORS).index(shape)])
     rates = _GENERATORS[shape](rng, duration_s)
     # Slow multiplicative noise, so that no two seeds of a shape are scaled copies of each other.
     noise = np.exp(np.convolve(rng.normal(0, 0.05, duration_s), np.ones(5) / 5**0.5, "same"))
@@ -111,7 +152,8 @@ def compress(trace: Trace, factor: int) -> Trace:
         raise ValueError(f"factor must be >= 1, got {factor}")
     n = len(trace.rates) // factor * factor
     rates = trace.rates[:n].reshape(-1, factor).mean(axis=1)
-    return Trace(trace.shape, trace.seed, rates / rates.mean(), trace.cv)
+    scale = None if trace.scale is None else trace.scale * float(rates.mean())
+    return Trace(trace.shape, trace.seed, rates / rates.mean(), trace.cv, scale)
 
 
 def train_set(mmpp_repeat: int = 1) -> list[tuple[str, int]]:
@@ -132,3 +174,8 @@ def validation_set() -> list[tuple[str, int]]:
 def test_set() -> list[tuple[str, int]]:
     """(shape, seed) pairs held out for evaluation: unseen seeds, and the unseen spike shape."""
     return [(shape, seed) for shape in SHAPES for seed in TEST_SEEDS]
+
+
+def out_of_family_set() -> list[tuple[str, int]]:
+    """(shape, seed) pairs of shapes outside the training family, for evaluation only."""
+    return [(shape, seed) for shape in OUT_OF_FAMILY_SHAPES for seed in OUT_OF_FAMILY_SEEDS]

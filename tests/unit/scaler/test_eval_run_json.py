@@ -6,17 +6,17 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from services.scaler.policies import create_policy
 from tideserve.runs import load_run
-from tideserve_learning.evaluate import Result, run_episode, write_run_json
+from tideserve_learning.evaluate import Result, write_run_json
 from tideserve_learning.sim import traces
 from tideserve_learning.sim.env import EnvConfig
+from tideserve_learning.sim.scaler import PolicySpec, run_episode
 
 
 def test_a_simulated_episode_round_trips_as_a_run(tmp_path: Path) -> None:
     config = EnvConfig(duration_s=120)
     key = ("spike", traces.TEST_SEEDS[0])
-    log = run_episode(key, create_policy("hpa", target=0.6).decide, config)
+    log = run_episode(key, PolicySpec("hpa", {"target": 0.6}), config).log
     path = write_run_json(Result("hpa", "target=0.6", {key: log}), key, tmp_path / "r.json",
                           config)
     run = load_run(path)

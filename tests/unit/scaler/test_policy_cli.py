@@ -42,6 +42,7 @@ def test_policy_eval_logs_and_draws_progress(
     assert "tuned hpa: {'target': 0.5}" in err
     assert re.search(r"validation: hpa: 100%\|.*\| 5/5", err), err
     assert "validation traces: 1" in out
+    assert "actions/h" in out
     assert (tmp_path / "eval_ramp.png").exists()
 
 

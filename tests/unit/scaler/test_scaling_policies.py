@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -134,3 +135,16 @@ def test_hpa_holds_on_a_utilisation_that_is_not_a_number(bad: float) -> None:
     policy = HpaPolicy(target=0.5)
     assert policy.decide(ctx(now=0.0, utilisation=bad)) == BASE.current_replicas
     assert policy.decide(ctx(now=1.0, utilisation=1.0)) == 8, "and decides on the next reading"
+
+
+@pytest.mark.parametrize("name", ["kpa", "target_tracking"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_non_finite_reading_does_not_poison_the_window(name: str, bad: float) -> None:
+    policy = create_policy(name, target=2.0)
+    for second in range(5):
+        policy.decide(ctx(now=float(second), ongoing_requests=8.0, current_replicas=4,
+                          ready_replicas=4))
+    policy.decide(ctx(now=5.0, ongoing_requests=bad, current_replicas=4, ready_replicas=4))
+    # The next decisions still size on the finite readings around the bad one.
+    assert policy.decide(ctx(now=6.0, ongoing_requests=8.0, current_replicas=4,
+                             ready_replicas=4)) == 4

@@ -110,3 +110,18 @@ def test_observation_spread_and_recent_peak() -> None:
     assert later[28][peak] == pytest.approx(2.0)
     assert later[29][peak] == pytest.approx(0.5)
     assert later[29][spread] == 0.0
+
+
+def test_live_guards_hold_the_training_env_to_the_live_steps_and_cooldowns() -> None:
+    guarded = ServingClusterEnv(EnvConfig(duration_s=40, live_guards=True))
+    guarded.reset(seed=0)
+    counts = [guarded.replicas]
+    # The action of the lowest target load asks for many more replicas than the demand needs.
+    for _ in range(6):
+        guarded.step(1)
+        counts.append(guarded.replicas)
+    moves = [b - a for a, b in zip(counts, counts[1:], strict=False)]
+    assert max(moves) <= 2  # max_step_up
+    # After a move up, the next one waits out the 2 s up cooldown.
+    assert all(moves[i + 1] == 0 for i, m in enumerate(moves[:-1]) if m > 0)
+    assert sum(moves) > 0
