@@ -5,6 +5,11 @@ becomes one `ModelInferResponse` per request (`split_result`).
 Both are the batcher's per-batch work on its event loop, so each copies every byte once: a
 request's inputs go straight from where they lie (its message, or a client's shared-memory
 region) into the batch, and a response's outputs are slices of the result's.
+
+An inline batch is written as protobuf wire bytes by hand around its inputs' raw bytes: set on a
+message and serialized, each byte would be copied twice more (into the message, then out of
+it), 6 MB of the event loop's memory traffic for one 64-row cnn request. The result parses as
+the `Batch` that protobuf would have built.
 """
 
 from __future__ import annotations
@@ -39,18 +44,20 @@ def encode_batch(
     `unreadable` and travels as zeros: the rest of the batch is still served. Output names are
     sent only when every request names some; one that wants all outputs gets all of them."""
     message = cluster_pb2.Batch(batch_id=batch_id, model_name=spec.name, model_version=version)
+    if all(r.output_names for r in batch):
+        message.output_names.extend(sorted({n for r in batch for n in r.output_names}))
     first = batch[0]
     position = 0
+    inline: list[bytes] = []
     for index, tensor in enumerate(spec.inputs):
         dims = list(first.shape_key[index])
-        added = message.inputs.add(
+        added = cluster_pb2.TensorData(
             name=tensor.name,
             datatype=tensor.datatype,
             shape=[rows, *dims] if spec.batches else dims,
         )
         if segment is None:
-            # One request's bytes pass through uncopied (join returns a lone bytes as is).
-            added.raw = b"".join(_read(r, index, unreadable) for r in batch)
+            inline.extend(_inline_tensor(added, [_read(r, index, unreadable) for r in batch]))
             continue
         start = position
         with memoryview(segment.buffer) as target:
@@ -59,9 +66,32 @@ def encode_batch(
                 _read_into(request, index, target[position : position + size], unreadable)
                 position += size
         added.shared.CopyFrom(segment.ref(start, position - start))
-    if all(r.output_names for r in batch):
-        message.output_names.extend(sorted({n for r in batch for n in r.output_names}))
-    return message.SerializeToString()
+        message.inputs.append(added)
+    # Fields may come in any order on the wire: the inline inputs follow the rest.
+    return b"".join([message.SerializeToString(), *inline])
+
+
+def _inline_tensor(tensor: cluster_pb2.TensorData, raws: list[bytes]) -> list[bytes]:
+    """The wire pieces of one `Batch.inputs` entry: `tensor` with `raws`, concatenated, as its
+    raw field; the bytes themselves are not copied until the batch is joined."""
+    size = sum(len(raw) for raw in raws)
+    head = tensor.SerializeToString() + _RAW_KEY + _varint(size)
+    return [_INPUTS_KEY, _varint(len(head) + size), head, *raws]
+
+
+def _varint(value: int) -> bytes:
+    """`value` as a protobuf base-128 varint."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+# Keys of the length-delimited fields (wire type 2) written by hand above.
+_INPUTS_KEY = _varint(cluster_pb2.Batch.INPUTS_FIELD_NUMBER << 3 | 2)
+_RAW_KEY = _varint(cluster_pb2.TensorData.RAW_FIELD_NUMBER << 3 | 2)
 
 
 def split_result(

@@ -232,3 +232,24 @@ def test_a_model_that_does_not_batch_sends_and_returns_whole_tensors() -> None:
     (response,) = split_result(spec, "", [request], 1, result)
     assert list(response.outputs[0].shape) == [3]
     assert response.raw_output_contents[0] == message.inputs[0].raw
+
+
+@pytest.mark.parametrize("rows", [0, 1, 2000])
+def test_an_inline_batch_parses_as_the_batch_protobuf_would_build(rows: int) -> None:
+    """The inline inputs are written as wire bytes by hand; lengths of one, two and three
+    varint bytes (and an empty tensor) must parse to the very message protobuf builds."""
+    batch = [pending(0, rows, outputs=("a_out",)), pending(1, 1, outputs=("b_out",))]
+
+    payload = encode_batch(SPEC, "7", batch, rows + 1, "b-6", never_unreadable)
+
+    expected = cluster_pb2.Batch(
+        batch_id="b-6", model_name="mixed", model_version="7", output_names=["a_out", "b_out"]
+    )
+    for index, (name, datatype, width) in enumerate([("a", "FP32", 3), ("b", "INT64", 2)]):
+        expected.inputs.add(
+            name=name,
+            datatype=datatype,
+            shape=[rows + 1, width],
+            raw=arrays(0, rows)[index].tobytes() + arrays(1, 1)[index].tobytes(),
+        )
+    assert cluster_pb2.Batch.FromString(payload) == expected
