@@ -7,7 +7,8 @@ tideserve-specific options live in `parameters`, as Triton keeps backend options
   batching_policy     "fixed", "queue_length", "slo" or "aimd" (default: "slo" when slo_ms is set)
   slo_ms              end-to-end latency target for the SLO-aware batching policy
   coalesce_window_us  how long a batch may stay for requests still arriving close together,
-                      once it could leave (default 0: off; services/batcher/batching.py)
+                      once it could leave, while the batcher is saturated (default: one
+                      measured batch round trip; 0: off; services/batcher/batching.py)
   precision           "fp32" (default), "fp16" or "bf16" execution on GPU
 """
 
@@ -99,8 +100,10 @@ class ModelSpec:
         return float(raw) if raw else None
 
     @property
-    def coalesce_window_s(self) -> float:
-        return float(self.parameters.get("coalesce_window_us", "0")) / 1e6
+    def coalesce_window_s(self) -> float | None:
+        """The pinned coalescing window; None when the batcher chooses it."""
+        raw = self.parameters.get("coalesce_window_us")
+        return None if raw is None else float(raw) / 1e6
 
     def input_named(self, name: str) -> TensorSpec | None:
         return next((t for t in self.inputs if t.name == name), None)

@@ -21,6 +21,7 @@ from services.batcher.links import BalancerLinks
 from services.batcher.pipelining import Booking, InstanceTimeline
 from services.batcher.policies import MeasuredCurve, ServiceCurve, create_policy
 from services.batcher.requests import parse_request
+from services.batcher.saturation import ClosedLoop
 from tideserve import shared_memory
 from tideserve.errors import (
     BalancerUnreachable,
@@ -171,6 +172,10 @@ class ModelScheduler:
         spec = entry.spec
         # Variable-length BYTES tensors are re-encoded per request; only fixed-size ones share.
         self.shared = shared if all(t.datatype != "BYTES" for t in spec.inputs) else None
+        # Whether the front door is saturated, for coalescing (batching.py): told the count of
+        # outstanding requests, queued or in a batch in flight, as it changes.
+        self.closed_loop = ClosedLoop()
+        self._inflight_requests = 0
         self.queue = BatchQueue(
             spec.max_batch_size,
             spec.batching,
@@ -178,6 +183,7 @@ class ModelScheduler:
             clock,
             max_queue_rows_default,
             spec.coalesce_window_s,
+            self.closed_loop,
         )
         self.dispatcher = dispatcher
         self.instances = instances
@@ -206,8 +212,12 @@ class ModelScheduler:
         self._admit_before_deadline(request)
         self.queue.put(request)
         request.future = asyncio.get_running_loop().create_future()
+        self._outstanding_changed(request.arrival)
         self._wake.set()
         return request.future
+
+    def _outstanding_changed(self, now: float) -> None:
+        self.closed_loop.changed(self.queue.count + self._inflight_requests, now)
 
     def close(self) -> None:
         if self.links is not None:
@@ -251,10 +261,11 @@ class ModelScheduler:
         if self._round_trip_s is None:
             self._round_trip_s, self._batch_rows = seconds, float(rows)
             self._hop_down_s = hops_s / 2
-            return
-        self._round_trip_s += ROUND_TRIP_ALPHA * (seconds - self._round_trip_s)
-        self._batch_rows += ROUND_TRIP_ALPHA * (rows - self._batch_rows)
-        self._hop_down_s += ROUND_TRIP_ALPHA * (hops_s / 2 - self._hop_down_s)
+        else:
+            self._round_trip_s += ROUND_TRIP_ALPHA * (seconds - self._round_trip_s)
+            self._batch_rows += ROUND_TRIP_ALPHA * (rows - self._batch_rows)
+            self._hop_down_s += ROUND_TRIP_ALPHA * (hops_s / 2 - self._hop_down_s)
+        self.queue.coalescing.observe_round_trip(self._round_trip_s)
 
     def _admit_before_deadline(self, request: PendingRequest) -> None:
         """Refuse at once a request that cannot leave the queue before its deadline or queue
@@ -279,6 +290,7 @@ class ModelScheduler:
         while True:
             batch = await self._next_batch()
             self.inflight += 1
+            self._inflight_requests += len(batch)
             booking = self.timeline.book(
                 self.instances(), self.clock(), self._hop_down_s, self._compute_s(batch)
             )
@@ -473,6 +485,8 @@ class ModelScheduler:
         finally:
             if not released:
                 self._free_slot()
+            self._inflight_requests -= len(batch)
+            self._outstanding_changed(self.clock())
             dispatch_s = (self.clock() if returned is None else returned) - now
             self.metrics.batch_done(self.entry.spec.name, rows, now - batch[0].arrival, dispatch_s)
 

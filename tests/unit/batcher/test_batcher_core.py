@@ -308,6 +308,8 @@ async def test_a_half_full_batch_leaves_before_the_returned_batch_is_answered(
     dispatcher.gate.clear()
     first = core.submit(infer_request(0), deadline=None)
     await settle()
+    # A saturated front door, where coalescing holds (saturation.py decides it from load).
+    core.schedulers[(MODEL, "")].closed_loop.saturated = True
     queued = []
     for index in range(1, 26):  # 1 ms apart: dense once the mean gap forgets its start
         clock.advance(0.001)
