@@ -12,10 +12,14 @@ its answers, and a large share of the N stays outside the queue while the batch 
 served (mlp at concurrency 64: about half). Those are the requests a held batch waits for.
 
 So, over each WINDOW_S, the share of the peak outstanding that was not outstanding on average
-(time-weighted) says how saturated the front door was; from ENTER_SHARE on it is saturated,
+(time-weighted) says how saturated the front door was: from ENTER_SHARE on it is saturated,
 until the share falls below LEAVE_SHARE. Holding batches changes the share it is read from, and
-the gap between the two keeps the decision from flapping around one threshold. Too few clients
-(PEAK_MIN) never saturate it: a batch of them costs little to send as it is.
+the gap between the two keeps the decision from flapping around one threshold. On a machine
+whose cores other processes also want, the clients' own turnaround grows too, and at
+concurrency 16 a third to a half of them were outside (2-core machine, load average 6-19):
+so the clients outside must also be many, ENTER_OUTSIDE on average (LEAVE_OUTSIDE to leave), as
+many as a held batch could hope to gain; fewer clients than that never saturate it, and a
+held batch would wait for a few requests at most.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from typing import Protocol
 WINDOW_S = 0.25
 ENTER_SHARE = 0.3
 LEAVE_SHARE = 0.2
-PEAK_MIN = 8
+ENTER_OUTSIDE = 16
+LEAVE_OUTSIDE = 12
 
 
 class Saturation(Protocol):
@@ -54,8 +59,10 @@ class ClosedLoop:
             raise ValueError("window_s must be > 0")
         self.window_s = window_s
         self.saturated = False
-        # The latest reading: the share of the peak outside the queue over the last window.
+        # The latest reading: the share of the peak outside the queue over the last window, and
+        # how many that was on average.
         self.outside_share = 0.0
+        self.outside = 0.0
         self._outstanding = 0
         self._since: float | None = None
         self._window_start = 0.0
@@ -77,10 +84,13 @@ class ClosedLoop:
         self._peak = max(self._peak, outstanding)
 
     def _read(self, elapsed: float) -> None:
-        if elapsed >= 2 * self.window_s or self._peak < PEAK_MIN:
-            # An idle spell (no change for a whole window) or too few clients: not saturated.
-            self.outside_share, self.saturated = 0.0, False
+        if elapsed >= 2 * self.window_s or not self._peak:
+            # An idle spell (no change for a whole window): not saturated.
+            self.outside_share, self.outside, self.saturated = 0.0, 0.0, False
             return
-        self.outside_share = 1.0 - self._area / elapsed / self._peak
-        threshold = LEAVE_SHARE if self.saturated else ENTER_SHARE
-        self.saturated = self.outside_share >= threshold
+        self.outside = self._peak - self._area / elapsed
+        self.outside_share = self.outside / self._peak
+        if self.saturated:
+            self.saturated = self.outside_share >= LEAVE_SHARE and self.outside >= LEAVE_OUTSIDE
+        else:
+            self.saturated = self.outside_share >= ENTER_SHARE and self.outside >= ENTER_OUTSIDE
