@@ -63,7 +63,7 @@ class ClosedLoop:
         # how many that was on average.
         self.outside_share = 0.0
         self.outside = 0.0
-        self._outstanding = 0
+        self.outstanding = 0
         self._since: float | None = None
         self._window_start = 0.0
         self._peak = 0
@@ -74,13 +74,13 @@ class ClosedLoop:
         """The count of outstanding requests is `outstanding` from `now` on."""
         if self._since is None:
             self._since = self._window_start = now
-        self._area += self._outstanding * (now - self._since)
+        self._area += self.outstanding * (now - self._since)
         self._since = now
         elapsed = now - self._window_start
         if elapsed >= self.window_s:
             self._read(elapsed)
-            self._window_start, self._area, self._peak = now, 0.0, self._outstanding
-        self._outstanding = outstanding
+            self._window_start, self._area, self._peak = now, 0.0, self.outstanding
+        self.outstanding = outstanding
         self._peak = max(self._peak, outstanding)
 
     def _read(self, elapsed: float) -> None:

@@ -636,3 +636,24 @@ async def test_a_backlog_is_priced_in_the_batches_it_will_leave_in(clock: FakeCl
         assert scheduler.expected_wait(40) == pytest.approx((40 / 4 + 1) * 0.060)
     finally:
         scheduler.close()
+
+
+async def test_saturation_is_told_of_every_outstanding_request_until_it_is_answered(
+    harness: Harness, dispatcher: EchoDispatcher
+) -> None:
+    """The closed-loop reading counts requests queued and in flight, and none once answered:
+    a count that drifted would make a quiet front door read as saturated, or the reverse."""
+    core = harness.start(model_config(max_batch_size=4, delay_us=0))
+    dispatcher.gate.clear()
+    futures = [core.submit(infer_request(index), deadline=None) for index in range(6)]
+    await settle()
+    scheduler = core.schedulers[(MODEL, "")]
+    assert scheduler.inflight == 1, "a batch in flight"
+    assert 0 < len(scheduler.queue) < 6, "the rest queued"
+    assert scheduler.closed_loop.outstanding == 6
+
+    dispatcher.gate.set()
+    await gather(futures)
+    await settle()
+
+    assert scheduler.closed_loop.outstanding == 0
