@@ -8,7 +8,8 @@ tideserve-specific options live in `parameters`, as Triton keeps backend options
                       policies it registers (services/batcher/policies.py)
   slo_ms              end-to-end latency target for the SLO-aware batching policy
   coalesce_window_us  how long a batch may stay for requests still arriving close together,
-                      once it could leave (default 0: off; services/batcher/batching.py)
+                      once it could leave, while the batcher is saturated (default: one
+                      measured batch round trip; 0: off; services/batcher/batching.py)
   precision           "fp32" (default), "fp16" or "bf16" execution on GPU
   canary_weights      "VERSION:WEIGHT,..." (e.g. "1:90,2:10"): the batcher splits the model's
                       unversioned requests between those of the named versions that are served,
@@ -102,8 +103,10 @@ class ModelSpec:
         return float(raw) if raw else None
 
     @property
-    def coalesce_window_s(self) -> float:
-        return float(self.parameters.get("coalesce_window_us", "0")) / 1e6
+    def coalesce_window_s(self) -> float | None:
+        """The pinned coalescing window; None when the batcher chooses it."""
+        raw = self.parameters.get("coalesce_window_us")
+        return None if raw is None else float(raw) / 1e6
 
     @property
     def canary_weights(self) -> dict[str, int]:

@@ -14,8 +14,9 @@ Semantics follow Triton's dynamic batcher:
 Whether a batch may leave *now* is also gated by the caller on free dispatch capacity: while every
 worker is busy the queue keeps growing, so batches grow under load instead of by idling.
 
-One addition to Triton's rule, off unless a model sets `coalesce_window_us`: a batch short of its
-target that could leave stays while requests keep arriving close together (`Coalescing`).
+One addition to Triton's rule: while the front door is saturated, a batch short of its target that
+could leave stays while requests keep arriving close together (`Coalescing`; a model's
+`coalesce_window_us` pins its window, 0 turns it off).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from services.batcher.policies import BatchPolicy
+from services.batcher.saturation import NEVER_SATURATED, Saturation
 from tideserve.errors import ResourceExhausted
 from tideserve.modelconfig import BatchingSpec, QueuePolicy
 
@@ -72,8 +74,8 @@ class PendingRequest:
 
 
 class Coalescing:
-    """Holds a batch that could leave while requests keep arriving close together, for at most
-    `window_s` from its oldest request.
+    """Holds a batch that could leave while the front door is saturated and requests keep
+    arriving close together, for at most a window from its oldest request.
 
     When the front door's CPU is the bottleneck (mlp at concurrency 64: the batcher's event loop
     busy, the machine 88% busy), every batch costs CPU the requests need (the batcher's call
@@ -82,12 +84,17 @@ class Coalescing:
     Waiting for a dense stream of arrivals to pause made batches of 15 and served 1.06-1.28x
     the requests a second (alternating pairs), p99 no worse (docs/performance/batching.md).
 
-    The gate on density is what keeps a lone request from waiting: at concurrency 1 requests
-    come a round trip apart, far sparser than the gate, and leave at once; a fixed
-    max_queue_delay would make every one of them wait it out. The gate cannot tell a saturated
-    front door from a merely busy one: at concurrency 16 (requests 0.8 ms apart, the loop not
+    Below saturation holding only costs: at concurrency 16 (requests 0.8 ms apart, the loop not
     yet the bottleneck) each wave waited for company that did not come, for 17% less
-    throughput; hence off by default."""
+    throughput. The density of arrivals alone cannot tell the two apart, so a batch stays only
+    while `saturation` says the front door is saturated (saturation.py); a lone client's
+    requests, a round trip apart, are far sparser than the density gate besides, and leave at
+    once.
+
+    `window_s`: None (the default) for one batch round trip as the scheduler measures it
+    (`observe_round_trip`): about what holding gains, since the batch leaving now would come
+    back no sooner than that, and holding longer leaves a worker idle past it; nothing is held
+    until a round trip is measured. A positive value pins the window; 0 turns coalescing off."""
 
     # Arrivals are dense when they come on average at most this share of the window apart.
     DENSE_SHARE = 1 / 8
@@ -102,32 +109,44 @@ class Coalescing:
     # holding every batch cut the stream to 2,117-2,400 infer/s in the bench from 2,519-2,817.
     FULL_ENOUGH = 0.5
 
-    def __init__(self, window_s: float) -> None:
-        if window_s < 0:
-            raise ValueError("window_s must be >= 0 (0 = off)")
-        self.window_s = window_s
-        self.mean_gap_s = window_s
+    def __init__(self, window_s: float | None, saturation: Saturation) -> None:
+        if window_s is not None and window_s < 0:
+            raise ValueError("window_s must be >= 0 (0 = off) or None (automatic)")
+        self.pinned_s = window_s
+        self.saturation = saturation
+        self.window_s = window_s or 0.0
+        self.mean_gap_s: float | None = None
         self.last_arrival: float | None = None
+
+    def observe_round_trip(self, seconds: float) -> None:
+        """The scheduler's smoothed batch round trip: the window, unless it is pinned."""
+        if self.pinned_s is None:
+            self.window_s = seconds
 
     def arrived(self, now: float) -> None:
         if self.last_arrival is not None:
-            # Capped at the window, so an idle spell reads as "sparse" without outweighing
-            # the next burst for long.
-            gap = min(now - self.last_arrival, self.window_s)
-            self.mean_gap_s += self.GAP_ALPHA * (gap - self.mean_gap_s)
+            gap = now - self.last_arrival
+            if self.window_s:
+                # Capped at the window, so an idle spell reads as "sparse" without outweighing
+                # the next burst for long.
+                gap = min(gap, self.window_s)
+            if self.mean_gap_s is None:
+                self.mean_gap_s = gap
+            else:
+                self.mean_gap_s += self.GAP_ALPHA * (gap - self.mean_gap_s)
         self.last_arrival = now
 
     def hold_until(self, oldest_arrival: float, now: float, rows: int, target: int) -> float | None:
         """When a batch of `rows` (of `target`) whose oldest request arrived at `oldest_arrival`
         may leave, if it should stay now; None if it need not wait."""
-        if not self.window_s or self.last_arrival is None or rows >= self.FULL_ENOUGH * target:
+        window, mean_gap = self.window_s, self.mean_gap_s
+        if not window or mean_gap is None or self.last_arrival is None:
             return None
-        if self.mean_gap_s > self.DENSE_SHARE * self.window_s:
+        if rows >= self.FULL_ENOUGH * target or mean_gap > self.DENSE_SHARE * window:
             return None
-        until = min(
-            self.last_arrival + self.QUIET_GAPS * self.mean_gap_s,
-            oldest_arrival + self.window_s,
-        )
+        if not self.saturation.saturated:
+            return None
+        until = min(self.last_arrival + self.QUIET_GAPS * mean_gap, oldest_arrival + window)
         return until if until > now else None
 
 
@@ -139,7 +158,8 @@ class BatchQueue:
         policy: BatchPolicy,
         clock: Callable[[], float],
         default_max_rows: int = 0,
-        coalesce_window_s: float = 0.0,
+        coalesce_window_s: float | None = 0.0,
+        saturation: Saturation | None = None,
     ) -> None:
         if default_max_rows < 0:
             raise ValueError("default_max_rows must be >= 0 (0 = unbounded)")
@@ -148,7 +168,7 @@ class BatchQueue:
         self.batching = batching
         self.policy = policy
         self.clock = clock
-        self.coalescing = Coalescing(coalesce_window_s)
+        self.coalescing = Coalescing(coalesce_window_s, saturation or NEVER_SATURATED)
         levels = max(batching.priority_levels, 1)
         # Level i+1 of the config lives at index i; index `levels` holds DELAY-demoted requests.
         self._levels: list[deque[PendingRequest]] = [deque() for _ in range(levels + 1)]

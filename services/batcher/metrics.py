@@ -74,6 +74,7 @@ class BatcherMetrics:
         self._requests: dict[tuple[str, str, str], Counter] = {}
         self._latency: dict[tuple[str, str], Histogram] = {}
         self._labelled: set[tuple[str, str]] = set()
+        self._batch: dict[str, tuple[Histogram, Histogram, Histogram]] = {}
 
     def request_done(
         self, model: str, code: str, latency_s: float | None, version: str = ""
@@ -107,9 +108,17 @@ class BatcherMetrics:
 
     def batch_done(self, model: str, rows: int, queue_wait_s: float, dispatch_s: float) -> None:
         """One batch came back from the balancer (successfully or not)."""
-        self.batch_rows.labels(model).observe(rows)
-        self.queue_seconds.labels(model).observe(queue_wait_s)
-        self.dispatch_seconds.labels(model).observe(dispatch_s)
+        children = self._batch.get(model)
+        if children is None:
+            children = self._batch[model] = (
+                self.batch_rows.labels(model),
+                self.queue_seconds.labels(model),
+                self.dispatch_seconds.labels(model),
+            )
+        batch_rows, queue_seconds, dispatch_seconds = children
+        batch_rows.observe(rows)
+        queue_seconds.observe(queue_wait_s)
+        dispatch_seconds.observe(dispatch_s)
 
     def batch_served(
         self,

@@ -31,6 +31,7 @@ from services.batcher.catalog import CatalogEntry
 from services.batcher.links import BalancerLinks
 from services.batcher.pipelining import Booking, InstanceTimeline
 from services.batcher.policies import MeasuredCurve, ServiceCurve, create_policy
+from services.batcher.saturation import ClosedLoop
 from tideserve import shared_memory
 from tideserve.errors import (
     BalancerUnreachable,
@@ -142,6 +143,10 @@ class ModelScheduler:
         # Variable-length BYTES tensors are re-encoded per request; only fixed-size ones share.
         self.shared = shared if all(t.datatype != "BYTES" for t in spec.inputs) else None
         self.policy = create_policy(spec, curve)
+        # Whether the front door is saturated, for coalescing (batching.py): told the count of
+        # outstanding requests, queued or in a batch in flight, as it changes.
+        self.closed_loop = ClosedLoop()
+        self._inflight_requests = 0
         self.queue = BatchQueue(
             spec.max_batch_size,
             spec.batching,
@@ -149,6 +154,7 @@ class ModelScheduler:
             clock,
             max_queue_rows_default,
             spec.coalesce_window_s,
+            self.closed_loop,
         )
         self.dispatcher = dispatcher
         self.instances = instances
@@ -193,8 +199,12 @@ class ModelScheduler:
         self.admission.admit(request, self.queue)
         self.queue.put(request)
         request.future = asyncio.get_running_loop().create_future()
+        self._outstanding_changed(request.arrival)
         self._wake.set()
         return request.future
+
+    def _outstanding_changed(self, now: float) -> None:
+        self.closed_loop.changed(self.queue.count + self._inflight_requests, now)
 
     def capacity(self) -> int:
         """Batches that may be in flight at once."""
@@ -204,6 +214,7 @@ class ModelScheduler:
         while True:
             batch = await self._next_batch()
             self.inflight += 1
+            self._inflight_requests += len(batch)
             booking = self.timeline.book(
                 self.instances(), self.clock(), self.round_trips.hop_down_s, self._compute_s(batch)
             )
@@ -338,6 +349,7 @@ class ModelScheduler:
             round_trip = returned - now
             hops = max(round_trip - result.queue_seconds - result.compute_seconds, 0.0)
             self.round_trips.observe(rows, round_trip, hops)
+            self.queue.coalescing.observe_round_trip(self.round_trips.seconds)
             self.timeline.returned(booking, returned - hops / 2)
             self.policy.observe(rows, now - batch[0].arrival, result.compute_seconds)
             self.metrics.batch_served(
@@ -360,6 +372,8 @@ class ModelScheduler:
         finally:
             if not released:
                 self._free_slot()
+            self._inflight_requests -= len(batch)
+            self._outstanding_changed(self.clock())
             dispatch_s = (self.clock() if returned is None else returned) - now
             self.metrics.batch_done(self.entry.spec.name, rows, now - batch[0].arrival, dispatch_s)
 

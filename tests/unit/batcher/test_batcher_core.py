@@ -309,6 +309,8 @@ async def test_a_half_full_batch_leaves_before_the_returned_batch_is_answered(
     dispatcher.gate.clear()
     first = core.submit(infer_request(0), deadline=None)
     await settle()
+    # A saturated front door, where coalescing holds (saturation.py decides it from load).
+    core.schedulers[(MODEL, "")].closed_loop.saturated = True
     queued = []
     for index in range(1, 26):  # 1 ms apart: dense once the mean gap forgets its start
         clock.advance(0.001)
@@ -616,3 +618,24 @@ async def test_before_any_batch_returns_deadlines_do_not_refuse_admission(
     assert len(core.schedulers[(MODEL, "")].queue) == 6, "admitted: nothing says it would be late"
     dispatcher.gate.set()
     await gather(futures)
+
+
+async def test_saturation_is_told_of_every_outstanding_request_until_it_is_answered(
+    harness: Harness, dispatcher: EchoDispatcher
+) -> None:
+    """The closed-loop reading counts requests queued and in flight, and none once answered:
+    a count that drifted would make a quiet front door read as saturated, or the reverse."""
+    core = harness.start(model_config(max_batch_size=4, delay_us=0))
+    dispatcher.gate.clear()
+    futures = [core.submit(infer_request(index), deadline=None) for index in range(6)]
+    await settle()
+    scheduler = core.schedulers[(MODEL, "")]
+    assert scheduler.inflight == 1, "a batch in flight"
+    assert 0 < len(scheduler.queue) < 6, "the rest queued"
+    assert scheduler.closed_loop.outstanding == 6
+
+    dispatcher.gate.set()
+    await gather(futures)
+    await settle()
+
+    assert scheduler.closed_loop.outstanding == 0

@@ -7,8 +7,9 @@ import itertools
 
 import pytest
 
-from services.batcher.batching import BatchQueue, PendingRequest
+from services.batcher.batching import BatchQueue, Coalescing, PendingRequest
 from services.batcher.policies import FixedPolicy
+from services.batcher.saturation import Saturation
 from tideserve.errors import ResourceExhausted
 from tideserve.modelconfig import BatchingSpec, QueuePolicy
 
@@ -52,12 +53,20 @@ def make_queue(
     clock: FakeClock,
     max_batch_size: int = 8,
     delay_s: float = DELAY_S,
-    coalesce_window_s: float = 0.0,
+    coalesce_window_s: float | None = 0.0,
+    saturation: Saturation | None = None,
     **batching: object,
 ) -> BatchQueue:
     spec = BatchingSpec(enabled=True, max_queue_delay_us=int(delay_s * 1e6), **batching)
     policy = FixedPolicy(max_batch_size, delay_s)
-    return BatchQueue(max_batch_size, spec, policy, clock, coalesce_window_s=coalesce_window_s)
+    return BatchQueue(
+        max_batch_size,
+        spec,
+        policy,
+        clock,
+        coalesce_window_s=coalesce_window_s,
+        saturation=saturation,
+    )
 
 
 def ready(queue: BatchQueue, clock: FakeClock) -> bool:
@@ -309,9 +318,25 @@ def test_policy_target_is_capped_by_max_batch_size(clock: FakeClock) -> None:
     assert len(queue.take(clock())) == 2
 
 
-def coalescing_queue(clock: FakeClock, window_s: float = 0.008) -> BatchQueue:
-    """No queue delay (Triton's rule sends at once), coalescing on."""
-    return make_queue(clock, max_batch_size=16, delay_s=0.0, coalesce_window_s=window_s)
+class FakeSaturation:
+    """The front door's saturation as a test sets it."""
+
+    def __init__(self, saturated: bool = True) -> None:
+        self.saturated = saturated
+
+
+def coalescing_queue(
+    clock: FakeClock, window_s: float | None = 0.008, saturated: bool = True
+) -> BatchQueue:
+    """No queue delay (Triton's rule sends at once), coalescing on, the front door saturated
+    unless told otherwise."""
+    return make_queue(
+        clock,
+        max_batch_size=16,
+        delay_s=0.0,
+        coalesce_window_s=window_s,
+        saturation=FakeSaturation(saturated),
+    )
 
 
 def arrive_every(queue: BatchQueue, clock: FakeClock, gap_s: float, count: int) -> None:
@@ -385,3 +410,65 @@ def test_without_a_window_a_batch_leaves_at_once_however_dense(clock: FakeClock)
     arrive_every(queue, clock, 0.0001, 3)
 
     assert ready(queue, clock)
+
+
+def test_coalescing_never_holds_below_saturation(clock: FakeClock) -> None:
+    queue = coalescing_queue(clock, saturated=False)
+    arrive_every(queue, clock, 0.0005, 60)  # as dense as where a saturated front door holds
+    drain(queue, clock)
+    arrive_every(queue, clock, 0.0005, 3)
+
+    assert ready(queue, clock)
+
+
+def test_coalescing_follows_saturation_as_it_changes(clock: FakeClock) -> None:
+    queue = coalescing_queue(clock, saturated=False)
+    arrive_every(queue, clock, 0.0005, 60)
+    drain(queue, clock)
+    arrive_every(queue, clock, 0.0005, 3)
+    assert ready(queue, clock)
+
+    queue.coalescing.saturation.saturated = True  # type: ignore[misc]
+    assert not ready(queue, clock)
+
+
+def test_an_automatic_window_holds_nothing_until_a_round_trip_is_measured(
+    clock: FakeClock,
+) -> None:
+    queue = coalescing_queue(clock, window_s=None)
+    arrive_every(queue, clock, 0.0005, 60)
+    drain(queue, clock)
+    arrive_every(queue, clock, 0.0005, 3)
+    assert ready(queue, clock)
+
+    queue.coalescing.observe_round_trip(0.008)
+    hold = queue.next_batch_in(clock())
+    assert hold == pytest.approx(2 * queue.coalescing.mean_gap_s)
+
+
+def test_an_automatic_window_is_the_measured_round_trip(clock: FakeClock) -> None:
+    queue = coalescing_queue(clock, window_s=None)
+    queue.coalescing.observe_round_trip(0.004)
+    arrive_every(queue, clock, 0.0001, 60)
+    drain(queue, clock)
+    clock.advance(0.0001)
+    queue.put(request(clock, dims=(5,)))  # a shape of its own: its batch never fills up
+    first = clock()
+    for _ in range(100):
+        if ready(queue, clock):
+            break
+        arrive_every(queue, clock, 0.0001, 1)
+
+    assert clock() - first == pytest.approx(0.004)
+
+
+def test_a_pinned_window_ignores_the_measured_round_trip() -> None:
+    coalescing = Coalescing(0.008, FakeSaturation())
+    coalescing.observe_round_trip(0.002)
+
+    assert coalescing.window_s == 0.008
+
+
+def test_a_negative_window_is_refused() -> None:
+    with pytest.raises(ValueError, match="window_s must be >= 0"):
+        Coalescing(-0.001, FakeSaturation())

@@ -184,7 +184,7 @@ SUPERLINEAR = {1: 0.103, 8: 0.183, 16: 0.223, 24: 0.262, 32: 0.422, 48: 0.612, 6
 def test_coalescing_window_comes_from_the_model_config() -> None:
     assert spec(coalesce_window_us="8000").coalesce_window_s == pytest.approx(0.008)
     assert spec(coalesce_window_us="0").coalesce_window_s == 0.0
-    assert spec().coalesce_window_s == 0.0
+    assert spec().coalesce_window_s is None, "unset: the batcher chooses the window"
 
 
 def test_batches_stop_where_the_measured_curve_serves_rows_fastest() -> None:
