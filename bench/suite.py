@@ -45,8 +45,6 @@ from tideserve_tools.launcher import SuiteConfig
 
 HERE = Path(__file__).resolve().parent
 MODELS = baseline.MODELS
-# mlp's coalescing window (model config parameter coalesce_window_us).
-MLP_COALESCE_WINDOW_US = 8000
 
 
 @dataclass(frozen=True)
@@ -96,13 +94,8 @@ def write_repository(root: Path, slo_ms: float) -> Path:
         add_torchscript_model(
             repository, workload.name, MODELS / f"{workload.name}.pt", workload.input_dims
         )
-    # mlp's batches cost the front door more CPU than its compute; hold them while requests
-    # stream in (services/batcher/batching.py, Coalescing).
-    with (repository / "mlp" / "config.pbtxt").open("a") as config:
-        config.write(
-            'parameters { key: "coalesce_window_us" '
-            f'value {{ string_value: "{MLP_COALESCE_WINDOW_US}" }} }}\n'
-        )
+    # Served with the defaults a user gets: coalescing decides for itself
+    # (services/batcher/saturation.py), no window set by hand.
     slo = f'parameters {{ key: "slo_ms" value {{ string_value: "{slo_ms:g}" }} }}\n'
     aimd = 'parameters { key: "batching_policy" value { string_value: "aimd" } }\n'
     for name, extra in (("mlp_fixed", None), ("mlp_slo", slo), ("mlp_aimd", slo + aimd)):
@@ -562,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds,
             "perf_analyzer": "-i grpc -b 1",
             "workloads": [w.__dict__ for w in WORKLOADS],
-            "tideserve_mlp_coalesce_window_us": MLP_COALESCE_WINDOW_US,
+            "tideserve_mlp_coalesce_window_us": "automatic",
         },
         "inprocess": {},
         "tideserve": {},
