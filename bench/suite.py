@@ -281,6 +281,23 @@ def slo_experiment(
     return out
 
 
+def measure_floor(
+    repository: Path, workload: Workload, measurement_ms: int
+) -> dict[str, Any]:
+    """The layout floor (bench/front_door_floor.py, `layout + model`): a bare grpc.aio front door
+    batching what is queued, two bare hops, the last running the model; what a server in
+    tideserve's process layout reaches on this machine with none of its code. Measured at the
+    same concurrencies with the same perf_analyzer command as tideserve, unary."""
+    from bench.front_door_floor import floor_server
+
+    config_path = repository / workload.name / "config.pbtxt"
+    runs: dict[str, Any] = {}
+    with floor_server(config_path, hops=2, model=MODELS / f"{workload.name}.pt") as url:
+        for concurrency in workload.concurrencies:
+            runs[f"c{concurrency}"] = pa(url, workload.name, concurrency, measurement_ms)
+    return runs
+
+
 def measure_limit(workload: Workload, seconds: float) -> dict[str, Any]:
     return inprocess.run(
         MODELS / f"{workload.name}.pt",
@@ -368,12 +385,24 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
             ),
         }
     )
+    floor = results.get("floor", {}).get("mlp", {})
+    if floor:
+        rows.append(
+            {
+                "figure": "mlp c=64 unary throughput vs the layout floor",
+                "target": ">= 0.9x",
+                "measured": ratio(
+                    mlp64.get("throughput_infer_per_s"),
+                    floor.get("c64", {}).get("throughput_infer_per_s"),
+                ),
+            }
+        )
     cnn = ts["cnn"]["p1"].get("c16", {})
     limit = max(results["inprocess"]["cnn"]["results"], key=lambda r: r["samples_per_s"])
     rows.append(
         {
             "figure": "cnn c=16 throughput vs in-process limit",
-            "target": ">= 0.9x",
+            "target": ">= 0.95x",
             "measured": ratio(cnn.get("throughput_infer_per_s"), limit["samples_per_s"]),
         }
     )
@@ -388,6 +417,18 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
         }
     )
     lone = ts["mlp"]["p1"].get("c1", {})
+    if floor:
+        rows.append(
+            {
+                "figure": "mlp c=1 p50 minus the layout floor's, model included (ms)",
+                "target": "<= 0.5 ms",
+                "measured": round(
+                    lone.get("p50_ms", float("nan"))
+                    - floor.get("c1", {}).get("p50_ms", float("nan")),
+                    2,
+                ),
+            }
+        )
     own = next(r for r in results["inprocess"]["mlp"]["results"] if r["batch_size"] == 1)
     rows.append(
         {
@@ -450,7 +491,7 @@ def table(results: dict[str, Any]) -> str:
         "| each round (infer/s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for system in ("pytriton", "tideserve"):
+    for system in ("pytriton", "floor", "tideserve"):
         for model, by_variant in results.get(system, {}).items():
             variants = by_variant.items() if system == "tideserve" else [("", by_variant)]
             for variant, runs in variants:
@@ -569,6 +610,8 @@ def main(argv: list[str] | None = None) -> int:
                 repository, w, out / "logs", measurement_ms, 1, streaming_levels=(64,)
             ),
         }
+        if w.name == "mlp":
+            systems["layout floor"] = lambda w=w: measure_floor(repository, w, measurement_ms)
         if not args.skip_pytriton:
             systems["PyTriton"] = lambda w=w: measure_pytriton(w, out / "logs", measurement_ms)
         rounds = rotated_rounds(systems, args.rounds, f", {w.name}")
@@ -583,6 +626,11 @@ def main(argv: list[str] | None = None) -> int:
         results["tideserve"][w.name] = {
             "p1": {key: median_run([run[key] for run in ours]) for key in ours[0]}
         }
+        floors = [r["layout floor"] for r in rounds if "layout floor" in r]
+        if floors:
+            results.setdefault("floor", {})[w.name] = {
+                key: median_run([run[key] for run in floors]) for key in floors[0]
+            }
         if w.name == "mlp":
             print("tideserve mlp, 2 batcher processes", flush=True)
             results["tideserve"][w.name]["p2"] = measure_tideserve(

@@ -7,6 +7,7 @@ tideserve policy export      a policy file's actor for the scaler (POLICY.npz fr
 tideserve top [--once]       live view of workers, load, batch sizes, replicas and policy
 tideserve profile MODEL      measure a model's batch service times and a worker's cold start
 tideserve report RUN.json    PNG plots of a run: load vs replicas, latency, batch sizes
+tideserve bench [--quick]    the batching benchmark against Triton and the layout floor (checkout)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -251,6 +253,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser(
         "profile", help="measure t(b) and cold start; write a profile", add_help=False
     )
+    commands.add_parser(
+        "bench",
+        help="the batching benchmark against Triton and the layout floor (a source checkout)",
+        add_help=False,
+    )
     args, rest = parser.parse_known_args(argv)
     # Configured here, once, before any command runs: `policy` reports its progress in INFO
     # lines, which a WARNING default would drop (the commands do not configure logging).
@@ -287,6 +294,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, rest: list[s
         from tideserve_tools.report import main as report_main
 
         return report_main(rest)
+    if args.command == "bench":
+        return _bench(rest)
     if args.command == "profile":
         from tideserve_tools.profile import main as profile_main
 
@@ -302,6 +311,22 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, rest: list[s
     from tideserve_learning.evaluate import main as eval_main
 
     return eval_main(rest) or 0
+
+
+def _bench(rest: list[str]) -> int:
+    """`python -m bench.suite` of the checkout this command runs from. The benchmarks are not
+    in the wheel (they need perf_analyzer, PyTriton and the shared workloads), so they are run
+    as a program, never imported: the installed tools do not depend on them."""
+    checkout = Path(__file__).resolve().parent.parent
+    if not (checkout / "bench" / "suite.py").is_file():
+        print(
+            "tideserve bench: the benchmarks come with a source checkout of tideserve, not with "
+            "the installed package; run it from the checkout (`.venv/bin/tideserve bench`)",
+            file=sys.stderr,
+        )
+        return 2
+    command = [sys.executable, "-m", "bench.suite", *rest]
+    return subprocess.run(command, cwd=checkout, check=False).returncode
 
 
 if __name__ == "__main__":
