@@ -118,7 +118,8 @@ class ModelCatalog:
         now = self.clock()
         self.synced = True
         entries = {
-            name: entry for name, entry in self.entries.items()
+            name: entry
+            for name, entry in self.entries.items()
             if now - self.last_seen.get(name, now) < FORGET_AFTER_S and name not in unloaded
         }
         for served in models:
@@ -180,10 +181,15 @@ class ModelCatalog:
                 "retry shortly"
             )
         if entry is None:
-            raise NotFound(
-                f"unknown model {quoted(name)}; served models are "
-                f"{sorted(self.entries) or 'none yet'}"
-            )
+            served = f"served models are {sorted(self.entries) or 'none yet'}"
+            reasons = sorted({r for _, r in self.statuses.get(name, {}).values() if r})
+            if reasons:
+                # Known to the workers but served by none: say why (unloaded, removed from the
+                # repository, failed to load) rather than calling it unknown.
+                raise NotFound(
+                    f"model {quoted(name)} is not served ({'; '.join(reasons)}); {served}"
+                )
+            raise NotFound(f"unknown model {quoted(name)}; {served}")
         if version and version not in entry.versions:
             raise NotFound(
                 f"model {quoted(name)} has no version {quoted(version)} served; served versions "
