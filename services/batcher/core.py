@@ -27,7 +27,6 @@ from services.batcher.scheduler import (
     ModelScheduler,
 )
 from tideserve import shared_memory
-from tideserve.errors import FailedPrecondition
 from tideserve.v1 import cluster_pb2, inference_pb2
 
 logger = logging.getLogger(__name__)
@@ -122,27 +121,20 @@ class BatcherCore:
                 scheduler.close()
             name = entry.spec.name
             per_worker = entry.spec.instance_count
-            try:
-                scheduler = ModelScheduler(
-                    entry,
-                    self.dispatcher,
-                    lambda: per_worker * max(self.catalog.worker_counts.get(name, 0), 1),
-                    self.clock,
-                    lambda: self.catalog.service_curves.get(name, {}),
-                    self.metrics,
-                    self.max_queue_rows_default,
-                    self.shared,
-                    depth=self.inflight_per_instance,
-                    links=self.links,
-                    hold_s=self.hold_s,
-                    version=version,
-                )
-            except ValueError as error:
-                # The config's batching policy is the batcher's alone to check: the workers
-                # load the model whatever it names.
-                raise FailedPrecondition(
-                    f"model {name!r} cannot be batched: {error}; fix its config.pbtxt"
-                ) from None
+            scheduler = ModelScheduler(
+                entry,
+                self.dispatcher,
+                lambda: per_worker * max(self.catalog.worker_counts.get(name, 0), 1),
+                self.clock,
+                lambda: self.catalog.service_curves.get(name, {}),
+                self.metrics,
+                self.max_queue_rows_default,
+                self.shared,
+                depth=self.inflight_per_instance,
+                links=self.links,
+                hold_s=self.hold_s,
+                version=version,
+            )
             scheduler.start()
             self.schedulers[key] = scheduler
         return scheduler

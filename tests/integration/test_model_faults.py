@@ -136,6 +136,21 @@ def test_a_model_new_to_the_repository_is_served_and_one_removed_is_not(
         wait_for(lambda: index(cluster, "second").get("1") == ("READY", ""), 60, "second ready")
         assert infer(cluster, "second").model_version == "1"
 
+        # A model the batcher cannot batch: the index says why.
+        odd = tmp_path / "odd"
+        shutil.copytree(cluster.repository / "second", odd)
+        (odd / "config.pbtxt").write_text(
+            (odd / "config.pbtxt").read_text().replace('"second"', '"odd"')
+            + 'parameters { key: "batching_policy" value { string_value: "magic" } }\n'
+        )
+        odd.rename(cluster.repository / "odd")
+        wait_for(
+            lambda: index(cluster, "odd").get("1", ("",))[0] == "UNAVAILABLE", 60, "odd refused"
+        )
+        state, reason = index(cluster, "odd")["1"]
+        assert state == "UNAVAILABLE"
+        assert "unknown batching_policy 'magic'" in reason
+
         shutil.rmtree(cluster.repository / "second")
         wait_for(
             lambda: index(cluster, "second").get("1", ("",))[0] == "UNAVAILABLE", 60, "removed"
