@@ -198,12 +198,12 @@ class ModelLifecycle(Generic[R]):
         no-op when nothing changed), and unload a served model whose directory or config is
         gone. A load that fails is logged, shown in the model's states, and tried again once
         the model's files change; the versions serving go on serving."""
-        present = await asyncio.to_thread(model_names, self.repository)
         for name in list(self.runners):
-            if name not in present:
+            if not (self.repository / name / "config.pbtxt").is_file():
                 await self.unload(name, "removed from the model repository")
-        wanted = [n for n in present if not self.names or n in self.names]
-        for name in wanted:
+        present = await asyncio.to_thread(model_names, self.repository)
+        new = {n for n in present if not self.names or n in self.names}
+        for name in sorted(new | set(self.runners)):
             seen = await asyncio.to_thread(_fingerprint, self.repository / name)
             if self._held.get(name) == seen:
                 continue

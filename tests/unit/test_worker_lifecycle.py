@@ -204,6 +204,13 @@ async def test_poll_loads_only_the_models_named(tmp_path: Path) -> None:
     await named.poll()
     assert list(named.runners) == ["n"]
 
+    # One loaded by model control is followed from then on.
+    await named.load("m")
+    (tmp_path / "m" / "2").mkdir()
+    (tmp_path / "m" / "2" / "model.pt").write_bytes(b"weights v2")
+    await named.poll()
+    assert list(named.runners["m"]) == ["2"]
+
 
 async def test_a_model_unloaded_by_model_control_stays_unloaded_until_it_changes(
     lifecycle: ModelLifecycle[FakeRunner], tmp_path: Path
