@@ -25,6 +25,14 @@ class NotFound(TideserveError):
     code = "NOT_FOUND"
 
 
+class VersionNotServed(NotFound):
+    """The worker serves the model but not the version the batch named: it was retired (or
+    unloaded) after the batcher's last cluster snapshot. A version the batcher picked itself (a
+    canary split) may then go to the latest instead; one the client named may not."""
+
+    reason = "version-not-served"
+
+
 class ResourceExhausted(TideserveError):
     code = "RESOURCE_EXHAUSTED"
 

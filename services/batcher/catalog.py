@@ -1,17 +1,26 @@
 """The models the workers serve, as last told by the balancer, with the answers to metadata and
-config queries precomputed (they are asked often by clients such as perf_analyzer)."""
+config queries precomputed (they are asked often by clients such as perf_analyzer).
+
+The batching configuration (parameters.batching_policy and what that policy needs) is the
+batcher's alone to read, so it is checked here, as the catalog learns of a model: a model the
+batcher cannot batch is refused as a whole (requests FAILED_PRECONDITION with the reason, not
+ready, UNAVAILABLE with the reason in the repository index) rather than request by request."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.batcher.canary import WeightedSplit, effective_weights
+from services.batcher.policies import create_policy
 from services.batcher.requests import check_model_name, quoted
-from tideserve.errors import BalancerUnreachable, NotFound
+from tideserve.errors import BalancerUnreachable, FailedPrecondition, NotFound
 from tideserve.modelconfig import ModelSpec
 from tideserve.v1 import cluster_pb2, inference_pb2
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,27 @@ def _metadata(
             name=tensor.name, datatype=tensor.datatype, shape=[*batch_dim, *tensor.dims]
         )
     return response
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A model the workers serve that this batcher cannot batch, and why."""
+
+    versions: tuple[str, ...]
+    reason: str
+
+
+def batching_refusal(spec: ModelSpec) -> str:
+    """Why the batcher cannot batch the model as its config asks ("" when it can): the policy
+    registry (policies.create_policy) is the one judge of the names and what each needs."""
+    try:
+        create_policy(spec, dict)
+    except ValueError as error:
+        return (
+            f"the batcher cannot batch model {quoted(spec.name)}: {error}; fix its config.pbtxt "
+            "and load the model again"
+        )
+    return ""
 
 
 # Of a model version's states on several workers, the one the repository index shows.
@@ -107,6 +137,11 @@ class ModelCatalog:
         # Model name -> version -> (state, reason), merged over the workers (READY on any
         # worker wins, then LOADING): Triton's repository index.
         self.statuses: dict[str, dict[str, tuple[str, str]]] = {}
+        # Models the workers serve whose batching configuration this batcher refuses.
+        self.refused: dict[str, Refusal] = {}
+        # Cluster snapshots taken so far: a model-control call waits for one taken after the
+        # workers answered, so it does not read a refusal of the model's previous config.
+        self.generation = 0
 
     def update(
         self, models: list[cluster_pb2.ServedModel], unloaded: frozenset[str] = frozenset()
@@ -117,8 +152,11 @@ class ModelCatalog:
         changed = []
         now = self.clock()
         self.synced = True
+        self.generation += 1
+        refused: dict[str, Refusal] = {}
         entries = {
-            name: entry for name, entry in self.entries.items()
+            name: entry
+            for name, entry in self.entries.items()
             if now - self.last_seen.get(name, now) < FORGET_AFTER_S and name not in unloaded
         }
         for served in models:
@@ -136,6 +174,13 @@ class ModelCatalog:
                 continue
             spec = ModelSpec.from_config(served.config)
             versions = tuple(served.versions)
+            reason = batching_refusal(spec)
+            if reason:
+                if name not in self.refused:
+                    logger.warning("model refused", extra={"model": name, "reason": reason})
+                refused[name] = Refusal(versions, reason)
+                entries.pop(name, None)
+                continue
             weights = effective_weights(versions, spec.canary_weights, override)
             entries[name] = CatalogEntry(
                 spec,
@@ -148,6 +193,7 @@ class ModelCatalog:
             changed.append(name)
         self.entries = entries
         self.last_seen = {name: self.last_seen[name] for name in entries}
+        self.refused = refused
         return changed
 
     def update_workers(self, snapshot: cluster_pb2.ClusterSnapshot) -> None:
@@ -174,16 +220,23 @@ class ModelCatalog:
     def get(self, name: str, version: str = "") -> CatalogEntry:
         check_model_name(name)
         entry = self.entries.get(name)
+        if name in self.refused:
+            raise FailedPrecondition(self.refused[name].reason)
         if entry is None and not self.synced:
             raise BalancerUnreachable(
                 "this batcher has not yet heard from a balancer which models are served; "
                 "retry shortly"
             )
         if entry is None:
-            raise NotFound(
-                f"unknown model {quoted(name)}; served models are "
-                f"{sorted(self.entries) or 'none yet'}"
-            )
+            served = f"served models are {sorted(self.entries) or 'none yet'}"
+            reasons = sorted({r for _, r in self.statuses.get(name, {}).values() if r})
+            if reasons:
+                # Known to the workers but served by none: say why (unloaded, removed from the
+                # repository, failed to load) rather than calling it unknown.
+                raise NotFound(
+                    f"model {quoted(name)} is not served ({'; '.join(reasons)}); {served}"
+                )
+            raise NotFound(f"unknown model {quoted(name)}; {served}")
         if version and version not in entry.versions:
             raise NotFound(
                 f"model {quoted(name)} has no version {quoted(version)} served; served versions "
@@ -205,6 +258,9 @@ class ModelCatalog:
                     rows[(name, version)] = ("UNAVAILABLE", "no ready worker")
                 else:
                     rows.setdefault((name, version), ("READY", ""))
+        for name, refusal in self.refused.items():
+            for version in refusal.versions:
+                rows[(name, version)] = ("UNAVAILABLE", refusal.reason)
         if not reachable:
             rows = {key: ("UNAVAILABLE", "no balancer reachable") for key in rows}
         return [(*key, *status) for key, status in sorted(rows.items())]

@@ -27,7 +27,7 @@ from services.batcher.scheduler import (
     ModelScheduler,
 )
 from tideserve import shared_memory
-from tideserve.errors import FailedPrecondition
+from tideserve.errors import VersionNotServed
 from tideserve.v1 import cluster_pb2, inference_pb2
 
 logger = logging.getLogger(__name__)
@@ -122,27 +122,20 @@ class BatcherCore:
                 scheduler.close()
             name = entry.spec.name
             per_worker = entry.spec.instance_count
-            try:
-                scheduler = ModelScheduler(
-                    entry,
-                    self.dispatcher,
-                    lambda: per_worker * max(self.catalog.worker_counts.get(name, 0), 1),
-                    self.clock,
-                    lambda: self.catalog.service_curves.get(name, {}),
-                    self.metrics,
-                    self.max_queue_rows_default,
-                    self.shared,
-                    depth=self.inflight_per_instance,
-                    links=self.links,
-                    hold_s=self.hold_s,
-                    version=version,
-                )
-            except ValueError as error:
-                # The config's batching policy is the batcher's alone to check: the workers
-                # load the model whatever it names.
-                raise FailedPrecondition(
-                    f"model {name!r} cannot be batched: {error}; fix its config.pbtxt"
-                ) from None
+            scheduler = ModelScheduler(
+                entry,
+                self.dispatcher,
+                lambda: per_worker * max(self.catalog.worker_counts.get(name, 0), 1),
+                self.clock,
+                lambda: self.catalog.service_curves.get(name, {}),
+                self.metrics,
+                self.max_queue_rows_default,
+                self.shared,
+                depth=self.inflight_per_instance,
+                links=self.links,
+                hold_s=self.hold_s,
+                version=version,
+            )
             scheduler.start()
             self.schedulers[key] = scheduler
         return scheduler
@@ -169,9 +162,34 @@ class BatcherCore:
         self.requests_total += 1
         entry = self.catalog.get(request.model_name, request.model_version)
         # An unversioned request may be sent to a canary version (config or operator weights).
-        return self._scheduler(entry, entry.version_for(request.model_version)).submit(
+        version = entry.version_for(request.model_version)
+        answer = self._scheduler(entry, version).submit(
             parse_request(request, entry.spec, now, deadline, raw_inputs)
         )
+        if version == request.model_version:
+            return answer
+        return asyncio.ensure_future(self._or_latest(answer, request, deadline, raw_inputs))
+
+    async def _or_latest(
+        self,
+        answer: asyncio.Future,
+        request: inference_pb2.ModelInferRequest,
+        deadline: float | None,
+        raw_inputs: Sequence[RawInput] | None,
+    ) -> inference_pb2.ModelInferResponse:
+        """The answer of a request whose version the canary split picked; if the workers
+        retired that version before a cluster snapshot told us, the latest version answers
+        instead: the client named no version, so any served one will do."""
+        try:
+            return await answer
+        except VersionNotServed:
+            entry = self.catalog.get(request.model_name)
+            logger.debug(
+                "canary version retired; the latest answers", extra={"model": entry.spec.name}
+            )
+            return await self._scheduler(entry, "").submit(
+                parse_request(request, entry.spec, self.clock(), deadline, raw_inputs)
+            )
 
     def record(self, latency: float | None) -> None:
         """A request finished: its latency, or None if it failed."""

@@ -226,19 +226,31 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
         """Load the model's latest version from every worker's repository; answers once it
-        is served (a version already serving goes on serving until then, and if the load fails).
+        is served (a version already serving goes on serving until then, and if the load fails),
+        or with INVALID_ARGUMENT when this batcher cannot batch it as its config asks.
         """
         name = request.model_name
         self._check_model_control(name, request.parameters)
         answer = await self._control(context, name, cluster_pb2.ControlModelRequest.LOAD)
         loaded = {s.version for s in answer.statuses if s.state == "READY"}
+        answered = self.catalog.generation
         await self._shown(
             context,
             name,
             lambda: (
-                self.core.model_ready(name) and loaded <= set(self.catalog.served_versions(name))
+                self.catalog.generation > answered
+                and (
+                    name in self.catalog.refused
+                    or (
+                        self.core.model_ready(name)
+                        and loaded <= set(self.catalog.served_versions(name))
+                    )
+                )
             ),
         )
+        if name in self.catalog.refused:
+            # The workers loaded it, but this batcher cannot batch it as configured.
+            raise InvalidArgument(self.catalog.refused[name].reason)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(

@@ -16,6 +16,7 @@ from tideserve.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
+    VersionNotServed,
 )
 from tideserve.v1 import cluster_pb2
 
@@ -115,7 +116,7 @@ class WorkerCore:
             raise NotFound(f"worker {self.worker_id} does not serve model {model!r}")
         runner = versions.get(version) if version else list(versions.values())[-1]
         if runner is None:
-            raise NotFound(
+            raise VersionNotServed(
                 f"worker {self.worker_id} does not serve version {version!r} of model {model!r}; "
                 f"it serves versions {list(versions)}"
             )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from services.worker.repository import MODEL_FILES, RepositoryEntry, scan
+from services.worker.repository import MODEL_FILES, RepositoryEntry, model_names, scan
 from tideserve.errors import InvalidArgument, TideserveError
 from tideserve.v1 import cluster_pb2
 from tideserve.v1 import model_config_pb2 as mc
@@ -77,15 +77,21 @@ class ModelLifecycle(Generic[R]):
         repository: Path,
         runners: dict[str, dict[str, R]],
         build: Callable[[RepositoryEntry], R],
+        names: tuple[str, ...] = (),
     ) -> None:
         self.repository = repository
         self.runners = runners
         self.build = build
+        # The models a poll may load: these alone (the worker's --models), or every model of
+        # the repository when empty.
+        self.names = names
         self.states: dict[tuple[str, str], VersionState] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        # The repository as it was at each model's last failed poll-triggered load: polls skip
-        # the model until it changes, rather than failing the same load every period.
-        self._failed_polls: dict[str, tuple[tuple[str, int, int, int], ...]] = {}
+        # The repository as it was when polls should start leaving each model alone: at its
+        # last failed poll-triggered load (rather than failing the same load every period), or
+        # when model control unloaded it (the operator's unload holds). Polls skip the model
+        # until its files change.
+        self._held: dict[str, tuple[tuple[str, int, int, int], ...]] = {}
         self._subscribers: list[Callable[[cluster_pb2.ModelUpdate], None]] = []
 
     def subscribe(self, callback: Callable[[cluster_pb2.ModelUpdate], None]) -> None:
@@ -97,6 +103,7 @@ class ModelLifecycle(Generic[R]):
         close the runners left out. A no-op when nothing changed. Raises NotFound (not in the
         repository), InvalidArgument (invalid config, a model file that does not load) with
         the reason; then nothing served changes."""
+        self._held.pop(name, None)
         async with self._locks.setdefault(name, asyncio.Lock()):
             current = dict(self.runners.get(name, {}))
             try:
@@ -170,41 +177,45 @@ class ModelLifecycle(Generic[R]):
                 raise failure from error
         return built
 
-    async def unload(self, name: str) -> None:
-        """Stop serving `name` (a no-op if it is not served); batches it holds finish first."""
+    async def unload(self, name: str, reason: str = "unloaded") -> None:
+        """Stop serving `name` (a no-op if it is not served); batches it holds finish first.
+        Until the model's files change, polls leave it unloaded."""
+        self._held[name] = await asyncio.to_thread(_fingerprint, self.repository / name)
         async with self._locks.setdefault(name, asyncio.Lock()):
             versions = self.runners.pop(name, None)
             if not versions:
                 return
             for version in versions:
-                self.states[(name, version)] = VersionState(UNAVAILABLE, "unloaded")
+                self.states[(name, version)] = VersionState(UNAVAILABLE, reason)
             self._publish()
             logger.info("model unloaded", extra={"model": name, "versions": list(versions)})
             for runner in versions.values():
                 await asyncio.to_thread(runner.close)
 
     async def poll(self) -> None:
-        """Bring every served model in line with the repository as it is now: load what its
-        version_policy picks (a no-op when nothing changed), unload a model whose directory or
-        config is gone. A load that fails is logged and tried again at the next poll; the
-        versions serving go on serving."""
+        """Bring the worker in line with the repository as it is now, as Triton's poll mode:
+        load each model there (of `names`, if set) as its version_policy picks, new ones too (a
+        no-op when nothing changed), and unload a served model whose directory or config is
+        gone. A load that fails is logged, shown in the model's states, and tried again once
+        the model's files change; the versions serving go on serving."""
         for name in list(self.runners):
             if not (self.repository / name / "config.pbtxt").is_file():
-                await self.unload(name)
-                continue
+                await self.unload(name, "removed from the model repository")
+        present = await asyncio.to_thread(model_names, self.repository)
+        new = {n for n in present if not self.names or n in self.names}
+        for name in sorted(new | set(self.runners)):
             seen = await asyncio.to_thread(_fingerprint, self.repository / name)
-            if self._failed_polls.get(name) == seen:
+            if self._held.get(name) == seen:
                 continue
+            self._held.pop(name, None)
             try:
                 await self.load(name)
             except TideserveError as error:
-                self._failed_polls[name] = seen
+                self._held[name] = seen
                 logger.warning(
                     "repository poll could not load a model; serving what was served",
                     extra={"model": name, "error": str(error)},
                 )
-            else:
-                self._failed_polls.pop(name, None)
 
     def served(self) -> list[cluster_pb2.ServedModel]:
         return [

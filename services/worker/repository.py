@@ -30,6 +30,24 @@ def _model_file(version_dir: Path) -> Path | None:
     return next((version_dir / f for f in MODEL_FILES if (version_dir / f).exists()), None)
 
 
+def model_names(repository: Path) -> list[str]:
+    """The models a poll finds in the repository now: directories with a config.pbtxt and some
+    version directory holding a model file (one still being copied in lacks them). A hidden
+    directory is a copy being staged, to be renamed into place: not a model yet."""
+    if not repository.is_dir():
+        return []
+    return sorted(
+        model_dir.name
+        for model_dir in repository.iterdir()
+        if not model_dir.name.startswith(".")
+        and (model_dir / "config.pbtxt").is_file()
+        and any(
+            p.is_dir() and p.name.isdigit() and _model_file(p) is not None
+            for p in model_dir.iterdir()
+        )
+    )
+
+
 def scan(repository: Path, names: Iterable[str] = ()) -> list[RepositoryEntry]:
     """Every servable model of the repository (or just `names`), one entry per version its
     version_policy serves, by name and then ascending version. A version directory without a

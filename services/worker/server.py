@@ -208,7 +208,7 @@ async def build_server(settings: WorkerSettings) -> tuple[serving.Service, int]:
             return EmulatedDeviceRunner(runner, settings.slowdown, service_profile)
         return runner
 
-    lifecycle = ModelLifecycle(Path(settings.model_repository), runners, build)
+    lifecycle = ModelLifecycle(Path(settings.model_repository), runners, build, settings.models)
     released = asyncio.Event()
     tasks: list[asyncio.Task] = []
 

@@ -18,11 +18,13 @@ class WorkerSettings(TlsFields):
     model_repository: str = "model_repository"
     # Models to load; empty loads every model in the repository.
     models: tuple[str, ...] = ()
-    # Rescan the repository every this many seconds (Triton's --model-control-mode=poll, for
-    # the models this worker serves): a new version directory is loaded beside the served one
-    # and takes over once warm, a removed one is unloaded, and a model whose directory is gone
-    # is unloaded. Write a new version under a temporary name and rename it into place, so a
-    # scan never sees it half-copied. 0 = off: models change only by explicit load/unload.
+    # Rescan the repository every this many seconds (Triton's --model-control-mode=poll): a
+    # model new to the repository (of `models`, if set) is loaded, a new version directory is
+    # loaded beside the served one and takes over once warm, a removed one is unloaded, and a
+    # model whose directory is gone is unloaded. A model unloaded by model control stays
+    # unloaded until its files change. Write a new version under a temporary name and rename it
+    # into place, so a scan never sees it half-copied. 0 = off: models change only by explicit
+    # load/unload.
     repository_poll_s: float = 0.0
     balancers: tuple[str, ...] = ("127.0.0.1:8100",)
     heartbeat_interval_s: float = 0.1

@@ -1,7 +1,9 @@
 """A canary against a real suite: the config's canary_weights split a model's unversioned
 requests 90/10 between two served versions, the batcher's Prometheus metrics count each
 version's share and latency, and an operator's SetCanaryWeights on the balancer moves all of it
-to the canary at run time. Only the operator may move it."""
+to the canary at run time. Only the operator may move it. Retiring a version the split sends
+requests to fails none of them under steady load: the latest answers those the batcher sent on
+before it heard."""
 
 from __future__ import annotations
 
@@ -18,6 +20,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.cluster import Cluster, sync_channel, wait_for
 from services.worker.models import DEFAULT_MODEL, write_default_model
+from tests.rollout import (
+    ANSWERS_AFTER_RETIREMENT,
+    SteadyLoad,
+    check_counts,
+    load_model,
+    only_latest_ready,
+)
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2_grpc
 from tideserve.v1 import inference_pb2 as pb
 
@@ -122,3 +131,26 @@ def test_weights_split_traffic_and_an_operator_moves_them(cluster: Cluster) -> N
         wait_for(
             lambda: "1" in infer(stub, 10), 30, "the config's weights to send requests to 1 again"
         )
+
+
+def test_retiring_the_version_the_split_favours_fails_no_request(cluster: Cluster) -> None:
+    config = cluster.repository / DEFAULT_MODEL / "config.pbtxt"
+    with SteadyLoad(cluster.batcher) as load:
+        wait_for(
+            lambda: load.current().answered["1"] >= ANSWERS_AFTER_RETIREMENT, 60, "1 answering"
+        )
+        load.begin("2")
+        config.write_text(
+            config.read_text().replace(
+                "version_policy: { all: {} }", "version_policy: { specific: { versions: [2] } }"
+            )
+        )
+        load_model(cluster.batcher)
+        wait_for(lambda: only_latest_ready(cluster.batcher, "2"), 60, "version 2 serving alone")
+        load.mark_retired()
+        wait_for(
+            lambda: sum(load.current().after_retirement.values()) >= ANSWERS_AFTER_RETIREMENT,
+            60,
+            "answers from version 2",
+        )
+    check_counts(load, "canary version retired")

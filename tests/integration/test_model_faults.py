@@ -2,7 +2,8 @@
 workers' poll or asked for with RepositoryModelLoad, under steady load: Load answers
 INVALID_ARGUMENT saying what is wrong, the repository index shows it UNAVAILABLE with the reason,
 and the version already serving keeps serving every request. Once fixed, the new version rolls
-out."""
+out. A model new to the repository is found by the poll and served, and one removed from it is
+no longer, while the other model serves on."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from harness.cluster import Cluster, sync_channel, wait_for
@@ -32,12 +34,21 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     running.stop()
 
 
-def index(cluster: Cluster) -> dict[str, tuple[str, str]]:
+def index(cluster: Cluster, model: str = DEFAULT_MODEL) -> dict[str, tuple[str, str]]:
     with sync_channel(cluster.batcher) as channel:
         response = inference_pb2_grpc.GRPCInferenceServiceStub(channel).RepositoryIndex(
             pb.RepositoryIndexRequest(), timeout=5
         )
-    return {m.version: (m.state, m.reason) for m in response.models if m.name == DEFAULT_MODEL}
+    return {m.version: (m.state, m.reason) for m in response.models if m.name == model}
+
+
+def infer(cluster: Cluster, model: str) -> pb.ModelInferResponse:
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="INPUT__0", datatype="FP32", shape=[1, 1, 28, 28])
+    request.raw_input_contents.append(np.zeros(784, np.float32).tobytes())
+    with sync_channel(cluster.batcher) as channel:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        return stub.ModelInfer(request, timeout=30)
 
 
 def refused_load(cluster: Cluster) -> grpc.RpcError:
@@ -108,3 +119,49 @@ def test_bad_versions_and_configs_are_shown_and_the_served_version_serves_on(
             "answers from version 2",
         )
     check_counts(load, "bad model and config, poll")
+
+
+def test_a_model_new_to_the_repository_is_served_and_one_removed_is_not(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    staging = tmp_path / "staging"
+    shutil.copytree(cluster.repository / DEFAULT_MODEL, staging, ignore=lambda *_: [".*"])
+    config = staging / "config.pbtxt"
+    config.write_text(config.read_text().replace(f'"{DEFAULT_MODEL}"', '"second"'))
+    with SteadyLoad(cluster.batcher) as load:
+        wait_for(lambda: load.current().answered["1"] >= 10, 60, "requests served by 1")
+        assert index(cluster, "second") == {}
+
+        staging.rename(cluster.repository / "second")
+        wait_for(lambda: index(cluster, "second").get("1") == ("READY", ""), 60, "second ready")
+        assert infer(cluster, "second").model_version == "1"
+
+        # A model the batcher cannot batch: the index says why.
+        odd = tmp_path / "odd"
+        shutil.copytree(cluster.repository / "second", odd)
+        (odd / "config.pbtxt").write_text(
+            (odd / "config.pbtxt").read_text().replace('"second"', '"odd"')
+            + 'parameters { key: "batching_policy" value { string_value: "magic" } }\n'
+        )
+        odd.rename(cluster.repository / "odd")
+        wait_for(
+            lambda: index(cluster, "odd").get("1", ("",))[0] == "UNAVAILABLE", 60, "odd refused"
+        )
+        state, reason = index(cluster, "odd")["1"]
+        assert state == "UNAVAILABLE"
+        assert "unknown batching_policy 'magic'" in reason
+
+        shutil.rmtree(cluster.repository / "second")
+        wait_for(
+            lambda: index(cluster, "second").get("1", ("",))[0] == "UNAVAILABLE", 60, "removed"
+        )
+        assert index(cluster, "second")["1"] == ("UNAVAILABLE", "removed from the model repository")
+        with pytest.raises(grpc.RpcError) as refused:
+            infer(cluster, "second")
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "'second' is not served (removed from the model repository)" in (
+            refused.value.details() or ""
+        )
+        served = load.current().answered["1"]
+        wait_for(lambda: load.current().answered["1"] >= served + 10, 60, "the other serving on")
+    check_counts(load, "a model added and removed, poll")

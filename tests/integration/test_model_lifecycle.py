@@ -186,7 +186,7 @@ def test_a_model_naming_an_unknown_batching_policy_is_refused_by_the_batcher(
     cluster: Cluster, repository: Path
 ) -> None:
     """The batching policy is the batcher's alone: the worker loads the model whatever its
-    config names, and the batcher refuses its requests with the policies it knows."""
+    config names, and the batcher refuses it at Load with the policies it knows."""
     odd = repository / "odd_policy"
     shutil.copytree(repository / DEFAULT_MODEL / "1", odd / "1")
     config = (repository / DEFAULT_MODEL / "config.pbtxt").read_text()
@@ -194,14 +194,28 @@ def test_a_model_naming_an_unknown_batching_policy_is_refused_by_the_batcher(
         config.replace(f'"{DEFAULT_MODEL}"', '"odd_policy"')
         + 'parameters { key: "batching_policy" value { string_value: "magic" } }\n'
     )
-    assert triton(cluster, "load", "odd_policy") == {"ok": True}
+    failed = triton(cluster, "load", "odd_policy")
 
+    assert failed["status"] == "StatusCode.INVALID_ARGUMENT", failed
+    assert "unknown batching_policy 'magic'" in failed["error"]
+    assert "['aimd', 'fixed', 'queue_length', 'slo']" in failed["error"]
+    state, reason = index(cluster)[("odd_policy", "1")]
+    assert state == "UNAVAILABLE"
+    assert "unknown batching_policy 'magic'" in reason
+    with sync_channel(cluster.batcher) as channel:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        ready = stub.ModelReady(pb.ModelReadyRequest(name="odd_policy"), timeout=5)
+    assert not ready.ready
     refused = triton(cluster, "infer", "odd_policy", "1")
-
     assert refused["status"] == "StatusCode.FAILED_PRECONDITION", refused
     assert "unknown batching_policy 'magic'" in refused["error"]
-    assert "['aimd', 'fixed', 'queue_length', 'slo']" in refused["error"]
     assert triton(cluster, "infer", DEFAULT_MODEL, "1")["ok"] == 1, "the batcher serves on"
+
+    # Fixed and loaded again, it is served.
+    (odd / "config.pbtxt").write_text(config.replace(f'"{DEFAULT_MODEL}"', '"odd_policy"'))
+    assert triton(cluster, "load", "odd_policy") == {"ok": True}
+    assert index(cluster)[("odd_policy", "1")] == ("READY", "")
+    assert triton(cluster, "infer", "odd_policy", "2") == {"ok": 2, "versions": ["1"]}
 
 
 def test_model_control_can_be_turned_off(cluster: Cluster) -> None:

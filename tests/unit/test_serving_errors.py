@@ -34,6 +34,7 @@ REASONED_ERRORS = [
     (errors.NoReadyWorker, grpc.StatusCode.UNAVAILABLE, "no-ready-worker"),
     (errors.BalancerUnreachable, grpc.StatusCode.UNAVAILABLE, "balancer-unreachable"),
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline"),
+    (errors.VersionNotServed, grpc.StatusCode.NOT_FOUND, "version-not-served"),
 ]
 
 

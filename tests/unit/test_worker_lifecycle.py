@@ -175,7 +175,56 @@ async def test_poll_follows_version_directories_and_removed_models(
     shutil.rmtree(tmp_path / "m")
     await lifecycle.poll()
     assert "m" not in lifecycle.runners
+    assert states(lifecycle)[("m", "1")] == ("UNAVAILABLE", "removed from the model repository")
+
+
+async def test_poll_loads_models_new_to_the_repository(
+    lifecycle: ModelLifecycle[FakeRunner], tmp_path: Path
+) -> None:
+    await lifecycle.poll()
+    assert list(lifecycle.runners) == ["m"], "a model there before the first poll is loaded too"
+
+    (tmp_path / "n" / "1").mkdir(parents=True)
+    (tmp_path / "n" / "config.pbtxt").write_text(CONFIG)
+    await lifecycle.poll()
+    assert "n" not in lifecycle.runners, "a model without a model file yet is still arriving"
+    assert ("n", "") not in states(lifecycle)
+
+    (tmp_path / "n" / "1" / "model.pt").write_bytes(b"weights")
+    await lifecycle.poll()
+    assert list(lifecycle.runners["n"]) == ["1"]
+    assert states(lifecycle)[("n", "1")] == ("READY", "")
+    assert list(lifecycle.runners["m"]) == ["1"], "the other model is left as it was"
+
+
+async def test_poll_loads_only_the_models_named(tmp_path: Path) -> None:
+    add_version(tmp_path, "m", "1")
+    add_version(tmp_path, "n", "1")
+    named: ModelLifecycle[FakeRunner] = ModelLifecycle(tmp_path, {}, build, ("n",))
+    await named.poll()
+    assert list(named.runners) == ["n"]
+
+    # One loaded by model control is followed from then on.
+    await named.load("m")
+    (tmp_path / "m" / "2").mkdir()
+    (tmp_path / "m" / "2" / "model.pt").write_bytes(b"weights v2")
+    await named.poll()
+    assert list(named.runners["m"]) == ["2"]
+
+
+async def test_a_model_unloaded_by_model_control_stays_unloaded_until_it_changes(
+    lifecycle: ModelLifecycle[FakeRunner], tmp_path: Path
+) -> None:
+    await lifecycle.poll()
+    await lifecycle.unload("m")
+    await lifecycle.poll()
+    assert "m" not in lifecycle.runners
     assert states(lifecycle)[("m", "1")] == ("UNAVAILABLE", "unloaded")
+
+    (tmp_path / "m" / "2").mkdir()
+    (tmp_path / "m" / "2" / "model.pt").write_bytes(b"weights v2")
+    await lifecycle.poll()
+    assert list(lifecycle.runners["m"]) == ["2"]
 
 
 async def test_a_poll_shows_why_a_change_failed_and_tries_again_only_once_it_changes(

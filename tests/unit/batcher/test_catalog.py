@@ -11,7 +11,8 @@ from services.batcher.catalog import (
     merged_statuses,
     unloaded_models,
 )
-from tideserve.errors import BalancerUnreachable, NotFound
+from services.batcher.policies import POLICIES
+from tideserve.errors import BalancerUnreachable, FailedPrecondition, NotFound
 from tideserve.v1 import cluster_pb2
 from tideserve.v1 import model_config_pb2 as mc
 
@@ -123,3 +124,52 @@ def test_repository_index_shows_each_version_with_its_state() -> None:
         "UNAVAILABLE",
         "no ready worker",
     )
+
+
+def with_parameter(model: cluster_pb2.ServedModel, key: str, value: str) -> cluster_pb2.ServedModel:
+    model.config.parameters[key].string_value = value
+    return model
+
+
+def test_a_model_the_batcher_cannot_batch_is_refused_with_the_reason() -> None:
+    catalog = ModelCatalog()
+    snapshot = cluster_pb2.ClusterSnapshot(
+        workers=[
+            cluster_pb2.WorkerState(
+                worker_id="a",
+                models=["m"],
+                phase=cluster_pb2.WorkerState.READY,
+                model_statuses=[cluster_pb2.ModelStatus(name="m", version="1", state="READY")],
+            )
+        ]
+    )
+    assert catalog.update([with_parameter(served("m"), "batching_policy", "magic")]) == []
+    catalog.update_workers(snapshot)
+
+    with pytest.raises(FailedPrecondition) as refused:
+        catalog.get("m")
+    assert "unknown batching_policy 'magic'" in str(refused.value)
+    assert str(sorted(POLICIES)) in str(refused.value)
+    assert not catalog.ready("m")
+    [(name, version, state, reason)] = catalog.repository_index(reachable=True)
+    assert (name, version, state) == ("m", "1", "UNAVAILABLE")
+    assert reason == str(refused.value)
+
+    # A policy that needs a parameter the config lacks is refused the same way.
+    catalog.update([with_parameter(served("m"), "batching_policy", "slo")])
+    with pytest.raises(FailedPrecondition, match="needs parameters.slo_ms"):
+        catalog.get("m")
+
+    assert catalog.update([with_parameter(served("m"), "batching_policy", "fixed")]) == ["m"]
+    assert catalog.get("m").spec.name == "m"
+    assert catalog.refused == {}
+    assert catalog.repository_index(reachable=True) == [("m", "1", "READY", "")]
+
+
+def test_a_served_model_whose_config_turns_unbatchable_is_refused() -> None:
+    catalog = ModelCatalog()
+    catalog.update([served("m")])
+    catalog.update([with_parameter(served("m"), "batching_policy", "magic")])
+    with pytest.raises(FailedPrecondition, match="magic"):
+        catalog.get("m")
+    assert catalog.served_names() == []
