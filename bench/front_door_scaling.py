@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.front_door_floor import BatchingFrontDoor, floor_processes, serve_front_door
+from bench.floor_servers import BatchingFrontDoor, floor_processes, serve_front_door
 from bench.gpu import (
     ROOT,
     CpuMeter,

@@ -288,7 +288,7 @@ def measure_floor(
     batching what is queued, two bare hops, the last running the model; what a server in
     tideserve's process layout reaches on this machine with none of its code. Measured at the
     same concurrencies with the same perf_analyzer command as tideserve, unary."""
-    from bench.front_door_floor import floor_server
+    from bench.floor_servers import floor_server
 
     config_path = repository / workload.name / "config.pbtxt"
     runs: dict[str, Any] = {}
