@@ -85,7 +85,7 @@ def test_batch_is_padded_to_the_profile_and_reported_so(
     took = timed_run(model, rows)
     assert took >= target
     (padded,) = padding
-    assert 0 < padded <= target
+    assert 0 <= padded <= target  # nothing to pad when the compute alone took t(rows)
     assert target <= model.service_times[rows] <= took
     # What the balancer and batcher get: the worker's load report carries the padded time.
     (reported,) = [t for t in WorkerCore("w", {"double": {"1": model}}).load_report().service_times
