@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
 import numpy as np
@@ -419,22 +420,42 @@ async def open_loop(
     return result
 
 
+class Booking(Protocol):
+    """Where a SteadyLoad counts one request beyond its own totals: opened just before the request
+    is sent, closed by its answer or its failure. Called from the load's thread; a booking read
+    from another thread guards itself."""
+
+    def answered(self, response: pb.ModelInferResponse) -> None: ...
+
+    def failed(self, error: grpc.aio.AioRpcError) -> None: ...
+
+
 class SteadyLoad:
     """`clients` closed-loop clients sending one request after another, from a background
     thread, while the `with` block runs: load for a test or benchmark that changes the cluster
     meanwhile (adds or drains a worker, rolls out a model version) and then checks that no
-    request failed. The counts are live; read them under `lock`."""
+    request failed. The counts are live; read them under `lock`.
+
+    `book`, if given, opens a `Booking` for each request as it is sent, so a caller can file
+    requests by what was true when they left (a model rollout books each one on the version
+    being rolled out then) without a load of its own."""
 
     def __init__(
-        self, address: str, model: str, *, clients: int = 2, timeout_s: float = 30.0
+        self,
+        address: str,
+        model: str,
+        *,
+        clients: int = 2,
+        timeout_s: float = 30.0,
+        book: Callable[[], Booking] | None = None,
     ) -> None:
         self.address, self.model = address, model
         self.clients, self.timeout_s = clients, timeout_s
+        self.book = book
         self.result = LoadResult()
         self.sent = 0
-        # Answers per model version, and the versions of the last 20 answers.
+        # Answers per model version.
         self.versions: Counter[str] = Counter()
-        self.last_versions: list[str] = []
         # Each failure's status and message, so a failed run says what went wrong.
         self.failures: Counter[str] = Counter()
         self.lock = threading.Lock()
@@ -464,6 +485,7 @@ class SteadyLoad:
             request = await sample_request(stub, self.model)
 
             async def send() -> None:
+                booking = self.book() if self.book else None
                 with self.lock:
                     self.sent += 1
                 try:
@@ -471,10 +493,13 @@ class SteadyLoad:
                 except grpc.aio.AioRpcError as error:
                     with self.lock:
                         self.failures[f"{error.code().name}: {error.details()}"] += 1
+                    if booking:
+                        booking.failed(error)
                     raise
                 with self.lock:
                     self.versions[response.model_version] += 1
-                    self.last_versions = [*self.last_versions[-19:], response.model_version]
+                if booking:
+                    booking.answered(response)
 
             await drive_closed_loop(
                 [send] * self.clients, self.result, running=lambda: not self._stop.is_set()
