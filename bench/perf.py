@@ -4,10 +4,12 @@ Two drivers, one result shape:
 
 * ``run_perf_analyzer`` (harness.perf_analyzer): Triton's own perf_analyzer, so tideserve and a
   real Triton are measured by exactly the same client.
-* ``run_loadgen``: a grpc.aio generator for what perf_analyzer does not do: open-loop arrivals
-  (Poisson or Gamma at a given rate, so queueing under a fixed offered load can be seen; a closed
-  loop slows down with the server and hides it), and a closed loop over ModelStreamInfer that does
-  not balloon in memory. Time-bounded; requests outstanding at the end are counted, not awaited.
+* ``run_loadgen``: tideserve_tools.loadgen's closed- and open-loop drivers, for what
+  perf_analyzer does not do: open-loop arrivals (Poisson or Gamma at a given rate, so queueing
+  under a fixed offered load can be seen; a closed loop slows down with the server and hides it),
+  open-loop arrivals over one shared ModelStreamInfer stream, and a closed loop over
+  ModelStreamInfer that does not balloon in memory. Time-bounded; requests outstanding at the
+  end are counted, not awaited.
 
 CLI:
     python -m bench.perf pa --url 127.0.0.1:8011 --model mlp --concurrency 64 [--streaming]
@@ -24,53 +26,50 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.perf_analyzer import DEFAULT_MEM_LIMIT, run_perf_analyzer
-from tideserve_tools.latency import percentile
-from tideserve_tools.loadgen import steady_arrivals
+import numpy as np
 
-HERE = Path(__file__).resolve().parent
+from harness.perf_analyzer import DEFAULT_MEM_LIMIT, run_perf_analyzer
+from tideserve import serving
+from tideserve.v1 import inference_pb2 as pb
+from tideserve.v1 import inference_pb2_grpc
+from tideserve_tools.loadgen import (
+    CLIENT_OVERLOAD,
+    LoadResult,
+    SharedStream,
+    drive_closed_loop,
+    drive_open_loop,
+    steady_arrivals,
+    stream_send,
+    unary_send,
+)
 
 # Per-sample input shapes of the standard workloads, for the Python generator.
 INPUT_SHAPES: dict[str, tuple[int, ...]] = {"mlp": (256,), "cnn": (3, 64, 64)}
+# How long an open loop waits, after its last arrival, for the answers still outstanding.
+GRACE_S = 1.0
 
 
 # --------------------------------------------------------------------------------------------
-# Python load generator (grpc.aio)
+# Python load generator (tideserve_tools.loadgen's drivers)
 # --------------------------------------------------------------------------------------------
-
-
-def _pb() -> tuple[Any, Any]:
-    """Import the generated protos lazily, so perf_analyzer helpers work without the package."""
-    if str(HERE.parent) not in sys.path:
-        sys.path.insert(0, str(HERE.parent))
-    from tideserve.v1 import inference_pb2, inference_pb2_grpc
-
-    return inference_pb2, inference_pb2_grpc
 
 
 def make_request(
     model: str, shape: tuple[int, ...], input_name: str = "INPUT__0", seed: int = 0
-) -> Any:
+) -> pb.ModelInferRequest:
     """One FP32 ModelInferRequest with raw_input_contents, built once and reused for every call.
 
     Reusing the same message keeps the generator's own cost (serialization aside) out of the
     measurement; the server cannot cache on content in any of the systems compared.
     """
-    import numpy as np
-
-    pb, _ = _pb()
     data = np.random.default_rng(seed).standard_normal((1, *shape), dtype=np.float32)
-    req = pb.ModelInferRequest(model_name=model)
-    tensor = req.inputs.add()
-    tensor.name = input_name
-    tensor.datatype = "FP32"
-    tensor.shape.extend([1, *shape])
-    req.raw_input_contents.append(data.tobytes())
-    return req
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name=input_name, datatype="FP32", shape=[1, *shape])
+    request.raw_input_contents.append(data.tobytes())
+    return request
 
 
 def arrival_cv(arrival: str, cv: float) -> float:
@@ -82,43 +81,19 @@ def arrival_cv(arrival: str, cv: float) -> float:
     return {"poisson": 1.0, "gamma": cv, "uniform": 0.0}[arrival]
 
 
-@dataclass
-class _Tally:
-    """Latencies (s) and errors of requests *sent inside the measured window*, for all clients.
-
-    Requests sent during warm-up are not counted even when they complete later, so warm-up and
-    the end-of-run grace period cannot inflate the figures.
-    """
-
-    window_start: float = 0.0
-    latencies: list[float] = field(default_factory=list)
-    errors: dict[str, int] = field(default_factory=dict)
-    sent: int = 0
-
-    def on_send(self, t0: float) -> None:
-        if t0 >= self.window_start:
-            self.sent += 1
-
-    def on_done(self, t0: float, error: str | None = None) -> None:
-        if t0 < self.window_start:
-            return
-        if error is None:
-            self.latencies.append(time.perf_counter() - t0)
-        else:
-            self.errors[error] = self.errors.get(error, 0) + 1
-
-
-def _summary(tally: _Tally, elapsed: float) -> dict[str, Any]:
-    """Throughput over the measurement window and latency percentiles in ms."""
-    lat = sorted(tally.latencies)
+def _summary(result: LoadResult, elapsed: float) -> dict[str, Any]:
+    """Throughput over the measurement window and latency percentiles (nearest rank) in ms."""
+    lat = sorted(result.latencies)
 
     def pct(q: float) -> float | None:
-        return round(percentile(lat, q) * 1e3, 3) if lat else None
+        return round(result.percentile_ms(q), 3) if lat else None
 
     return {
-        "sent": tally.sent,
+        # Requests issued in the window: answered, failed, or still outstanding at the end (an
+        # arrival the generator refused, CLIENT_OVERLOAD, was never issued).
+        "sent": result.sent - result.errors.get(CLIENT_OVERLOAD, 0) + result.unfinished,
         "completed": len(lat),
-        "errors": tally.errors,
+        "errors": dict(result.errors),
         "elapsed_s": round(elapsed, 3),
         "throughput_infer_per_s": round(len(lat) / elapsed, 1) if elapsed > 0 else None,
         "p50_ms": pct(50),
@@ -127,76 +102,8 @@ def _summary(tally: _Tally, elapsed: float) -> dict[str, Any]:
         "p99_ms": pct(99),
         "max_ms": round(lat[-1] * 1e3, 3) if lat else None,
         "mean_ms": round(sum(lat) / len(lat) * 1e3, 3) if lat else None,
+        "outstanding_at_end": result.unfinished,
     }
-
-
-class _StreamClient:
-    """One ModelStreamInfer stream with requests matched to responses by request ``id``.
-
-    ids are required rather than relying on order: the issue's batcher preserves order on a
-    stream, but a generator that assumed it would hide a violation as wrong latencies.
-    """
-
-    def __init__(self, stub: Any, tally: _Tally, timeout_s: float) -> None:
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._pending: dict[str, tuple[float, asyncio.Future[None] | None]] = {}
-        self._tally = tally
-        self._call = stub.ModelStreamInfer(self._requests(), timeout=timeout_s)
-        self._reader = asyncio.ensure_future(self._read())
-
-    async def _requests(self) -> Any:
-        while True:
-            item = await self._queue.get()
-            if item is None:
-                return
-            yield item
-
-    async def _read(self) -> None:
-        import grpc
-
-        try:
-            async for resp in self._call:
-                entry = self._pending.pop(resp.infer_response.id, None)
-                if entry is None:
-                    self._tally.errors["unmatched_response"] = (
-                        self._tally.errors.get("unmatched_response", 0) + 1
-                    )
-                    continue
-                t0, fut = entry
-                self._tally.on_done(t0, "stream_error" if resp.error_message else None)
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.CANCELLED:
-                self._tally.errors[exc.code().name] = self._tally.errors.get(exc.code().name, 0) + 1
-        finally:
-            for _, fut in self._pending.values():
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
-
-    def send(self, template: Any, rid: str, wait: bool) -> asyncio.Future[None] | None:
-        """Queue one request; with ``wait`` return a future resolved when its response arrives."""
-        req = type(template)()
-        req.CopyFrom(template)
-        req.id = rid
-        fut = asyncio.get_running_loop().create_future() if wait else None
-        t0 = time.perf_counter()
-        self._pending[rid] = (t0, fut)
-        self._tally.on_send(t0)
-        self._queue.put_nowait(req)
-        return fut
-
-    def outstanding(self) -> int:
-        """Requests of the measured window sent but not yet answered."""
-        return sum(1 for t0, _ in self._pending.values() if t0 >= self._tally.window_start)
-
-    async def close(self) -> None:
-        """End the stream and stop the reader."""
-        self._queue.put_nowait(None)
-        self._call.cancel()
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
 
 
 async def _loadgen(
@@ -217,91 +124,49 @@ async def _loadgen(
     shape: tuple[int, ...],
 ) -> dict[str, Any]:
     """Run one closed- or open-loop measurement; see ``run_loadgen``."""
-    import grpc
-
-    _, pb_grpc = _pb()
     template = make_request(model, shape, seed=seed)
-    options = [("grpc.max_receive_message_length", 64 << 20)]
-    channel = grpc.aio.insecure_channel(url, options=options)
-    await asyncio.wait_for(channel.channel_ready(), timeout=10)
-    stub = pb_grpc.GRPCInferenceServiceStub(channel)
-    loop_t0 = time.perf_counter()
-    tally = _Tally(window_start=loop_t0 + warmup_s)
-    end_all = tally.window_start + seconds
-    counter = [0]
-    stream_life = seconds + warmup_s + request_timeout_s + 5
+    result = LoadResult()
+    async with serving.channel(url) as channel:
+        await asyncio.wait_for(channel.channel_ready(), timeout=10)
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        window_start = time.perf_counter() + warmup_s
 
-    def next_id() -> str:
-        counter[0] += 1
-        return str(counter[0])
+        def counted(started: float, finished: float) -> bool:
+            # Warm-up requests are left out even when they complete inside the window.
+            return started >= window_start
 
-    async def unary_once() -> None:
-        t0 = time.perf_counter()
-        tally.on_send(t0)
-        try:
-            await stub.ModelInfer(template, timeout=request_timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            tally.on_done(t0, exc.code().name)
-            return
-        tally.on_done(t0)
-
-    streams: list[_StreamClient] = []
-    inflight: set[asyncio.Task[None]] = set()
-    dropped = 0
-    if mode == "closed":
-        if stream:
-            streams = [_StreamClient(stub, tally, stream_life) for _ in range(concurrency)]
-
-        async def client(i: int) -> None:
-            while time.perf_counter() < end_all:
-                if stream:
-                    fut = streams[i].send(template, next_id(), wait=True)
-                    if fut is not None:
-                        await fut
-                else:
-                    await unary_once()
-
-        await asyncio.gather(*(client(i) for i in range(concurrency)))
-        elapsed = time.perf_counter() - tally.window_start
-    else:
-        times = steady_arrivals(rate, warmup_s + seconds, cv=arrival_cv(arrival, cv), seed=seed)
-        if stream:
-            streams = [_StreamClient(stub, tally, stream_life)]
-        for at in times:
-            delay = loop_t0 + at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if stream:
-                streams[0].send(template, next_id(), wait=False)
-                continue
-            if len(inflight) >= max_outstanding:
-                # The generator must not become the bottleneck or eat the machine's memory; a
-                # dropped arrival is reported so an overloaded server is visible, not hidden.
-                dropped += 1
-                continue
-            task = asyncio.ensure_future(unary_once())
-            inflight.add(task)
-            task.add_done_callback(inflight.discard)
-        elapsed = time.perf_counter() - tally.window_start
-        # Grace period: up to 1 s for answers to requests sent before the end.
-        grace_end = time.perf_counter() + 1.0
-        while time.perf_counter() < grace_end and (
-            inflight or any(s.outstanding() for s in streams)
-        ):
-            await asyncio.sleep(0.01)
-    outstanding = sum(1 for t in inflight if not t.done()) + sum(
-        s.outstanding() for s in streams
-    )
-    for t in list(inflight):
-        t.cancel()
-    for s in streams:
-        await s.close()
-    await channel.close()
-    summary = _summary(tally, elapsed)
-    summary["outstanding_at_end"] = outstanding
-    if dropped:
-        summary["errors"]["dropped_at_generator"] = dropped
-    return summary
+        if mode == "closed":
+            end = window_start + seconds
+            clients = [
+                stream_send(stub, template, warmup_s + seconds + request_timeout_s)
+                if stream
+                else unary_send(stub, template, request_timeout_s)
+                for _ in range(concurrency)
+            ]
+            await drive_closed_loop(
+                clients, result, running=lambda: time.perf_counter() < end, counted=counted
+            )
+            elapsed = time.perf_counter() - window_start
+        else:
+            times = steady_arrivals(rate, warmup_s + seconds, cv=arrival_cv(arrival, cv), seed=seed)
+            async with contextlib.AsyncExitStack() as stack:
+                shared = (
+                    await stack.enter_async_context(SharedStream(stub, template))
+                    if stream
+                    else None
+                )
+                await drive_open_loop(
+                    shared.send if shared else unary_send(stub, template, request_timeout_s),
+                    times,
+                    result,
+                    max_outstanding=max_outstanding,
+                    counted=counted,
+                    grace_s=GRACE_S,
+                )
+                if shared and shared.unmatched:
+                    result.errors["UNMATCHED_RESPONSE"] = shared.unmatched
+            elapsed = seconds
+    return _summary(result, elapsed)
 
 
 def run_loadgen(
@@ -325,7 +190,29 @@ def run_loadgen(
 
     Bounded in time: ``warmup_s`` of unmeasured load, then ``seconds`` measured. Batch-1
     requests with the model's per-sample shape (``shape`` or the mlp/cnn default for ``model``).
+    With ``stream``, the closed loop gives each client a ModelStreamInfer stream of its own and
+    the open loop sends every arrival over one shared stream, answers matched by request id.
     Returns the same latency/throughput keys as ``run_perf_analyzer``.
+
+    What is counted: the requests issued at or after the end of the warm-up, whenever they
+    complete (a warm-up request completing inside the window is left out, so neither warm-up
+    nor the end of the run inflates the figures); latency from just before the RPC (or the
+    stream write) to its answer, percentiles by nearest rank (tideserve_tools.latency).
+    Throughput is completed requests over ``elapsed_s``: for a closed loop, from the end of
+    the warm-up until the last client's last answer; for an open loop, ``seconds``, the span
+    of the measured arrivals. An open loop then waits up to 1 s for the answers still
+    outstanding; those it stops waiting for are ``outstanding_at_end`` (and in ``sent``, in
+    no other count).
+
+    Errors are keyed by gRPC status name, and by ``STREAM_ERROR`` for a stream's response
+    carrying an error message or a stream that ended, ``CLIENT_OVERLOAD`` for an open-loop
+    arrival not sent because ``max_outstanding`` were in flight (a bound that now holds for the
+    shared stream too), ``UNMATCHED_RESPONSE`` for a stream response no request waited for.
+    Since moving onto the shared drivers: an open loop's throughput divides by ``seconds``
+    rather than by the time its last arrival was issued (the same unless the generator falls
+    behind its schedule), and a CLIENT_OVERLOAD (formerly ``dropped_at_generator``) is counted
+    only in the measured window; error keys are spelt as the drivers spell them
+    (``STREAM_ERROR``, ``UNMATCHED_RESPONSE``, formerly in lower case).
     """
     if mode not in ("closed", "open"):
         raise ValueError("mode must be 'closed' or 'open'")
@@ -336,19 +223,35 @@ def run_loadgen(
         shape = INPUT_SHAPES[key]
     result = asyncio.run(
         _loadgen(
-            url, model, mode=mode, stream=stream, concurrency=concurrency, rate=rate,
-            arrival=arrival, cv=cv, seconds=seconds, warmup_s=warmup_s,
-            request_timeout_s=request_timeout_s, max_outstanding=max_outstanding, seed=seed,
+            url,
+            model,
+            mode=mode,
+            stream=stream,
+            concurrency=concurrency,
+            rate=rate,
+            arrival=arrival,
+            cv=cv,
+            seconds=seconds,
+            warmup_s=warmup_s,
+            request_timeout_s=request_timeout_s,
+            max_outstanding=max_outstanding,
+            seed=seed,
             shape=tuple(shape),
         )
     )
     settings = {
-        "driver": "loadgen", "url": url, "model": model, "mode": mode, "stream": stream,
+        "driver": "loadgen",
+        "url": url,
+        "model": model,
+        "mode": mode,
+        "stream": stream,
         "concurrency": concurrency if mode == "closed" else None,
         "rate": rate if mode == "open" else None,
         "arrival": arrival if mode == "open" else None,
         "cv": cv if mode == "open" and arrival == "gamma" else None,
-        "seconds": seconds, "warmup_s": warmup_s, "shape": list(shape),
+        "seconds": seconds,
+        "warmup_s": warmup_s,
+        "shape": list(shape),
     }
     return {**settings, **result}
 
@@ -401,17 +304,29 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "pa":
         rec = run_perf_analyzer(
-            args.url, args.model, args.concurrency, streaming=args.streaming,
-            measurement_ms=args.measurement_ms, timeout_s=args.timeout_s,
+            args.url,
+            args.model,
+            args.concurrency,
+            streaming=args.streaming,
+            measurement_ms=args.measurement_ms,
+            timeout_s=args.timeout_s,
             mem_limit_bytes=int(args.mem_limit_gb * (1 << 30)),
             stability_pct=args.stability_pct,
         )
         _write(rec, args.out)
         return 0 if rec["ok"] else 1
     rec = run_loadgen(
-        args.url, args.model, mode=args.mode, stream=args.stream, concurrency=args.concurrency,
-        rate=args.rate, arrival=args.arrival, cv=args.cv, seconds=args.seconds,
-        warmup_s=args.warmup_s, seed=args.seed,
+        args.url,
+        args.model,
+        mode=args.mode,
+        stream=args.stream,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        arrival=args.arrival,
+        cv=args.cv,
+        seconds=args.seconds,
+        warmup_s=args.warmup_s,
+        seed=args.seed,
         shape=tuple(args.shape) if args.shape else None,
     )
     _write(rec, args.out)

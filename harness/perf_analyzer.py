@@ -61,8 +61,8 @@ def perf_analyzer_command(
 def parse_perf_analyzer_csv(text: str) -> list[dict[str, Any]]:
     """Turn perf_analyzer's ``-f`` CSV (one row per concurrency) into dicts with units in names.
 
-    perf_analyzer writes latencies in microseconds; they are also given in ms because that is how
-    the issue's targets are stated.
+    perf_analyzer writes latencies in microseconds; they are also given in ms because the
+    benchmark targets (bench.suite's table) and every other figure of the docs are in ms.
     """
     rows: list[dict[str, Any]] = []
     for row in csv.DictReader(io.StringIO(text)):

@@ -5,7 +5,7 @@ A rollout publishes version N in the repository (copied under a name the workers
 then renamed into place at once), optionally asks for it with RepositoryModelLoad, and waits
 until the repository index shows N READY and every older version retired. From then on every
 request sent must be answered by version N. Each request is booked against the rollout during
-which it was sent."""
+which it was sent, through the booking hook of tideserve_tools.loadgen's SteadyLoad."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import numpy as np
 
 from harness.cluster import sync_channel, wait_for
 from services.worker.models import DEFAULT_MODEL
 from tideserve.v1 import inference_pb2 as pb
 from tideserve.v1 import inference_pb2_grpc
+from tideserve_tools.loadgen import SteadyLoad
 
 CLIENTS = 4
 # Answers from the new version, sent after the old one was retired, that each rollout waits for.
@@ -49,17 +49,34 @@ class RolloutCount:
         )
 
 
-class SteadyLoad:
-    """CLIENTS threads sending one-row requests for the default model back to back until
-    stopped. Each request is booked on the rollout current when it was sent."""
+@dataclass
+class _Booking:
+    """One request, booked on the rollout current when it was sent."""
 
-    def __init__(self, address: str) -> None:
-        self.address = address
+    count: RolloutCount
+    # Whether the index already showed the older versions retired when it was sent.
+    retired: bool
+    lock: threading.Lock
+
+    def answered(self, response: pb.ModelInferResponse) -> None:
+        with self.lock:
+            self.count.answered[response.model_version] += 1
+            if self.retired:
+                self.count.after_retirement[response.model_version] += 1
+
+    def failed(self, error: grpc.aio.AioRpcError) -> None:
+        with self.lock:
+            self.count.failed[f"{error.code().name}: {error.details()}"] += 1
+
+
+class Rollouts:
+    """The requests of a SteadyLoad filed by rollout (pass `book` as the load's `book`): each
+    request is booked on the rollout current when it was sent, from version 1 on."""
+
+    def __init__(self) -> None:
         self.lock = threading.Lock()
         self.counts = [RolloutCount("1")]
         self.retired = False
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._client, args=(i,)) for i in range(CLIENTS)]
 
     def begin(self, version: str) -> None:
         with self.lock:
@@ -74,37 +91,17 @@ class SteadyLoad:
         with self.lock:
             return self.counts[-1]
 
-    def _client(self, index: int) -> None:
-        rng = np.random.default_rng(index)
-        with sync_channel(self.address) as channel:
-            stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
-            while not self.stop.is_set():
-                request = pb.ModelInferRequest(model_name=DEFAULT_MODEL)
-                request.inputs.add(name="INPUT__0", datatype="FP32", shape=[1, 1, 28, 28])
-                request.raw_input_contents.append(rng.random(784, np.float32).tobytes())
-                with self.lock:
-                    count, retired = self.counts[-1], self.retired
-                    count.sent += 1
-                try:
-                    version = stub.ModelInfer(request, timeout=30).model_version
-                except grpc.RpcError as error:
-                    with self.lock:
-                        count.failed[f"{error.code().name}: {error.details()}"] += 1
-                    continue
-                with self.lock:
-                    count.answered[version] += 1
-                    if retired:
-                        count.after_retirement[version] += 1
+    def book(self) -> _Booking:
+        with self.lock:
+            count = self.counts[-1]
+            count.sent += 1
+            return _Booking(count, self.retired, self.lock)
 
-    def __enter__(self) -> SteadyLoad:
-        for thread in self.threads:
-            thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(60)
+def steady_load(address: str, rollouts: Rollouts) -> SteadyLoad:
+    """CLIENTS clients sending one-row requests for the default model back to back, each
+    request booked in `rollouts`."""
+    return SteadyLoad(address, DEFAULT_MODEL, clients=CLIENTS, book=rollouts.book)
 
 
 def repository_index(address: str) -> dict[str, str]:
@@ -143,7 +140,7 @@ def only_latest_ready(address: str, version: str) -> bool:
 
 
 def roll_out(
-    load: SteadyLoad,
+    rollouts: Rollouts,
     address: str,
     repository: Path,
     versions: range,
@@ -152,16 +149,17 @@ def roll_out(
     mode: int | None = None,
     timeout_s: float = 120.0,
 ) -> None:
-    """Roll out each of `versions` in turn under `load`; with `explicit_load`, each is asked for
-    with RepositoryModelLoad, else the workers' repository poll finds it."""
+    """Roll out each of `versions` in turn while a load books its requests in `rollouts`; with
+    `explicit_load`, each is asked for with RepositoryModelLoad, else the workers' repository
+    poll finds it."""
     wait_for(
-        lambda: load.current().answered["1"] >= ANSWERS_AFTER_RETIREMENT,
+        lambda: rollouts.current().answered["1"] >= ANSWERS_AFTER_RETIREMENT,
         timeout_s,
         "requests served by version 1",
     )
     for number in versions:
         version = str(number)
-        load.begin(version)
+        rollouts.begin(version)
         publish_version(repository, number, mode)
         if explicit_load:
             load_model(address)
@@ -170,23 +168,23 @@ def roll_out(
             timeout_s,
             f"version {version} serving alone",
         )
-        load.mark_retired()
+        rollouts.mark_retired()
         wait_for(
-            lambda: sum(load.current().after_retirement.values()) >= ANSWERS_AFTER_RETIREMENT,
+            lambda: sum(rollouts.current().after_retirement.values()) >= ANSWERS_AFTER_RETIREMENT,
             timeout_s,
             f"answers after version {version} took over",
         )
 
 
-def check_counts(load: SteadyLoad, label: str, report: Callable[[str], None] = print) -> None:
+def check_counts(rollouts: Rollouts, label: str, report: Callable[[str], None] = print) -> None:
     """Every request answered, none failed, and after each rollout only the new version
     answered. Each rollout's counts are reported first, as lines starting with `label`."""
-    for count in load.counts:
+    for count in rollouts.counts:
         report(f"{label}: {count.as_line()}")
-    for count in load.counts:
+    for count in rollouts.counts:
         assert not count.failed, count.as_line() + f" failures: {dict(count.failed)}"
         assert sum(count.answered.values()) == count.sent, count.as_line()
-    for count in load.counts[1:]:
+    for count in rollouts.counts[1:]:
         assert set(count.after_retirement) == {count.version}, (
             f"after version {count.version} took over, answers came from "
             f"{dict(count.after_retirement)}"

@@ -5,33 +5,18 @@ What is measured: end-to-end latency of a request, from just before its RPC is i
 response (or error) arrives, on `time.perf_counter()`. Not from a scheduled arrival time: an open
 loop whose client falls behind would otherwise charge its own lateness to the server.
 
-Which percentile: nearest rank. The q-th percentile of n samples is the smallest sample with at
-least q % of the samples at or below it (the sample of rank ceil(q/100 * n)). Chosen over linear
-interpolation because it is always a latency some request really had, p100 is the maximum, and a
-tail figure from few samples is not softened by interpolating towards a faster neighbour: with
-100 samples p99 is the 99th-fastest request, not a blend of the two slowest. It is also what
-Triton's perf_analyzer reports, so figures beside its runs compare directly."""
+Which percentile: nearest rank, defined once in tideserve.latency (the batcher reports its
+latencies with it too) and re-exported here for the tools."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from tideserve.latency import percentile
+
+__all__ = ["OK", "LatencyRecord", "percentile"]
+
 OK = "OK"
-
-
-def percentile(values: Iterable[float], q: float) -> float:
-    """The nearest-rank `q`-th percentile (0 <= q <= 100) of `values`; NaN when there are none.
-
-    q = 0 is the minimum and q = 100 the maximum."""
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile q must be within [0, 100], got {q}")
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 @dataclass

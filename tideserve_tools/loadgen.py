@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
 import numpy as np
@@ -67,6 +68,9 @@ class LoadResult(LatencyRecord):
     requests: list[tuple[float, float]] = field(default_factory=list)
     # Wall-clock time (`time.time()`) of send time 0 of an open loop.
     started_unix: float = 0.0
+    # Requests an open loop with a `grace_s` stopped waiting for: sent, never answered, and in
+    # no other count.
+    unfinished: int = 0
 
     @property
     def throughput(self) -> float:
@@ -231,12 +235,15 @@ async def drive_open_loop(
     *,
     max_outstanding: int = 10_000,
     counted: Counted = _always,
+    grace_s: float | None = None,
 ) -> None:
     """Send at each of `times` (s from now) whatever earlier requests do: a slow server sees
     its queue grow, as under real traffic. An arrival beyond `max_outstanding` in flight is not
     sent but counted as CLIENT_OVERLOAD, so the generator neither piles up nor hides it. The
     requests `counted` go to `result`, with their scheduled times in `result.requests` (in the
-    order they end)."""
+    order they end). After the last arrival every request is awaited, or with `grace_s` only
+    that long: the rest are cancelled and counted in `result.unfinished`, so a run's length is
+    bounded even when the server has stopped answering."""
     pending: set[asyncio.Task] = set()
     began = time.perf_counter()
     result.started_unix = time.time()
@@ -261,7 +268,14 @@ async def drive_open_loop(
         task = asyncio.create_task(one(at))
         pending.add(task)
         task.add_done_callback(pending.discard)
-    await asyncio.gather(*pending)
+    if grace_s is None or not pending:
+        await asyncio.gather(*pending)
+        return
+    _, late = await asyncio.wait(set(pending), timeout=grace_s)
+    for task in late:
+        task.cancel()
+    await asyncio.gather(*late, return_exceptions=True)
+    result.unfinished += len(late)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,16 +295,20 @@ def unary_send(
 
 
 def stream_send(
-    stub: inference_pb2_grpc.GRPCInferenceServiceStub, request: pb.ModelInferRequest
+    stub: inference_pb2_grpc.GRPCInferenceServiceStub,
+    request: pb.ModelInferRequest,
+    stream_timeout_s: float | None = None,
 ) -> Send:
     """One client's ModelStreamInfer: each send writes `request` and reads its response. A
-    stream that ends or fails is replaced by a new one on the next send."""
+    stream that ends or fails is replaced by a new one on the next send. `stream_timeout_s`
+    bounds each stream's whole life (gRPC has no per-message deadline), so a run that must end
+    in time is not held by a server that stops answering."""
     call: grpc.aio.StreamStreamCall | None = None
 
     async def send() -> None:
         nonlocal call
         if call is None:
-            call = stub.ModelStreamInfer()
+            call = stub.ModelStreamInfer(timeout=stream_timeout_s)
         try:
             await call.write(request)
             response = await call.read()
@@ -304,6 +322,78 @@ def stream_send(
             raise RequestFailed("STREAM_ERROR")
 
     return send
+
+
+class SharedStream:
+    """One ModelStreamInfer stream that every request of an open loop goes over, as one streaming
+    client sends them: each `send` queues the request under an id of its own and returns when the
+    response with that id arrives, so requests overlap on the stream. gRPC writes a stream's
+    requests one at a time, so they go through a queue the call reads from, not concurrent
+    writes. Responses are matched by id, not by order: a driver that assumed the batcher keeps a
+    stream's order would report a reordering as wrong latencies instead of noticing it. A
+    response with an id no request is waiting for is counted in `unmatched`. When the stream
+    fails, every waiting request, and every later one, fails with its status; use as
+    `async with`, which ends the stream."""
+
+    def __init__(
+        self, stub: inference_pb2_grpc.GRPCInferenceServiceStub, request: pb.ModelInferRequest
+    ) -> None:
+        self._stub, self._request = stub, request
+        self._outgoing: asyncio.Queue[pb.ModelInferRequest | None] = asyncio.Queue()
+        self._pending: dict[str, asyncio.Future[None]] = {}
+        self._sent = 0
+        self._failure: Exception = RequestFailed("STREAM_ERROR")
+        self.unmatched = 0
+
+    async def __aenter__(self) -> SharedStream:
+        self._call = self._stub.ModelStreamInfer(self._requests())
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._outgoing.put_nowait(None)
+        # Reading a call cancelled here raises CancelledError in the reader: the stream's end.
+        self._call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+    async def send(self) -> None:
+        if self._reader.done():
+            raise self._failure
+        self._sent += 1
+        request = pb.ModelInferRequest()
+        request.CopyFrom(self._request)
+        request.id = str(self._sent)
+        answered = asyncio.get_running_loop().create_future()
+        self._pending[request.id] = answered
+        self._outgoing.put_nowait(request)
+        try:
+            await answered
+        finally:
+            self._pending.pop(request.id, None)
+
+    async def _requests(self) -> AsyncIterator[pb.ModelInferRequest]:
+        while (request := await self._outgoing.get()) is not None:
+            yield request
+
+    async def _read(self) -> None:
+        try:
+            async for response in self._call:
+                answered = self._pending.pop(response.infer_response.id, None)
+                if answered is None:
+                    self.unmatched += 1
+                elif answered.done():
+                    continue
+                elif response.error_message:
+                    answered.set_exception(RequestFailed("STREAM_ERROR"))
+                else:
+                    answered.set_result(None)
+        except grpc.aio.AioRpcError as error:
+            self._failure = error
+        finally:
+            for answered in self._pending.values():
+                if not answered.done():
+                    answered.set_exception(self._failure)
 
 
 @contextlib.asynccontextmanager
@@ -419,22 +509,42 @@ async def open_loop(
     return result
 
 
+class Booking(Protocol):
+    """Where a SteadyLoad counts one request beyond its own totals: opened just before the request
+    is sent, closed by its answer or its failure. Called from the load's thread; a booking read
+    from another thread guards itself."""
+
+    def answered(self, response: pb.ModelInferResponse) -> None: ...
+
+    def failed(self, error: grpc.aio.AioRpcError) -> None: ...
+
+
 class SteadyLoad:
     """`clients` closed-loop clients sending one request after another, from a background
     thread, while the `with` block runs: load for a test or benchmark that changes the cluster
     meanwhile (adds or drains a worker, rolls out a model version) and then checks that no
-    request failed. The counts are live; read them under `lock`."""
+    request failed. The counts are live; read them under `lock`.
+
+    `book`, if given, opens a `Booking` for each request as it is sent, so a caller can file
+    requests by what was true when they left (a model rollout books each one on the version
+    being rolled out then) without a load of its own."""
 
     def __init__(
-        self, address: str, model: str, *, clients: int = 2, timeout_s: float = 30.0
+        self,
+        address: str,
+        model: str,
+        *,
+        clients: int = 2,
+        timeout_s: float = 30.0,
+        book: Callable[[], Booking] | None = None,
     ) -> None:
         self.address, self.model = address, model
         self.clients, self.timeout_s = clients, timeout_s
+        self.book = book
         self.result = LoadResult()
         self.sent = 0
-        # Answers per model version, and the versions of the last 20 answers.
+        # Answers per model version.
         self.versions: Counter[str] = Counter()
-        self.last_versions: list[str] = []
         # Each failure's status and message, so a failed run says what went wrong.
         self.failures: Counter[str] = Counter()
         self.lock = threading.Lock()
@@ -464,6 +574,7 @@ class SteadyLoad:
             request = await sample_request(stub, self.model)
 
             async def send() -> None:
+                booking = self.book() if self.book else None
                 with self.lock:
                     self.sent += 1
                 try:
@@ -471,10 +582,13 @@ class SteadyLoad:
                 except grpc.aio.AioRpcError as error:
                     with self.lock:
                         self.failures[f"{error.code().name}: {error.details()}"] += 1
+                    if booking:
+                        booking.failed(error)
                     raise
                 with self.lock:
                     self.versions[response.model_version] += 1
-                    self.last_versions = [*self.last_versions[-19:], response.model_version]
+                if booking:
+                    booking.answered(response)
 
             await drive_closed_loop(
                 [send] * self.clients, self.result, running=lambda: not self._stop.is_set()

@@ -14,8 +14,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-import numpy as np
-
 from services.batcher.batching import RawInput
 from services.batcher.catalog import CatalogEntry, ModelCatalog
 from services.batcher.links import BalancerLinks
@@ -28,6 +26,7 @@ from services.batcher.scheduler import (
 )
 from tideserve import shared_memory
 from tideserve.errors import VersionNotServed
+from tideserve.latency import percentile
 from tideserve.v1 import cluster_pb2, inference_pb2
 
 logger = logging.getLogger(__name__)
@@ -205,17 +204,12 @@ class BatcherCore:
         since, total_then = self._totals[0] if self._totals else (now, self.requests_total)
         self._totals.append((now, self.requests_total))
         recent = [latency for done, latency in self.latencies if now - done <= LATENCY_WINDOW_S]
-        latencies = np.asarray(recent) if recent else None
         return cluster_pb2.FrontendReport(
             batcher_id=batcher_id,
             arrival_rate=(self.requests_total - total_then) / (now - since) if now > since else 0.0,
             queued_requests=sum(len(s.queue) for s in self.schedulers.values()),
-            latency_p50_seconds=float(np.percentile(latencies, 50))
-            if latencies is not None
-            else 0.0,
-            latency_p99_seconds=float(np.percentile(latencies, 99))
-            if latencies is not None
-            else 0.0,
+            latency_p50_seconds=percentile(recent, 50) if recent else 0.0,
+            latency_p99_seconds=percentile(recent, 99) if recent else 0.0,
             requests_total=self.requests_total,
             requests_failed=self.requests_failed,
         )

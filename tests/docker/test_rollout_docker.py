@@ -16,7 +16,7 @@ from harness.cluster import Cluster
 from services.scaler.docker_runtime import OWNER_LABEL, DockerRuntime
 from services.worker.models import write_default_model
 from tests.docker.conftest import WORKER_IMAGE, container_worker_token
-from tests.rollout import SteadyLoad, check_counts, roll_out
+from tests.rollout import Rollouts, check_counts, roll_out, steady_load
 
 pytestmark = pytest.mark.docker
 
@@ -81,14 +81,15 @@ def cluster(
 def test_ten_versions_roll_out_to_worker_containers_without_a_failed_request(
     cluster: Cluster, trigger: str
 ) -> None:
-    with SteadyLoad(cluster.batcher) as load:
+    rollouts = Rollouts()
+    with steady_load(cluster.batcher, rollouts):
         roll_out(
-            load,
+            rollouts,
             cluster.batcher,
             cluster.repository,
             range(2, 2 + ROLLOUTS),
             explicit_load=trigger == "load",
             mode=READABLE,
         )
-    assert len(load.counts) == 1 + ROLLOUTS
-    check_counts(load, f"docker, {trigger}")
+    assert len(rollouts.counts) == 1 + ROLLOUTS
+    check_counts(rollouts, f"docker, {trigger}")

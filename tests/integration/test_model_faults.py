@@ -17,7 +17,13 @@ import pytest
 
 from harness.cluster import Cluster, sync_channel, wait_for
 from services.worker.models import DEFAULT_MODEL, write_default_model
-from tests.rollout import ANSWERS_AFTER_RETIREMENT, SteadyLoad, check_counts, load_model
+from tests.rollout import (
+    ANSWERS_AFTER_RETIREMENT,
+    Rollouts,
+    check_counts,
+    load_model,
+    steady_load,
+)
 from tideserve.v1 import inference_pb2 as pb
 from tideserve.v1 import inference_pb2_grpc
 
@@ -63,8 +69,9 @@ def test_bad_versions_and_configs_are_shown_and_the_served_version_serves_on(
     model_dir = cluster.repository / DEFAULT_MODEL
     config = model_dir / "config.pbtxt"
     valid_config = config.read_text()
-    with SteadyLoad(cluster.batcher) as load:
-        wait_for(lambda: load.current().answered["1"] >= 10, 60, "requests served by 1")
+    rollouts = Rollouts()
+    with steady_load(cluster.batcher, rollouts):
+        wait_for(lambda: rollouts.current().answered["1"] >= 10, 60, "requests served by 1")
 
         # A version whose model file is corrupt, renamed into place as a deployment would.
         (model_dir / ".incoming").mkdir()
@@ -95,11 +102,11 @@ def test_bad_versions_and_configs_are_shown_and_the_served_version_serves_on(
         refused = refused_load(cluster)
         assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "max_batch_size must be >= 0" in (refused.details() or "")
-        during_faults = load.current().answered["1"]
-        wait_for(lambda: load.current().answered["1"] >= during_faults + 10, 60, "1 serving on")
+        during_faults = rollouts.current().answered["1"]
+        wait_for(lambda: rollouts.current().answered["1"] >= during_faults + 10, 60, "1 serving on")
 
         # Fixed: version 2 rolls out.
-        load.begin("2")
+        rollouts.begin("2")
         config.write_text(valid_config)
         shutil.copyfile(model_dir / "1" / "model.pt", model_dir / "2" / ".model.pt")
         (model_dir / "2" / ".model.pt").rename(model_dir / "2" / "model.pt")
@@ -112,13 +119,13 @@ def test_bad_versions_and_configs_are_shown_and_the_served_version_serves_on(
             60,
             "version 2 serving alone",
         )
-        load.mark_retired()
+        rollouts.mark_retired()
         wait_for(
-            lambda: sum(load.current().after_retirement.values()) >= ANSWERS_AFTER_RETIREMENT,
+            lambda: sum(rollouts.current().after_retirement.values()) >= ANSWERS_AFTER_RETIREMENT,
             60,
             "answers from version 2",
         )
-    check_counts(load, "bad model and config, poll")
+    check_counts(rollouts, "bad model and config, poll")
 
 
 def test_a_model_new_to_the_repository_is_served_and_one_removed_is_not(
@@ -128,8 +135,9 @@ def test_a_model_new_to_the_repository_is_served_and_one_removed_is_not(
     shutil.copytree(cluster.repository / DEFAULT_MODEL, staging, ignore=lambda *_: [".*"])
     config = staging / "config.pbtxt"
     config.write_text(config.read_text().replace(f'"{DEFAULT_MODEL}"', '"second"'))
-    with SteadyLoad(cluster.batcher) as load:
-        wait_for(lambda: load.current().answered["1"] >= 10, 60, "requests served by 1")
+    rollouts = Rollouts()
+    with steady_load(cluster.batcher, rollouts):
+        wait_for(lambda: rollouts.current().answered["1"] >= 10, 60, "requests served by 1")
         assert index(cluster, "second") == {}
 
         staging.rename(cluster.repository / "second")
@@ -162,6 +170,8 @@ def test_a_model_new_to_the_repository_is_served_and_one_removed_is_not(
         assert "'second' is not served (removed from the model repository)" in (
             refused.value.details() or ""
         )
-        served = load.current().answered["1"]
-        wait_for(lambda: load.current().answered["1"] >= served + 10, 60, "the other serving on")
-    check_counts(load, "a model added and removed, poll")
+        served = rollouts.current().answered["1"]
+        wait_for(
+            lambda: rollouts.current().answered["1"] >= served + 10, 60, "the other serving on"
+        )
+    check_counts(rollouts, "a model added and removed, poll")

@@ -546,7 +546,10 @@ async def test_frontend_report_counts_requests_and_latencies(
     assert report.requests_failed == 1
     assert report.queued_requests == 2
     assert report.arrival_rate == pytest.approx(2.0)
-    assert report.latency_p50_seconds == pytest.approx(0.020)
+    # Nearest rank (tideserve.latency), as the load drivers and benchmarks compute it: a latency
+    # some request had, never a blend of two.
+    assert report.latency_p50_seconds == pytest.approx(0.010)
+    assert report.latency_p99_seconds == pytest.approx(0.030)
 
 
 async def test_model_scheduler_directly_with_a_fixed_capacity(

@@ -1,11 +1,11 @@
-"""bench.scaler_oracle: the stabilised rule's arithmetic and the oracle's choice."""
+"""tideserve_learning.scaler_oracle: the stabilised rule's arithmetic and the oracle's choice."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.scaler_oracle import StabilisedRule, cheapest_meeting_goal, pareto
 from services.scaler.policies import ScalingContext
+from tideserve_learning.scaler_oracle import StabilisedRule, cheapest_meeting_goal, pareto
 
 
 def _context(rate: float, queued: int = 0) -> ScalingContext:
