@@ -44,10 +44,11 @@ LATENCY_WINDOW_S = 1.0
 # scaling policy was trained on.
 ARRIVAL_WINDOW_S = 1.0
 # Batches of at least this many input bytes are copied into their segment on a copier thread
-# (the default of BatcherSettings.shared_memory_thread_bytes). Handing a copy to a thread and
-# back costs the event loop about 40 us; reading a client's region out of cache takes 25 us for
-# 256 KiB, 55 us for 512 KiB, 130 us for 1 MiB and 0.8 ms for a 64-row cnn request's 3 MiB (on
-# the shared 2-core machine): from 1 MiB the loop gains three times what the hand-off costs it.
+# (the default of BatcherSettings.shared_memory_thread_bytes). From here the event loop gains
+# more than twice what the hand-off adds to the process: on the shared 2-core machine
+# (`python -m bench.segment_fill`, medians of 5 rounds) a 1 MiB copy cost the loop 400 us on it
+# and 100 us handed off, for 130 us more of the process's CPU; at 512 KiB the loop gained 60 us
+# for 150 us more, at 256 KiB 14 us for 43 us.
 THREAD_BYTES = 1 << 20
 # Copier threads of a batcher: batches in flight at once may each be copying, and a copy is
 # bound by memory bandwidth, not by a core, so a few threads are enough.
