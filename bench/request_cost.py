@@ -7,9 +7,13 @@ only averages its input, so what is measured is the serving path's own CPU: gRPC
 copies of the request's bytes, the worker's decoding. It runs on any host, no GPU needed:
 
     python -m bench.request_cost --out DIR [--seconds 10] [--concurrency 8] [--spy] [--inline]
+        [--thread-bytes N]
 
-Figures go to DIR/request_cost.json and stdout. On a shared machine, run it several times and
-alternate the builds being compared: single runs move by tens of percent.
+Besides each process's CPU, its main thread's is reported (`loop_cpu_ms_per_request`): the
+event loop's, which serves every request of the process, apart from gRPC's threads and the
+batcher's copier threads. Figures go to DIR/request_cost.json and stdout. On a shared machine,
+run it several times and alternate the builds being compared: single runs move by tens of
+percent.
 """
 
 from __future__ import annotations
@@ -64,9 +68,11 @@ def build_repository(root: Path, device_ms: float) -> Path:
     return profile
 
 
-def usage(pid: int) -> tuple[float, int]:
-    """User + system CPU seconds and minor page faults of a live process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def usage(pid: int, thread: int | None = None) -> tuple[float, int]:
+    """User + system CPU seconds and minor page faults of a live process (or of one of its
+    threads: the main thread's id is the process's), from /proc."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[7])
 
 
@@ -126,9 +132,11 @@ async def measure(cluster: Cluster, args: argparse.Namespace, out: Path) -> dict
     )
     await asyncio.sleep(max(0.0, start - time.time()))
     before = {name: usage(pid) for name, pid in pids.items()}
+    loop_before = {name: usage(pid, pid)[0] for name, pid in pids.items()}
     recorders = spy(pids, args.seconds, out) if args.spy else []
     await asyncio.sleep(max(0.0, window.end - time.time()))
     after = {name: usage(pid) for name, pid in pids.items()}
+    loop_after = {name: usage(pid, pid)[0] for name, pid in pids.items()}
     result = await load
     for recorder in recorders:
         recorder.wait(timeout=60)
@@ -140,6 +148,9 @@ async def measure(cluster: Cluster, args: argparse.Namespace, out: Path) -> dict
         "p50_ms": round(result.percentile_ms(50), 2),
         "cpu_ms_per_request": {
             name: round(1e3 * (after[name][0] - before[name][0]) / served, 3) for name in pids
+        },
+        "loop_cpu_ms_per_request": {
+            name: round(1e3 * (loop_after[name] - loop_before[name]) / served, 3) for name in pids
         },
         "page_faults_per_request": {
             name: round((after[name][1] - before[name][1]) / served, 1) for name in pids
@@ -170,6 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         help="inputs in the messages all the way: no client region, and the "
         "batcher sends batches inline (--shared-memory-min-bytes 0)",
     )
+    parser.add_argument(
+        "--thread-bytes",
+        type=int,
+        help="the batcher's --shared-memory-thread-bytes: batches from this many input bytes "
+        "are copied into their segment on a thread (0: on the event loop); default the "
+        "batcher's",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
@@ -183,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
                 "--max-queue-rows-default",
                 "0",
                 *(("--shared-memory-min-bytes", "0") if args.inline else ()),
+                *(
+                    ("--shared-memory-thread-bytes", str(args.thread_bytes))
+                    if args.thread_bytes is not None
+                    else ()
+                ),
             ),
         )
         try:

@@ -9,10 +9,13 @@ it, and splits the result back to each request (wire.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import TypeVar
 
 from services.batcher.batching import RawInput
 from services.batcher.catalog import CatalogEntry, ModelCatalog
@@ -39,11 +42,28 @@ LATENCY_WINDOW_S = 1.0
 # The arrival rate reported is over about this long, the simulator's step, which the learned
 # scaling policy was trained on.
 ARRIVAL_WINDOW_S = 1.0
+# Batches of at least this many input bytes are copied into their segment on a copier thread
+# (the default of BatcherSettings.shared_memory_thread_bytes). From here the event loop gains
+# more than twice what the hand-off adds to the process: on the shared 2-core machine
+# (`python -m bench.segment_fill`, medians of 5 rounds) a 1 MiB copy cost the loop 400 us on it
+# and 100 us handed off, for 130 us more of the process's CPU; at 512 KiB the loop gained 60 us
+# for 150 us more, at 256 KiB 14 us for 43 us.
+THREAD_BYTES = 1 << 20
+# Copier threads of a batcher: batches in flight at once may each be copying, and a copy is
+# bound by memory bandwidth, not by a core, so a few threads are enough.
+COPIERS = 2
+
+Result = TypeVar("Result")
 
 
 class SharedInputs:
     """Hands a batch's inputs to the workers through /dev/shm when they are large enough to gain
-    and every worker of the model sees this batcher's /dev/shm (tideserve/shared_memory.py)."""
+    and every worker of the model sees this batcher's /dev/shm (tideserve/shared_memory.py).
+
+    A large batch's inputs are copied into its segment on a copier thread (`fill`): the copy
+    (`os.preadv` from a client's region, which releases the GIL) was a fifth of the batcher's
+    busy time under 64-row requests, all of it on the event loop, which meanwhile served no
+    other request."""
 
     def __init__(
         self,
@@ -51,12 +71,19 @@ class SharedInputs:
         min_bytes: int,
         domain: str,
         pool: shared_memory.SegmentPool | None = None,
+        thread_bytes: int = THREAD_BYTES,
+        copiers: Executor | None = None,
     ) -> None:
+        if thread_bytes < 0:
+            raise ValueError("thread_bytes must be >= 0 (0 = copy on the event loop)")
         self.catalog = catalog
         self.min_bytes = min_bytes
         # This batcher's /dev/shm (shared_memory.domain()), against the workers' reports.
         self.domain = domain
         self.pool = pool or shared_memory.SegmentPool()
+        self.thread_bytes = thread_bytes
+        # Shut down by close().
+        self.copiers = copiers or ThreadPoolExecutor(COPIERS, thread_name_prefix="shm-copy")
 
     def acquire(self, model: str, nbytes: int) -> shared_memory.Segment | None:
         """A segment to put this batch in, or None to send it inline."""
@@ -71,10 +98,33 @@ class SharedInputs:
             )
             return None
 
+    async def fill(self, nbytes: int, write: Callable[[], Result]) -> Result:
+        """`write()`, which copies a batch's `nbytes` of inputs into its segment and must not
+        touch the event loop's objects: inline when the batch is small (a thread hand-off would
+        cost the loop more than the copy), else on a copier thread while the loop serves on.
+
+        Returns or raises only once `write` has finished, even when the caller is cancelled
+        meanwhile: until then the thread is writing into the segment, which must not go back
+        to the pool for another batch."""
+        if not self.thread_bytes or nbytes < self.thread_bytes:
+            return write()
+        copy = asyncio.get_running_loop().run_in_executor(self.copiers, write)
+        try:
+            # Shielded, so that cancelling the caller leaves `copy` telling when the thread ends.
+            return await asyncio.shield(copy)
+        except asyncio.CancelledError:
+            while not copy.done():
+                # A second cancellation cannot shorten the wait either; the first is re-raised.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([copy])
+            raise
+
     def release(self, segment: shared_memory.Segment) -> None:
         self.pool.release(segment)
 
     def close(self) -> None:
+        # Copies under way finish first: the pool's segments go next.
+        self.copiers.shutdown(wait=True, cancel_futures=True)
         self.pool.close()
 
 

@@ -10,19 +10,21 @@ One turn of the loop, in order (`ModelScheduler._next_batch`):
    instance to free is that close to freeing that a batch sent now reaches it then;
 5. ask the queue (batching.py, with the policy of policies.py) whether a batch should leave now.
 A batch that leaves is sent on a task of its own (`_execute`): its payload is built by wire.py,
-through shared memory when the workers see ours; the result is split back by wire.py, and the
-round trip is measured for admission (admission.py) and the gate.
+through shared memory when the workers see ours (a large batch's copy on a thread, off the event
+loop); the result is split back by wire.py, and the round trip is measured for admission
+(admission.py) and the gate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from services.batcher import wire
 from services.batcher.admission import Admission, RoundTrips
@@ -47,6 +49,8 @@ logger = logging.getLogger(__name__)
 # default of BatcherSettings.balancer_hold_s): a supervised balancer restarts, and its workers
 # register again, in a few seconds.
 BALANCER_HOLD_S = 10.0
+
+Result = TypeVar("Result")
 
 
 class BatchDispatcher(Protocol):
@@ -96,6 +100,11 @@ class Segments(Protocol):
 
     def acquire(self, model: str, nbytes: int) -> shared_memory.Segment | None:
         """A segment to put this batch in, or None to send it inline."""
+        ...
+
+    async def fill(self, nbytes: int, write: Callable[[], Result]) -> Result:
+        """`write()`, which copies the batch's `nbytes` of inputs into its segment, on or off
+        the event loop; returns only once `write` has finished, even when cancelled."""
         ...
 
     def release(self, segment: shared_memory.Segment) -> None: ...
@@ -405,11 +414,15 @@ class ModelScheduler:
         spec = self.entry.spec
         model = spec.name
         shared, segment = self.shared, None
+        nbytes = sum(len(x) for r in batch for x in r.inputs)
         if shared is not None:
-            segment = shared.acquire(model, sum(len(x) for r in batch for x in r.inputs))
+            segment = shared.acquire(model, nbytes)
         sent = self.clock()
         try:
-            payload = wire.encode_batch(spec, self.version, batch, rows, batch_id, _fail, segment)
+            if shared is None or segment is None:
+                payload = wire.encode_batch(spec, self.version, batch, rows, batch_id, _fail)
+            else:
+                payload = await self._fill(shared, segment, batch, rows, batch_id, nbytes)
             return await self.dispatcher.dispatch(model, rows, payload, timeout, batch_id)
         except FailedPrecondition as error:
             if segment is None:
@@ -426,6 +439,32 @@ class ModelScheduler:
         finally:
             if shared is not None and segment is not None:
                 shared.release(segment)
+
+    async def _fill(
+        self,
+        shared: Segments,
+        segment: shared_memory.Segment,
+        batch: list[PendingRequest],
+        rows: int,
+        batch_id: str,
+        nbytes: int,
+    ) -> bytes:
+        """The batch's payload, its inputs copied into `segment`, perhaps on another thread
+        (`Segments.fill`). A request whose region can no longer be read fails once the copy is
+        done: its future belongs to the event loop, not to the thread."""
+        unreadable: list[tuple[PendingRequest, TideserveError]] = []
+
+        def note(request: PendingRequest, error: TideserveError) -> None:
+            unreadable.append((request, error))
+
+        write = functools.partial(
+            wire.encode_batch, self.entry.spec, self.version, batch, rows, batch_id, note, segment
+        )
+        try:
+            return await shared.fill(nbytes, write)
+        finally:
+            for request, error in unreadable:
+                _fail(request, error)
 
     def _complete(
         self, batch: list[PendingRequest], rows: int, result: cluster_pb2.BatchResult

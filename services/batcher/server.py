@@ -504,7 +504,12 @@ async def build_server(settings: BatcherSettings) -> tuple[serving.Service, int]
     regions = ClientRegions(enabled=settings.client_shared_memory)
     domain = shared_memory.domain()
     shared = (
-        SharedInputs(catalog, settings.shared_memory_min_bytes, domain)
+        SharedInputs(
+            catalog,
+            settings.shared_memory_min_bytes,
+            domain,
+            thread_bytes=settings.shared_memory_thread_bytes,
+        )
         if settings.shared_memory_min_bytes and domain
         else None
     )

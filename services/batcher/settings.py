@@ -5,7 +5,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.batcher.core import BALANCER_HOLD_S
+from services.batcher.core import BALANCER_HOLD_S, THREAD_BYTES
 from tideserve.settings import TlsFields, load_settings
 
 
@@ -38,6 +38,11 @@ class BatcherSettings(TlsFields):
     # through a shared segment instead of inline (tideserve/shared_memory.py); smaller ones are
     # cheaper inline. 0 = never.
     shared_memory_min_bytes: int = 65536
+    # Batches through a shared segment whose inputs reach this many bytes are copied into it on
+    # a thread, the event loop serving other requests meanwhile; smaller ones are copied on the
+    # loop, cheaper than the hand-off (services/batcher/core.py, THREAD_BYTES). 0 = always on
+    # the loop.
+    shared_memory_thread_bytes: int = THREAD_BYTES
     # Serve Triton's system shared-memory extension: local clients register /dev/shm regions that
     # this batcher then reads and writes. Any client that reaches the port can name any plain
     # segment of this batcher's user (services/batcher/client_memory.py says which are
@@ -75,6 +80,8 @@ class BatcherSettings(TlsFields):
             raise ValueError("max_queue_rows_default must be >= 0 (0 = unbounded)")
         if self.shared_memory_min_bytes < 0:
             raise ValueError("shared_memory_min_bytes must be >= 0 (0 = never)")
+        if self.shared_memory_thread_bytes < 0:
+            raise ValueError("shared_memory_thread_bytes must be >= 0 (0 = on the event loop)")
         if self.stream_inflight < 1:
             raise ValueError("stream_inflight must be >= 1")
         if self.balancer_hold_s < 0:

@@ -2,9 +2,11 @@
 serialized `Batch` for the workers (`encode_batch`), and the `BatchResult` that comes back
 becomes one `ModelInferResponse` per request (`split_result`).
 
-Both are the batcher's per-batch work on its event loop, so each copies every byte once: a
-request's inputs go straight from where they lie (its message, or a client's shared-memory
-region) into the batch, and a response's outputs are slices of the result's.
+Both are the batcher's per-batch work, so each copies every byte once: a request's inputs go
+straight from where they lie (its message, or a client's shared-memory region) into the batch,
+and a response's outputs are slices of the result's. A large batch is encoded into its segment
+on a copier thread (core.SharedInputs.fill), so `encode_batch` touches nothing of the event
+loop's: a request it cannot read goes to `unreadable`, which the caller makes safe.
 
 An inline batch is written as protobuf wire bytes by hand around its inputs' raw bytes: set on a
 message and serialized, each byte would be copied twice more (into the message, then out of

@@ -1,6 +1,7 @@
 """Batch inputs through /dev/shm with real processes: a worker that shares the batcher's
-/dev/shm reads them from a segment the batcher owns; one that opts out gets them inline; the
-answers are the model's either way, and the batcher removes its segments when it stops."""
+/dev/shm reads them from a segment the batcher owns (copied there on the batcher's copier thread,
+as a large batch is); one that opts out gets them inline; the answers are the model's either
+way, and the batcher removes its segments when it stops."""
 
 from __future__ import annotations
 
@@ -48,7 +49,9 @@ def test_inputs_travel_through_shared_memory_and_inline(
     model_repository: Path, tmp_path: Path
 ) -> None:
     cluster = Cluster(
-        model_repository, tmp_path, batcher_args=("--shared-memory-min-bytes", "1")
+        model_repository,
+        tmp_path,
+        batcher_args=("--shared-memory-min-bytes", "1", "--shared-memory-thread-bytes", "1"),
     ).start(workers=1)
     try:
         (worker,) = cluster.snapshot().workers
