@@ -3,7 +3,8 @@ HPA at several targets, learned policies, and a foresight oracle that knows the 
 
 Every setting runs the held-out split and the out-of-family split of `tideserve policy eval`
 through the live controller (`tideserve_learning.sim.scaler`: policy, fallback, the live guards
-of 2 s up / 10 s down cooldown and steps of +2 / -1, bounds), on the same arrivals. Worker-seconds
+of 2 s up / 10 s down cooldown, a 3 s scale-down stabilisation window and steps of +2 / -1,
+bounds), on the same arrivals. Worker-seconds
 are given against HPA at `--hpa-target` (what `tideserve policy eval` tunes it to).
 
 The foresight oracle sizes for the highest mean rate of the trace over the next N seconds (the

@@ -24,9 +24,11 @@ steady state at the trace's first rate, as if it had been running; the real stac
 there by a lead-in (`--lead-in-s`, default 35 s: the learned policy's 30 s rate history and the
 batcher's 5 s rate window) at that rate before the trace, which is not measured.
 
-* prediction: the simulator runs the trace with the policy, that profile and the same guards
-  (bounds, cooldowns, max steps) as the live scaler, and with the live scaler's measurement
-  windows (the batcher's 5 s arrival rate, the observer's 2 s utilisation);
+* prediction: the simulator runs the trace under the live scaler's own controller
+  (`tideserve_learning.sim.scaler`: the policy, the learned policy's fallback, the guards and the
+  bounds) with that profile and the same guards as the real scaler (bounds, cooldowns, the
+  scale-down stabilisation window, max steps), and with the live scaler's measurement windows
+  (the batcher's 5 s arrival rate, the observer's 2 s utilisation);
 * reality: a fresh local stack (process runtime, workers `--threads 1` emulating the profile) is
   driven by an open-loop generator sending those requests, the scaler running the same policy
   with the same profile, SLO and guards; worker-seconds are integrated from the scaler's status
@@ -69,16 +71,18 @@ from harness.cluster import ROOT
 from harness.stack import LocalStack
 from services.batcher.core import ARRIVAL_WINDOW_S
 from services.batcher.settings import BatcherSettings
-from services.scaler.guards import GuardConfig, Guards
+from services.scaler.guards import GuardConfig
 from services.scaler.observe import ClusterObserver
 from services.scaler.planner import ServiceProfile
-from services.scaler.policies import ScalingContext, ScalingPolicy, create_policy
+from services.scaler.policies import ScalingContext
+from services.scaler.settings import ScalerSettings
 from services.worker.models import DEFAULT_MODEL, write_default_model
 from tideserve.runs import Run, Sample, batch_size_delta
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc
 from tideserve_learning.evaluate import episode_run
 from tideserve_learning.sim import traces
 from tideserve_learning.sim.env import DEFAULT_PROFILE, EnvConfig, EpisodeLog, ServingClusterEnv
+from tideserve_learning.sim.scaler import PolicySpec, drive
 from tideserve_tools.latency import OK, percentile
 from tideserve_tools.loadgen import LoadResult, arrival_times, open_loop, per_second
 
@@ -110,13 +114,11 @@ class Setup:
             "--profile", str(self.profile_path), "--slo-ms", str(self.slo_s * 1e3),
             "--min-replicas", str(g.min_replicas), "--max-replicas", str(g.max_replicas),
             "--up-cooldown-s", str(g.up_cooldown_s), "--down-cooldown-s", str(g.down_cooldown_s),
+            "--down-stabilisation-s", str(g.down_stabilisation_s),
             "--max-step-up", str(g.max_step_up), "--max-step-down", str(g.max_step_down),
             "--tick-s", "1", "--worker-threads", "1", "--worker-device", "cpu",
             "--worker-service-profile", str(self.profile_path), "--drain-timeout-s", "15",
         ]
-
-    def policy(self, name: str) -> ScalingPolicy:
-        return create_policy(name, target=self.hpa_target)
 
 
 def sim_env(setup: Setup, trace: traces.Trace, peak: float) -> ServingClusterEnv:
@@ -148,20 +150,15 @@ def seen(ctx: ScalingContext) -> Seen:
     return tuple(round(float(getattr(ctx, name)), 3) for name in SEEN_FIELDS)
 
 
-def simulate(setup: Setup, trace: traces.Trace, peak: float, policy: ScalingPolicy,
+def simulate(setup: Setup, trace: traces.Trace, peak: float, name: str,
              arrivals: Sequence[int]) -> tuple[EpisodeLog, list[Seen]]:
-    """The simulator's prediction for `trace` with `arrivals[k]` requests in second k, and what
-    the policy saw at each decision."""
+    """The simulator's prediction for `trace` with `arrivals[k]` requests in second k under the
+    live controller running policy `name` with the setup's guards, and what it saw at each
+    decision."""
     env = sim_env(setup, trace, peak)
-    env.reset(seed=trace.seed, options={"arrivals": arrivals})
-    guards = Guards(setup.guards)
-    truncated, inputs = False, []
-    while not truncated:
-        ctx = env.scaling_context()
-        inputs.append(seen(ctx))
-        applied, _ = guards.apply(ctx.current_replicas, policy.decide(ctx), ctx.now)
-        _, _, _, truncated, _ = env.step_to(applied)
-    return env.log, inputs
+    spec = PolicySpec(name, {"target": setup.hpa_target})
+    episode = asyncio.run(drive(env, spec, trace.seed, {"arrivals": arrivals}, setup.guards))
+    return episode.log, [seen(c) for c in episode.contexts]
 
 
 def sim_decisions(log: EpisodeLog, initial: int) -> list[tuple[float, int, int]]:
@@ -449,7 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also write DIR/<policy>-real.json and -sim.json (RUN.json format)")
     args = parser.parse_args(argv)
     guards = GuardConfig(min_replicas=1, max_replicas=args.max_replicas, up_cooldown_s=2.0,
-                         down_cooldown_s=5.0, max_step_up=2, max_step_down=1)
+                         down_cooldown_s=5.0, max_step_up=2, max_step_down=1,
+                         down_stabilisation_s=ScalerSettings.down_stabilisation_s)
     trace = traces.compress(traces.generate(args.shape, args.seed), args.compress)
     work = Path(tempfile.mkdtemp(prefix="sim2real-"))
     repository = work / "models"
@@ -473,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         counts = per_second(times, len(rates))
         lead_in = arrival_times([rates[0]] * args.lead_in_s, cv=trace.cv, seed=args.seed + 1)
         for name in args.policies.split(","):
-            log, sim_inputs = simulate(setup, trace, args.peak, setup.policy(name), counts)
+            log, sim_inputs = simulate(setup, trace, args.peak, name, counts)
             print(f"{name}: replaying {len(rates)} s, {len(times)} requests, "
                   f"{min(rates):.0f}-{max(rates):.0f} req/s (SLO capacity "
                   f"{profile.rate_within_slo(setup.slo_s):.1f} req/s per worker)", flush=True)

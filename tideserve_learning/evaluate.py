@@ -4,7 +4,8 @@ Every policy runs in the same simulator on the same arrivals (each trace is rese
 seed), decided by the live scaler's own controller (`tideserve_learning.sim.scaler`): the policy,
 the learned policy's fallback to the HPA rule (the live default target, on an observation outside
 the trained range or not a finite number, and on a cluster without traffic), the live guards
-(2 s up / 10 s down cooldown, steps of at most +2 / -1) and the bounds. Each started worker is
+(2 s up / 10 s down cooldown, a 3 s scale-down stabilisation window, steps of at most +2 / -1)
+and the bounds. Each started worker is
 paid from its start, so its cold start (the profile's, measured by `tideserve profile`, or
 `--cold-start-s`) is worker-seconds that serve nothing.
 

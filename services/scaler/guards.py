@@ -1,16 +1,17 @@
 """Guards between a policy's proposal and what the scaler applies.
 
 The policy proposes; these deterministic rules decide, whatever the policy (rule-based or learned)
-asked for: bounds (min/max replicas), cooldowns and a maximum step per decision. Keeping them
-outside the policies means an operator's limits hold even for a misbehaving learned policy, and
-the same guards wrap every policy in the simulator and in the live scaler. An operator's pin or
-new bounds pass through the same cooldowns and steps, so no single request, however large,
-starts or stops many workers at once. Time is injected.
+asked for: bounds (min/max replicas), a scale-down stabilisation window, cooldowns and a maximum
+step per decision. Keeping them outside the policies means an operator's limits hold even for a
+misbehaving learned policy, and the same guards wrap every policy in the simulator and in the live
+scaler. An operator's pin or new bounds pass through the same window, cooldowns and steps, so no
+single request, however large, starts or stops many workers at once. Time is injected.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 
@@ -22,6 +23,11 @@ class GuardConfig:
     ready and show up in the metrics before more are added.
     down_cooldown_s: time after any change before a scale-down, so the count does not flap
     straight back after a scale-up.
+    down_stabilisation_s: a scale-down goes only as low as the highest proposal made within
+    this window (Kubernetes' scale-down stabilisation window, for every policy). A proposal that
+    dips for a second and comes back, as a policy reacting to noisy rates does, then changes
+    nothing, where a cooldown alone lets the dip through once it has passed and the next second's
+    proposal starts a worker again: each such pair pays a cold start for no capacity served.
     max_step_up / max_step_down: most replicas added / removed by one decision (None: no limit).
     """
 
@@ -29,6 +35,7 @@ class GuardConfig:
     max_replicas: int = 8
     up_cooldown_s: float = 0.0
     down_cooldown_s: float = 0.0
+    down_stabilisation_s: float = 0.0
     max_step_up: int | None = None
     max_step_down: int | None = None
 
@@ -41,18 +48,24 @@ class GuardConfig:
             )
         if self.up_cooldown_s < 0 or self.down_cooldown_s < 0:
             raise ValueError("cooldowns must be >= 0 s")
+        if self.down_stabilisation_s < 0:
+            raise ValueError(
+                f"down_stabilisation_s must be >= 0 s, got {self.down_stabilisation_s}"
+            )
         for step in (self.max_step_up, self.max_step_down):
             if step is not None and step < 1:
                 raise ValueError(f"max steps must be >= 1 or None, got {step}")
 
 
 class Guards:
-    """Applies a GuardConfig to proposals. Remembers only when it last scaled up and down."""
+    """Applies a GuardConfig to proposals. Remembers when it last scaled up and down, and the
+    proposals made within the stabilisation window."""
 
     def __init__(self, config: GuardConfig) -> None:
         self.config = config
         self._last_up = -math.inf
         self._last_change = -math.inf
+        self._proposals: deque[tuple[float, int]] = deque()
 
     def bounded(self, proposed: int) -> int:
         """The proposal clamped to the bounds: the count the guards steer towards."""
@@ -65,8 +78,24 @@ class Guards:
         cfg = self.config
         bounded = self.bounded(proposed)
         clamped = " (clamped to bounds)" if bounded != proposed else ""
+        # The raw proposals are kept and bounded when used, so new bounds apply to the window
+        # at once (a lowered maximum is not held up by proposals made under the old one). The
+        # window is [now - down_stabilisation_s, now]; 0 keeps only this proposal, even where
+        # earlier ones were made at the same instant.
+        if not cfg.down_stabilisation_s:
+            self._proposals.clear()
+        self._proposals.append((now, proposed))
+        while self._proposals[0][0] < now - cfg.down_stabilisation_s:
+            self._proposals.popleft()
         if bounded == current:
             return current, "hold" + clamped
+        if bounded < current:
+            stable = self.bounded(max(p for _, p in self._proposals))
+            if stable >= current:
+                return current, (
+                    f"down stabilisation: {stable} proposed within {cfg.down_stabilisation_s:g} s"
+                )
+            bounded = stable
         if bounded > current:
             if now - self._last_up < cfg.up_cooldown_s:
                 return current, f"up cooldown until t={self._last_up + cfg.up_cooldown_s:.1f}"

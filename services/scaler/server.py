@@ -196,6 +196,7 @@ async def build_server(settings: ScalerSettings) -> tuple[serving.Service, int]:
             max_replicas=settings.max_replicas,
             up_cooldown_s=settings.up_cooldown_s,
             down_cooldown_s=settings.down_cooldown_s,
+            down_stabilisation_s=settings.down_stabilisation_s,
             max_step_up=settings.max_step_up,
             max_step_down=settings.max_step_down,
         ),

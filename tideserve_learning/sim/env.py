@@ -87,6 +87,7 @@ def live_guards(min_replicas: int, max_replicas: int) -> GuardConfig:
         max_replicas=max_replicas,
         up_cooldown_s=ScalerSettings.up_cooldown_s,
         down_cooldown_s=ScalerSettings.down_cooldown_s,
+        down_stabilisation_s=ScalerSettings.down_stabilisation_s,
         max_step_up=ScalerSettings.max_step_up,
         max_step_down=ScalerSettings.max_step_down,
     )

@@ -83,6 +83,19 @@ class Clock:
         return self.now
 
 
+def settings_guards(settings: ScalerSettings) -> GuardConfig:
+    """The guards `services.scaler.server` builds from `settings`."""
+    return GuardConfig(
+        min_replicas=settings.min_replicas,
+        max_replicas=settings.max_replicas,
+        up_cooldown_s=settings.up_cooldown_s,
+        down_cooldown_s=settings.down_cooldown_s,
+        down_stabilisation_s=settings.down_stabilisation_s,
+        max_step_up=settings.max_step_up,
+        max_step_down=settings.max_step_down,
+    )
+
+
 def live_counts(contexts: list[ScalingContext], guards: GuardConfig | None = None) -> list[int]:
     """Each tick's count under a ScalerController set up as `services.scaler.server` sets it up
     from the default settings (within the recording's bounds)."""
@@ -95,15 +108,7 @@ def live_counts(contexts: list[ScalingContext], guards: GuardConfig | None = Non
         controller = ScalerController(
             runtime,
             Drained(),
-            guards
-            or GuardConfig(
-                min_replicas=settings.min_replicas,
-                max_replicas=settings.max_replicas,
-                up_cooldown_s=settings.up_cooldown_s,
-                down_cooldown_s=settings.down_cooldown_s,
-                max_step_up=settings.max_step_up,
-                max_step_down=settings.max_step_down,
-            ),
+            guards or settings_guards(settings),
             policy=settings.policy,
             policy_parameters=settings.parsed_policy_parameters(),
             slo_s=contexts[0].slo_s,
@@ -144,3 +149,21 @@ def test_the_sequence_tells_guarded_decisions_from_bounds_only_ones() -> None:
     contexts = recorded()
     bounds_only = live_counts(contexts, GuardConfig(MIN_REPLICAS, MAX_REPLICAS))
     assert bounds_only != live_counts(contexts)
+
+
+def test_the_sequence_exercises_the_stabilisation_window() -> None:
+    """Without the live scale-down stabilisation window the learned policy's proposals dip and
+    come back on this sequence, and the count follows them down and straight back up; with it
+    (as both sides above run) the count only comes down."""
+    contexts = recorded()
+    settings = ScalerSettings(min_replicas=MIN_REPLICAS, max_replicas=MAX_REPLICAS)
+    assert settings.down_stabilisation_s > 0
+    without = live_counts(contexts, settings_guards(replace(settings, down_stabilisation_s=0.0)))
+    live = live_counts(contexts)
+
+    def reversals(counts: list[int]) -> int:
+        moves = [b - a for a, b in zip(counts, counts[1:], strict=False) if b != a]
+        return sum(1 for a, b in zip(moves, moves[1:], strict=False) if a < 0 < b)
+
+    assert reversals(without) > 0
+    assert reversals(live) == 0

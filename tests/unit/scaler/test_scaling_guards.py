@@ -1,4 +1,5 @@
-"""Guards: bounds, cooldowns and max step, with injected time."""
+"""Guards: bounds, the scale-down stabilisation window, cooldowns and max step, with injected
+time."""
 
 from __future__ import annotations
 
@@ -48,10 +49,8 @@ def test_a_count_outside_new_bounds_returns_through_cooldown_and_steps() -> None
 
 
 def test_a_raised_minimum_is_reached_a_step_per_up_cooldown() -> None:
-    guards = Guards(GuardConfig(min_replicas=1, max_replicas=50, up_cooldown_s=2.0,
-                                max_step_up=2))
-    guards.config = GuardConfig(min_replicas=50, max_replicas=50, up_cooldown_s=2.0,
-                                max_step_up=2)
+    guards = Guards(GuardConfig(min_replicas=1, max_replicas=50, up_cooldown_s=2.0, max_step_up=2))
+    guards.config = GuardConfig(min_replicas=50, max_replicas=50, up_cooldown_s=2.0, max_step_up=2)
     counts, current, now = [], 1, 0.0
     while current < 50:
         applied, _ = guards.apply(current, 0, now)
@@ -70,9 +69,54 @@ def test_bounded_is_the_proposal_within_the_bounds() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"min_replicas": -1}, {"min_replicas": 3, "max_replicas": 2}, {"up_cooldown_s": -1.0},
-     {"max_step_up": 0}],
+    [
+        {"min_replicas": -1},
+        {"min_replicas": 3, "max_replicas": 2},
+        {"up_cooldown_s": -1.0},
+        {"max_step_up": 0},
+        {"down_stabilisation_s": -1.0},
+    ],
 )
 def test_invalid_config_raises(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must be"):
         GuardConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_dip_shorter_than_the_stabilisation_window_changes_nothing() -> None:
+    guards = Guards(GuardConfig(max_replicas=10, down_stabilisation_s=3.0))
+    assert guards.apply(4, 4, now=0.0)[0] == 4
+    applied, reason = guards.apply(4, 3, now=1.0)
+    assert (applied, reason) == (4, "down stabilisation: 4 proposed within 3 s")
+    assert guards.apply(4, 4, now=2.0)[0] == 4
+    # Low from t=3 on: held while t=2's proposal of 4 is within the window, then let go.
+    assert [guards.apply(4, 3, now=t)[0] for t in (3.0, 4.0, 5.0)] == [4, 4, 4]
+    assert guards.apply(4, 3, now=6.0) == (3, "down by 1")
+
+
+def test_a_scale_down_goes_to_the_highest_proposal_in_the_window() -> None:
+    guards = Guards(GuardConfig(max_replicas=10, down_stabilisation_s=2.0))
+    assert guards.apply(8, 8, now=0.0)[0] == 8
+    guards.apply(8, 5, now=1.0)
+    guards.apply(8, 2, now=2.0)
+    assert guards.apply(8, 2, now=3.0)[0] == 5
+    assert guards.apply(5, 2, now=5.0)[0] == 2
+
+
+def test_the_stabilisation_window_never_delays_a_scale_up() -> None:
+    guards = Guards(GuardConfig(max_replicas=10, down_stabilisation_s=30.0))
+    assert guards.apply(4, 4, now=0.0)[0] == 4
+    assert guards.apply(4, 2, now=1.0)[0] == 4
+    assert guards.apply(4, 7, now=2.0) == (7, "up by 3")
+
+
+def test_a_lowered_maximum_is_not_held_up_by_the_window() -> None:
+    guards = Guards(GuardConfig(max_replicas=10, down_stabilisation_s=30.0))
+    assert guards.apply(8, 8, now=0.0)[0] == 8
+    guards.config = GuardConfig(max_replicas=4, down_stabilisation_s=30.0)
+    assert guards.apply(8, 8, now=1.0) == (4, "down by 4 (clamped to bounds)")
+
+
+def test_without_a_window_a_one_second_dip_scales_down() -> None:
+    guards = Guards(GuardConfig(max_replicas=10))
+    assert guards.apply(4, 4, now=0.0)[0] == 4
+    assert guards.apply(4, 3, now=1.0)[0] == 3
