@@ -121,15 +121,16 @@ def suite(runs: list[Run]) -> str:
     out = []
     for r in runs:
         rows = []
-        for system in ("pytriton", "tideserve"):
+        for system in ("pytriton", "floor", "tideserve"):
             for model, by_variant in r.get(system, {}).items():
                 variants = by_variant.items() if system == "tideserve" else [("", by_variant)]
                 for variant, loads in variants:
                     for load, m in loads.items():
                         failed = m.get("ok") is False
+                        label = "layout floor" if system == "floor" else system
                         rows.append(
                             (
-                                f"{system} {variant}".strip(),
+                                f"{label} {variant}".strip(),
                                 model,
                                 load,
                                 "failed" if failed else num(m.get("throughput_infer_per_s")),
