@@ -22,10 +22,11 @@ from harness.cluster import Cluster, sync_channel, wait_for
 from services.worker.models import DEFAULT_MODEL, write_default_model
 from tests.rollout import (
     ANSWERS_AFTER_RETIREMENT,
-    SteadyLoad,
+    Rollouts,
     check_counts,
     load_model,
     only_latest_ready,
+    steady_load,
 )
 from tideserve.v1 import cluster_pb2, cluster_pb2_grpc, inference_pb2_grpc
 from tideserve.v1 import inference_pb2 as pb
@@ -135,7 +136,8 @@ def test_weights_split_traffic_and_an_operator_moves_them(cluster: Cluster) -> N
 
 def test_retiring_the_version_the_split_favours_fails_no_request(cluster: Cluster) -> None:
     config = cluster.repository / DEFAULT_MODEL / "config.pbtxt"
-    with SteadyLoad(cluster.batcher) as load:
+    load = Rollouts()
+    with steady_load(cluster.batcher, load):
         wait_for(
             lambda: load.current().answered["1"] >= ANSWERS_AFTER_RETIREMENT, 60, "1 answering"
         )
