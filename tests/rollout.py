@@ -176,6 +176,31 @@ def roll_out(
         )
 
 
+def roll_out_under_load(
+    address: str,
+    repository: Path,
+    rollouts_wanted: int,
+    label: str,
+    *,
+    explicit_load: bool,
+    mode: int | None = None,
+) -> None:
+    """Versions 2 .. 1 + `rollouts_wanted` rolled out one after another under a steady load,
+    then every request checked: the whole test, whatever runtime serves `address`."""
+    rollouts = Rollouts()
+    with steady_load(address, rollouts):
+        roll_out(
+            rollouts,
+            address,
+            repository,
+            range(2, 2 + rollouts_wanted),
+            explicit_load=explicit_load,
+            mode=mode,
+        )
+    assert len(rollouts.counts) == 1 + rollouts_wanted
+    check_counts(rollouts, label)
+
+
 def check_counts(rollouts: Rollouts, label: str, report: Callable[[str], None] = print) -> None:
     """Every request answered, none failed, and after each rollout only the new version
     answered. Each rollout's counts are reported first, as lines starting with `label`."""

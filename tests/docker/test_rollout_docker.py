@@ -16,7 +16,7 @@ from harness.cluster import Cluster
 from services.scaler.docker_runtime import OWNER_LABEL, DockerRuntime
 from services.worker.models import write_default_model
 from tests.docker.conftest import WORKER_IMAGE, container_worker_token
-from tests.rollout import Rollouts, check_counts, roll_out, steady_load
+from tests.rollout import roll_out_under_load
 
 pytestmark = pytest.mark.docker
 
@@ -81,15 +81,10 @@ def cluster(
 def test_ten_versions_roll_out_to_worker_containers_without_a_failed_request(
     cluster: Cluster, trigger: str
 ) -> None:
-    rollouts = Rollouts()
-    with steady_load(cluster.batcher, rollouts):
-        roll_out(
-            rollouts,
-            cluster.batcher,
-            cluster.repository,
-            range(2, 2 + ROLLOUTS),
-            explicit_load=trigger == "load",
-            mode=READABLE,
-        )
-    assert len(rollouts.counts) == 1 + ROLLOUTS
-    check_counts(rollouts, f"docker, {trigger}")
+    roll_out_under_load(
+        cluster.batcher,
+        cluster.repository,
+        ROLLOUTS,
+        f"docker, {trigger}",
+        explicit_load=trigger == "load", mode=READABLE,
+    )

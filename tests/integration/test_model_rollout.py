@@ -13,7 +13,7 @@ import pytest
 
 from harness.cluster import Cluster
 from services.worker.models import write_default_model
-from tests.rollout import Rollouts, check_counts, roll_out, steady_load
+from tests.rollout import roll_out_under_load
 
 pytestmark = pytest.mark.integration
 
@@ -40,14 +40,10 @@ def cluster(tmp_path: Path, trigger: str) -> Iterator[Cluster]:
 def test_ten_versions_roll_out_under_load_without_a_failed_request(
     cluster: Cluster, trigger: str
 ) -> None:
-    rollouts = Rollouts()
-    with steady_load(cluster.batcher, rollouts):
-        roll_out(
-            rollouts,
-            cluster.batcher,
-            cluster.repository,
-            range(2, 2 + ROLLOUTS),
-            explicit_load=trigger == "load",
-        )
-    assert len(rollouts.counts) == 1 + ROLLOUTS
-    check_counts(rollouts, f"process runtime, {trigger}")
+    roll_out_under_load(
+        cluster.batcher,
+        cluster.repository,
+        ROLLOUTS,
+        f"process runtime, {trigger}",
+        explicit_load=trigger == "load",
+    )
