@@ -2,6 +2,7 @@
 HPA at several targets, learned policies, and a foresight oracle that knows the next N seconds.
 
 Every setting runs the held-out split and the out-of-family split of `tideserve policy eval`
+(`--split validation`: the validation seeds, for placing candidates before any is chosen)
 through the live controller (`tideserve_learning.sim.scaler`: policy, fallback, the live guards
 of 2 s up / 10 s down cooldown, a 3 s scale-down stabilisation window and steps of +2 / -1,
 bounds), on the same arrivals. Worker-seconds
@@ -38,7 +39,11 @@ HPA_TARGETS = (0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8)
 HORIZONS_S = (0, 5, 10, 20)
 LOADS = (0.7, 0.8, 0.9, 1.0)
 BACKLOG_DRAIN_S = 5.0
-SPLITS = {"held-out": traces.test_set, "out-of-family": traces.out_of_family_set}
+SPLITS = {
+    "held-out": traces.test_set,
+    "out-of-family": traces.out_of_family_set,
+    "validation": traces.validation_set,
+}
 
 Setting = tuple[str, str]  # (kind, value): ("hpa", "0.55"), ("learned", path), ("foresight", "N/L")
 
@@ -106,8 +111,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="hpa,learned,foresight",
         help="which settings to run (HPA at --hpa-target always runs)",
     )
+    parser.add_argument(
+        "--split",
+        choices=list(SPLITS),
+        action="append",
+        help="the traces (default: held-out and out-of-family); repeatable",
+    )
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
+    splits = args.split or ["held-out", "out-of-family"]
     kinds = set(args.kinds.split(","))
     settings: list[Setting] = []
     if "hpa" in kinds:
@@ -121,10 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     reference = ("hpa", f"{args.hpa_target:g}")
     if reference not in settings:
         settings.append(reference)
-    jobs = list(itertools.product(settings, SPLITS))
+    jobs = list(itertools.product(settings, splits))
     with ProcessPoolExecutor(args.jobs) as pool:
         results = dict(zip(jobs, pool.map(run, *zip(*jobs, strict=True)), strict=True))
-    for split in SPLITS:
+    for split in splits:
         hpa = results[(reference, split)].pooled()
         print(
             f"{split}: within SLO, worker-seconds vs HPA target {args.hpa_target:g}, "
