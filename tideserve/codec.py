@@ -8,6 +8,7 @@ tensors is zero-copy (`np.frombuffer`); callers that hand the array to torch use
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Sequence
@@ -83,8 +84,10 @@ def expected_nbytes(datatype: str, shape: Sequence[int]) -> int:
     return size * element_count(shape)
 
 
+@functools.lru_cache(maxsize=64)
 def datatype_of(dtype: np.dtype) -> str:
-    """Protocol datatype name for a numpy dtype."""
+    """Protocol datatype name for a numpy dtype (kept per dtype: every output of every batch
+    asks)."""
     for name, candidate in NUMPY_DTYPES.items():
         if candidate == dtype.newbyteorder("<") or candidate == dtype:
             return name

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -89,6 +89,25 @@ def latency_histogram(
     registry: CollectorRegistry, name: str, documentation: str, labels: Iterable[str] = ("model",)
 ) -> Histogram:
     return Histogram(name, documentation, list(labels), registry=registry, buckets=LATENCY_BUCKETS)
+
+
+M = TypeVar("M", Counter, Histogram)
+
+
+class Children(Generic[M]):
+    """A labelled metric's children, kept by label values: `.labels()` takes a lock and hashes
+    its arguments on every call, which a per-batch path would pay several times over. For
+    labels of bounded cardinality only (models, status codes): a child is never dropped."""
+
+    def __init__(self, metric: M) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *values: str) -> M:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child
 
 
 def on_loop(loop: asyncio.AbstractEventLoop, read: Callable[[], T]) -> T:

@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from services.balancer.core import BalancerCore
-from tideserve.metrics import latency_histogram, requests_counter
+from tideserve.metrics import Children, latency_histogram, requests_counter
 from tideserve.v1 import cluster_pb2
 
 PHASES = {
@@ -26,20 +26,24 @@ PHASES = {
 
 class BalancerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.dispatches = requests_counter(
-            registry,
-            "tideserve_balancer_dispatches",
-            "Batches dispatched, by model and the gRPC status code returned to the batcher.",
+        self.dispatches = Children(
+            requests_counter(
+                registry,
+                "tideserve_balancer_dispatches",
+                "Batches dispatched, by model and the gRPC status code returned to the batcher.",
+            )
         )
-        self.dispatch_seconds = latency_histogram(
-            registry,
-            "tideserve_balancer_dispatch_duration_seconds",
-            "Time from a batch's arrival at the balancer to its answer, retries included.",
+        self.dispatch_seconds = Children(
+            latency_histogram(
+                registry,
+                "tideserve_balancer_dispatch_duration_seconds",
+                "Time from a batch's arrival at the balancer to its answer, retries included.",
+            )
         )
 
     def dispatch_done(self, model: str, code: str, seconds: float) -> None:
-        self.dispatches.labels(model, code).inc()
-        self.dispatch_seconds.labels(model).observe(seconds)
+        self.dispatches(model, code).inc()
+        self.dispatch_seconds(model).observe(seconds)
 
 
 def collect(core: BalancerCore) -> list[Metric]:

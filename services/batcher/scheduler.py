@@ -2,7 +2,7 @@
 queue when the batching policy says one should leave and a model instance is free for it, sends
 it downstream and hands each request its share of the result.
 
-One turn of the loop, in order (`ModelScheduler._next_batch`):
+One decision, in order (`ModelScheduler._decide`, by the loop or by `submit` for an idle model):
 1. fail the requests whose queue timeout passed;
 2. while no balancer is reachable, hold the queue (up to each request's deadline, or `hold_s`);
 3. wait while every dispatch slot (`capacity`: instances x depth) holds a batch;
@@ -204,11 +204,23 @@ class ModelScheduler:
 
     def submit(self, request: PendingRequest) -> asyncio.Future:
         """Admit and queue `request` (RESOURCE_EXHAUSTED at once when it cannot be); the future
-        resolves to its ModelInferResponse or fails with a TideserveError."""
+        resolves to its ModelInferResponse or fails with a TideserveError.
+
+        A request reaching an idle model (nothing in flight) leaves from here when the queue
+        says a batch should leave now, rather than a turn of the event loop later through the
+        scheduler's loop: a lone request's latency is mostly such turns (each also runs every
+        other callback that is ready). With a batch in flight the loop decides as before, so
+        requests arriving together still share a batch."""
         self.admission.admit(request, self.queue)
         self.queue.put(request)
         request.future = asyncio.get_running_loop().create_future()
         self._outstanding_changed(request.arrival)
+        if self.inflight == 0 and self._task is not None:
+            decision = self._decide(self.clock())
+            if isinstance(decision, list):
+                self._dispatch(decision)
+                if not self.queue:
+                    return request.future
         self._wake.set()
         return request.future
 
@@ -221,15 +233,18 @@ class ModelScheduler:
 
     async def _run(self) -> None:
         while True:
-            batch = await self._next_batch()
-            self.inflight += 1
-            self._inflight_requests += len(batch)
-            booking = self.timeline.book(
-                self.instances(), self.clock(), self.round_trips.hop_down_s, self._compute_s(batch)
-            )
-            task = asyncio.get_running_loop().create_task(self._execute(batch, booking))
-            self._batches.add(task)
-            task.add_done_callback(self._batches.discard)
+            self._dispatch(await self._next_batch())
+
+    def _dispatch(self, batch: list[PendingRequest]) -> None:
+        """Send `batch` on a task of its own."""
+        self.inflight += 1
+        self._inflight_requests += len(batch)
+        booking = self.timeline.book(
+            self.instances(), self.clock(), self.round_trips.hop_down_s, self._compute_s(batch)
+        )
+        task = asyncio.get_running_loop().create_task(self._execute(batch, booking))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
 
     async def _wait(self, timeout: float | None) -> None:
         self._wake.clear()
@@ -238,7 +253,15 @@ class ModelScheduler:
 
     async def _next_batch(self) -> list[PendingRequest]:
         while True:
-            now = self.clock()
+            decision = self._decide(self.clock())
+            if isinstance(decision, list):
+                return decision
+            await self._wait(decision)
+
+    def _decide(self, now: float) -> list[PendingRequest] | float | None:
+        """The batch to send now, or else how long to wait before deciding again (None: until
+        woken by an arrival or a freed slot)."""
+        while True:
             for request in self.queue.pop_expired(now):
                 _fail(
                     request,
@@ -247,25 +270,21 @@ class ModelScheduler:
             if self.links is not None and not self.links.live:
                 # No balancer to send to (one restarting): hold the queue rather than fail it.
                 held = self._hold(self.links, now)
-                await self._wait(_earliest(held, self.queue.next_expiry(now)))
-                continue
+                return _earliest(held, self.queue.next_expiry(now))
             if self.inflight >= self.capacity():
                 # Every slot is busy: wake for a freed slot, a new arrival or a queue timeout.
-                await self._wait(self.queue.next_expiry(now))
-                continue
+                return self.queue.next_expiry(now)
             if self.inflight >= self.instances():
                 # Every instance has a batch: the next leaves when one is about to free.
                 gate = self._just_in_time(now)
                 if gate is None or gate > 0:
-                    await self._wait(_earliest(gate, self.queue.next_expiry(now)))
-                    continue
+                    return _earliest(gate, self.queue.next_expiry(now))
             wait = self.queue.next_batch_in(now)
-            if wait == 0.0:
-                batch = [r for r in self.queue.take(now) if self._still_wanted(r, now)]
-                if batch:
-                    return batch
-                continue
-            await self._wait(_earliest(wait, self.queue.next_expiry(now)))
+            if wait != 0.0:
+                return _earliest(wait, self.queue.next_expiry(now))
+            batch = [r for r in self.queue.take(now) if self._still_wanted(r, now)]
+            if batch:
+                return batch
 
     def _hold(self, links: BalancerLinks, now: float) -> float | None:
         """While no balancer is reachable, fail the queued requests whose wait for one is over:

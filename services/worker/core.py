@@ -7,6 +7,7 @@ import asyncio
 import logging
 import resource
 import time
+from collections.abc import Callable
 
 from services.worker.runner import Runner
 from tideserve import codec, shared_memory
@@ -72,17 +73,17 @@ class WorkerCore:
             finally:
                 self.inflight -= 1
 
+        idle = self.queued == 0 and self.inflight == 0
         self.queued += 1
         self._idle.clear()
-        loop = asyncio.get_running_loop()
-        computing = runner.executor.submit(run)
-        # Views are released when the thread is done with them, even if this call is
-        # cancelled first: a pinned segment must not be unpinned under a running copy.
-        computing.add_done_callback(
-            lambda _: loop.is_closed() or loop.call_soon_threadsafe(self._done_reading, views)
-        )
         try:
-            outputs = await asyncio.wrap_future(computing)
+            if idle and runner.runs_inline(arrays):
+                try:
+                    outputs = run()
+                finally:
+                    self._done_reading(views)
+            else:
+                outputs = await self._on_executor(runner, run, views)
         except Exception:
             self.failed += 1
             raise
@@ -108,6 +109,19 @@ class WorkerCore:
             result.outputs.add(name=spec.name, datatype=datatype, shape=shape, raw=raw)
         result.output_seconds = time.perf_counter() - done
         return result
+
+    async def _on_executor(
+        self, runner: Runner, run: Callable[[], list], views: list[memoryview]
+    ) -> list:
+        """`run` on the runner's executor thread, the event loop serving meanwhile."""
+        loop = asyncio.get_running_loop()
+        computing = runner.executor.submit(run)
+        # Views are released when the thread is done with them, even if this call is
+        # cancelled first: a pinned segment must not be unpinned under a running copy.
+        computing.add_done_callback(
+            lambda _: loop.is_closed() or loop.call_soon_threadsafe(self._done_reading, views)
+        )
+        return await asyncio.wrap_future(computing)
 
     def _runner(self, model: str, version: str) -> Runner:
         """The runner of `version` of `model`; the latest served when `version` is empty."""

@@ -10,34 +10,40 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from services.worker.core import WorkerCore
-from tideserve.metrics import latency_histogram, requests_counter
+from tideserve.metrics import Children, latency_histogram, requests_counter
 
 
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.batches = requests_counter(
-            registry,
-            "tideserve_worker_batches",
-            "Batches executed, by model and gRPC status code.",
+        self.batches = Children(
+            requests_counter(
+                registry,
+                "tideserve_worker_batches",
+                "Batches executed, by model and gRPC status code.",
+            )
         )
-        self.queue_seconds = latency_histogram(
-            registry,
-            "tideserve_worker_queue_wait_seconds",
-            "Time a batch waited in the worker for the model's executor.",
+        self.queue_seconds = Children(
+            latency_histogram(
+                registry,
+                "tideserve_worker_queue_wait_seconds",
+                "Time a batch waited in the worker for the model's executor.",
+            )
         )
-        self.compute_seconds = latency_histogram(
-            registry,
-            "tideserve_worker_compute_seconds",
-            "Time of the model's forward pass on a batch (the device's work).",
+        self.compute_seconds = Children(
+            latency_histogram(
+                registry,
+                "tideserve_worker_compute_seconds",
+                "Time of the model's forward pass on a batch (the device's work).",
+            )
         )
 
     def batch_done(self, model: str, queue_s: float, compute_s: float) -> None:
-        self.batches.labels(model, "OK").inc()
-        self.queue_seconds.labels(model).observe(queue_s)
-        self.compute_seconds.labels(model).observe(compute_s)
+        self.batches(model, "OK").inc()
+        self.queue_seconds(model).observe(queue_s)
+        self.compute_seconds(model).observe(compute_s)
 
     def batch_failed(self, model: str, code: str) -> None:
-        self.batches.labels(model, code).inc()
+        self.batches(model, code).inc()
 
 
 def collect(core: WorkerCore) -> list[Metric]:

@@ -60,6 +60,45 @@ async def test_a_scheduler_takes_no_batch_until_started() -> None:
     assert dispatcher.batch_rows == [1]
 
 
+async def test_a_lone_request_on_an_idle_model_leaves_from_submit() -> None:
+    """No turn of the event loop between the request and its batch: the batch is in flight
+    when submit returns, and a request arriving meanwhile waits for the loop's decision."""
+    clock, dispatcher = FakeClock(), EchoDispatcher()
+    dispatcher.gate.clear()
+    scheduler = scheduler_for(model_config(max_batch_size=8, delay_us=0), dispatcher, clock)
+    scheduler.start()
+    try:
+        first = scheduler.submit(pending(0, clock))
+        assert scheduler.inflight == 1, "the idle model's request left from submit itself"
+        assert len(scheduler.queue) == 0
+
+        second = scheduler.submit(pending(1, clock))
+        assert scheduler.inflight == 1, "with a batch in flight the loop decides, as before"
+        assert len(scheduler.queue) == 1
+
+        dispatcher.gate.set()
+        await gather([first, second])
+    finally:
+        scheduler.close()
+    assert dispatcher.batch_rows == [1, 1]
+
+
+async def test_an_idle_model_still_waits_its_queue_delay() -> None:
+    clock, dispatcher = FakeClock(), EchoDispatcher()
+    scheduler = scheduler_for(model_config(max_batch_size=8, delay_us=2_000), dispatcher, clock)
+    scheduler.start()
+    try:
+        future = scheduler.submit(pending(0, clock))
+        assert scheduler.inflight == 0, "a batch short of its size waits the delay"
+        clock.advance(0.002)
+        scheduler.submit(pending(1, clock))
+        assert scheduler.inflight == 1, "once the delay has passed, the arrival takes it along"
+        await gather([future])
+    finally:
+        scheduler.close()
+    assert dispatcher.batch_rows == [2]
+
+
 async def test_a_batch_forms_once_its_oldest_request_has_waited_the_delay() -> None:
     clock, dispatcher = FakeClock(), EchoDispatcher()
     scheduler = scheduler_for(model_config(max_batch_size=8, delay_us=2_000), dispatcher, clock)
