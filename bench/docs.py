@@ -597,7 +597,34 @@ def front_door_scaling(runs: list[Run]) -> str:
     ) + provenance(runs)
 
 
+def side_by_side(runs: list[Run]) -> str:
+    """bench.side_by_side's JSON: two trees' medians per point, their ratio, every round."""
+    rows = []
+    revisions = runs[0].get("revisions", {}) if runs else {}
+    for r in runs:
+        for name, point in r.get("points", {}).items():
+            before, after = point["before"], point["after"]
+            rows.append(
+                (
+                    f"mlp {name}",
+                    f"{num(before['throughput'])} ({num(before.get('p50_ms'), 2)} ms)",
+                    f"{num(after['throughput'])} ({num(after.get('p50_ms'), 2)} ms)",
+                    num(point.get("ratio"), 3),
+                    f"{_rounds(before)} — {_rounds(after)}",
+                )
+            )
+    header = (
+        "load",
+        f"before {revisions.get('before', '')}: infer/s (p50)",
+        f"after {revisions.get('after', '')}: infer/s (p50)",
+        "after / before",
+        "each round (infer/s): before — after",
+    )
+    return table(header, rows, "lrrrl") + provenance(runs)
+
+
 RENDERERS: dict[str, Renderer] = {
+    "bench.side_by_side": side_by_side,
     "bench.suite": suite,
     "bench.front_door_floor": front_door_floor,
     "bench.hop_floor": hop_floor,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -116,9 +117,15 @@ def set_fixed_delay(repository: Path, delay_us: int) -> None:
 
 @contextlib.contextmanager
 def tideserve(
-    repository: Path, workload_threads: int, logs: Path, model: str, batcher_processes: int = 1
+    repository: Path,
+    workload_threads: int,
+    logs: Path,
+    model: str,
+    batcher_processes: int = 1,
+    checkout: Path | None = None,
 ) -> Iterator[SuiteConfig]:
-    """The suite as `tideserve up` runs it (one worker, static policy), until the block ends."""
+    """The suite as `tideserve up` runs it (one worker, static policy), until the block ends;
+    the code of `checkout` (a tideserve source tree) when given, else this one."""
     config = SuiteConfig(
         batcher_port=free_port(),
         balancer_port=free_port(),
@@ -175,6 +182,7 @@ def tideserve(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env=None if checkout is None else {**os.environ, "PYTHONPATH": str(checkout)},
     )
     try:
         output = []

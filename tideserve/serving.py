@@ -139,6 +139,26 @@ def new_server(
     )
 
 
+class GenericHandlersOnly:
+    """A server as the generated `add_*Servicer_to_server` functions see it: it takes their
+    generic handler and drops their copy of the same methods as registered methods. grpc.aio
+    keeps one task per registered method asking the core for that method's next call, and on
+    every call waits on all of them (asyncio.wait over the set): with the batcher's 20 methods,
+    a tenth of a unary call's server CPU (echo server, 16 concurrent callers: 278-290 against
+    303-337 us a call). Generic handlers share one such task and are found by path in a dict."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self.server = server
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self.server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(
+        self, service_name: str, handlers: Mapping[str, grpc.RpcMethodHandler]
+    ) -> None:
+        """Dropped: the generic handler added beside them serves the same methods."""
+
+
 def bind(server: grpc.aio.Server, address: str, tls: TlsSettings = PLAINTEXT) -> int:
     """Listen on `address` with TLS when `tls` has a certificate, else in plaintext (a server
     with a certificate never also listens in plaintext). Returns the bound port; exits with a
@@ -365,7 +385,7 @@ async def add_health_and_reflection(
     """
     names = list(service_names)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, GenericHandlersOnly(server))
     reflection.enable_server_reflection(
         [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )

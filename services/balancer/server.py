@@ -219,14 +219,15 @@ class BalancerServicer:
 
 
 def add_balancer_to_server(servicer: BalancerServicer, server: grpc.aio.Server) -> None:
-    """Register the Balancer service: every method as generated, then Dispatch again with bytes
-    in and bytes out. A registered method is looked up by its full path and the later
-    registration of a path replaces the earlier, so Dispatch is the raw one (a test checks the
-    payload arrives as bytes)."""
-    cluster_pb2_grpc.add_BalancerServicer_to_server(servicer, server)
-    server.add_registered_method_handlers(
-        SERVICE_NAME, {DISPATCH: grpc.unary_unary_rpc_method_handler(servicer.Dispatch)}
+    """Register the Balancer service: Dispatch with bytes in and bytes out, then every method as
+    generated (generic handlers only: serving.GenericHandlersOnly). The server asks its generic
+    handlers in the order they were added and the first to know a path serves it, so Dispatch
+    is the raw one (a test checks the payload arrives as bytes)."""
+    raw = grpc.unary_unary_rpc_method_handler(servicer.Dispatch)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE_NAME, {DISPATCH: raw}),)
     )
+    cluster_pb2_grpc.add_BalancerServicer_to_server(servicer, serving.GenericHandlersOnly(server))
 
 
 async def _expire_loop(core: BalancerCore, period_s: float) -> None:

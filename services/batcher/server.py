@@ -543,7 +543,7 @@ async def build_server(settings: BatcherSettings) -> tuple[serving.Service, int]
             catalog_changed,
             settings.model_control,
         ),
-        server,
+        serving.GenericHandlersOnly(server),
     )
     # Health says SERVING only while a balancer's stream is live (BalancerLinks): a batcher with
     # no balancer fails every inference, so probes and load balancers must see it as not ready.

@@ -217,7 +217,7 @@ async def build_server(settings: ScalerSettings) -> tuple[serving.Service, int]:
     metrics_server = metrics.start_metrics_server(settings.host, settings.metrics_port, registry)
     server = serving.new_server(interceptors=[serving.RoleGuard(SERVICE_NAME, auth)])
     cluster_pb2_grpc.add_ScalerAdminServicer_to_server(
-        ScalerAdminServicer(controller, runtime.name), server
+        ScalerAdminServicer(controller, runtime.name), serving.GenericHandlersOnly(server)
     )
     health = await serving.add_health_and_reflection(server, [SERVICE_NAME])
     port = serving.bind(server, f"{settings.host}:{settings.port}", tls)

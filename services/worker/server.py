@@ -199,7 +199,9 @@ async def build_server(settings: WorkerSettings) -> tuple[serving.Service, int]:
     worker_metrics = WorkerMetrics(registry)
     registry.register(metrics.LoopCollector(asyncio.get_running_loop(), lambda: collect(core)))
     metrics_server = metrics.start_metrics_server(settings.host, settings.metrics_port, registry)
-    cluster_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(core, worker_metrics), server)
+    cluster_pb2_grpc.add_WorkerServicer_to_server(
+        WorkerServicer(core, worker_metrics), serving.GenericHandlersOnly(server)
+    )
 
     def build(entry: RepositoryEntry) -> Runner:
         runner = ModelRunner(entry.config, entry.version, entry.model_path, device)
