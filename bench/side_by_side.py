@@ -9,7 +9,10 @@ the median over the rounds, every round beside it.
 
 DIR is a tideserve checkout (e.g. `git worktree add --detach /tmp/before <commit>`); both run on
 this interpreter's packages. The points: mlp at concurrency 1, 16 and 64 over unary calls, and
-64 over `ModelStreamInfer`. Traffic goes to 127.0.0.1 only.
+64 over `ModelStreamInfer`, from perf_analyzer; and the lone request from a blocking client
+(`c1_blocking`: tideserve's own stubs, 1,500 requests one at a time), whose only cost on the
+machine's cores is its own call, where perf_analyzer keeps threads of its own busy beside the
+servers. Traffic goes to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -24,11 +27,44 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import baseline, suite
+import grpc
+import numpy as np
 
-# (name, concurrency, over a stream)
-POINTS = (("c1", 1, False), ("c16", 16, False), ("c64", 64, False), ("c64_stream", 64, True))
+from bench import baseline, suite
+from tideserve.latency import percentile
+from tideserve.v1 import inference_pb2 as pb
+from tideserve.v1 import inference_pb2_grpc
+
+# (name, concurrency, over a stream); concurrency 0: the blocking client's lone requests.
+POINTS = (
+    ("c1_blocking", 0, False),
+    ("c1", 1, False),
+    ("c16", 16, False),
+    ("c64", 64, False),
+    ("c64_stream", 64, True),
+)
 MODEL = "mlp"
+LONE_REQUESTS = 1500
+
+
+def lone_requests(url: str, dims: list[int], count: int = LONE_REQUESTS) -> dict[str, Any]:
+    """`count` one-row requests sent one at a time (after 100 unmeasured): their rate and p50."""
+    request = pb.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="INPUT__0", datatype="FP32", shape=[1, *dims])
+    request.raw_input_contents.append(np.zeros([1, *dims], dtype=np.float32).tobytes())
+    latencies = []
+    with grpc.insecure_channel(url) as channel:
+        infer = inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+        for _ in range(100):
+            infer(request, timeout=10)
+        for _ in range(count):
+            started = time.perf_counter()
+            infer(request, timeout=10)
+            latencies.append(time.perf_counter() - started)
+    return {
+        "throughput_infer_per_s": count / sum(latencies),
+        "p50_ms": percentile(latencies, 50) * 1000,
+    }
 
 
 def revision(tree: Path) -> str:
@@ -66,9 +102,12 @@ def measure(trees: dict[str, Path], rounds: int, window_ms: int) -> dict[str, An
             print(f"round {index + 1} of {rounds}", flush=True)
             for name, concurrency, streaming in POINTS:
                 for tree in order if index % 2 == 0 else order[::-1]:
-                    record = suite.pa(
-                        urls[tree], MODEL, concurrency, window_ms, streaming=streaming
-                    )
+                    if concurrency:
+                        record = suite.pa(
+                            urls[tree], MODEL, concurrency, window_ms, streaming=streaming
+                        )
+                    else:
+                        record = lone_requests(urls[tree], workload.input_dims)
                     records[name][tree].append(record)
     return records
 
