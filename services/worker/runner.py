@@ -100,9 +100,11 @@ class ModelRunner:
         self.service_times: dict[int, float] = {}
 
     def _instance(self) -> Instance:
-        """The instance owned by the calling executor thread (claimed on its first batch); the
-        event loop's thread, running a short CPU batch inline, borrows the first."""
-        if threading.current_thread() is threading.main_thread():
+        """The instance for the calling thread. A CPU instance holds nothing but the shared
+        module, so every thread (the event loop's too, running a short batch inline) uses the
+        first; a GPU instance (its stream, its buffers) belongs to the executor thread that
+        claims it on its first batch."""
+        if self.device.type != "cuda":
             return self.instances[0]
         instance = getattr(self._local, "instance", None)
         if instance is None:
