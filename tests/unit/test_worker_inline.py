@@ -10,32 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from services.worker.core import WorkerCore
-from services.worker.repository import scan
 from services.worker.runner import INLINE_COMPUTE_S, EmulatedDeviceRunner, ModelRunner
+from tests.unit.test_worker_emulation import Double, runner
 from tideserve.v1 import cluster_pb2
 
 MODEL = "double"
-
-
-class Double(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * 2.0
-
-
-def runner(tmp_path: Path) -> ModelRunner:
-    model_dir = tmp_path / MODEL
-    (model_dir / "1").mkdir(parents=True)
-    torch.jit.script(Double()).save(str(model_dir / "1" / "model.pt"))
-    (model_dir / "config.pbtxt").write_text(
-        "max_batch_size: 16\n"
-        'input [ { name: "x" data_type: TYPE_FP32 dims: [4] } ]\n'
-        'output [ { name: "y" data_type: TYPE_FP32 dims: [4] } ]\n'
-    )
-    (entry,) = scan(tmp_path)
-    return ModelRunner(entry.config, entry.version, entry.model_path, torch.device("cpu"))
 
 
 def threads_of(model: ModelRunner) -> list[str]:
@@ -67,7 +48,7 @@ def answer(result: cluster_pb2.BatchResult, rows: int) -> np.ndarray:
 async def test_a_measured_short_batch_runs_on_the_loop_when_the_worker_is_idle(
     tmp_path: Path,
 ) -> None:
-    model = runner(tmp_path)
+    model = runner(tmp_path, Double())
     seen = threads_of(model)
     core = WorkerCore("w", {MODEL: {"1": model}})
     try:
@@ -89,7 +70,7 @@ async def test_a_measured_short_batch_runs_on_the_loop_when_the_worker_is_idle(
 
 @pytest.mark.parametrize("why", ["slow", "busy"])
 async def test_a_slow_size_or_a_busy_worker_uses_the_executor(tmp_path: Path, why: str) -> None:
-    model = runner(tmp_path)
+    model = runner(tmp_path, Double())
     seen = threads_of(model)
     core = WorkerCore("w", {MODEL: {"1": model}})
     model.service_times[3] = 10 * INLINE_COMPUTE_S if why == "slow" else 0.0
@@ -105,7 +86,7 @@ async def test_a_slow_size_or_a_busy_worker_uses_the_executor(tmp_path: Path, wh
 
 
 async def test_an_emulated_device_never_runs_inline(tmp_path: Path) -> None:
-    model = runner(tmp_path)
+    model = runner(tmp_path, Double())
     seen = threads_of(model)
     emulated = EmulatedDeviceRunner(model, slowdown=1.0)
     core = WorkerCore("w", {MODEL: {"1": emulated}})
