@@ -12,7 +12,7 @@ from prometheus_client.metrics_core import Metric
 
 from services.batcher.core import BatcherCore
 from services.batcher.statistics import InferenceStatistics
-from tideserve.metrics import BATCH_SIZE_BUCKETS, latency_histogram
+from tideserve.metrics import BATCH_SIZE_BUCKETS, Children, latency_histogram
 from tideserve.v1 import cluster_pb2
 
 # Requests for models the batcher does not serve share one label value, so a client sending
@@ -36,45 +36,51 @@ class BatcherMetrics:
         self.served = served
         self.versions = versions
         self.statistics = statistics
-        self.requests = Counter(
-            "tideserve_batcher_requests",
-            "Inference requests answered, by model, version and gRPC status code. The version "
-            "is the one that answered, or the one asked for if it failed; empty when none was "
-            "asked for or the one asked for is not served.",
-            ["model", "version", "code"],
-            registry=registry,
+        self.requests = Children(
+            Counter(
+                "tideserve_batcher_requests",
+                "Inference requests answered, by model, version and gRPC status code. The "
+                "version is the one that answered, or the one asked for if it failed; empty "
+                "when none was asked for or the one asked for is not served.",
+                ["model", "version", "code"],
+                registry=registry,
+            )
         )
-        self.request_seconds = latency_histogram(
-            registry,
-            "tideserve_batcher_request_duration_seconds",
-            "End-to-end latency of successful requests as the batcher sees them: arrival to "
-            "response, queueing, dispatch and compute included; by model and the version that "
-            "answered.",
-            ("model", "version"),
+        self.request_seconds = Children(
+            latency_histogram(
+                registry,
+                "tideserve_batcher_request_duration_seconds",
+                "End-to-end latency of successful requests as the batcher sees them: arrival to "
+                "response, queueing, dispatch and compute included; by model and the version "
+                "that answered.",
+                ("model", "version"),
+            )
         )
-        self.queue_seconds = latency_histogram(
-            registry,
-            "tideserve_batcher_queue_wait_seconds",
-            "Per batch: how long its oldest request waited in the batcher's queue before the "
-            "batch was dispatched.",
+        self.queue_seconds = Children(
+            latency_histogram(
+                registry,
+                "tideserve_batcher_queue_wait_seconds",
+                "Per batch: how long its oldest request waited in the batcher's queue before "
+                "the batch was dispatched.",
+            )
         )
-        self.dispatch_seconds = latency_histogram(
-            registry,
-            "tideserve_batcher_dispatch_duration_seconds",
-            "Per batch: round trip through balancer and worker (compute included).",
+        self.dispatch_seconds = Children(
+            latency_histogram(
+                registry,
+                "tideserve_batcher_dispatch_duration_seconds",
+                "Per batch: round trip through balancer and worker (compute included).",
+            )
         )
-        self.batch_rows = Histogram(
-            "tideserve_batcher_batch_size_rows",
-            "Rows per dispatched batch.",
-            ["model"],
-            registry=registry,
-            buckets=BATCH_SIZE_BUCKETS,
+        self.batch_rows = Children(
+            Histogram(
+                "tideserve_batcher_batch_size_rows",
+                "Rows per dispatched batch.",
+                ["model"],
+                registry=registry,
+                buckets=BATCH_SIZE_BUCKETS,
+            )
         )
-        # Label children cached: `.labels()` takes a lock and hashes its arguments each call.
-        self._requests: dict[tuple[str, str, str], Counter] = {}
-        self._latency: dict[tuple[str, str], Histogram] = {}
         self._labelled: set[tuple[str, str]] = set()
-        self._batch: dict[str, tuple[Histogram, Histogram, Histogram]] = {}
 
     def request_done(
         self, model: str, code: str, latency_s: float | None, version: str = ""
@@ -92,33 +98,15 @@ class BatcherMetrics:
                 self._labelled.add((model, version))
             else:
                 version = ""
-        child = self._requests.get((model, version, code))
-        if child is None:
-            child = self._requests[(model, version, code)] = self.requests.labels(
-                model, version, code
-            )
-        child.inc()
+        self.requests(model, version, code).inc()
         if latency_s is not None:
-            histogram = self._latency.get((model, version))
-            if histogram is None:
-                histogram = self._latency[(model, version)] = self.request_seconds.labels(
-                    model, version
-                )
-            histogram.observe(latency_s)
+            self.request_seconds(model, version).observe(latency_s)
 
     def batch_done(self, model: str, rows: int, queue_wait_s: float, dispatch_s: float) -> None:
         """One batch came back from the balancer (successfully or not)."""
-        children = self._batch.get(model)
-        if children is None:
-            children = self._batch[model] = (
-                self.batch_rows.labels(model),
-                self.queue_seconds.labels(model),
-                self.dispatch_seconds.labels(model),
-            )
-        batch_rows, queue_seconds, dispatch_seconds = children
-        batch_rows.observe(rows)
-        queue_seconds.observe(queue_wait_s)
-        dispatch_seconds.observe(dispatch_s)
+        self.batch_rows(model).observe(rows)
+        self.queue_seconds(model).observe(queue_wait_s)
+        self.dispatch_seconds(model).observe(dispatch_s)
 
     def batch_served(
         self,
