@@ -104,7 +104,7 @@ class ModelRunner:
         module, so every thread (the event loop's too, running a short batch inline) uses the
         first; a GPU instance (its stream, its buffers) belongs to the executor thread that
         claims it on its first batch."""
-        if self.device.type != "cuda":
+        if self.device.type == "cpu":
             return self.instances[0]
         instance = getattr(self._local, "instance", None)
         if instance is None:
@@ -137,11 +137,9 @@ class ModelRunner:
 
     def runs_inline(self, inputs: list[np.ndarray]) -> bool:
         """Whether this batch may run on the calling (event-loop) thread rather than an executor
-        thread: a CPU model whose batches of this size computed within INLINE_COMPUTE_S. The
-        hand-off to a thread and back costs about a tenth of a millisecond and two wake-ups (mlp,
-        one row, 2-core machine: a lone request's p50 3.14 -> 2.99 ms inline, the worker's CPU
-        per request 1,207 -> 1,120 us). A CPU instance holds no state of its own (every one
-        wraps the same module), so the loop's thread may use one beside the executor's."""
+        thread: a CPU model (its instance is shared, `_instance`) whose batches of this size
+        computed within INLINE_COMPUTE_S, for which the hand-off to a thread and back (two
+        wake-ups and a thread switch) is a large share of the batch."""
         if self.device.type != "cpu":
             return False
         seconds = self.service_times.get(self.rows(inputs))
