@@ -4,7 +4,8 @@ process-runtime and the Docker rollout tests.
 A rollout publishes version N in the repository (copied under a name the workers' scan ignores,
 then renamed into place at once), optionally asks for it with RepositoryModelLoad, and waits
 until the repository index shows N READY and every older version retired. From then on every
-request sent must be answered by version N. Each request is booked against the rollout during
+request sent must be answered by version N, or, if it is still in flight when version N + 1 is
+published, by a version no older than N. Each request is booked against the rollout during
 which it was sent, through the booking hook of tideserve_tools.loadgen's SteadyLoad."""
 
 from __future__ import annotations
@@ -39,8 +40,11 @@ class RolloutCount:
     answered: Counter[str] = field(default_factory=Counter)
     # Failures by "CODE: details".
     failed: Counter[str] = field(default_factory=Counter)
-    # Answers to requests sent once the index showed the old versions retired, by version.
+    # Answers to requests sent once the index showed the old versions retired, by version:
+    # those that came back before the next rollout began, and those that came back after it
+    # (a request still in flight when the next version was published may be answered by it).
     after_retirement: Counter[str] = field(default_factory=Counter)
+    after_next_rollout: Counter[str] = field(default_factory=Counter)
 
     def as_line(self) -> str:
         return (
@@ -50,22 +54,27 @@ class RolloutCount:
 
 
 @dataclass
-class _Booking:
+class Booking:
     """One request, booked on the rollout current when it was sent."""
 
     count: RolloutCount
     # Whether the index already showed the older versions retired when it was sent.
     retired: bool
-    lock: threading.Lock
+    rollouts: Rollouts
 
     def answered(self, response: pb.ModelInferResponse) -> None:
-        with self.lock:
-            self.count.answered[response.model_version] += 1
-            if self.retired:
-                self.count.after_retirement[response.model_version] += 1
+        with self.rollouts.lock:
+            version = response.model_version
+            self.count.answered[version] += 1
+            if not self.retired:
+                return
+            if self.rollouts.counts[-1] is self.count:
+                self.count.after_retirement[version] += 1
+            else:
+                self.count.after_next_rollout[version] += 1
 
     def failed(self, error: grpc.aio.AioRpcError) -> None:
-        with self.lock:
+        with self.rollouts.lock:
             self.count.failed[f"{error.code().name}: {error.details()}"] += 1
 
 
@@ -91,11 +100,11 @@ class Rollouts:
         with self.lock:
             return self.counts[-1]
 
-    def book(self) -> _Booking:
+    def book(self) -> Booking:
         with self.lock:
             count = self.counts[-1]
             count.sent += 1
-            return _Booking(count, self.retired, self.lock)
+            return Booking(count, self.retired, self)
 
 
 def steady_load(address: str, rollouts: Rollouts) -> SteadyLoad:
@@ -213,5 +222,10 @@ def check_counts(rollouts: Rollouts, label: str, report: Callable[[str], None] =
         assert set(count.after_retirement) == {count.version}, (
             f"after version {count.version} took over, answers came from "
             f"{dict(count.after_retirement)}"
+        )
+        older = {v: n for v, n in count.after_next_rollout.items() if int(v) < int(count.version)}
+        assert not older, (
+            f"requests sent after version {count.version} took over were answered by older "
+            f"versions {older} once the next rollout began"
         )
         assert count.answered[count.version] > 0, count.as_line()
