@@ -30,17 +30,21 @@ def _model_file(version_dir: Path) -> Path | None:
     return next((version_dir / f for f in MODEL_FILES if (version_dir / f).exists()), None)
 
 
+def _model_dirs(repository: Path) -> list[Path]:
+    """The repository's model directories, by name. A hidden directory is a copy being staged,
+    to be renamed into place: not a model yet, at a poll or at a worker's start."""
+    return sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def model_names(repository: Path) -> list[str]:
     """The models a poll finds in the repository now: directories with a config.pbtxt and some
-    version directory holding a model file (one still being copied in lacks them). A hidden
-    directory is a copy being staged, to be renamed into place: not a model yet."""
+    version directory holding a model file (one still being copied in lacks them)."""
     if not repository.is_dir():
         return []
     return sorted(
         model_dir.name
-        for model_dir in repository.iterdir()
-        if not model_dir.name.startswith(".")
-        and (model_dir / "config.pbtxt").is_file()
+        for model_dir in _model_dirs(repository)
+        if (model_dir / "config.pbtxt").is_file()
         and any(
             p.is_dir() and p.name.isdigit() and _model_file(p) is not None
             for p in model_dir.iterdir()
@@ -57,7 +61,7 @@ def scan(repository: Path, names: Iterable[str] = ()) -> list[RepositoryEntry]:
         raise NotFound(f"model repository {repository} does not exist")
     entries = []
     found = set()
-    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()):
+    for model_dir in _model_dirs(repository):
         if wanted and model_dir.name not in wanted:
             continue
         config_path = model_dir / "config.pbtxt"
