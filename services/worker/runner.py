@@ -82,9 +82,9 @@ class ModelRunner:
                 for _ in range(spec.instance_count)
             ]
         else:
-            self.instances = [
-                CpuInstance(self.module, self._ordered_outputs) for _ in range(spec.instance_count)
-            ]
+            # A CPU instance holds nothing but the module: the executor's `instance_count`
+            # threads (and the event loop, for a short batch run inline) share one.
+            self.instances = [CpuInstance(self.module, self._ordered_outputs)]
         self._unclaimed = list(self.instances)
         self._local = threading.local()
         # torch's intra-op thread count (OpenMP's, which MKL follows) is set per OS thread: an
@@ -100,10 +100,9 @@ class ModelRunner:
         self.service_times: dict[int, float] = {}
 
     def _instance(self) -> Instance:
-        """The instance for the calling thread. A CPU instance holds nothing but the shared
-        module, so every thread (the event loop's too, running a short batch inline) uses the
-        first; a GPU instance (its stream, its buffers) belongs to the executor thread that
-        claims it on its first batch."""
+        """The instance for the calling thread: on CPU the one every thread shares; a GPU
+        instance (its stream, its buffers) belongs to the executor thread that claims it on its
+        first batch."""
         if self.device.type == "cpu":
             return self.instances[0]
         instance = getattr(self._local, "instance", None)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,3 +44,30 @@ def test_model_instances_run_with_the_workers_thread_count(tmp_path: Path) -> No
     finally:
         torch.set_num_threads(default)
     assert seen == {1}
+
+
+def test_a_cpu_models_instances_run_batches_at_once_on_one_shared_module(tmp_path: Path) -> None:
+    """`instance_count` on CPU is the number of batches computed at once: its executor threads
+    share the one module (a CPU instance holds nothing else)."""
+    config = write_default_model(tmp_path) / "config.pbtxt"
+    config.write_text(
+        config.read_text() + 'parameters { key: "instance_count" value { string_value: "2" } }\n'
+    )
+    (entry,) = scan(tmp_path)
+    runner = ModelRunner(entry.config, entry.version, entry.model_path, torch.device("cpu"))
+    try:
+        (instance,) = runner.instances
+        both_running = threading.Barrier(2, timeout=10)
+        forward = instance.forward
+
+        def meeting(inputs: list[np.ndarray]) -> list[np.ndarray]:
+            both_running.wait()  # BrokenBarrierError unless two batches run at the same time
+            return forward(inputs)
+
+        instance.forward = meeting  # type: ignore[method-assign]
+        dims = [max(d, 1) for d in runner.spec.inputs[0].dims]
+        batch = [np.zeros([2, *dims], dtype=np.float32)]
+        first, second = (runner.executor.submit(runner.compute, batch) for _ in range(2))
+        assert first.result()[0].shape[0] == second.result()[0].shape[0] == 2
+    finally:
+        runner.close()
