@@ -22,27 +22,29 @@ def rolled_out_to_2() -> tuple[Rollouts, Booking]:
     return rollouts, rollouts.book()
 
 
-def test_a_request_in_flight_when_the_next_version_is_published_may_be_answered_by_it() -> None:
+def rolled_out_to_3_with_the_request_answered_by(version: str) -> Rollouts:
+    """As `rolled_out_to_2`, then version 3 rolled out, the request in flight answered by
+    `version` once it began."""
     rollouts, in_flight = rolled_out_to_2()
     rollouts.begin("3")
-    in_flight.answered(answer("3"))
+    in_flight.answered(answer(version))
     rollouts.mark_retired()
     rollouts.book().answered(answer("3"))
-    check_counts(rollouts, "test", report=lambda line: None)
+    return rollouts
+
+
+def test_a_request_in_flight_when_the_next_version_is_published_may_be_answered_by_it() -> None:
+    check_counts(rolled_out_to_3_with_the_request_answered_by("3"), "test", report=lambda _: None)
 
 
 def test_an_answer_from_an_older_version_after_the_next_rollout_began_fails_the_check() -> None:
-    rollouts, in_flight = rolled_out_to_2()
-    rollouts.begin("3")
-    in_flight.answered(answer("1"))
-    rollouts.mark_retired()
-    rollouts.book().answered(answer("3"))
+    rollouts = rolled_out_to_3_with_the_request_answered_by("1")
     with pytest.raises(AssertionError, match="answered by older versions"):
-        check_counts(rollouts, "test", report=lambda line: None)
+        check_counts(rollouts, "test", report=lambda _: None)
 
 
 def test_a_newer_version_before_the_next_rollout_began_fails_the_check() -> None:
     rollouts, in_flight = rolled_out_to_2()
     in_flight.answered(answer("3"))
     with pytest.raises(AssertionError, match="after version 2 took over"):
-        check_counts(rollouts, "test", report=lambda line: None)
+        check_counts(rollouts, "test", report=lambda _: None)

@@ -9,33 +9,19 @@ from pathlib import Path
 import pytest
 
 from services.worker.repository import model_names, scan
+from tests.unit.test_worker_lifecycle import add_version
 from tideserve.errors import NotFound
-
-CONFIG = """name: "{name}"
-platform: "pytorch_libtorch"
-max_batch_size: 8
-input [ {{ name: "INPUT__0" data_type: TYPE_FP32 dims: [4] }} ]
-output [ {{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [2] }} ]
-"""
-
-
-def add_model(repository: Path, name: str, version: str = "1") -> Path:
-    model_dir = repository / name
-    (model_dir / version).mkdir(parents=True)
-    (model_dir / version / "model.pt").write_bytes(b"weights")
-    (model_dir / "config.pbtxt").write_text(CONFIG.format(name=name))
-    return model_dir
 
 
 @pytest.fixture
 def staged(tmp_path: Path) -> Path:
-    """A repository serving `mlp`, with a copy of it being staged under a hidden name (its
-    config still names `mlp`, as a copy would) and a hidden model of its own."""
+    """A repository serving `mlp`, with a copy of it being staged under a hidden name, a new
+    version added to the copy, and a hidden model of its own."""
     repository = tmp_path / "repository"
-    shutil.copytree(add_model(repository, "mlp"), repository / ".incoming-mlp")
-    (repository / ".incoming-mlp" / "2").mkdir()
-    (repository / ".incoming-mlp" / "2" / "model.pt").write_bytes(b"new weights")
-    add_model(repository, ".hidden")
+    add_version(repository, "mlp", "1")
+    shutil.copytree(repository / "mlp", repository / ".incoming-mlp")
+    add_version(repository, ".incoming-mlp", "2", b"new weights")
+    add_version(repository, ".hidden", "1")
     return repository
 
 
